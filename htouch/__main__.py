@@ -1,0 +1,3 @@
+from htouch.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""The `htouch` command line: a thin layer that parses arguments and calls the library.
+
+Each command group lives in its own module and registers itself on `app`. User errors (HtouchError)
+print one red line and exit 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from htouch.cli.common import console, err_console, state
+from htouch.errors import HtouchError
+
+app = typer.Typer(
+    name="htouch",
+    help="Record, check and learn from robot demonstrations with contact microphones.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+    state.debug = debug
+
+
+# Command modules register themselves on `app` when imported.
+from htouch.cli import dataset_cmds  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console entry point. Typer handles usage errors itself (exit 2); ours are turned into one line."""
+    try:
+        app()
+    except HtouchError as e:
+        if state.debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as e:  # a bug, not the user's fault: still one line unless --debug
+        if state.debug:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for details)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(3)
+
+
+__all__ = ["app", "main", "console"]

@@ -1,0 +1,68 @@
+"""Dataset commands: synth, ls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from htouch.cli import app
+from htouch.cli.common import DatasetArgument, console, fmt_path, progress_bar
+from htouch.dataset.schema import CameraSpec, RigSpec
+from htouch.dataset.store import find_dataset
+from htouch.dataset.summary import episode_row
+from htouch.dataset.synthetic import write_synthetic_dataset
+from htouch.errors import HtouchError
+
+
+@app.command()
+def synth(
+    dataset: Path = typer.Argument(..., help="Directory to write (new, or an existing synthetic dataset to extend)."),
+    episodes: int = typer.Option(3, "--episodes", "-n", min=1, help="How many episodes to write."),
+    seconds: float = typer.Option(8.0, "--seconds", min=1.0, help="Length of each episode."),
+    seed: int = typer.Option(0, help="Seed; the same seed writes the same data."),
+    task: str = typer.Option("zip", help="Task name stored in the dataset."),
+    width: int = typer.Option(640, help="Camera width."),
+    height: int = typer.Option(480, help="Camera height."),
+    quality: int = typer.Option(90, min=1, max=100, help="JPEG quality of the frames."),
+    lossless: bool = typer.Option(False, "--lossless", help="Store frames losslessly (PNG) instead of JPEG."),
+) -> None:
+    """Write a synthetic dataset with known contacts, frame drops and labels (no hardware needed).
+
+    Example: [bold]htouch synth demo_data --episodes 3[/]
+    """
+    if width < 16 or height < 16:
+        raise HtouchError("--width and --height must be at least 16 pixels")
+    rig = RigSpec(name="synthetic", description="htouch synthetic generator",
+                  camera=CameraSpec(width=width, height=height, codec="png" if lossless else "jpeg", quality=quality))
+    with progress_bar(f"writing {episodes} synthetic episodes", episodes) as advance:
+        ds = write_synthetic_dataset(dataset, episodes, task=task, seconds=seconds, seed=seed, rig=rig,
+                                     progress=lambda _: advance())
+    console.print(f"[green]wrote[/] {episodes} episodes to {fmt_path(ds.root)}")
+
+
+@app.command("ls")
+def ls(dataset: Path = DatasetArgument) -> None:
+    """List the episodes of a dataset: duration, frames, measured fps, audio, label and flags.
+
+    Example: [bold]htouch ls demo_data[/]
+    """
+    ds = find_dataset(dataset)
+    split = ds.metadata.get("split", {})
+    split_of = {i: name for name in ("train", "val") for i in split.get(name, [])}
+    table = Table(title=f"{fmt_path(ds.root)}  (task {ds.task}, rig {ds.rig.name})", title_justify="left")
+    for col, justify in [("episode", "right"), ("duration s", "right"), ("frames", "right"), ("fps", "right"),
+                         ("audio s", "right"), ("variation", "left"), ("success", "left"), ("split", "left"),
+                         ("flags", "left")]:
+        table.add_column(col, justify=justify)
+    for ep in ds.episodes():
+        row = episode_row(ep)
+        ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]?[/]"}[row.success]
+        table.add_row(str(row.index), f"{row.duration_s:.1f}", str(row.frames), f"{row.fps:.1f}",
+                      f"{row.audio_s:.1f}", row.variation, ok, split_of.get(row.index, ""), ", ".join(row.flags))
+    console.print(table)
+    incoming = ds.incoming_paths()
+    if incoming:
+        console.print(f"[yellow]{len(incoming)} incomplete episode(s) in .incoming[/] "
+                      "(being recorded, or left by a crash: `htouch validate --repair`)")

@@ -1,0 +1,1 @@
+"""Devices, teleoperation mapping, safety and the recording loop (see the collector issue)."""

@@ -1,0 +1,1 @@
+"""The episode format, its reader and writer, validation and the dataset tools."""

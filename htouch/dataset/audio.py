@@ -1,0 +1,99 @@
+"""Audio preprocessing: the one place that owns the policy's audio window and spectrogram parameters.
+
+The policy hears a 2 s clip ending at the observation time, mono (channels averaged), normalised,
+resampled to 16 kHz (the paper, section IV-A). Two spectrogram front ends are offered:
+- `logmel`: the paper authors' variant, MelSpectrogram(16 kHz, n_fft 400, hop 160, 64 mels), log(x + 1e-8);
+- `avid`: AVID's AudioSet front end, 24 kHz, STFT n_fft 1024 hop 240, power, bins 1..512 averaged in
+  pairs -> 257 bins, power_to_db(top_db=100), shape (1, 200, 257) for 2 s (see encoders-and-audio.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+import torchaudio.transforms as AT
+
+from htouch.errors import HtouchError
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    window_s: float = 2.0
+    rate_hz: int = 16000
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.window_s * self.rate_hz))
+
+
+@dataclass(frozen=True)
+class LogMelParams:
+    kind: str = "logmel"
+    rate_hz: int = 16000
+    n_fft: int = 400
+    hop: int = 160
+    n_mels: int = 64
+    log_eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class AvidParams:
+    kind: str = "avid"
+    rate_hz: int = 24000
+    n_fft: int = 1024
+    hop: int = 240
+    top_db: float = 100.0
+
+
+SpectrogramParams = LogMelParams | AvidParams
+SPECTROGRAM_KINDS = {"logmel": LogMelParams, "avid": AvidParams}
+DEFAULT_CLIP = ClipParams()
+
+
+def spectrogram_params(kind: str) -> SpectrogramParams:
+    try:
+        return SPECTROGRAM_KINDS[kind]()
+    except KeyError:
+        raise HtouchError(f"unknown spectrogram kind {kind!r}; use one of {', '.join(SPECTROGRAM_KINDS)}") from None
+
+
+def params_key(clip: ClipParams, params: SpectrogramParams) -> str:
+    """A short stable name for a (clip, spectrogram) parameter set, used to key cached arrays."""
+    blob = json.dumps({"clip": dataclasses.asdict(clip), "spec": dataclasses.asdict(params)}, sort_keys=True)
+    return f"{params.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed sinc) of a 1-D float signal."""
+    a, b = int(round(from_hz)), int(round(to_hz))
+    if a == b:
+        return x.astype(np.float32, copy=False)
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), a, b).numpy()
+
+
+@lru_cache(maxsize=4)
+def _mel(params: LogMelParams) -> AT.MelSpectrogram:
+    return AT.MelSpectrogram(sample_rate=params.rate_hz, n_fft=params.n_fft, hop_length=params.hop,
+                             n_mels=params.n_mels)
+
+
+def spectrogram(clip: np.ndarray, clip_rate_hz: int, params: SpectrogramParams) -> np.ndarray:
+    """Spectrogram of one mono clip (float32). logmel: (n_mels, frames); avid: (1, frames, 257)."""
+    x = torch.from_numpy(resample(clip, clip_rate_hz, params.rate_hz))
+    with torch.no_grad():
+        if isinstance(params, LogMelParams):
+            return torch.log(_mel(params)(x) + params.log_eps).numpy().astype(np.float32)
+        spec = torch.stft(x, n_fft=params.n_fft, hop_length=params.hop, window=torch.hann_window(params.n_fft),
+                          center=True, return_complex=True).abs() ** 2  # (513, frames)
+        n_frames = int(len(x) // params.hop)  # 2 s at 24 kHz / 240 -> 200, as AVID's trimmed clips give
+        spec = spec[:, :n_frames]
+        pooled = torch.cat([spec[:1], 0.5 * (spec[1:-1:2] + spec[2::2])], dim=0)  # 1 + 256 = 257 bins
+        db = AF.amplitude_to_DB(pooled, multiplier=10.0, amin=1e-10, db_multiplier=0.0, top_db=params.top_db)
+        return db.T.unsqueeze(0).numpy().astype(np.float32)

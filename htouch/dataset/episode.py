@@ -1,0 +1,235 @@
+"""Reading an episode: arrays by stream, and time-aligned training samples.
+
+Everything is chosen by time stamps, never by assuming rates: the frames shown at time t are the latest
+captured at or before each of k times spanning the window, the audio clip is gathered sample by sample
+from the block time stamps (gaps stay silent, not shifted), the state is the latest at or before t, and
+the actions are the next H commanded at or after t.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
+from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, resample
+from htouch.dataset.schema import ATTR_FORMAT, RigSpec
+from htouch.errors import DatasetError
+
+if TYPE_CHECKING:
+    from htouch.dataset.store import Dataset
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    """What one training sample holds (the paper: 4 frames over 2 s, a 2 s clip, H future actions)."""
+
+    n_frames: int = 4
+    frame_window_s: float = 2.0
+    clip: ClipParams = field(default_factory=ClipParams)
+    horizon: int = 8
+
+    def __post_init__(self) -> None:
+        if self.n_frames < 1 or self.horizon < 1 or self.frame_window_s < 0:
+            raise DatasetError("a sample needs n_frames >= 1, horizon >= 1 and a non-negative window")
+
+
+@dataclass
+class Sample:
+    t_ns: int
+    frames: np.ndarray  # (k, H, W, 3) uint8
+    frame_times_ns: np.ndarray  # (k,) capture times of the frames chosen
+    audio: np.ndarray  # (clip samples,) float32, mono, normalised, at clip.rate_hz
+    state: np.ndarray  # (7 + n_joints + 1,) ee_pose, joints, gripper width
+    actions: np.ndarray  # (H, 7) delta_ee + gripper
+    action_mask: np.ndarray  # (H,) False where the episode ended before H actions
+
+
+class Episode:
+    def __init__(self, path: str | Path, dataset: "Dataset | None" = None):
+        self.path = Path(path)
+        self.dataset = dataset
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r", zarr_format=2)
+            attrs = self.group.attrs.asdict()
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise DatasetError(f"{self.path} is not an episode store (no Zarr group)") from None
+        except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{self.path}: episode metadata is unreadable ({e})") from None
+        if ATTR_FORMAT not in attrs or not isinstance(attrs[ATTR_FORMAT], dict):
+            raise DatasetError(f"{self.path}: not an htouch episode (no {ATTR_FORMAT!r} attribute)")
+        self.attrs: dict[str, Any] = attrs[ATTR_FORMAT]
+        self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
+
+    # ---------------------------------------------------------------- metadata
+
+    @property
+    def index(self) -> int:
+        return int(self.attrs.get("index", -1))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def success(self) -> bool | None:
+        return self.attrs.get("success")
+
+    @property
+    def variation(self) -> str:
+        return str(self.attrs.get("variation", "default"))
+
+    # ---------------------------------------------------------------- arrays
+
+    def array(self, path: str) -> zarr.Array:
+        try:
+            arr = self.group[path]
+        except KeyError:
+            raise DatasetError(f"{self.name}: array {path} is missing") from None
+        if not isinstance(arr, zarr.Array):
+            raise DatasetError(f"{self.name}: {path} is not an array")
+        return arr
+
+    def read(self, path: str) -> np.ndarray:
+        try:
+            return self.array(path)[...]
+        except DatasetError:
+            raise
+        except Exception as e:  # a chunk that does not decode
+            raise DatasetError(f"{self.name}: array {path} cannot be read ({type(e).__name__}: {e})") from None
+
+    @cached_property
+    def camera_times(self) -> np.ndarray:
+        return self.read("camera/timestamp_ns")
+
+    @cached_property
+    def audio_block_times(self) -> np.ndarray:
+        return self.read("audio/block_timestamp_ns")
+
+    @cached_property
+    def audio_block_offsets(self) -> np.ndarray:
+        return self.read("audio/block_offset")
+
+    @cached_property
+    def state_times(self) -> np.ndarray:
+        return self.read("state/timestamp_ns")
+
+    @cached_property
+    def action_times(self) -> np.ndarray:
+        return self.read("action/timestamp_ns")
+
+    @cached_property
+    def _state(self) -> np.ndarray:
+        return np.concatenate([self.read("state/ee_pose"), self.read("state/joints"),
+                               self.read("state/gripper_width")[:, None]], axis=1)
+
+    @cached_property
+    def _actions(self) -> np.ndarray:
+        return np.concatenate([self.read("action/delta_ee"), self.read("action/gripper")[:, None]], axis=1)
+
+    def events(self) -> list[dict[str, Any]]:
+        times, kinds, details = (self.read(f"events/{k}") for k in ("timestamp_ns", "kind", "detail"))
+        out = []
+        for t, k, d in zip(times, kinds, details):
+            try:
+                detail = json.loads(str(d)) if d else {}
+            except json.JSONDecodeError:
+                detail = {"unparsed": str(d)}
+            out.append({"t_ns": int(t), "kind": str(k), **({"detail": detail} if detail else {})})
+        return sorted(out, key=lambda e: e["t_ns"])
+
+    def time_range_ns(self) -> tuple[int, int]:
+        """Earliest and latest time stamp over all timed streams (events excluded)."""
+        firsts, lasts = [], []
+        for times in (self.camera_times, self.audio_block_times, self.state_times, self.action_times):
+            if len(times):
+                firsts.append(int(times[0]))
+                lasts.append(int(times[-1]))
+        if not firsts:
+            return 0, 0
+        return min(firsts), max(lasts)
+
+    @property
+    def duration_s(self) -> float:
+        start, end = self.time_range_ns()
+        return (end - start) / NS
+
+    # ---------------------------------------------------------------- time-aligned samples
+
+    def audio_clip(self, t_ns: int, clip: ClipParams = DEFAULT_CLIP) -> np.ndarray:
+        """The clip [t - window, t], mono, normalised, resampled to clip.rate_hz; silence where no audio."""
+        spec = self.rig.audio
+        rate = spec.rate_hz
+        n_native = int(round(clip.window_s * rate))
+        # Ask for each native-rate slot of the window which recorded sample was captured then.
+        slot_times = t_ns - (np.arange(n_native, 0, -1) - 1) * (NS / rate)
+        offsets, times = self.audio_block_offsets, self.audio_block_times
+        pcm = self.array("audio/pcm")
+        n_total = pcm.shape[0]
+        mono = np.zeros(n_native, dtype=np.float32)
+        if len(offsets) == 0 or n_total == 0:
+            return resample(mono, rate, clip.rate_hz)
+        # Each sample's time: its block's stamp plus its position in the block at the nominal rate.
+        block = np.searchsorted(times, slot_times, side="right") - 1
+        valid = block >= 0
+        block = np.clip(block, 0, None)
+        idx = offsets[block] + np.round((slot_times - times[block]) * rate / NS).astype(np.int64)
+        block_end = np.append(offsets[1:], n_total)[block]
+        valid &= (idx >= offsets[block]) & (idx < block_end)
+        if valid.any():
+            lo, hi = int(idx[valid].min()), int(idx[valid].max()) + 1
+            try:
+                raw = pcm[lo:hi].astype(np.float32)
+            except Exception as e:
+                raise DatasetError(f"{self.name}: audio/pcm cannot be read ({type(e).__name__}: {e})") from None
+            mono[valid] = ((raw.mean(axis=1) - spec.center) / spec.scale)[idx[valid] - lo]
+        return resample(mono, rate, clip.rate_hz)
+
+    def sample_times(self, params: SampleParams, stride: int = 1) -> np.ndarray:
+        """Camera frame times at which a full sample exists: a whole frame window behind and H actions ahead."""
+        cam, act = self.camera_times, self.action_times
+        if len(cam) == 0 or len(act) < params.horizon:
+            return np.zeros(0, dtype=np.int64)
+        window = int(max(params.frame_window_s, params.clip.window_s) * NS)
+        last_start = act[len(act) - params.horizon]
+        ok = (cam >= cam[0] + window) & (cam <= last_start)
+        return cam[ok][::stride]
+
+    def frame_indices(self, t_ns: int, params: SampleParams) -> np.ndarray:
+        """Indices of the k frames at or before k times evenly spanning [t - window, t]."""
+        k = params.n_frames
+        if k == 1:
+            targets = np.array([t_ns])
+        else:
+            targets = t_ns - np.round(np.linspace(params.frame_window_s, 0.0, k) * NS).astype(np.int64)
+        idx = np.searchsorted(self.camera_times, targets, side="right") - 1
+        return np.clip(idx, 0, max(len(self.camera_times) - 1, 0))
+
+    def sample(self, t_ns: int, params: SampleParams = SampleParams()) -> Sample:
+        if len(self.camera_times) == 0:
+            raise DatasetError(f"{self.name}: no camera frames")
+        fi = self.frame_indices(t_ns, params)
+        rgb = self.array("camera/rgb")
+        uniq, inverse = np.unique(fi, return_inverse=True)
+        frames = np.stack([rgb[int(i)] for i in uniq])[inverse]
+        si = max(int(np.searchsorted(self.state_times, t_ns, side="right")) - 1, 0)
+        state = self._state[si] if len(self.state_times) else np.zeros(self._state.shape[1])
+        a0 = int(np.searchsorted(self.action_times, t_ns, side="left"))
+        actions = np.zeros((params.horizon, 7))
+        chunk = self._actions[a0:a0 + params.horizon]
+        actions[:len(chunk)] = chunk
+        mask = np.arange(params.horizon) < len(chunk)
+        return Sample(t_ns=int(t_ns), frames=frames, frame_times_ns=self.camera_times[fi],
+                      audio=self.audio_clip(t_ns, params.clip), state=state.astype(np.float32),
+                      actions=actions.astype(np.float32), action_mask=mask)
+
+    def __repr__(self) -> str:
+        return f"Episode({str(self.path)!r})"

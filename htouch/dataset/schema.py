@@ -1,0 +1,211 @@
+"""The episode schema: the one definition of what an episode holds.
+
+The writer creates exactly these arrays and the validator checks exactly these, so the two can never
+disagree. docs/format.md describes the same layout for people; bump SCHEMA_VERSION when it changes.
+
+A rig is described by its stream specs (camera size, audio rate and channels, ...). They are stored in
+the dataset metadata and copied into every episode, and turn the schema below into concrete shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from htouch.errors import DatasetError
+
+SCHEMA_VERSION = 1
+DATASET_FORMAT = "htouch-dataset"
+METADATA_FILE = "htouch.json"
+EPISODE_PREFIX = "episode_"
+EPISODE_DIGITS = 6
+EPISODE_RE = re.compile(r"^(?:episode_?)?(\d{1,9})$")
+
+# Episode attribute keys (the episode's Zarr group attributes).
+ATTR_FORMAT = "htouch_episode"
+
+
+def episode_name(index: int) -> str:
+    return f"{EPISODE_PREFIX}{index:0{EPISODE_DIGITS}d}"
+
+
+def parse_episode_name(text: str) -> int | None:
+    """`episode_000012`, `episode_12` and `12` all name episode 12; anything else is None."""
+    m = EPISODE_RE.match(text)
+    return int(m.group(1)) if m else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Stream specs: what a rig records. Stored in the dataset metadata (htouch.json) and in each episode.
+
+
+@dataclass
+class CameraSpec:
+    width: int = 640
+    height: int = 480
+    rate_hz: float = 30.0
+    codec: str = "jpeg"  # "jpeg" (lossy, `quality`) or "png" (lossless)
+    quality: int = 90
+    latency_ns: int = 0  # capture-to-timestamp offset measured for this camera (added to timestamps)
+    device: str = ""
+
+
+@dataclass
+class AudioSpec:
+    rate_hz: float = 32000.0
+    channels: int = 4
+    channel_names: list[str] = field(default_factory=lambda: ["mic0", "mic1", "mic2", "mic3"])
+    unit: str = "adc counts"
+    # Normalisation to roughly [-1, 1]: (x - center) / scale. The paper's 12-bit ADC used 2061 / 2400;
+    # a sound card's int16 is centred on 0 with full scale 32768.
+    center: float = 0.0
+    scale: float = 32768.0
+    latency_ns: int = 0
+    device: str = ""
+
+
+@dataclass
+class StateSpec:
+    rate_hz: float = 100.0
+    n_joints: int = 7
+    pose_format: str = "x y z qx qy qz qw (m, unit quaternion, robot base frame)"
+
+
+@dataclass
+class ActionSpec:
+    rate_hz: float = 30.0
+    delta_ee_format: str = "dx dy dz droll dpitch dyaw (m, rad; per control step, base frame)"
+    gripper_format: str = "target opening in [0, 1] (0 closed, 1 open)"
+
+
+@dataclass
+class TeleopSpec:
+    rate_hz: float = 72.0
+    button_names: list[str] = field(default_factory=lambda: ["A", "B", "RThU", "RJ", "RG", "RTr"])
+    analog_names: list[str] = field(default_factory=lambda: ["rightTrig", "rightGrip", "rightJS_x", "rightJS_y"])
+
+
+@dataclass
+class RigSpec:
+    name: str = "synthetic"
+    description: str = ""
+    camera: CameraSpec = field(default_factory=CameraSpec)
+    audio: AudioSpec = field(default_factory=AudioSpec)
+    state: StateSpec = field(default_factory=StateSpec)
+    action: ActionSpec = field(default_factory=ActionSpec)
+    teleop: TeleopSpec = field(default_factory=TeleopSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RigSpec":
+        sub = {"camera": CameraSpec, "audio": AudioSpec, "state": StateSpec, "action": ActionSpec,
+               "teleop": TeleopSpec}
+        try:
+            kw = {k: sub[k](**v) if k in sub else v for k, v in d.items()}
+            return cls(**kw)
+        except TypeError as e:
+            raise DatasetError(f"rig description is malformed: {e}") from None
+
+    def nominal_rate(self, stream: str) -> float:
+        return float(getattr(self, stream).rate_hz)
+
+
+# --------------------------------------------------------------------------------------------------
+# Arrays. Each stream is a Zarr group; its arrays share a time axis (`axis`) unless stated.
+
+EVENT_KIND_LEN = 32
+EVENT_DETAIL_LEN = 256
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    stream: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # trailing shape, after the time axis
+    chunk_len: int  # rows per chunk along the time axis
+    codec: str  # "image" (the camera's codec) or "lossless"
+    axis: str  # arrays of a stream with the same axis have the same length
+    unit: str
+    doc: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.stream}/{self.name}"
+
+
+STREAMS = ("camera", "audio", "state", "action", "teleop", "events")
+
+# Streams whose rows are regular samples, with their time axis name (the "rate" of a stream).
+TIMED_AXES = {"camera": "frames", "audio": "blocks", "state": "rows", "action": "rows", "teleop": "rows"}
+
+
+def episode_arrays(rig: RigSpec) -> list[ArraySpec]:
+    """Every array of an episode recorded with this rig, in writing order (data before time stamps)."""
+    cam, aud, st, tel = rig.camera, rig.audio, rig.state, rig.teleop
+    ns = "ns, host CLOCK_MONOTONIC"
+    return [
+        ArraySpec("camera", "rgb", "uint8", (cam.height, cam.width, 3), 1, "image", "frames", "",
+                  "RGB frames, one image-codec chunk per frame"),
+        ArraySpec("camera", "frame_number", "int64", (), 4096, "lossless", "frames", "count",
+                  "device frame counter; a jump of more than 1 is a dropped frame"),
+        ArraySpec("camera", "timestamp_ns", "int64", (), 4096, "lossless", "frames", ns,
+                  "capture time of each frame"),
+        ArraySpec("audio", "pcm", "int16", (aud.channels,), 32768, "lossless", "samples", aud.unit,
+                  "PCM at the native rate, all channels"),
+        ArraySpec("audio", "block_offset", "int64", (), 4096, "lossless", "blocks", "samples",
+                  "index in pcm of each block's first sample"),
+        ArraySpec("audio", "block_overflow", "bool", (), 4096, "lossless", "blocks", "",
+                  "the device reported lost input before this block"),
+        ArraySpec("audio", "block_timestamp_ns", "int64", (), 4096, "lossless", "blocks", ns,
+                  "capture time of each block's first sample"),
+        ArraySpec("state", "ee_pose", "float64", (7,), 4096, "lossless", "rows", "m, quaternion xyzw",
+                  "end-effector pose in the robot base frame"),
+        ArraySpec("state", "joints", "float64", (st.n_joints,), 4096, "lossless", "rows", "rad",
+                  "joint positions"),
+        ArraySpec("state", "gripper_width", "float64", (), 4096, "lossless", "rows", "m", "gripper opening"),
+        ArraySpec("state", "timestamp_ns", "int64", (), 4096, "lossless", "rows", ns, "time of each state"),
+        ArraySpec("action", "delta_ee", "float64", (6,), 4096, "lossless", "rows", "m, rad",
+                  "commanded end-effector motion for this control step"),
+        ArraySpec("action", "gripper", "float64", (), 4096, "lossless", "rows", "0..1",
+                  "commanded gripper opening"),
+        ArraySpec("action", "timestamp_ns", "int64", (), 4096, "lossless", "rows", ns,
+                  "time each command was sent"),
+        ArraySpec("teleop", "controller_pose", "float64", (4, 4), 4096, "lossless", "rows", "m",
+                  "raw controller pose (headset frame), as read"),
+        ArraySpec("teleop", "buttons", "bool", (len(tel.button_names),), 4096, "lossless", "rows", "",
+                  "pressed flags, in the order of teleop.button_names"),
+        ArraySpec("teleop", "analog", "float32", (len(tel.analog_names),), 4096, "lossless", "rows", "",
+                  "analog values, in the order of teleop.analog_names"),
+        ArraySpec("teleop", "timestamp_ns", "int64", (), 4096, "lossless", "rows", ns, "time of each reading"),
+        ArraySpec("events", "kind", f"<U{EVENT_KIND_LEN}", (), 256, "lossless", "rows", "",
+                  "event kind (see EVENT_KINDS)"),
+        ArraySpec("events", "detail", f"<U{EVENT_DETAIL_LEN}", (), 256, "lossless", "rows", "",
+                  "JSON object with the event's details"),
+        ArraySpec("events", "timestamp_ns", "int64", (), 256, "lossless", "rows", ns, "time of the event"),
+    ]
+
+
+# Known event kinds. Others are allowed (forward compatible) but the validator warns about them.
+EVENT_KINDS = {
+    "start": "recording started",
+    "stop": "recording stopped",
+    "success": "operator labelled the episode a success",
+    "failure": "operator labelled the episode a failure",
+    "frame_drop": "camera frame numbers jumped: detail.count frames lost",
+    "camera_stall": "no camera frame for longer than expected",
+    "audio_overflow": "the audio device reported lost input",
+    "teleop_lost": "no teleop reading for over 250 ms; the robot held still",
+    "robot_error": "the robot reported an error",
+    "writer_queue_full": "the episode writer could not keep up; detail.dropped rows were not stored",
+    "contact": "ground truth contact onset (synthetic and simulated rigs only)",
+    "note": "free text from the operator",
+}
+
+
+def required_paths(rig: RigSpec) -> list[str]:
+    return [a.path for a in episode_arrays(rig)]

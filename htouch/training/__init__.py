@@ -1,0 +1,1 @@
+"""Models, data pipeline, training loop and policy runner (see the training issue)."""
