@@ -32,10 +32,10 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
 from htouch.cli import dataset_cmds  # noqa: E402,F401
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point. Typer handles usage errors itself (exit 2); ours are turned into one line."""
     try:
-        app()
+        app(args=argv, prog_name="htouch")
     except HtouchError as e:
         if state.debug:
             raise

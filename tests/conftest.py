@@ -1,0 +1,65 @@
+"""Shared fixtures: small synthetic datasets (64x48 frames, a few seconds) and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from htouch.dataset.schema import CameraSpec, RigSpec
+from htouch.dataset.store import Dataset
+from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
+
+TINY_RIG = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48))
+
+
+def tiny_dataset(root: Path, n: int = 2, seconds: float = 4.0, **episode_kw) -> Dataset:
+    ds = Dataset.create(root, "zip", TINY_RIG)
+    for i in range(n):
+        cfg = SyntheticEpisode(duration_s=seconds, seed=i, success=(i % 4 != 3), **episode_kw)
+        write_synthetic_episode(ds, cfg)
+    return ds
+
+
+@pytest.fixture(scope="session")
+def _tiny_dataset_template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("template") / "ds"
+    tiny_dataset(root, n=2)
+    return root
+
+
+@pytest.fixture
+def tiny_ds(_tiny_dataset_template, tmp_path) -> Dataset:
+    """A fresh copy of a 2-episode, 4-second tiny synthetic dataset (safe to modify)."""
+    root = tmp_path / "ds"
+    shutil.copytree(_tiny_dataset_template, root)
+    return Dataset(root)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `htouch ARGS...` in this process; returns exit code, stdout and stderr."""
+    from htouch.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
