@@ -127,6 +127,15 @@ class Episode:
         return self.read("action/timestamp_ns")
 
     @cached_property
+    def _pcm(self) -> "zarr.Array | np.ndarray":
+        return self.array("audio/pcm")
+
+    def preload_audio(self) -> None:
+        """Decode all PCM once, so that clips at many times (a cache build, an epoch) slice memory instead of
+        decoding the same chunks again for every clip (about twice as fast per clip)."""
+        self.__dict__["_pcm"] = self.read("audio/pcm")
+
+    @cached_property
     def _state(self) -> np.ndarray:
         return np.concatenate([self.read("state/ee_pose"), self.read("state/joints"),
                                self.read("state/gripper_width")[:, None]], axis=1)
@@ -172,7 +181,7 @@ class Episode:
         # Ask for each native-rate slot of the window which recorded sample was captured then.
         slot_times = t_ns - (np.arange(n_native, 0, -1) - 1) * (NS / rate)
         offsets, times = self.audio_block_offsets, self.audio_block_times
-        pcm = self.array("audio/pcm")
+        pcm = self._pcm
         n_total = pcm.shape[0]
         mono = np.zeros(n_native, dtype=np.float32)
         if len(offsets) == 0 or n_total == 0:
