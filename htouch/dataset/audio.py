@@ -64,6 +64,11 @@ def spectrogram_params(kind: str) -> SpectrogramParams:
         raise HtouchError(f"unknown spectrogram kind {kind!r}; use one of {', '.join(SPECTROGRAM_KINDS)}") from None
 
 
+def freq_axis(params: SpectrogramParams) -> int:
+    """The frequency axis of one `spectrogram` output: logmel (n_mels, frames) -> 0, avid (1, frames, 257) -> 2."""
+    return 0 if isinstance(params, LogMelParams) else 2
+
+
 def params_key(clip: ClipParams, params: SpectrogramParams) -> str:
     """A short stable name for a (clip, spectrogram) parameter set, used to key cached arrays."""
     blob = json.dumps({"clip": dataclasses.asdict(clip), "spec": dataclasses.asdict(params)}, sort_keys=True)

@@ -132,8 +132,9 @@ class Episode:
 
     def preload_audio(self) -> None:
         """Decode all PCM once, so that clips at many times (a cache build, an epoch) slice memory instead of
-        decoding the same chunks again for every clip (about twice as fast per clip)."""
-        self.__dict__["_pcm"] = self.read("audio/pcm")
+        decoding the same chunks again for every clip (about twice as fast per clip). Idempotent."""
+        if not isinstance(self.__dict__.get("_pcm"), np.ndarray):
+            self.__dict__["_pcm"] = self.read("audio/pcm")
 
     @cached_property
     def _state(self) -> np.ndarray:
