@@ -1,0 +1,144 @@
+"""Commands for data derived from the episodes and kept beside them: split, stats, spectrogram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from htouch.cli import app
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
+from htouch.dataset import spectrograms
+from htouch.dataset.audio import DEFAULT_CLIP, SPECTROGRAM_KINDS, params_key, spectrogram_params
+from htouch.dataset.split import check_split_args, split_dataset, success_label
+from htouch.dataset.stats import DEFAULT_MAX_WINDOWS, QUANTILE_KEYS, STATS_KEY, compute_stats, store_stats
+from htouch.dataset.store import find_dataset
+from htouch.errors import DatasetError, HtouchError
+
+KINDS = ", ".join(SPECTROGRAM_KINDS)
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+@app.command()
+def split(
+    dataset: Path = DatasetArgument,
+    val: float = typer.Option(0.2, "--val", help="Fraction of each stratum for validation, in (0, 1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffle; the same seed gives the same split."),
+) -> None:
+    """Split the episodes into train and validation, stratified by success label and variation.
+
+    Only indices are stored, in htouch.json under "split"; no data is copied.
+
+    A stratum of n episodes sends round(val * n) (half up, at most n - 1) to validation: one episode alone trains.
+
+    Example: [bold]htouch split demo_data --val 0.2 --seed 0[/]
+    """
+    check_split_args(val, seed)
+    ds = find_dataset(dataset)
+    result = split_dataset(ds, val, seed)
+    table = Table(title=f"split of {fmt_path(ds.root)}  (val {val:g}, seed {seed})", title_justify="left")
+    for col, justify in [("success", "left"), ("variation", "left"), ("episodes", "right"), ("train", "right"),
+                         ("val", "right"), ("val episodes", "left")]:
+        table.add_column(col, justify=justify)
+    for s in result.strata:
+        table.add_row(success_label(s.success), s.variation, str(len(s.train) + len(s.val)), str(len(s.train)),
+                      str(len(s.val)), " ".join(map(str, s.val)))
+    table.add_section()
+    table.add_row("[bold]all[/]", "", str(len(result.train) + len(result.val)), str(len(result.train)),
+                  str(len(result.val)), "")
+    console.print(table)
+    if not result.val:
+        err_console.print(f"[yellow]warning:[/] no stratum is large enough to give a validation episode at "
+                          f"--val {val:g}; the validation set is empty")
+
+
+@app.command()
+def spectrogram(
+    dataset: Path = DatasetArgument,
+    kind: str = typer.Option("logmel", "--kind", "-k", help=f"Spectrogram front end: {KINDS}."),
+    force: bool = typer.Option(False, "--force", help="Recompute caches that are already up to date."),
+) -> None:
+    """Cache the spectrogram of the audio window ending at every camera frame, beside the episodes.
+
+    Stored in DATASET/derived/spectrograms/<parameters key>/; the episodes themselves are never modified.
+
+    Training reads a cache only if its parameters and time stamps match, else computes the same values.
+
+    Re-running skips the caches that are up to date.
+
+    Example: [bold]htouch spectrogram demo_data --kind avid[/]
+    """
+    params = spectrogram_params(kind)
+    ds = find_dataset(dataset)
+    jobs = spectrograms.plan(ds, params, DEFAULT_CLIP, force)
+    if not jobs:
+        raise DatasetError(f"dataset {ds.root} has no episodes")
+    todo = [j for j in jobs if j.needed]
+    key_dir = spectrograms.key_dir(ds.root, params, DEFAULT_CLIP)
+    if todo:
+        with progress_bar(f"{params.kind} spectrograms of {len(todo)} episode(s)", sum(j.frames for j in todo)) as adv:
+            for job in todo:
+                spectrograms.build(job.episode, params, DEFAULT_CLIP, progress=adv)
+    stale = sum(j.status.startswith("stale") for j in todo)
+    shape = spectrograms.spec_shape(params, DEFAULT_CLIP)
+    console.print(f"[green]{params.kind}[/] {params_key(DEFAULT_CLIP, params)}: {len(todo)} episode(s) computed"
+                  f"{f' ({stale} stale)' if stale else ''}, {len(jobs) - len(todo)} up to date; "
+                  f"{sum(j.frames for j in jobs)} frames of shape {shape} in {fmt_path(key_dir)} "
+                  f"({spectrograms.dir_size(key_dir) / 1e6:.1f} MB)")
+
+
+@app.command()
+def stats(
+    dataset: Path = DatasetArgument,
+    kind: list[str] = typer.Option(None, "--kind", "-k", show_default=False,
+                                   help=f"Spectrogram kinds to describe (repeatable; default all: {KINDS})."),
+    windows: int = typer.Option(DEFAULT_MAX_WINDOWS, "--windows",
+                                help="Spectrogram windows in the deterministic subsample."),
+) -> None:
+    """Compute normalisation statistics of state, actions and spectrograms, stored in the dataset metadata.
+
+    Per dimension (per frequency bin for spectrograms): mean, std, min, max, 1/5/50/95/99 % quantiles.
+
+    Computed over the train split if there is one, else over all episodes.
+
+    Spectrograms are read from the cache when every episode has one, else a fixed subsample is computed.
+
+    Example: [bold]htouch stats demo_data --kind logmel[/]
+    """
+    kinds = [spectrogram_params(k).kind for k in (kind or list(SPECTROGRAM_KINDS))]
+    if windows < 1:
+        raise HtouchError(f"--windows must be at least 1, got {windows}")
+    ds = find_dataset(dataset)
+    result, notes = compute_stats(ds, kinds, DEFAULT_CLIP, windows, progress_bar=progress_bar)
+    store_stats(ds, result)
+
+    table = Table(title=f"state and action statistics of {fmt_path(ds.root)}", title_justify="left")
+    for col in ("array", "dim", "mean", "std", "min", *QUANTILE_KEYS, "max"):
+        table.add_column(col, justify="left" if col == "array" else "right", no_wrap=col == "array")
+    for stream in ("state", "action"):
+        for name, d in result[stream].items():
+            for i in range(len(d["mean"])):
+                table.add_row(f"{stream}/{name}" if i == 0 else "", str(i),
+                              *(_num(d[k][i]) for k in ("mean", "std", "min", *QUANTILE_KEYS, "max")))
+        table.add_section()
+    console.print(table)
+
+    if result["spectrogram"]:
+        spec = Table(title="spectrograms, per frequency bin (ranges over bins)", title_justify="left")
+        for col in ("kind", "source", "windows", "bins", "mean", "std", "min", "q50", "max"):
+            spec.add_column(col, justify="left" if col in ("kind", "source") else "right")
+        for k, d in result["spectrogram"].items():
+            windows_text = (f"{d['windows']} (quantiles {d['quantile_windows']})" if d["source"] == "cache"
+                            else f"{d['windows']} of {d['windows_total']}")
+            spec.add_row(k, d["source"], windows_text, str(d["bins"]),
+                         *(f"{_num(min(d[s]))} .. {_num(max(d[s]))}" for s in ("mean", "std")),
+                         _num(min(d["min"])), f"{_num(min(d['q50']))} .. {_num(max(d['q50']))}", _num(max(d["max"])))
+        console.print(spec)
+    console.print(f"computed on the {result['episode_set']} ({len(result['episodes'])} episodes); "
+                  f"stored in htouch.json under {STATS_KEY!r}")
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {note}")
