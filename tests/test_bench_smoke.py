@@ -1,0 +1,45 @@
+"""Smoke test of tools/bench_store.py: the whole benchmark runs end to end on tiny frames and writes its report.
+
+No timing is asserted (performance is measured by the benchmark itself, not by tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "bench_store.py"
+
+
+def run_bench(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120)
+
+
+def test_quick_run_writes_report_and_cleans_up(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "docs" / "bench.md"
+    r = run_bench("--quick", "--frame-size", "64x48", "--memory-minutes", "0.1", "--out", str(out), tmp=scratch)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## Machine", "## Goals", "## 1. Writer throughput", "## 2. Bytes and image quality",
+                    "## 3. Random training-sample reads", "## 4. Writer memory"):
+        assert heading in text, heading
+    assert "--quick --frame-size 64x48" in text  # the exact command is recorded
+    goal_rows = [line for line in text.splitlines() if line.startswith("| Writer throughput (one core)")]
+    assert len(goal_rows) == 1 and ("PASS" in goal_rows[0] or "FAIL" in goal_rows[0])
+    for reader in ("| htouch |", "| paper, line index |", "| paper, loadtxt skiprows |"):
+        assert reader in text
+    assert "htouch storage benchmark" in r.stdout  # the rich table
+    assert list(scratch.iterdir()) == []  # the benchmark's data is gone
+
+
+def test_bad_frame_size_is_a_usage_error(tmp_path):
+    r = run_bench("--quick", "--frame-size", "big", "--out", str(tmp_path / "b.md"), tmp=tmp_path)
+    assert r.returncode == 2
+    assert "frame size must look like 640x480" in r.stderr
+    assert not (tmp_path / "b.md").exists()
