@@ -244,11 +244,15 @@ def find_dataset(path: str | os.PathLike[str] | None = None) -> Dataset:
     raise DatasetError(f"several datasets below {cwd} ({names}); name one with --dataset")
 
 
-def resolve_episode(ref: str, dataset: str | os.PathLike[str] | None = None) -> "Episode":
-    """An episode from a command-line reference: a name (`episode_12`, `12`) in the dataset found as in
-    `find_dataset`, or a path to an episode directory inside a dataset."""
+def resolve_episode_path(ref: str, dataset: str | os.PathLike[str] | None = None) -> tuple[Dataset, Path]:
+    """Like `resolve_episode`, but without opening the episode (a validator reports an unreadable one)."""
     if parse_episode_name(ref) is not None and not Path(ref).is_dir():
-        return find_dataset(dataset).episode(ref)
+        ds = find_dataset(dataset)
+        index = parse_episode_name(ref)
+        path = ds.episode_path(index)
+        if not path.is_dir():
+            raise DatasetError(f"episode {index} not found in {ds.root}")
+        return ds, path
     path = Path(ref)
     if not path.exists():
         raise DatasetError(f"episode {ref!r} not found (not an episode name, and no such path)")
@@ -260,4 +264,11 @@ def resolve_episode(ref: str, dataset: str | os.PathLike[str] | None = None) -> 
     index = parse_episode_name(path.name)
     if index is None or path.name != episode_name(index):
         raise DatasetError(f"{ref} is not a committed episode directory (expected a name like episode_000012)")
-    return ds.episode(index)
+    return ds, ds.episode_path(index)
+
+
+def resolve_episode(ref: str, dataset: str | os.PathLike[str] | None = None) -> "Episode":
+    """An episode from a command-line reference: a name (`episode_12`, `12`) in the dataset found as in
+    `find_dataset`, or a path to an episode directory inside a dataset."""
+    ds, path = resolve_episode_path(ref, dataset)
+    return ds.episode(parse_episode_name(path.name))

@@ -99,7 +99,9 @@ class EpisodeWriter:
             self._arrays[spec.path] = self._group.create_array(
                 spec.path, shape=(0, *spec.shape), chunks=(spec.chunk_len, *spec.shape), dtype=spec.dtype,
                 compressors=compressor_for(spec, dataset.rig.camera), fill_value=None,
-                attributes={"unit": spec.unit, "doc": spec.doc})
+                attributes={"unit": spec.unit, "doc": spec.doc},
+                # Store every chunk, even all-zero ones, so that a missing chunk file always means data loss.
+                config={"write_empty_chunks": True})
         self._attrs: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "index": index,
