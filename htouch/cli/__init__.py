@@ -30,6 +30,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
 
 # Command modules register themselves on `app` when imported.
 from htouch.cli import dataset_cmds  # noqa: E402,F401
+from htouch.cli import validate_cmd  # noqa: E402,F401
 from htouch.cli import derived_cmds  # noqa: E402,F401
 from htouch.cli import inspect_cmd  # noqa: E402,F401
 

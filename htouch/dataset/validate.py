@@ -1,0 +1,657 @@
+"""`htouch validate`: check that episodes hold what the schema promises and that the data is usable.
+
+Every finding names a check, a severity, the episode, the stream or array, the time (seconds since the
+episode start) where it applies, and one line of explanation. Errors make an episode unfit for training
+(unreadable chunks, broken time stamps, NaN, dead microphones, too short); warnings are worth knowing but
+normal on real rigs (a dropped frame, clock drift, a missing label). The synthetic generator's planted frame
+drops and 20 ppm audio drift are warnings at most, so a fresh `htouch synth` dataset validates cleanly.
+
+Each array is read once; frames are decoded in batches so that memory stays bounded for long episodes.
+All thresholds live in `ValidationLimits`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from htouch.dataset.episode import NS, Episode, SampleParams
+from htouch.dataset.schema import (
+    EVENT_KINDS,
+    SCHEMA_VERSION,
+    TIMED_AXES,
+    ArraySpec,
+    RigSpec,
+    episode_arrays,
+)
+from htouch.dataset.store import METADATA_FILE, Dataset, find_dataset, resolve_episode_path
+from htouch.dataset.summary import dropped_frames, measured_rate_hz
+from htouch.dataset.writer import is_being_written
+
+ERROR = "error"
+WARNING = "warning"
+INT16_EXTREMES = (np.iinfo(np.int16).min, np.iinfo(np.int16).max)
+GAUSS_MAD = 1.4826  # MAD -> standard deviation for normal data
+GAUSS_90 = 3.29  # width of the central 90 % of a normal distribution, in standard deviations
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    """Every threshold of the validator, in one place."""
+
+    frame_gap_factor: float = 1.5  # a camera interval over this many nominal periods is a gap
+    rate_tolerance: float = 0.05  # measured rate vs the rig's nominal rate, relative
+    audio_drift_ppm: float = 500.0  # audio clock vs host clock, from a fit of block times vs sample offsets
+    clipped_fraction: float = 0.001  # share of a channel's samples at the int16 extremes
+    dead_channel_std: float = 0.5  # counts; a channel quieter than this is dead or stuck
+    dc_offset_fraction: float = 0.25  # |mean - AudioSpec.center| over this share of AudioSpec.scale
+    action_jump_sigmas: float = 5.0  # a delta_ee value this many robust std from the median is a jump
+    action_jump_min_scale: float = 1e-6  # floor of the robust std (m or rad per step), against all-equal series
+    frozen_camera_s: float = 0.5  # identical consecutive frames for longer than this
+    sample: SampleParams = SampleParams()  # an episode must hold at least one training sample of this shape
+    max_reports: int = 5  # findings of one check per episode and array; the rest are summed up in one more
+    frame_batch: int = 32  # frames decoded at a time
+
+
+DEFAULT_LIMITS = ValidationLimits()
+
+# Check ids and what they mean (the ids are stable: scripts may filter on them).
+CHECKS = {
+    "dataset.incomplete": "an episode left in .incoming by a crashed or aborted writer",
+    "episode.unreadable": "the episode group or its attributes cannot be read",
+    "episode.schema": "schema version missing or not supported",
+    "episode.status": "the episode was not committed normally",
+    "episode.salvaged": "the episode was salvaged after a crash and ends at the writer's last flush",
+    "episode.rig": "the episode's rig differs from the dataset's",
+    "episode.short": "no training sample fits in the episode",
+    "episode.empty": "the episode holds no rows at all",
+    "label.missing": "no success label",
+    "array.missing": "a schema array is missing",
+    "array.dtype": "an array has the wrong dtype",
+    "array.shape": "an array has the wrong trailing shape",
+    "array.chunk": "a chunk file is missing or does not decode",
+    "array.length": "arrays sharing a time axis have different lengths",
+    "stream.empty": "a stream has no rows",
+    "time.order": "time stamps not strictly increasing",
+    "time.overlap": "streams that do not overlap in time",
+    "camera.gap": "an interval between frames over frame_gap_factor nominal periods",
+    "camera.frame_number": "frame numbers not increasing",
+    "camera.frozen": "identical consecutive frames for longer than frozen_camera_s",
+    "rate.off": "measured rate off the nominal rate by more than rate_tolerance",
+    "audio.blocks": "block offsets inconsistent with the PCM",
+    "audio.gap": "audio missing between two blocks",
+    "audio.overflow": "the device reported lost input",
+    "audio.drift": "the audio clock drifts against the host clock",
+    "audio.clipped": "samples at the int16 extremes",
+    "audio.dead": "a dead or constant channel",
+    "audio.dc": "a channel's mean far from AudioSpec.center",
+    "values.nonfinite": "NaN or Inf in state, action or teleop values",
+    "action.jump": "an action step far outside the episode's usual steps",
+    "events.unknown": "event kinds htouch does not know",
+}
+
+
+@dataclass
+class Finding:
+    check: str
+    severity: str  # ERROR or WARNING
+    episode: str  # episode name, "" for the dataset itself
+    path: str  # stream or array path, "" when the finding is about the whole episode
+    time_s: float | None  # seconds since the episode start, when the finding has a place in time
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Report:
+    dataset: Path
+    episodes: list[str] = field(default_factory=list)  # committed episodes checked
+    findings: list[Finding] = field(default_factory=list)
+    live: list[str] = field(default_factory=list)  # incoming episodes a writer is still writing (skipped)
+
+    @property
+    def errors(self) -> int:
+        return sum(f.severity == ERROR for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        return sum(f.severity == WARNING for f in self.findings)
+
+    def failed(self, strict: bool = False) -> bool:
+        return self.errors > 0 or (strict and self.warnings > 0)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def stored_chunks(array_dir: Path, separator: str = ".") -> set[int]:
+    """Indices along the time axis of the chunk files present (trailing dimensions are one chunk each)."""
+    try:
+        names = os.listdir(array_dir)
+    except OSError:
+        return set()
+    out = set()
+    for name in names:
+        head = name.split(separator)[0]
+        if head.isdigit():
+            out.add(int(head))
+    return out
+
+
+def first_bad_chunk(arr: Any, length: int, chunk_len: int, present: set[int] | None = None) -> tuple[int, str] | None:
+    """The first chunk (in [0, length)) that is missing or does not decode, with the reason; None if all do."""
+    for c in range((length + chunk_len - 1) // chunk_len):
+        if present is not None and c not in present:
+            return c, "chunk file missing"
+        try:
+            arr[c * chunk_len: min((c + 1) * chunk_len, length)]
+        except Exception as e:  # noqa: BLE001 - any codec or I/O failure means the chunk is lost
+            return c, f"does not decode ({type(e).__name__}: {e})"
+    return None
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a 1-D bool array."""
+    if not mask.any():
+        return []
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def _segment_slope(x: np.ndarray, y: np.ndarray, segment: np.ndarray) -> float | None:
+    """Least-squares slope of y on x with a separate intercept per segment (a gap restarts the line)."""
+    counts = np.bincount(segment)
+    xm = (np.bincount(segment, x) / np.maximum(counts, 1))[segment]
+    ym = (np.bincount(segment, y) / np.maximum(counts, 1))[segment]
+    dx, dy = x - xm, y - ym
+    sxx = float(np.dot(dx, dx))
+    return float(np.dot(dx, dy)) / sxx if sxx > 0 else None
+
+
+def timestamp_spec(specs: list[ArraySpec], stream: str) -> ArraySpec | None:
+    """The time stamp array of a timed stream (on the stream's main axis)."""
+    for s in specs:
+        if s.stream == stream and s.axis == TIMED_AXES.get(stream) and s.name.endswith("timestamp_ns"):
+            return s
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ one episode
+
+
+class _EpisodeCheck:
+    def __init__(self, ep: Episode, dataset_rig: RigSpec | None, limits: ValidationLimits):
+        self.ep = ep
+        self.dataset_rig = dataset_rig
+        self.limits = limits
+        self.specs = episode_arrays(ep.rig)
+        self.by_path = {s.path: s for s in self.specs}
+        self.findings: list[Finding] = []
+        self.arrays: dict[str, Any] = {}  # zarr arrays that exist with the right dtype and shape
+        self.data: dict[str, np.ndarray] = {}  # fully read arrays (all but the frames)
+        self.unusable: set[str] = set()  # arrays present but with lost chunks
+        self.t0: int | None = None
+        self.chunk_rows: list[tuple[Finding, int]] = []  # chunk findings whose time is known once t0 is
+
+    def add(self, check: str, severity: str, path: str, message: str, t_ns: int | None = None) -> None:
+        time_s = None if t_ns is None or self.t0 is None else round((int(t_ns) - self.t0) / NS, 3)
+        self.findings.append(Finding(check, severity, self.ep.name, path, time_s, message))
+
+    def run(self) -> list[Finding]:
+        self.check_attrs()
+        self.load_arrays()
+        self.check_lengths()
+        self.set_start()
+        if self.check_empty():
+            return self.findings
+        self.check_times()
+        self.check_frames()
+        self.check_audio()
+        self.check_finite()
+        self.check_action_jumps()
+        self.check_events()
+        self.check_sample_fits()
+        return self.findings
+
+    # ---------------------------------------------------------------- metadata
+
+    def check_attrs(self) -> None:
+        a = self.ep.attrs
+        version = a.get("schema_version")
+        if not isinstance(version, int):
+            self.add("episode.schema", ERROR, "", f"no schema version in the episode attributes (got {version!r})")
+        elif version != SCHEMA_VERSION:
+            self.add("episode.schema", ERROR, "", f"schema version {version} is not supported "
+                     f"(this htouch reads {SCHEMA_VERSION})")
+        status = a.get("status")
+        if a.get("salvaged"):
+            self.add("episode.salvaged", WARNING, "", "salvaged after a crash: it ends at the writer's last flush")
+        elif status != "committed":
+            self.add("episode.status", WARNING, "", f"status is {status!r}, not 'committed'")
+        if a.get("success") is None:
+            self.add("label.missing", WARNING, "", "no success label (record one with the operator's keys)")
+        mine, theirs = self.ep.rig.to_dict(), self.dataset_rig.to_dict() if self.dataset_rig else None
+        if theirs is not None and mine != theirs:
+            diff = sorted(k for k, v in mine.items() if theirs.get(k) != v)
+            self.add("episode.rig", WARNING, "",
+                     f"recorded with a rig different from the dataset's ({', '.join(diff)})")
+
+    # ---------------------------------------------------------------- arrays: presence, dtype, shape, chunks
+
+    def load_arrays(self) -> None:
+        for spec in self.specs:
+            try:
+                arr = self.ep.group[spec.path]
+            except KeyError:
+                self.add("array.missing", ERROR, spec.path, "array is missing")
+                continue
+            except Exception as e:  # noqa: BLE001 - broken array metadata
+                self.add("array.missing", ERROR, spec.path, f"array metadata unreadable ({type(e).__name__}: {e})")
+                continue
+            if not isinstance(arr, zarr.Array):
+                self.add("array.missing", ERROR, spec.path, "is a group, not an array")
+                continue
+            if np.dtype(arr.dtype) != np.dtype(spec.dtype):
+                self.add("array.dtype", ERROR, spec.path, f"dtype is {np.dtype(arr.dtype)}, expected {spec.dtype}")
+                continue
+            if tuple(arr.shape[1:]) != spec.shape:
+                self.add("array.shape", ERROR, spec.path,
+                         f"rows have shape {tuple(arr.shape[1:])}, expected {spec.shape}")
+                continue
+            self.arrays[spec.path] = arr
+            n = arr.shape[0]
+            chunk_len = arr.chunks[0]
+            separator = getattr(arr.metadata, "dimension_separator", ".") or "."
+            present = stored_chunks(self.ep.path / spec.path, separator)
+            missing = sorted(set(range((n + chunk_len - 1) // chunk_len)) - present)
+            if missing:
+                self.chunk_finding(spec, missing[0] * chunk_len, f"{len(missing)} chunk file(s) missing, first "
+                                   f"chunk {missing[0]} (rows {missing[0] * chunk_len}..)")
+                self.unusable.add(spec.path)
+                continue
+            if spec.codec == "image":
+                continue  # frames are decoded in batches by check_frames
+            try:
+                self.data[spec.path] = arr[...]
+            except Exception:  # noqa: BLE001 - locate the chunk for the message
+                bad = first_bad_chunk(arr, n, chunk_len)
+                where = f"chunk {bad[0]} (rows {bad[0] * chunk_len}..) {bad[1]}" if bad else "cannot be read"
+                self.chunk_finding(spec, bad[0] * chunk_len if bad else None, where)
+                self.unusable.add(spec.path)
+
+    def chunk_finding(self, spec: ArraySpec, row: int | None, message: str) -> None:
+        self.add("array.chunk", ERROR, spec.path, message)
+        if row is not None:  # its time is known once the stream's time stamps are read
+            self.chunk_rows.append((self.findings[-1], row))
+
+    def check_lengths(self) -> None:
+        groups: dict[tuple[str, str], list[ArraySpec]] = defaultdict(list)
+        for s in self.specs:
+            groups[(s.stream, s.axis)].append(s)
+        for (stream, axis), specs in groups.items():
+            lengths = {s.name: self.arrays[s.path].shape[0] for s in specs if s.path in self.arrays}
+            if len(set(lengths.values())) > 1:
+                shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
+                self.add("array.length", ERROR, stream, f"arrays on the {axis} axis differ in length: {shown}")
+
+    def times(self, stream: str) -> np.ndarray | None:
+        spec = timestamp_spec(self.specs, stream)
+        return self.data.get(spec.path) if spec else None
+
+    def set_start(self) -> None:
+        """The episode start: the earliest first time stamp of the timed streams (as Episode.time_range_ns)."""
+        firsts = [int(t[0]) for s in ("camera", "audio", "state", "action") if (t := self.times(s)) is not None
+                  and len(t)]
+        self.t0 = min(firsts) if firsts else None
+        for f, row in self.chunk_rows:
+            t = self.row_time(f.path, row)
+            if t is not None and self.t0 is not None:
+                f.time_s = round((t - self.t0) / NS, 3)
+
+    def time_of(self, stream: str, row: int) -> int | None:
+        t = self.times(stream)
+        if t is None or row >= len(t):
+            return None
+        return int(t[row])
+
+    def row_time(self, path: str, row: int) -> int | None:
+        """The time of a row of any array: PCM rows are placed by their block's time stamp."""
+        spec = self.by_path[path]
+        if spec.stream == "events":
+            t = self.data.get("events/timestamp_ns")
+            return int(t[row]) if t is not None and row < len(t) else None
+        if spec.axis == TIMED_AXES.get(spec.stream):
+            return self.time_of(spec.stream, row)
+        offsets, times = self.data.get("audio/block_offset"), self.times("audio")
+        if path != "audio/pcm" or offsets is None or times is None or len(offsets) != len(times) or not len(times):
+            return None
+        block = max(int(np.searchsorted(offsets, row, side="right")) - 1, 0)
+        return int(times[block] + (row - int(offsets[block])) * NS / self.ep.rig.audio.rate_hz)
+
+    def check_empty(self) -> bool:
+        lengths = {s: self.arrays[sp.path].shape[0] for s in TIMED_AXES
+                   if (sp := timestamp_spec(self.specs, s)) and sp.path in self.arrays}
+        if lengths and not any(lengths.values()):
+            self.add("episode.empty", ERROR, "", "the episode holds no rows in any stream")
+            return True
+        for stream, n in lengths.items():
+            if n == 0:
+                severity = WARNING if stream == "teleop" else ERROR
+                self.add("stream.empty", severity, stream, "stream has no rows")
+        return False
+
+    # ---------------------------------------------------------------- time stamps, rates, gaps, overlap
+
+    def check_times(self) -> None:
+        lim = self.limits
+        spans: dict[str, tuple[int, int]] = {}
+        for stream in TIMED_AXES:
+            t = self.times(stream)
+            if t is None or len(t) == 0:
+                continue
+            spec = timestamp_spec(self.specs, stream)
+            spans[stream] = (int(t.min()), int(t.max()))
+            d = np.diff(t)
+            bad = np.flatnonzero(d <= 0)
+            if len(bad):
+                i = int(bad[0])
+                self.add("time.order", ERROR, spec.path, f"not strictly increasing at row {i + 1} "
+                         f"({int(d[i]) / 1e6:+.3f} ms after row {i}); {len(bad)} place(s)", int(t[i]))
+                continue
+            if stream != "audio":
+                nominal = self.ep.rig.nominal_rate(stream)
+                rate = measured_rate_hz(t)
+                if len(t) > 2 and nominal > 0 and abs(rate / nominal - 1) > lim.rate_tolerance:
+                    self.add("rate.off", WARNING, stream, f"measured {rate:.2f} Hz, nominal {nominal:g} Hz "
+                             f"({(rate / nominal - 1) * 100:+.1f} %)")
+            if stream == "camera":
+                self.check_frame_gaps(t, d)
+        self.check_overlap(spans)
+
+    def check_frame_gaps(self, t: np.ndarray, d: np.ndarray) -> None:
+        lim = self.limits
+        period_ns = NS / self.ep.rig.camera.rate_hz
+        numbers = self.data.get("camera/frame_number")
+        jumps = np.diff(numbers) if numbers is not None and len(numbers) == len(t) else None
+        if jumps is not None and (jumps <= 0).any():
+            i = int(np.flatnonzero(jumps <= 0)[0])
+            self.add("camera.frame_number", WARNING, "camera/frame_number",
+                     f"frame number does not increase at row {i + 1} ({int(numbers[i])} -> {int(numbers[i + 1])})",
+                     int(t[i + 1]))
+        gaps = np.flatnonzero(d > lim.frame_gap_factor * period_ns)
+        for i in gaps[: lim.max_reports]:
+            lost = f"; {int(jumps[i]) - 1} frame(s) lost by frame_number" if jumps is not None else ""
+            self.add("camera.gap", WARNING, "camera/timestamp_ns",
+                     f"frame gap of {d[i] / 1e6:.1f} ms ({d[i] / period_ns:.1f} periods){lost}", int(t[i]))
+        if len(gaps) > lim.max_reports:
+            lost = f", {dropped_frames(numbers)} frame(s) lost in all" if jumps is not None else ""
+            self.add("camera.gap", WARNING, "camera/timestamp_ns",
+                     f"{len(gaps) - lim.max_reports} more frame gaps ({len(gaps)} in all{lost})")
+
+    def check_overlap(self, spans: dict[str, tuple[int, int]]) -> None:
+        spans = {s: v for s, v in spans.items() if s in ("camera", "audio", "state", "action", "teleop")}
+        if len(spans) < 2:
+            return
+        late = max(spans, key=lambda s: spans[s][0])
+        early = min(spans, key=lambda s: spans[s][1])
+        if spans[late][0] > spans[early][1]:
+            def fmt(s: str) -> str:
+                a, b = ((v - (self.t0 or 0)) / NS for v in spans[s])
+                return f"{s} ({a:.2f}..{b:.2f} s)"
+            self.add("time.overlap", ERROR, "", f"{fmt(early)} and {fmt(late)} do not overlap in time",
+                     spans[late][0])
+
+    # ---------------------------------------------------------------- frames
+
+    def check_frames(self) -> None:
+        """Decode every frame (in batches) and look for frozen stretches."""
+        lim = self.limits
+        arr = self.arrays.get("camera/rgb")
+        if arr is None or "camera/rgb" in self.unusable or arr.shape[0] == 0:
+            return
+        n = arr.shape[0]
+        t = self.times("camera")
+        same = np.zeros(max(n - 1, 0), bool)
+        bad: list[int] = []
+        prev = None
+        for start in range(0, n, lim.frame_batch):
+            stop = min(start + lim.frame_batch, n)
+            try:
+                batch = arr[start:stop]
+            except Exception:  # noqa: BLE001 - find the frames that do not decode
+                frames = []
+                for i in range(start, stop):
+                    try:
+                        frames.append(arr[i])
+                    except Exception:  # noqa: BLE001
+                        bad.append(i)
+                        frames.append(None)
+                for i, f in enumerate(frames, start):
+                    if f is not None and prev is not None and i > 0 and np.array_equal(f, prev):
+                        same[i - 1] = True
+                    prev = f
+                continue
+            if prev is not None:
+                same[start - 1] = np.array_equal(batch[0], prev)
+            if len(batch) > 1:
+                same[start: stop - 1] = (batch[1:] == batch[:-1]).reshape(len(batch) - 1, -1).all(axis=1)
+            prev = batch[-1]
+        if bad:
+            self.add("array.chunk", ERROR, "camera/rgb", f"{len(bad)} frame(s) do not decode, first row {bad[0]}",
+                     self.time_of("camera", bad[0]))
+        period_ns = NS / self.ep.rig.camera.rate_hz
+        for a, b in _runs(same):  # frames a..b (inclusive) are all identical
+            if t is not None and len(t) == n:
+                span, at = int(t[b]) - int(t[a]), int(t[a])
+            else:
+                span, at = int((b - a) * period_ns), None
+            if span > lim.frozen_camera_s * NS:
+                self.add("camera.frozen", WARNING, "camera/rgb",
+                         f"{b - a + 1} identical frames over {span / NS:.2f} s (frozen camera?)", at)
+
+    # ---------------------------------------------------------------- audio
+
+    def check_audio(self) -> None:
+        lim = self.limits
+        spec = self.ep.rig.audio
+        pcm = self.data.get("audio/pcm")
+        offsets = self.data.get("audio/block_offset")
+        times = self.data.get("audio/block_timestamp_ns")
+        overflow = self.data.get("audio/block_overflow")
+        if pcm is not None and len(pcm):
+            self.check_channels(pcm)
+        if pcm is None or offsets is None or times is None or len(times) != len(offsets):
+            return  # unreadable or unequal arrays are reported already
+        n = len(pcm)
+        if len(offsets) == 0:
+            if n:
+                self.add("audio.blocks", ERROR, "audio/block_offset", f"{n} samples but no blocks")
+            return
+        steps = np.diff(offsets)
+        if offsets[0] != 0 or (steps <= 0).any() or offsets[-1] >= n:
+            self.add("audio.blocks", ERROR, "audio/block_offset", "block offsets must start at 0, increase and "
+                     f"stay below the {n} samples (first {int(offsets[0])}, last {int(offsets[-1])})")
+            return
+        if overflow is not None and overflow.any():
+            i = int(np.flatnonzero(overflow)[0])
+            self.add("audio.overflow", WARNING, "audio/block_overflow",
+                     f"{int(overflow.sum())} block(s) flagged: the device lost input", self.time_of("audio", i))
+        if len(times) < 2 or (np.diff(times) <= 0).any():
+            return  # time stamp problems are reported by check_times
+        rate = spec.rate_hz
+        lengths = np.diff(np.append(offsets, n))
+        block_ns = lengths[:-1] * (NS / rate)
+        excess = times[1:] - (times[:-1] + block_ns)
+        gaps = np.flatnonzero(excess > block_ns)
+        for i in gaps[: lim.max_reports]:
+            self.add("audio.gap", WARNING, "audio/block_timestamp_ns",
+                     f"{excess[i] / 1e6:.1f} ms of audio missing before block {i + 1} "
+                     f"(~{int(round(excess[i] * rate / NS))} samples)", int(times[i] + block_ns[i]))
+        if len(gaps) > lim.max_reports:
+            lost = float(excess[gaps].sum()) / NS
+            self.add("audio.gap", WARNING, "audio/block_timestamp_ns",
+                     f"{len(gaps) - lim.max_reports} more gaps ({lost:.2f} s missing in all)")
+        segment = np.zeros(len(times), np.int64)
+        segment[gaps + 1] = 1
+        segment = np.cumsum(segment)
+        slope = _segment_slope(offsets.astype(np.float64), (times - times[0]).astype(np.float64), segment)
+        if slope is not None:
+            ppm = (slope * rate / NS - 1) * 1e6
+            if abs(ppm) > lim.audio_drift_ppm:
+                span_s = (times[-1] - times[0]) / NS
+                self.add("audio.drift", WARNING, "audio/block_timestamp_ns",
+                         f"audio clock drifts {ppm:+.0f} ppm against the host clock "
+                         f"({abs(ppm) * 1e-6 * span_s * 1e3:.1f} ms over {span_s:.1f} s; measured rate "
+                         f"{rate / (1 + ppm * 1e-6):.1f} Hz)")
+
+    def check_channels(self, pcm: np.ndarray) -> None:
+        lim = self.limits
+        spec = self.ep.rig.audio
+        names = spec.channel_names if len(spec.channel_names) == pcm.shape[1] else [
+            f"channel {c}" for c in range(pcm.shape[1])]
+        clipped = ((pcm == INT16_EXTREMES[0]) | (pcm == INT16_EXTREMES[1])).sum(axis=0) / len(pcm)
+        mean = pcm.mean(axis=0, dtype=np.float64)
+        std = pcm.std(axis=0, dtype=np.float64)
+        for c, name in enumerate(names):
+            if std[c] < lim.dead_channel_std:
+                what = "constant" if pcm[:, c].min() == pcm[:, c].max() else "nearly constant"
+                self.add("audio.dead", ERROR, "audio/pcm", f"{name} is dead: {what} "
+                         f"(std {std[c]:.2f} counts, mean {mean[c]:.0f})")
+                continue
+            if clipped[c] > lim.clipped_fraction:
+                self.add("audio.clipped", WARNING, "audio/pcm",
+                         f"{name}: {clipped[c] * 100:.2f} % of samples clipped at the int16 extremes")
+            if abs(mean[c] - spec.center) > lim.dc_offset_fraction * spec.scale:
+                self.add("audio.dc", WARNING, "audio/pcm", f"{name}: mean {mean[c]:.0f} counts is far from the "
+                         f"centre {spec.center:g} (scale {spec.scale:g})")
+
+    # ---------------------------------------------------------------- values
+
+    def check_finite(self) -> None:
+        for spec in self.specs:
+            x = self.data.get(spec.path)
+            if x is None or spec.stream not in ("state", "action", "teleop") or x.dtype.kind != "f" or not len(x):
+                continue
+            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                self.add("values.nonfinite", ERROR, spec.path,
+                         f"{int(bad.sum())} row(s) with NaN or Inf, first row {i}", self.time_of(spec.stream, i))
+
+    def check_action_jumps(self) -> None:
+        """delta_ee is the motion of one control step; a value far from the episode's usual steps is a jump
+        (a teleop tracking glitch, say). The gripper target is left out: it switches legitimately."""
+        lim = self.limits
+        x = self.data.get("action/delta_ee")
+        if x is None or len(x) < 10:
+            return
+        finite = np.isfinite(x).all(axis=1)
+        rows = np.flatnonzero(finite)
+        v = x[finite]
+        med = np.median(v, axis=0)
+        mad = GAUSS_MAD * np.median(np.abs(v - med), axis=0)
+        q5, q95 = np.percentile(v, [5, 95], axis=0)
+        # MAD collapses when most steps are equal (the arm held still); the 5-95 % range does not.
+        scale = np.maximum(np.maximum(mad, (q95 - q5) / GAUSS_90), lim.action_jump_min_scale)
+        z = np.abs(v - med) / scale
+        jump = (z > lim.action_jump_sigmas).any(axis=1)
+        if jump.any():
+            k = int(np.flatnonzero(jump)[0])
+            dim = int(np.argmax(z[k]))
+            row = int(rows[k])
+            self.add("action.jump", WARNING, "action/delta_ee",
+                     f"{int(jump.sum())} step(s) over {lim.action_jump_sigmas:g} robust std from the median; "
+                     f"first at row {row}, component {dim} = {v[k, dim]:.4g} (median {med[dim]:.3g}, "
+                     f"std {scale[dim]:.3g})", self.time_of("action", row))
+
+    def check_events(self) -> None:
+        kinds = self.data.get("events/kind")
+        if kinds is None or not len(kinds):
+            return
+        unknown = sorted({str(k) for k in kinds} - set(EVENT_KINDS))
+        if unknown:
+            mask = np.isin(kinds.astype(str), unknown)
+            i = int(np.flatnonzero(mask)[0])
+            t = self.data.get("events/timestamp_ns")
+            at = int(t[i]) if t is not None and i < len(t) else None
+            self.add("events.unknown", WARNING, "events/kind",
+                     f"{int(mask.sum())} event(s) of unknown kind: {', '.join(unknown)}", at)
+
+    def check_sample_fits(self) -> None:
+        cam, act = self.times("camera"), self.times("action")
+        if cam is None or act is None:
+            return
+        if (np.diff(cam) <= 0).any() or (np.diff(act) <= 0).any():
+            return
+        p = self.limits.sample
+        if len(self.ep.sample_times(p)) == 0:
+            window = max(p.frame_window_s, p.clip.window_s)
+            span = (int(cam[-1]) - int(cam[0])) / NS if len(cam) else 0.0
+            self.add("episode.short", ERROR, "", f"too short for one training sample: {span:.2f} s of frames and "
+                     f"{len(act)} actions; a sample needs {window:g} s of history and {p.horizon} actions after it")
+
+
+def validate_episode(path: str | os.PathLike[str], dataset_rig: RigSpec | None = None,
+                     limits: ValidationLimits = DEFAULT_LIMITS) -> list[Finding]:
+    """All findings for one episode directory (committed or not); never raises for bad data."""
+    path = Path(path)
+    try:
+        ep = Episode(path)
+    except Exception as e:  # noqa: BLE001 - an unreadable episode is a finding, not a crash
+        message = str(e) if str(e) else type(e).__name__
+        return [Finding("episode.unreadable", ERROR, path.name, "", None, message)]
+    try:
+        return _EpisodeCheck(ep, dataset_rig, limits).run()
+    except Exception as e:  # noqa: BLE001 - corruption no check foresaw: still a finding
+        return [Finding("episode.unreadable", ERROR, path.name, "", None,
+                        f"validation stopped: {type(e).__name__}: {e}")]
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+def resolve_target(target: str | None,
+                   dataset: str | os.PathLike[str] | None = None) -> tuple[Dataset, list[Path] | None]:
+    """What `htouch validate TARGET` means: a dataset directory (all its episodes, returned as None), or one
+    committed episode given by name or path (resolved in --dataset, or the dataset found as usual)."""
+    if target is None:
+        return find_dataset(dataset), None
+    if dataset is None and (Path(target) / METADATA_FILE).exists():
+        return Dataset(target), None
+    ds, path = resolve_episode_path(target, dataset)
+    return ds, [path]
+
+
+def incomplete_findings(ds: Dataset, report: Report) -> None:
+    for path in ds.incoming_paths():
+        if is_being_written(path):
+            report.live.append(path.name)
+            continue
+        report.findings.append(Finding("dataset.incomplete", WARNING, path.name, ".incoming", None,
+                                       "incomplete episode left by a crashed or aborted writer: "
+                                       "run htouch validate --repair"))
+
+
+def validate_dataset(ds: Dataset, episodes: list[Path] | None = None, limits: ValidationLimits = DEFAULT_LIMITS,
+                     progress: Callable[[], None] | None = None) -> Report:
+    """Validate the given episode directories, or every committed episode plus the incoming ones."""
+    report = Report(dataset=ds.root)
+    paths = episodes if episodes is not None else [ds.episode_path(i) for i in ds.episode_indices()]
+    for path in paths:
+        report.episodes.append(path.name)
+        report.findings.extend(validate_episode(path, ds.rig, limits))
+        if progress is not None:
+            progress()
+    if episodes is None:
+        incomplete_findings(ds, report)
+    return report
