@@ -188,7 +188,8 @@ class Episode:
         if len(offsets) == 0 or n_total == 0:
             return resample(mono, rate, clip.rate_hz)
         # Each sample's time: its block's stamp plus its position in the block at the nominal rate.
-        block = np.searchsorted(times, slot_times, side="right") - 1
+        # A slot up to half a sample before a block's first stamp belongs to that block (nearest sample).
+        block = np.searchsorted(times, slot_times + 0.5 * NS / rate, side="right") - 1
         valid = block >= 0
         block = np.clip(block, 0, None)
         idx = offsets[block] + np.round((slot_times - times[block]) * rate / NS).astype(np.int64)

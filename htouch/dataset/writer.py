@@ -201,6 +201,7 @@ class EpisodeWriter:
     def _run(self) -> None:
         try:
             last_flush = time.monotonic()
+            pending = 0
             while True:
                 timeout = max(0.0, self.flush_interval_s - (time.monotonic() - last_flush))
                 try:
@@ -211,7 +212,11 @@ class EpisodeWriter:
                     break
                 if item is not None:
                     self._buffer(*item)
-                if time.monotonic() - last_flush >= self.flush_interval_s:
+                    pending += 1
+                # Flush once a second, or sooner when a fast producer has buffered a queue's worth of rows,
+                # so memory stays bounded however fast the caller feeds.
+                if pending >= self._queue.maxsize or time.monotonic() - last_flush >= self.flush_interval_s:
+                    pending = 0
                     self._flush()
                     last_flush = time.monotonic()
             self._flush()
