@@ -1,0 +1,24 @@
+"""docs/format.md promises that plain zarr + imagecodecs opens an episode; check it without importing htouch."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_open_episode_with_plain_zarr(tiny_ds):
+    script = textwrap.dedent(f"""
+        import sys
+        import imagecodecs.numcodecs, zarr
+        imagecodecs.numcodecs.register_codecs()
+        ep = zarr.open_group({str(tiny_ds.episode_path(0))!r}, mode="r", zarr_format=2)
+        frames = ep["camera/rgb"][:10]
+        assert frames.shape == (10, 48, 64, 3) and frames.dtype == "uint8", frames.shape
+        assert ep["audio/pcm"][:].shape[1] == 4
+        assert ep["camera/timestamp_ns"].shape[0] == ep["camera/rgb"].shape[0]
+        assert ep.attrs["htouch_episode"]["index"] == 0
+        assert not any(m.startswith("htouch") for m in sys.modules), "htouch was imported"
+        print("ok", frames.mean())
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
