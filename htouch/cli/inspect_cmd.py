@@ -11,7 +11,8 @@ from rich.table import Table
 from htouch.cli import app
 from htouch.cli.common import DatasetOption, console, err_console, fmt_path, progress_bar
 from htouch.dataset.store import resolve_episode
-from htouch.dataset.summary import RATE_DEVIATION_WARN_PCT, EpisodeSummary, summarize
+from htouch.dataset.summary import EpisodeSummary, summarize
+from htouch.dataset.validate import DEFAULT_LIMITS
 
 
 def _num(x: float | None, fmt: str, none: str = "-") -> str:
@@ -32,7 +33,7 @@ def _render(s: EpisodeSummary) -> None:
     for col in ("stream", "rows", "rate", "nominal", "dev %", "first s", "last s", "max gap s"):
         streams.add_column(col, justify="left" if col == "stream" else "right")
     for st in s.streams:
-        off = st.deviation_pct is None or abs(st.deviation_pct) > RATE_DEVIATION_WARN_PCT
+        off = st.deviation_pct is None or abs(st.deviation_pct) > 100 * DEFAULT_LIMITS.rate_tolerance
         digits = 1 if st.rate_of == "samples" else 2
         streams.add_row(st.stream, str(st.rows), f"{st.rate_hz:.{digits}f}", f"{st.nominal_hz:g}",
                         _warn(_num(st.deviation_pct, "+.3f"), off), _num(st.first_s, ".3f"),

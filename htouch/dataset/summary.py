@@ -19,8 +19,6 @@ from htouch.dataset.episode import NS, Episode
 from htouch.dataset.schema import TIMED_AXES
 from htouch.errors import DatasetError
 
-# Linters of other robot datasets (lerobot-doctor, lerobot-lint) flag a stream more than 10% off its fps.
-RATE_DEVIATION_WARN_PCT = 10.0
 # PCM rows read at a time when computing levels, so memory stays bounded on long episodes.
 _PCM_ROWS_PER_READ = 1 << 20
 
