@@ -84,7 +84,8 @@ def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _mel(params: LogMelParams) -> AT.MelSpectrogram:
+def mel_transform(params: LogMelParams) -> AT.MelSpectrogram:
+    """The mel filterbank of these parameters (shared, so plots label bands with the same centres)."""
     return AT.MelSpectrogram(sample_rate=params.rate_hz, n_fft=params.n_fft, hop_length=params.hop,
                              n_mels=params.n_mels)
 
@@ -94,7 +95,7 @@ def spectrogram(clip: np.ndarray, clip_rate_hz: int, params: SpectrogramParams) 
     x = torch.from_numpy(resample(clip, clip_rate_hz, params.rate_hz))
     with torch.no_grad():
         if isinstance(params, LogMelParams):
-            return torch.log(_mel(params)(x) + params.log_eps).numpy().astype(np.float32)
+            return torch.log(mel_transform(params)(x) + params.log_eps).numpy().astype(np.float32)
         spec = torch.stft(x, n_fft=params.n_fft, hop_length=params.hop, window=torch.hann_window(params.n_fft),
                           center=True, return_complex=True).abs() ** 2  # (513, frames)
         n_frames = int(len(x) // params.hop)  # 2 s at 24 kHz / 240 -> 200, as AVID's trimmed clips give

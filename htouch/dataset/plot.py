@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from htouch.dataset.audio import ClipParams, LogMelParams, _mel, spectrogram
+from htouch.dataset.audio import ClipParams, LogMelParams, mel_transform, spectrogram
 from htouch.dataset.episode import NS, Episode
 from htouch.dataset.summary import EpisodeSummary, summarize
 from htouch.errors import HtouchError
@@ -58,7 +58,7 @@ def audio_spectrogram(ep: Episode, params: LogMelParams = LogMelParams()) -> Epi
     shifting what follows), as one clip spanning all blocks, then passed to the policy's spectrogram.
     """
     start_ns, _ = ep.time_range_ns()
-    fb = _mel(params).mel_scale.fb.numpy()  # (n_freqs, n_mels): the filter bank the transform uses
+    fb = mel_transform(params).mel_scale.fb.numpy()  # (n_freqs, n_mels): the filter bank the transform uses
     mel_hz = np.linspace(0, params.rate_hz / 2, fb.shape[0])[fb.argmax(axis=0)]
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
     n_total = ep.array("audio/pcm").shape[0]
