@@ -138,8 +138,6 @@ class ArraySpec:
         return f"{self.stream}/{self.name}"
 
 
-STREAMS = ("camera", "audio", "state", "action", "teleop", "events")
-
 # Streams whose rows are regular samples, with their time axis name (the "rate" of a stream).
 TIMED_AXES = {"camera": "frames", "audio": "blocks", "state": "rows", "action": "rows", "teleop": "rows"}
 
@@ -205,7 +203,3 @@ EVENT_KINDS = {
     "contact": "ground truth contact onset (synthetic and simulated rigs only)",
     "note": "free text from the operator",
 }
-
-
-def required_paths(rig: RigSpec) -> list[str]:
-    return [a.path for a in episode_arrays(rig)]

@@ -161,10 +161,6 @@ class EpisodeWriter:
         """Rows not stored per stream because the queue was full."""
         return dict(self._dropped)
 
-    @property
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
-
     def _check_open(self) -> None:
         if self._error is not None:
             raise WriterError(f"episode writer for {self.name} failed: {self._error}") from self._error
