@@ -25,7 +25,7 @@ fi
 stamp=.venv/.htouch-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     echo "setup: installing htouch and its dependencies into .venv (first time: a few minutes)"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
-    .venv/bin/python -c "import htouch, torch, torchaudio, zarr, imagecodecs" 
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,hardware]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+    .venv/bin/python -c "import htouch, torch, torchaudio, zarr, imagecodecs, mujoco, av" 
     touch "$stamp"
 fi

@@ -1,0 +1,1 @@
+"""`htouch collect` and `htouch rig check`: record episodes on the simulated or the real rig."""

@@ -1,0 +1,1 @@
+"""`htouch train`, `eval`, `rollout`, `experiment` and `pretrain`: policies that hear touch."""
