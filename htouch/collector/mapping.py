@@ -60,6 +60,14 @@ class MappedCommand:
     command: str | None = None  # "success", "failure" or "discard" on a button press
 
 
+def _pose(ee_pose: np.ndarray) -> tuple[np.ndarray, Rotation]:
+    """Position and rotation of an (x y z qx qy qz qw) pose; ValueError if it is not finite or not a rotation."""
+    pose = np.asarray(ee_pose, dtype=float)
+    if pose.shape != (7,) or not np.all(np.isfinite(pose)):
+        raise ValueError("robot pose is not 7 finite numbers")
+    return pose[:3], Rotation.from_quat(pose[3:7])
+
+
 class ClutchMapping:
     def __init__(self, config: MappingConfig | None = None):
         self.config = config or MappingConfig()
@@ -78,16 +86,25 @@ class ClutchMapping:
 
     def _to_robot_frame(self, pose: np.ndarray) -> tuple[np.ndarray, Rotation]:
         pose = np.asarray(pose, dtype=float)
-        return self.remap @ pose[:3, 3], Rotation.from_matrix(self.remap @ pose[:3, :3] @ self.remap.T)
+        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+            raise ValueError("controller pose is not a finite 4x4 matrix")
+        try:
+            rotation = Rotation.from_matrix(self.remap @ pose[:3, :3] @ self.remap.T)
+        except np.linalg.LinAlgError as e:
+            raise ValueError(f"controller rotation is degenerate: {e}") from None
+        return self.remap @ pose[:3, 3], rotation
 
     def __call__(self, reading: TeleopReading, robot: RobotState) -> MappedCommand:
         cfg = self.config
         gripper = 1.0 - float(np.clip(reading.analog.get("rightTrig", 0.0), 0.0, 1.0))
         command = self._button_command(reading.buttons)
         grip = reading.buttons.get("RG", False) or reading.analog.get("rightGrip", 0.0) > cfg.grip_threshold
-        robot_pos = np.asarray(robot.ee_pose[:3], dtype=float)
-        robot_rot = Rotation.from_quat(robot.ee_pose[3:7])
-        controller_pos, controller_rot = self._to_robot_frame(reading.controller_pose)
+        try:
+            robot_pos, robot_rot = _pose(robot.ee_pose)
+            controller_pos, controller_rot = self._to_robot_frame(reading.controller_pose)
+        except ValueError:  # a glitched reading (NaN, a degenerate matrix): hold, and re-anchor when it is good
+            self.engaged = False
+            return MappedCommand(Action.hold(gripper), False, command)
 
         if not grip:
             self.engaged = False
