@@ -224,6 +224,15 @@ class Episode:
         idx = np.searchsorted(self.camera_times, targets, side="right") - 1
         return np.clip(idx, 0, max(len(self.camera_times) - 1, 0))
 
+    def action_chunk(self, t_ns: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `horizon` actions commanded at or after t, (H, 7) float32 zero-padded past the end of
+        the episode, and the (H,) mask of those that exist."""
+        a0 = int(np.searchsorted(self.action_times, t_ns, side="left"))
+        actions = np.zeros((horizon, 7), dtype=np.float32)
+        chunk = self._actions[a0:a0 + horizon]
+        actions[:len(chunk)] = chunk
+        return actions, np.arange(horizon) < len(chunk)
+
     def sample(self, t_ns: int, params: SampleParams = SampleParams()) -> Sample:
         if len(self.camera_times) == 0:
             raise DatasetError(f"{self.name}: no camera frames")
@@ -233,14 +242,10 @@ class Episode:
         frames = np.stack([rgb[int(i)] for i in uniq])[inverse]
         si = max(int(np.searchsorted(self.state_times, t_ns, side="right")) - 1, 0)
         state = self._state[si] if len(self.state_times) else np.zeros(self._state.shape[1])
-        a0 = int(np.searchsorted(self.action_times, t_ns, side="left"))
-        actions = np.zeros((params.horizon, 7))
-        chunk = self._actions[a0:a0 + params.horizon]
-        actions[:len(chunk)] = chunk
-        mask = np.arange(params.horizon) < len(chunk)
+        actions, mask = self.action_chunk(t_ns, params.horizon)
         return Sample(t_ns=int(t_ns), frames=frames, frame_times_ns=self.camera_times[fi],
                       audio=self.audio_clip(t_ns, params.clip), state=state.astype(np.float32),
-                      actions=actions.astype(np.float32), action_mask=mask)
+                      actions=actions, action_mask=mask)
 
     def __repr__(self) -> str:
         return f"Episode({str(self.path)!r})"
