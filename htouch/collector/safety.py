@@ -40,11 +40,16 @@ class FilteredAction:
 
 
 def clip_norm(v: np.ndarray, limit: float) -> tuple[np.ndarray, bool]:
-    """v scaled down to length `limit` if longer, and whether it was."""
-    n = float(np.linalg.norm(v))
+    """v scaled down to length `limit` if longer, and whether it was (no overflow for huge finite v)."""
+    v = np.asarray(v, dtype=float)
+    peak = float(np.max(np.abs(v))) if v.size else 0.0
+    if peak == 0.0:
+        return v, False
+    unit = v / peak
+    n = peak * float(np.linalg.norm(unit))
     if n <= limit:
         return v, False
-    return v * (limit / n), True
+    return unit * (limit / float(np.linalg.norm(unit))), True
 
 
 class SafetyFilter:
@@ -60,15 +65,22 @@ class SafetyFilter:
         reasons: list[str] = []
         delta = np.asarray(action.delta_ee, dtype=float).reshape(-1)
         position = np.asarray(ee_position, dtype=float)[:3]
-        if delta.shape != (6,) or not np.all(np.isfinite(delta)) or not np.all(np.isfinite(position)):
+        position_ok = position.shape == (3,) and bool(np.all(np.isfinite(position)))
+        if delta.shape != (6,) or not np.all(np.isfinite(delta)) or not position_ok:
             delta = np.zeros(6)
             reasons.append("non-finite")
         # Workspace first (the target is clipped into the box), then the step size: scaling a step that
-        # starts inside the box toward zero keeps its end inside the (convex) box.
-        target = np.clip(position + delta[:3], self._lo, self._hi)
-        translation = target - position if np.all(np.isfinite(target)) else np.zeros(3)
-        if not np.allclose(translation, delta[:3]):
-            reasons.append("workspace")
+        # starts inside the box toward zero keeps its end inside the (convex) box. Where the robot is
+        # unknown, it does not move.
+        translation = np.zeros(3)
+        if position_ok:
+            with np.errstate(over="ignore", invalid="ignore"):
+                target = np.clip(position + delta[:3], self._lo, self._hi)
+                translation = target - position
+                if not np.all(np.isfinite(translation)):
+                    translation = np.zeros(3)
+                if not np.allclose(translation, delta[:3]):
+                    reasons.append("workspace")
         translation, clipped = clip_norm(translation, lim.max_translation_m)
         if clipped:
             reasons.append("translation")
