@@ -1,10 +1,12 @@
 """Audio preprocessing: the one place that owns the policy's audio window and spectrogram parameters.
 
 The policy hears a 2 s clip ending at the observation time, mono (channels averaged), normalised,
-resampled to 16 kHz (the paper, section IV-A). Two spectrogram front ends are offered:
+resampled to 16 kHz (the paper, section IV-A). Three spectrogram front ends are offered:
 - `logmel`: the paper authors' variant, MelSpectrogram(16 kHz, n_fft 400, hop 160, 64 mels), log(x + 1e-8);
 - `avid`: AVID's AudioSet front end, 24 kHz, STFT n_fft 1024 hop 240, power, bins 1..512 averaged in
-  pairs -> 257 bins, power_to_db(top_db=100), shape (1, 200, 257) for 2 s (see encoders-and-audio.md).
+  pairs -> 257 bins, power_to_db(top_db=100), shape (1, 200, 257) for 2 s (see encoders-and-audio.md);
+- `byol-a`: BYOL-A's front end for its AudioNTT2020 encoder (the BYOL-A baseline), a log-mel like `logmel`
+  with n_fft 1024, 64 mels between 60 and 7800 Hz, log(x + float32 eps).
 """
 
 from __future__ import annotations
@@ -52,8 +54,19 @@ class AvidParams:
     top_db: float = 100.0
 
 
-SpectrogramParams = LogMelParams | AvidParams
-SPECTROGRAM_KINDS = {"logmel": LogMelParams, "avid": AvidParams}
+@dataclass(frozen=True)
+class ByolaParams(LogMelParams):
+    """BYOL-A's default front end (nttcslab/byol-a config.yaml): a log-mel with its own STFT and band limits."""
+
+    kind: str = "byol-a"
+    n_fft: int = 1024
+    log_eps: float = float(np.finfo(np.float32).eps)
+    f_min: float = 60.0
+    f_max: float = 7800.0
+
+
+SpectrogramParams = LogMelParams | AvidParams | ByolaParams
+SPECTROGRAM_KINDS = {"logmel": LogMelParams, "avid": AvidParams, "byol-a": ByolaParams}
 DEFAULT_CLIP = ClipParams()
 
 
@@ -87,7 +100,8 @@ def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
 def mel_transform(params: LogMelParams) -> AT.MelSpectrogram:
     """The mel filterbank of these parameters (shared, so plots label bands with the same centres)."""
     return AT.MelSpectrogram(sample_rate=params.rate_hz, n_fft=params.n_fft, hop_length=params.hop,
-                             n_mels=params.n_mels)
+                             n_mels=params.n_mels, f_min=getattr(params, "f_min", 0.0),
+                             f_max=getattr(params, "f_max", None))
 
 
 def spectrogram(clip: np.ndarray, clip_rate_hz: int, params: SpectrogramParams) -> np.ndarray:
