@@ -96,8 +96,9 @@ def test_bad_limits_refused(kw):
 
 def test_huge_finite_command_is_scaled_not_zeroed():
     out = SafetyFilter(LIMITS)(Action(np.array([1e308, 1e308, 0, 0, 0, -1e308]), 0.5), np.array([0.2, -0.4, 0.3]))
-    # Clipped into the box at (0.8, 0.4), then to a 2 cm step along the diagonal; rotation 0.1 rad about -z.
-    np.testing.assert_allclose(out.action.delta_ee, [0.02 / np.sqrt(2), 0.02 / np.sqrt(2), 0, 0, 0, -0.1])
+    # Clipped into the box at the corner (0.8, 0.4): a (0.6, 0.8) m move, then scaled to a 2 cm step;
+    # rotation scaled to 0.1 rad about -z.
+    np.testing.assert_allclose(out.action.delta_ee, [0.012, 0.016, 0, 0, 0, -0.1])
 
 
 def test_unknown_robot_position_holds_still():
