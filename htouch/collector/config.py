@@ -15,10 +15,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from htouch.collector.mapping import MappingConfig, axis_remap_matrix
+from htouch.collector.mapping import MappingConfig
 from htouch.collector.safety import SafetyLimits
 from htouch.dataset.schema import ActionSpec, AudioSpec, CameraSpec, RigSpec, StateSpec, TeleopSpec
 from htouch.errors import HtouchError
+
+
+def _require(obj: Any, rule: str, check: Any, *names: str) -> None:
+    """ValueError naming the first of `names` whose value fails `check` (NaN fails every rule)."""
+    for name in names:
+        value = getattr(obj, name)
+        try:
+            ok = bool(check(value))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be {rule}, not {value!r}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    _require(obj, "> 0", lambda v: v > 0, *names)
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    _require(obj, ">= 0", lambda v: v >= 0, *names)
+
+
+def _port(obj: Any, *names: str) -> None:
+    _require(obj, "a port number (1-65535)", lambda v: 1 <= v <= 65535, *names)
 
 
 @dataclass
@@ -31,6 +55,12 @@ class CameraConfig:
     latency_ms: float = 0.0  # measured capture-to-timestamp offset, subtracted from time stamps
     file: str = ""  # play a RealSense recording (.bag/.db3) instead of a live camera
 
+    def __post_init__(self) -> None:
+        _require(self, "at least 16 pixels", lambda v: v >= 16, "width", "height")
+        _positive(self, "fps")
+        _require(self, "in 1..100", lambda v: 1 <= v <= 100, "quality")
+        _non_negative(self, "latency_ms")
+
 
 @dataclass
 class MicrophoneConfig:
@@ -42,6 +72,11 @@ class MicrophoneConfig:
     center: float = 0.0  # normalisation (x - center) / scale, stored with the data
     scale: float = 32768.0
 
+    def __post_init__(self) -> None:
+        _positive(self, "channels", "rate_hz", "blocksize", "scale")
+        _non_negative(self, "latency_ms")
+        _require(self, "finite", lambda v: abs(v) < float("inf"), "center")
+
 
 @dataclass
 class TeleopConfig:
@@ -51,6 +86,9 @@ class TeleopConfig:
     port: int = 5555
     adb_host: str = "127.0.0.1"  # the adb server
     adb_port: int = 5037
+
+    def __post_init__(self) -> None:
+        _port(self, "port", "adb_port")
 
 
 @dataclass
@@ -64,6 +102,11 @@ class RobotConfig:
     gripper_force: float = 20.0  # N, when grasping
     gripper_max_width: float = 0.08  # m, fully open
 
+    def __post_init__(self) -> None:
+        _require(self, "7 joint angles (rad)", lambda v: len(v) == 7 and all(abs(q) < 7 for q in v), "home_joints")
+        _positive(self, "translational_stiffness", "rotational_stiffness", "gripper_speed", "gripper_force",
+                  "gripper_max_width")
+
 
 @dataclass
 class ControlConfig:
@@ -71,6 +114,9 @@ class ControlConfig:
     teleop_timeout_ms: float = 250.0  # longer than this without a reading: the robot holds still
     camera_stall_ms: float = 200.0
     max_episode_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "rate_hz", "teleop_timeout_ms", "camera_stall_ms", "max_episode_s")
 
 
 @dataclass
@@ -128,6 +174,9 @@ def rig_config_from_dict(data: dict[str, Any], where: str = "rig config") -> Rig
             top.update(_build_kw(_RigTable, value, f"{where} [rig]"))
         elif key in _TABLES:
             top[key] = _build(hints[key], value, f"{where} [{key}]")
+        elif not isinstance(value, dict):
+            raise HtouchError(f"{where}: key {key!r} outside a table (kind and name go under [rig]; "
+                              f"tables: rig, {', '.join(_TABLES)})")
         else:
             raise HtouchError(f"{where}: unknown table [{key}] (known: rig, {', '.join(_TABLES)})")
     config = RigConfig(**top)
@@ -135,10 +184,6 @@ def rig_config_from_dict(data: dict[str, Any], where: str = "rig config") -> Rig
         raise HtouchError(f"{where} [rig] kind: must be 'sim' or 'real', not {config.kind!r}")
     if config.teleop.kind not in ("quest", "keyboard"):
         raise HtouchError(f"{where} [teleop] kind: must be 'quest' or 'keyboard', not {config.teleop.kind!r}")
-    try:
-        axis_remap_matrix(config.mapping.axis_remap)
-    except ValueError as e:
-        raise HtouchError(f"{where} [mapping] {e}") from None
     return config
 
 

@@ -52,6 +52,17 @@ class MappingConfig:
     failure_button: str = "B"
     discard_button: str = "RJ"
 
+    def __post_init__(self) -> None:
+        axis_remap_matrix(self.axis_remap)  # ValueError naming axis_remap
+        for name in ("motion_scale", "gain", "rotation_gain"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        for name in ("max_step_m", "max_step_rad"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if not 0 <= self.grip_threshold <= 1:
+            raise ValueError(f"grip_threshold must be in [0, 1], not {self.grip_threshold!r}")
+
 
 @dataclass
 class MappedCommand:
