@@ -1,0 +1,1 @@
+"""Stand-ins that speak the real device protocols, for the hardware backend tests."""
