@@ -1,0 +1,406 @@
+"""Training samples from an episode store: k frames over the last window, a spectrogram, H future actions.
+
+A sample is taken at every camera frame time t where a full window lies behind and H actions ahead
+(`Episode.sample_times`): the k frames at or before k times spanning [t - window, t]
+(`Episode.frame_indices`), the spectrogram of the audio clip ending at t (the cache from
+`htouch spectrogram` when its parameters match, else computed the same way:
+`htouch.dataset.spectrograms.EpisodeSpectrograms`), and the next H actions (`Episode.action_chunk`).
+
+Episodes come from `htouch split`; normalisation from `htouch stats` (htouch.json "stats"): actions are
+standardised per dimension (model.ActionNormalization), spectrograms are handed over raw and the model
+standardises them per bin (AudioVisualPolicy.set_spectrogram_stats), so the runner feeds the same thing.
+
+Images: un-augmented samples are the whole frame resized to image_size, exactly `model.preprocess_frames`
+(what the policy runner feeds). Training augments half of the samples (the paper's p = 0.5): the whole
+frame resized to load_size = image_size * 8/7 (256 for 224), RandomCrop to image_size, then
+ColorJitter(0.3, 0.3, 0.1, 0.2). The k frames of a sample share one crop and one jitter (one camera).
+Augmentation draws from a generator seeded by (seed, epoch, sample), so a run depends neither on the
+number of loader workers nor on being resumed.
+
+Frames are decoded and resized once and kept in memory (as uint8) when they fit `preload_mb`, likewise
+the spectrograms; otherwise each sample decodes its frames and reads (or computes) its spectrogram.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from htouch.dataset import audio
+from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
+from htouch.dataset.episode import Episode, SampleParams
+from htouch.dataset.spectrograms import EpisodeSpectrograms, spec_shape
+from htouch.dataset.split import SPLIT_KEY, training_episodes
+from htouch.dataset.stats import STATS_KEY, compute_stats, store_stats
+from htouch.dataset.store import Dataset
+from htouch.errors import DatasetError, HtouchError
+from htouch.training.model import ActionNormalization, PolicyConfig
+
+P_AUGMENT = 0.5
+JITTER = dict(brightness=0.3, contrast=0.3, saturation=0.1, hue=0.2)
+LOAD_RATIO = 8 / 7  # 224 -> 256, as the usual Resize(256) + Crop(224)
+DEFAULT_PRELOAD_MB = 4096
+
+Progress = Callable[[int], None]
+
+
+# ------------------------------------------------------------------------------------------ what is read
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a policy reads from a dataset (the policy config decides: see `from_policy`)."""
+
+    n_frames: int = 4
+    frame_window_s: float = 2.0
+    horizon: int = 8
+    action_dim: int = 7
+    image_size: int = 224
+    audio_kind: str | None = "avid"  # None: a vision-only policy reads no audio
+    clip: ClipParams = DEFAULT_CLIP
+    stride: int = 1  # a sample at every `stride`-th possible camera frame
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise HtouchError(f"image size must be at least 8 pixels, got {self.image_size}")
+        if self.stride < 1:
+            raise HtouchError(f"the sample stride must be at least 1, got {self.stride}")
+        if self.audio_kind is not None:
+            audio.spectrogram_params(self.audio_kind)  # raises for an unknown kind
+
+    @classmethod
+    def from_policy(cls, config: PolicyConfig, stride: int = 1) -> "DataSpec":
+        return cls(n_frames=config.n_frames, horizon=config.horizon, action_dim=config.action_dim,
+                   image_size=config.image_size, audio_kind=config.audio_kind, stride=stride)
+
+    @property
+    def sample_params(self) -> SampleParams:
+        return SampleParams(n_frames=self.n_frames, frame_window_s=self.frame_window_s, clip=self.clip,
+                            horizon=self.horizon)
+
+    @property
+    def load_size(self) -> int:
+        return int(round(self.image_size * LOAD_RATIO))
+
+    @property
+    def spec_params(self) -> SpectrogramParams | None:
+        return None if self.audio_kind is None else audio.spectrogram_params(self.audio_kind)
+
+    @property
+    def spec_shape(self) -> tuple[int, ...] | None:
+        """Shape of one spectrogram as audio.spectrogram makes it (the model's input), None without audio."""
+        return None if self.spec_params is None else spec_shape(self.spec_params, self.clip)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for a run's config: with the spectrogram parameters and their cache key spelled out."""
+        d = dataclasses.asdict(self)
+        if self.spec_params is not None:
+            d["spectrogram"] = dataclasses.asdict(self.spec_params)
+            d["spectrogram_key"] = audio.params_key(self.clip, self.spec_params)
+            d["spectrogram_shape"] = list(self.spec_shape)
+        d["load_size"] = self.load_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "clip" in kw:
+            kw["clip"] = ClipParams(**kw["clip"])
+        return cls(**kw)
+
+
+# ------------------------------------------------------------------------------------------ split and stats
+
+
+@dataclass
+class DatasetPlan:
+    """The episodes to train and validate on and the statistics to normalise with (with notes for the user)."""
+
+    train: list[int]
+    val: list[int]
+    stats: dict[str, Any]
+    stats_source: str  # "stored" or "computed"
+    notes: list[str] = field(default_factory=list)
+
+    def action_normalization(self, action_dim: int = 7) -> ActionNormalization:
+        return ActionNormalization.from_stats(self.stats, action_dim)
+
+    def spectrogram_stats(self, kind: str | None) -> dict[str, Any] | None:
+        return None if kind is None else self.stats["spectrogram"][kind]
+
+
+def dataset_split(ds: Dataset) -> tuple[list[int], list[int], list[str]]:
+    """Train and validation episodes from `htouch split`. A dataset without a split is refused rather than
+    split here: the validation set decides early stopping and which model is kept, so it must be the
+    user's, visible and reproducible (and the same one the stats were computed without)."""
+    split = ds.metadata.get(SPLIT_KEY)
+    if not isinstance(split, dict) or not isinstance(split.get("train"), list):
+        raise DatasetError(f"dataset {ds.root} has no train/validation split; run `htouch split {ds.root}` first")
+    present = set(ds.episode_indices())
+    train = [int(i) for i in split["train"] if int(i) in present]
+    val = [int(i) for i in split.get("val", []) if int(i) in present]
+    notes = list(training_episodes(ds).notes)
+    missing = len(split.get("val", [])) - len(val)
+    if missing:
+        notes.append(f"{missing} validation episode(s) of the split no longer exist")
+    if not train:
+        raise DatasetError(f"none of the split's train episodes exist in {ds.root}; re-run `htouch split`")
+    if not val:
+        raise DatasetError(f"the split of {ds.root} has no validation episodes (needed for early stopping); "
+                           "re-run `htouch split` with a larger --val")
+    return train, val, notes
+
+
+def stats_problem(stats: Any, spec: DataSpec, train: list[int]) -> str | None:
+    """Why stored stats cannot be used for this training (None when they can)."""
+    if not isinstance(stats, dict) or not isinstance(stats.get("action"), dict):
+        return "the dataset has no stats"
+    if sorted(stats.get("episodes", [])) != sorted(train):
+        return "the stored stats were computed on other episodes than the current train split"
+    if spec.spec_params is not None:
+        entry = (stats.get("spectrogram") or {}).get(spec.audio_kind)
+        if not isinstance(entry, dict):
+            return f"the stored stats have no {spec.audio_kind} spectrogram entry"
+        if entry.get("params_key") != audio.params_key(spec.clip, spec.spec_params):
+            return f"the stored {spec.audio_kind} spectrogram stats were made with other parameters"
+    return None
+
+
+def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: bool = True) -> DatasetPlan:
+    """Episodes from the split; statistics from htouch.json, or computed (and, when `write`, stored as
+    `htouch stats` would) when they are missing or were made for other episodes or parameters."""
+    train, val, notes = dataset_split(ds)
+    stats = ds.metadata.get(STATS_KEY)
+    why = stats_problem(stats, spec, train)
+    source = "stored"
+    if why is not None:
+        old_kinds = (stats.get("spectrogram") or {}) if isinstance(stats, dict) else {}
+        kinds = sorted({*old_kinds, *([spec.audio_kind] if spec.audio_kind else [])})
+        stats, stat_notes = compute_stats(ds, kinds, spec.clip, progress_bar=progress_bar)
+        if write:
+            store_stats(ds, stats)
+        notes.append(f"{why}: computed them{' and stored them in htouch.json' if write else ''}")
+        notes.extend(n for n in stat_notes if n not in notes)
+        source = "computed"
+    return DatasetPlan(train, val, stats, source, notes)
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def resize_frames(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """(n, H, W, 3) uint8 frames -> (n, 3, size, size) uint8, the whole frame resized as
+    model.preprocess_frames does it (antialiased; to_float of this equals preprocess_frames)."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)
+    if tuple(x.shape[-2:]) == (size, size):
+        return x.contiguous()
+    return TF.resize(x, [size, size], antialias=True)
+
+
+def to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float 0..1 (done on the training device, so batches travel as bytes)."""
+    return frames.float().div_(255.0)
+
+
+class Augment:
+    """The paper's augmentation of one sample's frames, all k frames alike: RandomCrop + ColorJitter."""
+
+    def __init__(self, image_size: int):
+        self.transform = v2.Compose([v2.RandomCrop(image_size), v2.ColorJitter(**JITTER)])
+
+    def __call__(self, loaded: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(loaded)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def augmented(seed: int) -> bool:
+    """Whether the sample with this seed is augmented (probability P_AUGMENT)."""
+    return float(np.random.default_rng(seed).random()) < P_AUGMENT
+
+
+# ------------------------------------------------------------------------------------------ samples
+
+
+class EpisodeSamples:
+    """The samples of one episode: times, frame indices, spectrogram frame and normalised actions."""
+
+    def __init__(self, ep: Episode, spec: DataSpec, norm: ActionNormalization):
+        self.ep = ep
+        params = spec.sample_params
+        self.times = ep.sample_times(params, stride=spec.stride)
+        self.spec_frame = np.searchsorted(ep.camera_times, self.times).astype(np.int64)  # times are frame times
+        self.frame_idx = (np.stack([ep.frame_indices(int(t), params) for t in self.times])
+                          if len(self.times) else np.zeros((0, spec.n_frames), np.int64))
+        chunks = [ep.action_chunk(int(t), spec.horizon) for t in self.times]
+        acts = (np.stack([c[0] for c in chunks]) if chunks else np.zeros((0, spec.horizon, 7)))[..., :spec.action_dim]
+        self.mask = np.stack([c[1] for c in chunks]) if chunks else np.zeros((0, spec.horizon), bool)
+        self.actions = np.where(self.mask[..., None], norm.normalize(acts), 0.0).astype(np.float32)
+        self.used_frames = np.unique(self.frame_idx)
+        self.frame_row = np.full(len(ep.camera_times), -1, dtype=np.int64)
+        self.frame_row[self.used_frames] = np.arange(len(self.used_frames))
+        # filled by preloading (None: read per sample)
+        self.frames: torch.Tensor | None = None  # (used, 3, S, S) uint8
+        self.loaded: torch.Tensor | None = None  # (used, 3, L, L) uint8, augmented samples crop from these
+        self.specs: torch.Tensor | None = None  # (samples, *spec shape) float32
+        self.spectrograms: EpisodeSpectrograms | None = None
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+class PolicySamples(torch.utils.data.Dataset):
+    """Samples of some episodes of a dataset, as dicts of tensors: frames (k, 3, S, S) uint8; spec (the
+    raw spectrogram of audio.spectrogram, absent without audio); actions (H, action_dim) float32
+    normalised, zero past the episode end; mask (H,) bool."""
+
+    def __init__(self, ds: Dataset, episodes: list[int], spec: DataSpec, norm: ActionNormalization,
+                 augment: bool = False, seed: int = 0, preload_mb: float = DEFAULT_PRELOAD_MB,
+                 progress: Progress | None = None):
+        self.spec = spec
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.augmenter = Augment(spec.image_size) if augment else None
+        self.episode_indices = list(episodes)
+        self.episodes = [EpisodeSamples(ds.episode(i), spec, norm) for i in episodes]
+        lengths = np.array([len(e) for e in self.episodes], dtype=np.int64)
+        if lengths.sum() == 0:
+            raise DatasetError(f"episodes {episodes} of {ds.root} are all shorter than the "
+                               f"{max(spec.frame_window_s, spec.clip.window_s):g} s window plus {spec.horizon} "
+                               "actions: no training sample")
+        self.sample_episode = np.repeat(np.arange(len(lengths)), lengths)
+        self.sample_row = np.concatenate([np.arange(n) for n in lengths])
+        self.spec_sources = {"cache": 0, "computed": 0}
+        if spec.spec_params is not None:
+            for e in self.episodes:
+                e.spectrograms = EpisodeSpectrograms(e.ep, spec.spec_params, spec.clip)
+                self.spec_sources[e.spectrograms.source] += 1
+        self.preloaded = self._preload(preload_mb, progress)
+
+    # ---------------------------------------------------------------- preloading
+
+    def n_frames_used(self) -> int:
+        return sum(len(e.used_frames) for e in self.episodes)
+
+    def frame_bytes(self) -> int:
+        sizes = [self.spec.image_size] + ([self.spec.load_size] if self.augment else [])
+        return self.n_frames_used() * sum(3 * s * s for s in sizes)
+
+    def spec_bytes(self) -> int:
+        shape = self.spec.spec_shape
+        return 0 if shape is None else len(self) * int(np.prod(shape)) * 4
+
+    def preload_work(self, preload_mb: float = DEFAULT_PRELOAD_MB) -> int:
+        """Frames to decode plus spectrograms to read within this budget, for a progress bar."""
+        budget = preload_mb * 1e6
+        frames = self.n_frames_used() if self.frame_bytes() <= budget else 0
+        left = budget - (self.frame_bytes() if frames else 0)
+        return frames + (len(self) if self.spec.spec_shape and self.spec_bytes() <= left else 0)
+
+    def _preload(self, budget_mb: float, progress: Progress | None) -> dict[str, bool]:
+        budget = budget_mb * 1e6
+        out = {"frames": False, "spectrograms": False}
+        if self.frame_bytes() <= budget:
+            for e in self.episodes:
+                rgb = e.ep.array("camera/rgb")
+                e.frames = torch.empty((len(e.used_frames), 3, self.spec.image_size, self.spec.image_size),
+                                       dtype=torch.uint8)
+                if self.augment:
+                    e.loaded = torch.empty((len(e.used_frames), 3, self.spec.load_size, self.spec.load_size),
+                                           dtype=torch.uint8)
+                for j, i in enumerate(e.used_frames):
+                    raw = _read_frame(e.ep, rgb, int(i))[None]
+                    e.frames[j] = resize_frames(raw, self.spec.image_size)[0]
+                    if e.loaded is not None:
+                        e.loaded[j] = resize_frames(raw, self.spec.load_size)[0]
+                    if progress:
+                        progress(1)
+            out["frames"] = True
+            budget -= self.frame_bytes()
+        if self.spec.spec_params is not None and self.spec_bytes() <= budget:
+            for e in self.episodes:
+                e.specs = torch.from_numpy(self._read_spectrograms(e, np.arange(len(e))))
+                if progress:
+                    progress(len(e))
+            out["spectrograms"] = True
+        return out
+
+    # ---------------------------------------------------------------- reading
+
+    def __len__(self) -> int:
+        return len(self.sample_episode)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The augmentation of the next pass draws from (seed, epoch, sample)."""
+        self.epoch = epoch
+
+    def locate(self, index: int) -> tuple[EpisodeSamples, int]:
+        """The episode of a sample and the sample's row within it."""
+        return self.episodes[int(self.sample_episode[index])], int(self.sample_row[index])
+
+    def _read_spectrograms(self, e: EpisodeSamples, rows: np.ndarray) -> np.ndarray:
+        return e.spectrograms.frames(e.spec_frame[rows])
+
+    def episode_frames(self, e: EpisodeSamples, frame_indices: np.ndarray, loaded: bool = False) -> torch.Tensor:
+        """uint8 frames (n, 3, s, s) of an episode: at image_size, or at load_size (`loaded`) for cropping."""
+        bank = e.loaded if loaded else e.frames
+        if bank is not None:
+            return bank[torch.from_numpy(e.frame_row[frame_indices])]
+        rgb = e.ep.array("camera/rgb")
+        uniq, inverse = np.unique(frame_indices, return_inverse=True)
+        decoded = np.stack([_read_frame(e.ep, rgb, int(i)) for i in uniq])
+        size = self.spec.load_size if loaded else self.spec.image_size
+        return resize_frames(decoded, size)[torch.from_numpy(inverse.reshape(-1))]
+
+    def spectrogram(self, index: int) -> torch.Tensor:
+        e, row = self.locate(index)
+        if e.specs is not None:
+            return e.specs[row]
+        return torch.from_numpy(self._read_spectrograms(e, np.array([row]))[0])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        e, row = self.locate(index)
+        frames = None
+        if self.augmenter is not None:
+            seed = sample_seed(self.seed, self.epoch, index)
+            if augmented(seed):
+                frames = self.augmenter(self.episode_frames(e, e.frame_idx[row], loaded=True), seed)
+        if frames is None:
+            frames = self.episode_frames(e, e.frame_idx[row])
+        item = {"frames": frames, "actions": torch.from_numpy(e.actions[row]), "mask": torch.from_numpy(e.mask[row])}
+        if self.spec.spec_params is not None:
+            item["spec"] = self.spectrogram(index)
+        return item
+
+    def describe(self) -> str:
+        parts = [f"{len(self)} samples from {len(self.episodes)} episode(s)"]
+        if self.spec.spec_params is not None:
+            parts.append(f"{self.spec.audio_kind} spectrograms: {self.spec_sources['cache']} episode(s) cached, "
+                         f"{self.spec_sources['computed']} computed")
+        kept = [k for k, v in self.preloaded.items() if v]
+        parts.append(f"in memory: {', '.join(kept) if kept else 'nothing (read per sample)'}")
+        return "; ".join(parts)
+
+
+def _read_frame(ep: Episode, rgb: Any, i: int) -> np.ndarray:
+    try:
+        return rgb[i]
+    except Exception as e:  # a chunk that does not decode
+        raise DatasetError(f"{ep.name}: camera frame {i} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
