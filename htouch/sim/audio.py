@@ -199,25 +199,42 @@ class ContactAudioSynth:
         _require(isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, bool) and n_samples > 0,
                  f"n_samples must be a positive int, got {n_samples!r}")
         n = int(n_samples)
-        mics = np.asarray(mic_positions, dtype=float)
         c = self.config.channels
+        try:
+            mics = np.asarray(mic_positions, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"mic_positions must be a ({c}, 3) array of metres, got {mic_positions!r}") from None
         _require(mics.shape == (c, 3), f"mic_positions must have shape ({c}, 3), got {mics.shape}")
         _require(bool(np.all(np.isfinite(mics))), "mic_positions must be finite")
         speed = _finite_nonneg("motor_speed", motor_speed)
-        for i, ct in enumerate(contacts):
-            where = f"contact {i}"
-            _require(isinstance(ct, ContactSample), f"{where}: expected a ContactSample, got {type(ct).__name__}")
-            _require(ct.material in MATERIALS,
-                     f"{where}: unknown material {ct.material!r}; use one of {', '.join(MATERIALS)}")
-            _require(isinstance(ct.start, (int, np.integer)) and isinstance(ct.length, (int, np.integer))
-                     and 0 <= ct.start < n and ct.length >= 0 and ct.start + ct.length <= n,
-                     f"{where}: span start={ct.start!r} length={ct.length!r} must lie within the block of {n} samples")
+        for i, ct in enumerate(contacts):  # messages are built only on failure: this runs for every span
+            if not isinstance(ct, ContactSample):
+                raise ValueError(f"contact {i}: expected a ContactSample, got {type(ct).__name__}")
+            if ct.material not in MATERIALS:
+                raise ValueError(f"contact {i}: unknown material {ct.material!r}; use one of {', '.join(MATERIALS)}")
+            if not (isinstance(ct.start, (int, np.integer)) and isinstance(ct.length, (int, np.integer))
+                    and 0 <= ct.start < n and ct.length >= 0 and ct.start + ct.length <= n):
+                raise ValueError(f"contact {i}: span start={ct.start!r} length={ct.length!r} must lie within the "
+                                 f"block of {n} samples")
             for name in ("normal_force", "slip_speed", "impulse"):
-                _finite_nonneg(f"{where}: {name}", getattr(ct, name))
-            pos = np.asarray(ct.position, dtype=float)
-            _require(pos.shape == (3,) and bool(np.all(np.isfinite(pos))),
-                     f"{where}: position must be 3 finite numbers, got {ct.position!r}")
-        return n, mics, speed
+                v = getattr(ct, name)
+                if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v >= 0):
+                    raise ValueError(f"contact {i}: {name} must be finite and >= 0, got {v!r}")
+        positions = None
+        if contacts:
+            try:
+                positions = np.array([ct.position for ct in contacts], dtype=float)
+            except (TypeError, ValueError):
+                positions = None
+            if positions is None or positions.shape != (len(contacts), 3) or not np.isfinite(positions).all():
+                for i, ct in enumerate(contacts):
+                    try:
+                        pos = np.asarray(ct.position, dtype=float)
+                    except (TypeError, ValueError):
+                        pos = None
+                    if pos is None or pos.shape != (3,) or not np.isfinite(pos).all():
+                        raise ValueError(f"contact {i}: position must be 3 finite numbers (m), got {ct.position!r}")
+        return n, mics, speed, positions
 
     # -- rendering --------------------------------------------------------------------------------------------
 
@@ -228,12 +245,12 @@ class ContactAudioSynth:
         `contacts` holds one ContactSample per active contact per substep of this block; `mic_positions` the
         microphones' world positions (C, 3) during the block; `motor_speed` how fast the motors turn (e.g. the
         joint speed norm in rad/s; the hum is loudest from `hum_full_speed` on)."""
-        n, mics, speed = self._check_inputs(n_samples, contacts, mic_positions, motor_speed)
+        n, mics, speed, positions = self._check_inputs(n_samples, contacts, mic_positions, motor_speed)
         cfg = self.config
         out = np.zeros((n, cfg.channels))
         sources = self._friction_rng.standard_normal((n, len(self._materials)))  # drawn every block: determinism
         if contacts:
-            self._excite(n, contacts, mics, sources)
+            self._excite(n, contacts, positions, mics, sources)
         for voice in self._voices.values():
             if voice.active:
                 self._ring(voice, n, out)
@@ -245,11 +262,11 @@ class ContactAudioSynth:
         np.clip(out, -FULL_SCALE, FULL_SCALE - 1, out=out)
         return out.astype(np.int16)
 
-    def _excite(self, n: int, contacts: list[ContactSample], mics: np.ndarray, sources: np.ndarray) -> None:
+    def _excite(self, n: int, contacts: list[ContactSample], pos: np.ndarray, mics: np.ndarray,
+                sources: np.ndarray) -> None:
         """Adds this block's impact pulses and friction noise to each touched material's excitation."""
         cfg = self.config
         c = cfg.channels
-        pos = np.array([ct.position for ct in contacts], dtype=float)
         dist = np.linalg.norm(pos[:, None, :] - mics[None, :, :], axis=2)  # (K, C)
         gain = cfg.distance_ref_m / (cfg.distance_ref_m + dist) * self._gains
         delay = np.minimum(np.rint(dist / cfg.wave_speed_m_s * cfg.rate_hz), cfg.max_delay_samples).astype(int)
