@@ -1,0 +1,285 @@
+"""Pretrained encoder files the user supplies, and the run checkpoints training writes.
+
+Pretrained files (layouts in /work/shared/reference/encoders-and-audio.md), each loaded into one encoder:
+- R3M (`load_r3m_encoder`): `{'r3m': state_dict}` of a DataParallel R3M; the ResNet18 sits under
+  `module.convnet.` (120 keys, no fc); `module.lang_rew.*`, `module.lang_enc.*` and other heads are ignored.
+- AVID (`load_avid_audio`): `{'epoch', 'model', 'optimizer', 'train_criterion'}`; only `model`'s
+  `module.audio_model.*` (54 keys) is used. The file is memory-mapped, so the ~1.8 GB memory bank in
+  `train_criterion` is never read (files in torch's legacy pre-1.6 format cannot be mapped and are read
+  whole); `train_criterion` need not exist.
+- BYOL-A (`load_byol_a`): a plain AudioNTT2020 state dict (`features.*`, `fc.*`), as a torch file or
+  safetensors (what `htouch pretrain byol-a` writes).
+Inside the encoder's prefix the keys and shapes must match the encoder exactly, or the file is refused with
+one HtouchError naming the file and what is wrong; keys outside it are reported as ignored.
+
+Nothing here can run code from a file: torch files are read with `weights_only=True` (tensors, numbers,
+strings, containers only), run checkpoints are safetensors + JSON.
+
+A run checkpoint (`save_run_checkpoint` / `load_run_checkpoint`) is a directory with `<name>.safetensors`
+(the policy's state dict, spectrogram statistics included) and `config.json`: the PolicyConfig plus the
+caller's `extra` (action normalization, the rig spec and sample parameters the policy expects, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from htouch.errors import HtouchError
+from htouch.training.model import AudioVisualPolicy, PolicyConfig, build_policy
+
+RUN_FORMAT = "htouch-policy"
+RUN_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+DEFAULT_NAME = "model"
+
+R3M_PREFIX = "module.convnet."
+AVID_PREFIX = "module.audio_model."
+
+
+@dataclass
+class LoadReport:
+    """What a pretrained file gave: which encoder, how many tensors, and what was left aside."""
+
+    path: Path
+    layout: str  # "r3m", "avid", "byol-a"
+    loaded: int  # tensors copied into the encoder
+    ignored: dict[str, int] = field(default_factory=dict)  # key group -> count, outside the encoder's prefix
+
+    def summary(self) -> str:
+        ignored = ", ".join(f"{n} under {g}" for g, n in sorted(self.ignored.items()))
+        return f"{self.layout}: {self.loaded} tensors from {self.path}" + (f" (ignored {ignored})" if ignored else "")
+
+
+# ------------------------------------------------------------------------------------------ reading files
+
+
+def read_weights_file(path: str | Path) -> Any:
+    """The object stored in a torch or safetensors file, without ever running code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise HtouchError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise HtouchError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        try:  # mmap: tensors are read only when used (AVID's memory bank never is)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zipfile" not in str(e).lower():
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-1.6) format
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise HtouchError(f"{path}: refused: it holds Python objects other than weights ({found.group(1)}), "
+                              "and loading them could run code") from None
+        raise HtouchError(f"{path}: not a readable torch checkpoint (not a pickle of weights)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HtouchError(f"{path}: not a readable torch checkpoint ({first})") from None
+
+
+def _key_groups(keys: list[str], depth: int = 2) -> list[str]:
+    """'module.lang_rew.pred.0.weight' -> 'module.lang_rew.' (the first `depth` dotted parts)."""
+    return sorted(Counter(".".join(k.split(".")[:depth]) + "." for k in keys))
+
+
+def _state_dict(obj: Any, path: Path, layout: str, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise HtouchError(f"{path}: not a {layout} checkpoint: {where} is not a state dict "
+                          f"(found {type(obj).__name__})")
+    return obj
+
+
+def load_encoder_weights(module: nn.Module, state: dict[str, Any], prefix: str, path: Path, layout: str) -> LoadReport:
+    """Copy `state[prefix + key]` into `module` for every key of the module, refusing any mismatch."""
+    own = module.state_dict()
+    inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    outside = [k for k in state if not k.startswith(prefix)]
+    what = f"keys under {prefix!r}" if prefix else "encoder keys"
+    if not inside:
+        found = ", ".join(_key_groups(list(state), 1 if not prefix else 2)[:6]) or "nothing"
+        raise HtouchError(f"{path}: not a {layout} checkpoint: no {what} (found {found})")
+    missing = sorted(set(own) - set(inside))
+    unexpected = sorted(set(inside) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {prefix}{missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})")
+        raise HtouchError(f"{path}: {layout} {what} do not match the encoder: {'; '.join(parts)}")
+    for k, mine in own.items():
+        theirs = inside[k]
+        if not isinstance(theirs, torch.Tensor):
+            raise HtouchError(f"{path}: {layout} entry {prefix}{k} is not a tensor ({type(theirs).__name__})")
+        if tuple(theirs.shape) != tuple(mine.shape):
+            raise HtouchError(f"{path}: {layout} tensor {prefix}{k} has shape {tuple(theirs.shape)}, the encoder "
+                              f"needs {tuple(mine.shape)} (a different network or model size)")
+        if theirs.is_floating_point() and not torch.isfinite(theirs).all():
+            raise HtouchError(f"{path}: {layout} tensor {prefix}{k} holds NaN or infinite values")
+    module.load_state_dict(inside, strict=True)
+    groups = Counter(".".join(k.split(".")[:2]) + "." for k in outside)  # other heads: reported, not refused
+    return LoadReport(path=path, layout=layout, loaded=len(inside), ignored=dict(groups))
+
+
+def load_r3m_encoder(path: str | Path, module: nn.Module) -> LoadReport:
+    """R3M's ResNet18 (`{'r3m': state_dict}`, prefix module.convnet.) into a `encoders.resnet18` module."""
+    path = Path(path)
+    obj = read_weights_file(path)
+    if not isinstance(obj, dict) or "r3m" not in obj:
+        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
+        raise HtouchError(f"{path}: not an R3M checkpoint: expected a dict with an 'r3m' entry, found {keys}")
+    state = _state_dict(obj["r3m"], path, "R3M", "'r3m'")
+    return load_encoder_weights(module, state, R3M_PREFIX, path, "R3M")
+
+
+def load_avid_audio(path: str | Path, module: nn.Module) -> LoadReport:
+    """AVID-CMA's audio network (`model` entry, prefix module.audio_model.) into an `AvidConv2D`."""
+    path = Path(path)
+    obj = read_weights_file(path)
+    if not isinstance(obj, dict) or "model" not in obj:
+        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
+        raise HtouchError(f"{path}: not an AVID checkpoint: expected a dict with a 'model' entry, found {keys}")
+    state = _state_dict(obj["model"], path, "AVID", "'model'")
+    return load_encoder_weights(module, state, AVID_PREFIX, path, "AVID")
+
+
+def load_byol_a(path: str | Path, module: nn.Module) -> LoadReport:
+    """A BYOL-A AudioNTT2020 state dict (features.*, fc.*) into an `AudioNTT2020`."""
+    path = Path(path)
+    state = _state_dict(read_weights_file(path), path, "BYOL-A", "the file")
+    return load_encoder_weights(module, state, "", path, "BYOL-A")
+
+
+# ------------------------------------------------------------------------------------------ per method
+
+# Which pretrained file each method starts from (the paper, section IV-C): name -> (encoder, loader).
+PRETRAINED = {"r3m": ("image_encoder", load_r3m_encoder), "avid": ("audio_encoder", load_avid_audio),
+              "byol-a": ("audio_encoder", load_byol_a)}
+METHOD_PRETRAINED = {
+    "ours": ("r3m", "avid"), "frozen-audio": ("r3m", "avid"), "mlp-fusion": ("r3m", "avid"),
+    "scratch": ("r3m",), "vision-only": ("r3m",), "byol-a": ("r3m", "byol-a"),
+}
+
+
+def load_pretrained(model: AudioVisualPolicy, files: dict[str, str | Path | None],
+                    allow_random: bool = False) -> tuple[list[LoadReport], dict[str, str]]:
+    """Initialise the model's encoders for its method from `files` ({"r3m": path, "avid": path, "byol-a":
+    path}, None for absent). A file the method does not use is refused (scratch takes no AVID file); a file it
+    needs but lacks is refused unless `allow_random`. Returns the reports and, per encoder, where its initial
+    weights came from (for the run's config.json)."""
+    method = model.config.method
+    wanted = METHOD_PRETRAINED[method]
+    given = {k: v for k, v in files.items() if v is not None}
+    unknown = sorted(set(given) - set(PRETRAINED))
+    if unknown:
+        raise HtouchError(f"unknown pretrained checkpoint kind(s) {', '.join(unknown)}; use {', '.join(PRETRAINED)}")
+    unused = sorted(set(given) - set(wanted))
+    if unused:
+        raise HtouchError(f"method {method} does not use a {' or '.join(unused)} checkpoint "
+                          f"(it starts from: {', '.join(wanted)})")
+    lacking = [k for k in wanted if k not in given]
+    if lacking and not allow_random:
+        raise HtouchError(f"method {method} starts from {' and '.join(wanted)} weights: give the "
+                          f"{', '.join(lacking)} checkpoint file(s), or allow random initialisation")
+    reports, origin = [], {"image_encoder": "random", "audio_encoder": "random" if model.audio_encoder else "none"}
+    for kind in wanted:
+        if kind in given:
+            attr, loader = PRETRAINED[kind]
+            reports.append(loader(given[kind], getattr(model, attr)))
+            origin[attr] = f"{kind}: {Path(given[kind]).resolve()}"
+    return reports, origin
+
+
+# ------------------------------------------------------------------------------------------ run checkpoints
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_run_checkpoint(run_dir: str | Path, model: AudioVisualPolicy, config: PolicyConfig,
+                        extra: dict[str, Any] | None = None, name: str = DEFAULT_NAME) -> Path:
+    """Write `<name>.safetensors` and config.json into run_dir (atomically: a crash leaves the old files).
+    `extra` must be JSON (normalization statistics, the rig spec and sample parameters it expects, ...)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, "policy": config.to_dict(), **(extra or {})}
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise HtouchError(f"run checkpoint extra data is not plain JSON ({e})") from None
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = run_dir / f"{name}.safetensors"
+    _write_atomic(weights, lambda p: safetensors.torch.save_file(tensors, str(p), metadata={"format": RUN_FORMAT}))
+    _write_atomic(run_dir / CONFIG_FILE, lambda p: p.write_text(text + "\n"))
+    return weights
+
+
+def read_run_config(run_dir: str | Path) -> tuple[PolicyConfig, dict[str, Any]]:
+    """The PolicyConfig and the extra entries of a run directory's config.json."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise HtouchError(f"{run_dir}: no such run directory")
+    if not path.is_file():
+        raise HtouchError(f"{run_dir}: not a policy run directory (no {CONFIG_FILE})")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HtouchError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
+        raise HtouchError(f"{path}: not an htouch policy config (format {RUN_FORMAT!r} expected)")
+    if doc.get("version") != RUN_FORMAT_VERSION:
+        raise HtouchError(f"{path}: policy format version {doc.get('version')} is not supported "
+                          f"(this htouch reads version {RUN_FORMAT_VERSION})")
+    if not isinstance(doc.get("policy"), dict):
+        raise HtouchError(f"{path}: no 'policy' configuration")
+    config = PolicyConfig.from_dict(doc["policy"])
+    extra = {k: v for k, v in doc.items() if k not in ("format", "version", "policy")}
+    return config, extra
+
+
+def load_run_checkpoint(run_dir: str | Path, name: str = DEFAULT_NAME) -> tuple[AudioVisualPolicy, PolicyConfig,
+                                                                                 dict[str, Any]]:
+    """The policy (in eval mode), its config and the extra entries saved by `save_run_checkpoint`."""
+    run_dir = Path(run_dir)
+    config, extra = read_run_config(run_dir)
+    weights = run_dir / f"{name}.safetensors"
+    if not weights.is_file():
+        raise HtouchError(f"{run_dir}: no weights file {weights.name}")
+    try:
+        state = safetensors.torch.load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HtouchError(f"{weights}: corrupt or unreadable weights ({e})") from None
+    model = build_policy(config)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise HtouchError(f"{weights}: weights do not match the {config.method} policy of {CONFIG_FILE} "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. "
+                          f"{(missing or unexpected)[0]})")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise HtouchError(f"{weights}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, the policy of "
+                          f"{CONFIG_FILE} needs {tuple(own[bad[0]].shape)}")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), config, extra
