@@ -1,0 +1,222 @@
+"""Contact microphones through a PortAudio input (sounddevice): 4 channels of int16 at 32 kHz by default.
+
+The stream callback runs in PortAudio's audio thread, so it only copies the block and its time stamps
+into a bounded queue; it never waits. A full queue (the loop fell behind) drops the block, counts it and
+flags the next queued block as overflowed, exactly like input the device itself lost
+(`status.input_overflow`). The loop turns flagged blocks into audio_overflow events.
+
+Time stamps: PortAudio gives the capture time of a block's first sample (`inputBufferAdcTime`) on the
+stream's clock, which is not always the host monotonic clock (JACK's starts at zero). The offset
+`host now - stream currentTime`, read in every callback and median-filtered, maps it onto the loop clock.
+The stamps of consecutive blocks then follow the sample count, steered gently toward that measured time
+(`BlockTimeline`), so scheduling jitter does not leak into them, real clock drift still shows, and
+lost input shows as a jump forward.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from htouch.collector.config import MicrophoneConfig, RigConfig
+from htouch.collector.devices import AudioBlock, Clock, DeviceError, MonotonicClock
+from htouch.collector.hardware.clocksync import OffsetFilter
+
+INSTALL_HINT = "pip install 'htouch[hardware]'"
+
+
+def import_sounddevice() -> Any:
+    try:
+        import sounddevice as sd
+    except ImportError as e:
+        raise DeviceError(f"sounddevice is not installed ({e}); install it with {INSTALL_HINT}") from None
+    except OSError as e:  # the PortAudio library itself is missing
+        raise DeviceError(f"PortAudio is not available ({e}); install the libportaudio2 package") from None
+    return sd
+
+
+@dataclass
+class _Captured:
+    pcm: np.ndarray  # (n, C) int16
+    adc_time: float  # stream clock, s: capture of the first sample
+    current_time: float  # stream clock, s: when the callback ran
+    host_ns: int  # loop clock, read in the callback next to current_time
+    overflow: bool  # input was lost before this block (by the device or by this queue)
+    dropped_frames: int  # samples this backend discarded right before this block (queue full)
+
+
+class BlockTimeline:
+    """First-sample time of each block: the previous stamp plus the samples since, steered toward the
+    measured time by `gain` of the difference, at most `max_slew` of a block per block (so stamps
+    always increase). Input lost by the device (overflow) or a measured time more than `jump_ns` ahead
+    re-anchors on the measurement: the gap stays visible."""
+
+    def __init__(self, rate_hz: float, gain: float = 0.1, max_slew: float = 0.01, jump_ns: int = 20_000_000):
+        self.ns_per_sample = 1e9 / rate_hz
+        self.gain, self.max_slew, self.jump_ns = gain, max_slew, jump_ns
+        self._end_ns: float | None = None  # predicted time of the sample after the last block
+
+    def stamp(self, measured_ns: float, n: int, dropped: int = 0, overflow: bool = False) -> int:
+        if self._end_ns is None:
+            t = float(measured_ns)
+        else:
+            predicted = self._end_ns + dropped * self.ns_per_sample
+            error = measured_ns - predicted
+            if error > self.jump_ns or (overflow and error > 0):
+                t = float(measured_ns)
+            else:
+                limit = self.max_slew * n * self.ns_per_sample
+                t = predicted + min(max(self.gain * error, -limit), limit)
+        self._end_ns = t + n * self.ns_per_sample
+        return int(round(t))
+
+
+class SoundDeviceMicrophones:
+    """A Microphones (htouch.collector.devices) reading a PortAudio input stream."""
+
+    QUEUE_S = 2.0  # audio held while the loop is busy; past this, blocks are dropped and flagged
+    OFFSET_WINDOW_S = 2.0  # the median filter spans this many seconds of callbacks
+
+    def __init__(self, config: MicrophoneConfig, clock: Clock | None = None):
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.spec = RigConfig(microphones=config).rig_spec().audio
+        self._sd = import_sounddevice()
+        self.overflows = 0  # callbacks PortAudio flagged with input_overflow
+        self.dropped_blocks = 0  # blocks discarded because read() fell behind
+        self.description = ""  # the input start() opened
+        self._stream: Any = None
+        self._reset_capture_state()
+
+    def _reset_capture_state(self) -> None:
+        blocks_per_s = self.config.rate_hz / self.config.blocksize
+        self._queue: queue.Queue[_Captured] = queue.Queue(maxsize=max(4, int(self.QUEUE_S * blocks_per_s)))
+        self._offsets = OffsetFilter(max(5, int(self.OFFSET_WINDOW_S * blocks_per_s)), "median")
+        self._timeline = BlockTimeline(self.config.rate_hz)
+        self._pending_drop = 0
+        self._pending_overflow = False
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self._stream is not None:
+            return
+        sd, c = self._sd, self.config
+        index, info = find_input(sd, c.device)
+        check_input(sd, index, info, c)
+        self._reset_capture_state()
+        try:
+            stream = sd.InputStream(device=index, channels=c.channels, samplerate=c.rate_hz, dtype="int16",
+                                    blocksize=c.blocksize, callback=self._callback)
+            stream.start()
+        except sd.PortAudioError as e:
+            raise DeviceError(f"audio input {describe_input(sd, index, info)} failed to start: {e}") from None
+        self._stream = stream
+        self.description = describe_input(sd, index, info)
+
+    def stop(self) -> None:
+        """Stops capturing; blocks already captured can still be read."""
+        if self._stream is None:
+            return
+        stream, self._stream = self._stream, None
+        try:
+            stream.stop()
+        finally:
+            stream.close()
+
+    # ------------------------------------------------------------------------------- capture
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        """PortAudio's audio thread: copy and queue, never wait."""
+        host_ns = self.clock.now_ns()
+        lost = bool(status.input_overflow)
+        if lost:
+            self.overflows += 1
+        item = _Captured(indata.copy(), time_info.inputBufferAdcTime, time_info.currentTime, host_ns,
+                         lost or self._pending_overflow, self._pending_drop)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped_blocks += 1
+            self._pending_drop += frames
+            self._pending_overflow = True
+        else:
+            self._pending_drop, self._pending_overflow = 0, False
+
+    def read(self, timeout_s: float) -> AudioBlock | None:
+        try:
+            item = self._queue.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            return None
+        n = len(item.pcm)
+        if item.current_time > 0:
+            offset = self._offsets.update(item.host_ns, round(item.current_time * 1e9))
+            measured = item.adc_time * 1e9 + offset
+        else:  # the host API gives no stream times: the block ended about when the callback ran
+            measured = item.host_ns - n * self._timeline.ns_per_sample
+        t = self._timeline.stamp(measured, n, item.dropped_frames, item.overflow) - self.spec.latency_ns
+        return AudioBlock(timestamp_ns=t, pcm=item.pcm, overflow=item.overflow)
+
+
+# ----------------------------------------------------------------------------------- devices
+
+
+def describe_input(sd: Any, index: int, info: dict) -> str:
+    hostapi = sd.query_hostapis(info["hostapi"])["name"]
+    return f"#{index} {info['name']!r} ({hostapi}, {info['max_input_channels']} inputs)"
+
+
+def find_input(sd: Any, device: str) -> tuple[int, dict]:
+    """The PortAudio input named by `device`: an index, a (case-insensitive) part of the name, or the
+    default input when empty."""
+    devices = list(sd.query_devices())
+    inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
+    listing = "; ".join(describe_input(sd, i, d) for i, d in inputs) or "none"
+    device = device.strip()
+    if not device:
+        index = sd.default.device[0]
+        if index is None or index < 0 or index >= len(devices) or devices[index]["max_input_channels"] <= 0:
+            raise DeviceError(f"no default audio input; set [microphones] device to one of: {listing}")
+        return index, devices[index]
+    if device.isdigit():
+        index = int(device)
+        if index >= len(devices) or devices[index]["max_input_channels"] <= 0:
+            raise DeviceError(f"audio device #{index} is not an input (inputs: {listing})")
+        return index, devices[index]
+    exact = [(i, d) for i, d in inputs if d["name"] == device]
+    matches = exact or [(i, d) for i, d in inputs if device.lower() in d["name"].lower()]
+    if not matches:
+        raise DeviceError(f"no audio input matching {device!r} (inputs: {listing})")
+    if len(matches) > 1:
+        names = "; ".join(describe_input(sd, i, d) for i, d in matches)
+        raise DeviceError(f"{len(matches)} audio inputs match {device!r} ({names}): use a longer name or the index")
+    return matches[0]
+
+
+def check_input(sd: Any, index: int, info: dict, config: MicrophoneConfig) -> None:
+    if info["max_input_channels"] < config.channels:
+        raise DeviceError(f"audio input {describe_input(sd, index, info)} has fewer than the "
+                          f"{config.channels} channels [microphones] asks for")
+    try:
+        sd.check_input_settings(device=index, channels=config.channels, dtype="int16",
+                                samplerate=config.rate_hz)
+    except sd.PortAudioError as e:
+        raise DeviceError(f"audio input {describe_input(sd, index, info)} cannot record {config.channels} "
+                          f"channels of int16 at {config.rate_hz} Hz: {e}") from None
+
+
+def probe(config: MicrophoneConfig) -> tuple[bool, str]:
+    """Whether the input the config names exists and records what it asks for. Never raises."""
+    try:
+        sd = import_sounddevice()
+        index, info = find_input(sd, config.device)
+        check_input(sd, index, info, config)
+        return True, (f"audio input {describe_input(sd, index, info)}: {config.channels} channels of int16 "
+                      f"at {config.rate_hz} Hz")
+    except DeviceError as e:
+        return False, str(e)
+    except Exception as e:  # a driver error must not crash the check
+        return False, f"audio input probe failed: {type(e).__name__}: {e}"
