@@ -19,7 +19,7 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, resample
-from htouch.dataset.schema import ATTR_FORMAT, RigSpec
+from htouch.dataset.schema import ATTR_FORMAT, AudioSpec, RigSpec
 from htouch.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -51,6 +51,49 @@ class Sample:
     state: np.ndarray  # (7 + n_joints + 1,) ee_pose, joints, gripper width
     actions: np.ndarray  # (H, 7) delta_ee + gripper
     action_mask: np.ndarray  # (H,) False where the episode ended before H actions
+
+
+def frame_indices(camera_times: np.ndarray, t_ns: int, params: SampleParams) -> np.ndarray:
+    """Indices of the k frames at or before k times evenly spanning [t - window, t] (an episode's frames or
+    a live buffer's: training and the policy runner choose frames the same way)."""
+    k = params.n_frames
+    if k == 1:
+        targets = np.array([t_ns])
+    else:
+        targets = t_ns - np.round(np.linspace(params.frame_window_s, 0.0, k) * NS).astype(np.int64)
+    idx = np.searchsorted(camera_times, targets, side="right") - 1
+    return np.clip(idx, 0, max(len(camera_times) - 1, 0))
+
+
+def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndarray, pcm: "zarr.Array | np.ndarray",
+                      spec: AudioSpec, clip: ClipParams = DEFAULT_CLIP, source: str = "audio") -> np.ndarray:
+    """The clip [t - window, t] from audio blocks (first-sample times, offsets into pcm (n, C)), mono,
+    normalised, resampled to clip.rate_hz; silence where no audio. Shared by episodes and live buffers."""
+    rate = spec.rate_hz
+    n_native = int(round(clip.window_s * rate))
+    # Ask for each native-rate slot of the window which recorded sample was captured then.
+    slot_times = t_ns - (np.arange(n_native, 0, -1) - 1) * (NS / rate)
+    offsets, times = block_offsets, block_times
+    n_total = pcm.shape[0]
+    mono = np.zeros(n_native, dtype=np.float32)
+    if len(offsets) == 0 or n_total == 0:
+        return resample(mono, rate, clip.rate_hz)
+    # Each sample's time: its block's stamp plus its position in the block at the nominal rate.
+    # A slot up to half a sample before a block's first stamp belongs to that block (nearest sample).
+    block = np.searchsorted(times, slot_times + 0.5 * NS / rate, side="right") - 1
+    valid = block >= 0
+    block = np.clip(block, 0, None)
+    idx = offsets[block] + np.round((slot_times - times[block]) * rate / NS).astype(np.int64)
+    block_end = np.append(offsets[1:], n_total)[block]
+    valid &= (idx >= offsets[block]) & (idx < block_end)
+    if valid.any():
+        lo, hi = int(idx[valid].min()), int(idx[valid].max()) + 1
+        try:
+            raw = pcm[lo:hi].astype(np.float32)
+        except Exception as e:
+            raise DatasetError(f"{source}: audio/pcm cannot be read ({type(e).__name__}: {e})") from None
+        mono[valid] = ((raw.mean(axis=1) - spec.center) / spec.scale)[idx[valid] - lo]
+    return resample(mono, rate, clip.rate_hz)
 
 
 class Episode:
@@ -176,33 +219,8 @@ class Episode:
 
     def audio_clip(self, t_ns: int, clip: ClipParams = DEFAULT_CLIP) -> np.ndarray:
         """The clip [t - window, t], mono, normalised, resampled to clip.rate_hz; silence where no audio."""
-        spec = self.rig.audio
-        rate = spec.rate_hz
-        n_native = int(round(clip.window_s * rate))
-        # Ask for each native-rate slot of the window which recorded sample was captured then.
-        slot_times = t_ns - (np.arange(n_native, 0, -1) - 1) * (NS / rate)
-        offsets, times = self.audio_block_offsets, self.audio_block_times
-        pcm = self._pcm
-        n_total = pcm.shape[0]
-        mono = np.zeros(n_native, dtype=np.float32)
-        if len(offsets) == 0 or n_total == 0:
-            return resample(mono, rate, clip.rate_hz)
-        # Each sample's time: its block's stamp plus its position in the block at the nominal rate.
-        # A slot up to half a sample before a block's first stamp belongs to that block (nearest sample).
-        block = np.searchsorted(times, slot_times + 0.5 * NS / rate, side="right") - 1
-        valid = block >= 0
-        block = np.clip(block, 0, None)
-        idx = offsets[block] + np.round((slot_times - times[block]) * rate / NS).astype(np.int64)
-        block_end = np.append(offsets[1:], n_total)[block]
-        valid &= (idx >= offsets[block]) & (idx < block_end)
-        if valid.any():
-            lo, hi = int(idx[valid].min()), int(idx[valid].max()) + 1
-            try:
-                raw = pcm[lo:hi].astype(np.float32)
-            except Exception as e:
-                raise DatasetError(f"{self.name}: audio/pcm cannot be read ({type(e).__name__}: {e})") from None
-            mono[valid] = ((raw.mean(axis=1) - spec.center) / spec.scale)[idx[valid] - lo]
-        return resample(mono, rate, clip.rate_hz)
+        return gather_audio_clip(t_ns, self.audio_block_times, self.audio_block_offsets, self._pcm, self.rig.audio,
+                                 clip, self.name)
 
     def sample_times(self, params: SampleParams, stride: int = 1) -> np.ndarray:
         """Camera frame times at which a full sample exists: a whole frame window behind and H actions ahead."""
@@ -216,13 +234,7 @@ class Episode:
 
     def frame_indices(self, t_ns: int, params: SampleParams) -> np.ndarray:
         """Indices of the k frames at or before k times evenly spanning [t - window, t]."""
-        k = params.n_frames
-        if k == 1:
-            targets = np.array([t_ns])
-        else:
-            targets = t_ns - np.round(np.linspace(params.frame_window_s, 0.0, k) * NS).astype(np.int64)
-        idx = np.searchsorted(self.camera_times, targets, side="right") - 1
-        return np.clip(idx, 0, max(len(self.camera_times) - 1, 0))
+        return frame_indices(self.camera_times, t_ns, params)
 
     def action_chunk(self, t_ns: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """The next `horizon` actions commanded at or after t, (H, 7) float32 zero-padded past the end of
