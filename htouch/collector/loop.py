@@ -1,0 +1,734 @@
+"""The recording loop: a fixed-rate control loop, one reader thread per streaming device, and the episode
+lifecycle (home -> ready -> recording -> save as success / failure, or discard and re-record).
+
+The control loop runs in the calling thread (a simulated rig renders inside robot.apply(), and its GL
+context belongs to that thread). Each tick it reads the newest teleop reading and the robot state, maps
+the controller to an action through the clutch, passes it through the one safety filter, sends it and
+records state, teleop and action. The camera and the microphones are drained by their own threads, which
+hand every frame and block to the episode writer; the writer only queues (a slow disk never stalls
+control) and records a full queue as an event. Faults (dropped or stalled frames, audio overflow, teleop
+silence, robot errors) are shown, recorded as events in the episode, and the session goes on.
+
+Timestamps all come from the rig's one clock. On a simulated rig that runs faster than real time the
+clock is simulated time and the loop runs as fast as the simulation goes; it then waits for the readers
+(and the writer waits for the disk) instead of dropping anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from htouch.collector.config import ControlConfig
+from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, RobotState, TeleopReading
+from htouch.collector.mapping import ClutchMapping, MappingConfig
+from htouch.collector.safety import SafetyFilter, SafetyLimits
+from htouch.dataset.store import Dataset
+from htouch.errors import HtouchError, WriterError
+
+if TYPE_CHECKING:
+    from htouch.collector.rigs import Rig
+    from htouch.dataset.writer import EpisodeWriter
+
+NS = 1_000_000_000
+READ_TIMEOUT_S = 0.05  # a reader's longest wait for one frame or block (wall time)
+READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
+FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
+ROBOT_GIVE_UP_S = 2.0  # a robot error that recover() cannot clear for this long ends the episode
+END_COMMANDS = ("success", "failure", "discard")
+
+
+# ------------------------------------------------------------------------------------------- measurements
+
+
+class RateMeter:
+    """The measured rate of a stream over the last few seconds of its own time stamps."""
+
+    def __init__(self, window_s: float = 2.0):
+        self._window_ns = int(window_s * NS)
+        self._items: collections.deque[tuple[int, int]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def add(self, t_ns: int, units: int = 1) -> None:
+        with self._lock:
+            self._items.append((t_ns, units))
+            while self._items and self._items[0][0] < t_ns - self._window_ns:
+                self._items.popleft()
+
+    def rate(self) -> float:
+        """Units per second between the first and the last item in the window (0 with fewer than 2)."""
+        with self._lock:
+            if len(self._items) < 2:
+                return 0.0
+            span = self._items[-1][0] - self._items[0][0]
+            units = sum(u for _, u in self._items) - self._items[-1][1]
+        return units * NS / span if span > 0 else 0.0
+
+
+@dataclass
+class LoopTiming:
+    """Tick periods (wake to wake, loop clock) and work per tick (wall), for the panel and the benchmark."""
+
+    periods_ns: list[int] = field(default_factory=list)
+    work_ns: list[int] = field(default_factory=list)
+    overruns: int = 0  # ticks that woke more than one period late
+    ticks: int = 0
+
+    def percentile_ms(self, which: str, q: float, last: int | None = None) -> float:
+        values = getattr(self, which)[-last:] if last else getattr(self, which)
+        return float(np.percentile(values, q)) / 1e6 if values else 0.0
+
+
+@dataclass
+class AudioLevels:
+    """Per-channel level of the latest block (dBFS) and when each channel last clipped."""
+
+    rms_dbfs: list[float] = field(default_factory=list)
+    peak_dbfs: list[float] = field(default_factory=list)
+    clipped_at_ns: list[int | None] = field(default_factory=list)
+
+
+def dbfs(x: np.ndarray) -> np.ndarray:
+    return 20 * np.log10(np.maximum(x, 1e-9) / 32768.0)
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+class StreamReader(threading.Thread):
+    """Drains one device (camera or microphones) in its own thread and hands each item to `handle`.
+
+    `idle` says the last read came back empty (the device has nothing queued); `last_ts` is the time
+    stamp of the newest item handled. The control thread uses both to judge stalls and, on a simulated
+    clock, to wait for the reader instead of outrunning it.
+    """
+
+    def __init__(self, name: str, read: Callable[[float], Any], handle: Callable[[Any], None]):
+        super().__init__(name=f"reader-{name}", daemon=True)
+        self.stream = name
+        self._read = read
+        self._handle = handle
+        self._quit = threading.Event()
+        self.cond = threading.Condition()
+        self.idle = False
+        self.empty_reads = 0
+        self.items = 0
+        self.last_ts: int | None = None
+        self.device_error: str | None = None  # the device's last read error (shown, recorded by the loop)
+        self.device_errors = 0
+        self.fatal: BaseException | None = None  # a bug or a writer failure: ends the session
+
+    def run(self) -> None:
+        while not self._quit.is_set():
+            try:
+                item = self._read(READ_TIMEOUT_S)
+            except DeviceError as e:
+                with self.cond:
+                    self.device_error, self.device_errors, self.idle = str(e), self.device_errors + 1, True
+                    self.cond.notify_all()
+                self._quit.wait(READ_TIMEOUT_S)
+                continue
+            except BaseException as e:  # noqa: BLE001 - reported by the control thread
+                self.fatal = e
+                return
+            if item is None:
+                with self.cond:
+                    self.idle = True
+                    self.empty_reads += 1
+                    self.cond.notify_all()
+                continue
+            try:
+                self._handle(item)
+            except BaseException as e:  # noqa: BLE001
+                self.fatal = e
+                return
+            with self.cond:
+                self.idle = False
+                self.items += 1
+                self.last_ts = int(item.timestamp_ns)
+                self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate() or self.fatal is not None or not self.is_alive(),
+                                      timeout=timeout_s)
+
+    def drained_past(self, t_ns: int, timeout_s: float) -> bool:
+        """Wait until everything this device captured before t_ns has been handled: an item at or after
+        t_ns came through, or a read after the call came back empty (nothing more is queued)."""
+        with self.cond:
+            empties = self.empty_reads
+        return self.wait_for(lambda: (self.last_ts is not None and self.last_ts >= t_ns)
+                             or self.empty_reads > empties, timeout_s)
+
+    def stop(self) -> None:
+        self._quit.set()
+
+
+# ------------------------------------------------------------------------------------------- the session
+
+
+@dataclass
+class Recording:
+    """The episode being recorded: what the readers route into it and what the panel shows about it."""
+
+    writer: "EpisodeWriter"
+    index: int
+    number: int  # 1-based among this session's attempts
+    start_ns: int
+    stop_ns: int | None = None
+    frames: int = 0
+    frames_dropped: int = 0
+    audio_blocks: int = 0
+    audio_overflows: int = 0
+    camera_stalls: int = 0
+    teleop_losses: int = 0
+    robot_errors: int = 0
+    actions: int = 0
+    safety_clips: collections.Counter = field(default_factory=collections.Counter)
+
+    def accepts(self, t_ns: int) -> bool:
+        return t_ns >= self.start_ns and (self.stop_ns is None or t_ns < self.stop_ns)
+
+
+@dataclass
+class EpisodeOutcome:
+    index: int
+    result: str  # "success", "failure", "unlabelled" (time limit / robot gave up), "discarded"
+    duration_s: float
+    frames: int
+    frames_dropped: int
+    events: dict[str, int]
+
+
+@dataclass
+class SessionResult:
+    committed: list[int] = field(default_factory=list)
+    discarded: list[int] = field(default_factory=list)
+    outcomes: list[EpisodeOutcome] = field(default_factory=list)
+    interrupted: bool = False
+    interrupted_index: int | None = None  # the episode thrown away by the interrupt, if one was recording
+    error: str | None = None  # why the session ended early (a device that cannot go on)
+
+
+@dataclass
+class LiveStatus:
+    """A snapshot for the live panel (read from another thread; values are for display only)."""
+
+    phase: str
+    message: str
+    episode_index: int | None
+    attempt: int
+    committed: int
+    target: int
+    elapsed_s: float
+    rates: dict[str, tuple[float, float]]  # stream -> (measured, nominal)
+    audio: AudioLevels
+    audio_channel_names: list[str]
+    frames_dropped: int
+    camera_stalls: int
+    audio_overflows: int
+    teleop_losses: int
+    robot_errors: int
+    writer_dropped: dict[str, int]
+    clutch: bool
+    gripper: float
+    teleop_age_ms: float | None
+    teleop_lost: bool
+    loop_p50_ms: float
+    loop_p99_ms: float
+    work_p99_ms: float
+    overruns: int
+    nominal_period_ms: float
+    recent_events: list[tuple[float, str]]
+    dataset_root: str
+
+
+class Recorder:
+    """Records episodes from a rig into a dataset until `episodes` are committed (or an interrupt)."""
+
+    def __init__(self, rig: "Rig", dataset: Dataset, control: ControlConfig | None = None,
+                 mapping: MappingConfig | None = None, safety: SafetyLimits | None = None, *,
+                 variation: str = "train", start_on_clutch: bool = False,
+                 on_message: Callable[[str], None] | None = None, writer_options: dict[str, Any] | None = None):
+        self.rig = rig
+        self.dataset = dataset
+        self.control = control or ControlConfig()
+        self.mapping = ClutchMapping(mapping)
+        self.safety = SafetyFilter(safety)
+        self.variation = variation
+        self.start_on_clutch = start_on_clutch
+        self.on_message = on_message or (lambda _msg: None)
+        self.writer_options = dict(writer_options or {})
+        self.writer_options.setdefault("blocking", not rig.realtime)
+
+        self.clock = rig.clock
+        self.period_ns = int(round(NS / self.control.rate_hz))
+        self.timing = LoopTiming()
+        self.rates = {name: RateMeter() for name in ("camera", "audio", "state", "action", "teleop")}
+        self.audio_levels = AudioLevels()
+        self.phase = "starting"
+        self.message = ""
+        self.target = 0
+        self.attempt = 0
+        self.result = SessionResult()
+        self.recent_events: collections.deque[tuple[int, str]] = collections.deque(maxlen=6)
+        self.totals = collections.Counter()  # session-wide fault counts (also between episodes)
+
+        self._route_lock = threading.Lock()
+        self._recording: Recording | None = None
+        self._stop_requested = False
+        self._prev_frame_number: int | None = None
+        self._camera_stalled = False
+        self._last_teleop: TeleopReading | None = None
+        self._last_teleop_ts: int | None = None
+        self._teleop_lost = False
+        self._teleop_ref_ns = 0  # loop time from which teleop silence is measured
+        self._last_state_ts: int | None = None
+        self._last_action_ts: int | None = None
+        self._engaged = False
+        self._gripper = self.safety.limits.gripper_max
+        self._robot_error_since: int | None = None  # loop time the current robot error began
+        self._robot_error_ticks = 0  # ticks in the current robot error (counted, so a stopped clock ends it too)
+        self._camera_ref_ns = 0
+        self._readers = [StreamReader("camera", rig.camera.read, self._on_frame),
+                         StreamReader("audio", rig.microphones.read, self._on_audio)]
+
+    # ---------------------------------------------------------------- control from outside
+
+    def request_stop(self) -> None:
+        """Ctrl-C: throw away the episode being recorded (nothing half-done is saved) and end the session."""
+        self._stop_requested = True
+
+    # ---------------------------------------------------------------- reader side (reader threads)
+
+    def _on_frame(self, frame: Frame) -> None:
+        t = int(frame.timestamp_ns)
+        gap = 0
+        if self._prev_frame_number is not None:
+            gap = max(int(frame.frame_number) - self._prev_frame_number - 1, 0)
+        self._prev_frame_number = int(frame.frame_number)
+        self.rates["camera"].add(t)
+        self.totals["frames_dropped"] += gap
+        with self._route_lock:
+            rec = self._recording
+            if rec is None or not rec.accepts(t):
+                return
+            rec.writer.camera(t, int(frame.frame_number), frame.rgb)
+            rec.frames += 1
+            if gap:
+                rec.frames_dropped += gap
+                self._event(rec, t, "frame_drop", count=gap, frame_number=int(frame.frame_number))
+
+    def _on_audio(self, block: AudioBlock) -> None:
+        t = int(block.timestamp_ns)
+        pcm = np.asarray(block.pcm)
+        self.rates["audio"].add(t, len(pcm))
+        if len(pcm):
+            x = pcm.astype(np.float32)
+            peak = np.max(np.abs(x), axis=0)
+            levels = self.audio_levels
+            clipped = (pcm.max(axis=0) >= 32767) | (pcm.min(axis=0) <= -32768)
+            previous = levels.clipped_at_ns if len(levels.clipped_at_ns) == pcm.shape[1] else [None] * pcm.shape[1]
+            self.audio_levels = AudioLevels(
+                rms_dbfs=dbfs(np.sqrt(np.mean(x * x, axis=0))).tolist(), peak_dbfs=dbfs(peak).tolist(),
+                clipped_at_ns=[t if c else p for c, p in zip(clipped, previous)])
+        if block.overflow:
+            self.totals["audio_overflows"] += 1
+        with self._route_lock:
+            rec = self._recording
+            if rec is None or not rec.accepts(t):
+                return
+            rec.writer.audio(t, pcm, bool(block.overflow))
+            rec.audio_blocks += 1
+            if block.overflow:
+                rec.audio_overflows += 1
+                self._event(rec, t, "audio_overflow", samples_after=int(len(pcm)))
+
+    def _event(self, rec: Recording, t_ns: int, kind: str, **detail: Any) -> None:
+        rec.writer.event(t_ns, kind, **detail)
+        self.recent_events.append((t_ns - rec.start_ns, kind))
+
+    # ---------------------------------------------------------------- the session
+
+    def run(self, episodes: int) -> SessionResult:
+        """Record until `episodes` episodes are committed, an interrupt, or a device that cannot go on."""
+        self.target = episodes
+        rig = self.rig
+        started = []
+        try:
+            for device in (rig.robot, rig.camera, rig.microphones, rig.teleop):
+                device.start()
+                started.append(device)
+            for reader in self._readers:
+                reader.start()
+            while len(self.result.committed) < episodes and not self._stop_requested:
+                self._episode()
+        except KeyboardInterrupt:
+            self._interrupt()
+        finally:
+            self.phase = "stopped"
+            for reader in self._readers:
+                reader.stop()
+            for reader in self._readers:
+                if reader.is_alive():
+                    reader.join(timeout=2 * READ_TIMEOUT_S + 1.0)
+            for device in reversed(started):
+                try:
+                    device.stop()
+                except DeviceError as e:
+                    self.on_message(f"stopping {type(device).__name__}: {e}")
+        if self._stop_requested and not self.result.interrupted:
+            self.result.interrupted = True
+        return self.result
+
+    def _interrupt(self) -> None:
+        """Throw away the episode in progress (its index is never reused); committed ones stay."""
+        self.result.interrupted = True
+        rec, self._recording = self._recording, None
+        if rec is not None:
+            rec.writer.discard()
+            self.result.interrupted_index = rec.index
+            self.result.discarded.append(rec.index)
+
+    def _say(self, message: str) -> None:
+        self.message = message
+        self.on_message(message)
+
+    # ---------------------------------------------------------------- one episode
+
+    def _episode(self) -> None:
+        self.attempt += 1
+        self.phase = "homing"
+        self._say(f"attempt {self.attempt}: moving home")
+        self._home()
+        self.mapping.reset()
+        self._drain_sources()
+        self.phase = "ready"
+        self._say("ready: " + ("hold the grip to start recording" if self.start_on_clutch
+                               else "waiting for the streams"))
+        tick = self._ready()
+        if tick is None:  # interrupted while waiting
+            return
+        start_ns = tick
+        writer = self.dataset.new_episode(variation=self.variation, info=self._episode_info(), **self.writer_options)
+        rec = Recording(writer, writer.index, self.attempt, start_ns)
+        writer.event(start_ns, "start", attempt=self.attempt)
+        self._camera_ref_ns = start_ns
+        self._teleop_ref_ns = start_ns
+        self._camera_stalled = False
+        with self._route_lock:
+            self._recording = rec
+        self.phase = "recording"
+        self._say(f"recording episode {rec.index}")
+        try:
+            end, stop_ns = self._record(rec, tick)
+            if end == "interrupted":
+                self._interrupt()
+                return
+            self._finish(rec, end, stop_ns)
+        except KeyboardInterrupt:
+            raise  # run() discards the episode
+        except BaseException:
+            with self._route_lock:
+                self._recording = None
+            writer.abort()  # what was flushed stays in .incoming for `htouch validate --repair`
+            raise
+
+    def _home(self) -> None:
+        robot = self.rig.robot
+        try:
+            robot.home()
+        except DeviceError as e:
+            self._say(f"robot could not move home ({e}); recovering and trying again")
+            try:
+                robot.recover()
+                robot.home()
+            except DeviceError as e2:
+                raise HtouchError(f"the robot cannot move home: {e2}") from None
+
+    def _episode_info(self) -> dict[str, Any]:
+        return {**self.rig.info, "operator": self.rig.operator, "attempt": self.attempt,
+                "control_rate_hz": self.control.rate_hz}
+
+    def _drain_sources(self) -> None:
+        for source in self.rig.event_sources:
+            source.pop_events()
+
+    def _ready(self) -> int | None:
+        """Tick (holding still) until teleop, camera and microphones all deliver; the tick to start at."""
+        counts = [reader.items for reader in self._readers]
+        t0 = self.clock.now_ns()
+        next_t = t0
+        waiting_since_ns = t0
+        while True:
+            if self._stop_requested:
+                return None
+            next_t = self._sleep_to(next_t)
+            now = self.clock.now_ns()
+            reading = self.rig.teleop.read()
+            fresh = reading is not None and now - reading.timestamp_ns <= self.control.teleop_timeout_ms * 1e6
+            state = self._robot_state(None)
+            command = None
+            if fresh and state is not None:
+                command = self._map(reading, state)
+            streams_ok = all(r.items > c for r, c in zip(self._readers, counts))
+            operator_ok = fresh and (not self.start_on_clutch or (command is not None and command.engaged))
+            if streams_ok and operator_ok:
+                return next_t
+            if not streams_ok and now - waiting_since_ns > READY_TIMEOUT_S * NS:
+                silent = [r.stream for r, c in zip(self._readers, counts) if r.items <= c]
+                detail = "; ".join(f"{r.stream}: {r.device_error}" for r in self._readers if r.device_error)
+                raise HtouchError(f"no data from the {' and '.join(silent)} for {READY_TIMEOUT_S:.0f} s "
+                                  f"after homing{': ' + detail if detail else ''}")
+            self._send(Action.hold(self._gripper), state, None, now)
+            self._drain_sources()
+            next_t += self.period_ns
+
+    def _sleep_to(self, t_ns: int) -> int:
+        """Sleep until the tick t_ns; returns the scheduled time of this tick (re-aligned after an overrun)."""
+        self.clock.sleep_until(t_ns)
+        now = self.clock.now_ns()
+        if now - t_ns > self.period_ns:
+            self.timing.overruns += 1
+            return now
+        return t_ns
+
+    def _record(self, rec: Recording, tick: int) -> tuple[str, int]:
+        """The control loop of one episode; returns how it ended and the stop time."""
+        max_ns = int(self.control.max_episode_s * NS)
+        last_wake: int | None = None
+        while True:
+            if self._stop_requested:
+                return "interrupted", self.clock.now_ns()
+            self._check_fatal()
+            tick = self._sleep_to(tick)
+            wake = self.clock.now_ns()
+            work_start = time.perf_counter_ns()
+            if last_wake is not None:
+                self.timing.periods_ns.append(wake - last_wake)
+            last_wake = wake
+            self.timing.ticks += 1
+            if not self.rig.realtime:
+                self._wait_for_readers(wake)
+            end = self._step(rec, wake)
+            self.timing.work_ns.append(time.perf_counter_ns() - work_start)
+            if end is None and wake - rec.start_ns >= max_ns:
+                end = "time limit"
+            if end is not None:
+                return end, self.clock.now_ns()
+            tick += self.period_ns
+
+    def _wait_for_readers(self, now: int) -> None:
+        """On a simulated clock, let the readers catch up so that the loop never outruns them."""
+        lag = int(FAST_LAG_S * NS)
+        for reader in self._readers:
+            reader.wait_for(lambda r=reader: r.idle or (r.last_ts is not None and r.last_ts >= now - lag), 5.0)
+
+    def _check_fatal(self) -> None:
+        for reader in self._readers:
+            if reader.fatal is not None:
+                e = reader.fatal
+                if isinstance(e, WriterError):
+                    raise e
+                raise HtouchError(f"the {reader.stream} reader failed: {type(e).__name__}: {e}") from e
+
+    def _step(self, rec: Recording, now: int) -> str | None:
+        """One control tick while recording. Returns an end reason, or None to go on."""
+        writer = rec.writer
+        # Teleop: the newest reading, recorded when it is new; silence over the timeout holds the robot.
+        reading = self.rig.teleop.read()
+        if reading is not None and reading.timestamp_ns != self._last_teleop_ts:
+            self._last_teleop_ts = reading.timestamp_ns
+            self._teleop_ref_ns = max(self._teleop_ref_ns, reading.timestamp_ns)
+            if reading.timestamp_ns >= rec.start_ns:
+                self._record_teleop(writer, reading)
+        silent_ns = now - self._teleop_ref_ns
+        fresh = reading is not None and silent_ns <= self.control.teleop_timeout_ms * 1e6
+        if not fresh and not self._teleop_lost:
+            self._teleop_lost = True
+            rec.teleop_losses += 1
+            self.totals["teleop_losses"] += 1
+            self._event(rec, now, "teleop_lost", silent_ms=round(silent_ns / 1e6, 1))
+        elif fresh and self._teleop_lost:
+            self._teleop_lost = False
+            self.mapping.engaged = False  # the next reading with the grip held re-anchors: no jump
+
+        state = self._robot_state(rec)
+        command = None
+        if state is not None:
+            if state.timestamp_ns != self._last_state_ts and state.timestamp_ns >= rec.start_ns:
+                self._last_state_ts = state.timestamp_ns
+                writer.state(state.timestamp_ns, state.ee_pose, state.joints, state.gripper_width)
+                self.rates["state"].add(state.timestamp_ns)
+            if fresh:
+                command = self._map(reading, state)
+        self._send(command.action if command else Action.hold(self._gripper), state, rec, now)
+
+        # Camera stall: no frame for camera_stall_ms while the reader has nothing queued.
+        camera = self._readers[0]
+        last_frame = max(camera.last_ts or 0, self._camera_ref_ns)
+        if camera.idle and now - last_frame > self.control.camera_stall_ms * 1e6:
+            if not self._camera_stalled:
+                self._camera_stalled = True
+                rec.camera_stalls += 1
+                self.totals["camera_stalls"] += 1
+                detail = {"since_ms": round((now - last_frame) / 1e6, 1)}
+                if camera.device_error:
+                    detail["error"] = camera.device_error[:120]
+                self._event(rec, now, "camera_stall", **detail)
+        elif not camera.idle:
+            self._camera_stalled = False
+
+        for source in self.rig.event_sources:
+            for t, kind, detail in source.pop_events():
+                if rec.accepts(int(t)):
+                    self._event(rec, int(t), kind, **detail)
+
+        if command is not None and command.command in END_COMMANDS:
+            return command.command
+        if self._robot_error_ticks > ROBOT_GIVE_UP_S * self.control.rate_hz:
+            return "robot error"
+        return None
+
+    def _record_teleop(self, writer: "EpisodeWriter", reading: TeleopReading) -> None:
+        names = self.rig.spec.teleop
+        writer.teleop(reading.timestamp_ns, np.asarray(reading.controller_pose, dtype=float),
+                      [bool(reading.buttons.get(n, False)) for n in names.button_names],
+                      [float(reading.analog.get(n, 0.0)) for n in names.analog_names])
+        self.rates["teleop"].add(reading.timestamp_ns)
+
+    def _map(self, reading: TeleopReading, state: RobotState):
+        command = self.mapping(reading, state)
+        self._engaged = command.engaged
+        return command
+
+    def _robot_state(self, rec: Recording | None) -> RobotState | None:
+        """The robot state, or None while the robot is in error (recorded once, recover() tried)."""
+        try:
+            state = self.rig.robot.state()
+            error = state.error
+        except DeviceError as e:
+            state, error = None, str(e)
+        if error is None:
+            return state
+        self._robot_fault(rec, error)
+        return None
+
+    def _robot_fault(self, rec: Recording | None, error: str) -> None:
+        now = self.clock.now_ns()
+        self._robot_error_ticks += 1
+        if self._robot_error_since is None:
+            self._robot_error_since = now
+            self.totals["robot_errors"] += 1
+            self._say(f"robot error: {error}; recovering")
+            if rec is not None:
+                rec.robot_errors += 1
+                self._event(rec, now, "robot_error", error=error[:160])
+        self.mapping.engaged = False  # re-anchor once it moves again
+        try:
+            self.rig.robot.recover()
+        except DeviceError as e:
+            self.message = f"robot error: {error}; recover failed: {e}"
+
+    def _send(self, action: Action, state: RobotState | None, rec: Recording | None, now: int) -> None:
+        """Every command goes through the safety filter; a robot in error (no state) holds still."""
+        if state is None:
+            filtered = self.safety(Action.hold(self._gripper), np.full(3, np.nan))
+        else:
+            filtered = self.safety(action, state.ee_pose[:3])
+        command = filtered.action
+        self._gripper = command.gripper
+        t = self.clock.now_ns()
+        if rec is not None and (self._last_action_ts is None or t > self._last_action_ts) and t >= rec.start_ns:
+            self._last_action_ts = t
+            rec.writer.action(t, command.delta_ee, command.gripper)
+            rec.actions += 1
+            rec.safety_clips.update(filtered.reasons)
+            self.rates["action"].add(t)
+        try:
+            self.rig.robot.apply(command)
+        except DeviceError as e:
+            self._robot_fault(rec, str(e))
+            return
+        if state is not None:  # a tick with a good state and a command taken: the error is over
+            self._robot_error_since = None
+            self._robot_error_ticks = 0
+
+    # ---------------------------------------------------------------- ending an episode
+
+    def _finish(self, rec: Recording, end: str, stop_ns: int) -> None:
+        self.phase = "saving"
+        with self._route_lock:
+            rec.stop_ns = stop_ns
+        # Everything captured before the stop goes in: wait for each reader to pass the stop time or run dry.
+        drain_s = max(self.control.camera_stall_ms / 1e3, 2 * READ_TIMEOUT_S) + 0.25
+        for reader in self._readers:
+            reader.drained_past(stop_ns, drain_s)
+        with self._route_lock:
+            self._recording = None
+        self._check_fatal()
+        writer = rec.writer
+        if end in ("success", "failure"):
+            writer.event(stop_ns, end)
+        writer.event(stop_ns, "stop", reason=end)
+        duration = (stop_ns - rec.start_ns) / NS
+        counts = {"frame_drop": rec.frames_dropped, "camera_stall": rec.camera_stalls,
+                  "audio_overflow": rec.audio_overflows, "teleop_lost": rec.teleop_losses,
+                  "robot_error": rec.robot_errors}
+        if end == "discard":
+            writer.discard()
+            self.result.discarded.append(rec.index)
+            result = "discarded"
+            self._say(f"episode {rec.index} discarded ({duration:.1f} s); recording it again")
+        else:
+            success = {"success": True, "failure": False}.get(end)
+            info: dict[str, Any] = {"end": end, "duration_s": round(duration, 3), "frames_dropped": rec.frames_dropped,
+                                    "safety_clips": dict(rec.safety_clips),
+                                    "loop_overruns": self.timing.overruns}
+            if self.rig.task_success is not None:
+                info["task_success"] = bool(self.rig.task_success())
+            writer.commit(success, **info)
+            self.result.committed.append(rec.index)
+            result = {True: "success", False: "failure", None: "unlabelled"}[success]
+            self._say(f"episode {rec.index} saved as {result} ({duration:.1f} s, {rec.frames} frames, "
+                      f"{rec.frames_dropped} dropped, {len(self.result.committed)}/{self.target} committed)")
+        self.result.outcomes.append(EpisodeOutcome(rec.index, result, duration, rec.frames, rec.frames_dropped,
+                                                   {k: v for k, v in counts.items() if v}))
+        if end == "robot error":
+            self.result.error = "the robot stayed in error; the episode was saved unlabelled"
+            self._stop_requested = True
+
+    # ---------------------------------------------------------------- for the panel
+
+    def status(self) -> LiveStatus:
+        rec = self._recording
+        now = self.clock.now_ns()
+        spec = self.rig.spec
+        nominal = {"camera": spec.camera.rate_hz, "audio": spec.audio.rate_hz, "state": self.control.rate_hz,
+                   "action": self.control.rate_hz, "teleop": spec.teleop.rate_hz}
+        last = self._last_teleop_ts
+        return LiveStatus(
+            phase=self.phase, message=self.message, episode_index=rec.index if rec else None,
+            attempt=self.attempt, committed=len(self.result.committed), target=self.target,
+            elapsed_s=(now - rec.start_ns) / NS if rec else 0.0,
+            rates={k: (m.rate(), nominal[k]) for k, m in self.rates.items()},
+            audio=self.audio_levels, audio_channel_names=list(spec.audio.channel_names),
+            frames_dropped=rec.frames_dropped if rec else 0, camera_stalls=rec.camera_stalls if rec else 0,
+            audio_overflows=rec.audio_overflows if rec else 0, teleop_losses=rec.teleop_losses if rec else 0,
+            robot_errors=rec.robot_errors if rec else 0,
+            writer_dropped=rec.writer.dropped if rec else {},
+            clutch=self._engaged, gripper=self._gripper,
+            teleop_age_ms=(now - last) / 1e6 if last is not None else None, teleop_lost=self._teleop_lost,
+            loop_p50_ms=self.timing.percentile_ms("periods_ns", 50, last=300),
+            loop_p99_ms=self.timing.percentile_ms("periods_ns", 99, last=300),
+            work_p99_ms=self.timing.percentile_ms("work_ns", 99, last=300),
+            overruns=self.timing.overruns, nominal_period_ms=self.period_ns / 1e6,
+            recent_events=[(t / NS, k) for t, k in list(self.recent_events)],
+            dataset_root=str(self.dataset.root))

@@ -1,0 +1,151 @@
+"""A rig: the devices the recording loop drives, on one clock, built from a rig configuration.
+
+`build_rig` turns a RigConfig into the simulated rig (MuJoCo scene, synthesized contact audio, a scripted or
+keyboard operator) or the real one (RealSense, sound card, Quest or keyboard, Panda). Device modules are
+imported only when their rig is asked for, so the simulated rig needs no hardware libraries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from htouch.collector.config import RigConfig
+from htouch.collector.devices import Camera, Clock, DeviceError, Microphones, MonotonicClock, Robot, Teleop
+from htouch.dataset.schema import RigSpec
+from htouch.errors import HtouchError
+
+SIM_OPERATORS = ("scripted", "keyboard")
+REAL_OPERATORS = ("quest", "keyboard")
+OPERATOR_ALIASES = {"human": None}  # "human": the rig's human interface (keyboard on sim, the config's on real)
+
+
+@dataclass
+class Rig:
+    camera: Camera
+    microphones: Microphones
+    teleop: Teleop
+    robot: Robot
+    clock: Clock
+    spec: RigSpec  # the stream specs stored in the dataset
+    kind: str  # "sim" or "real"
+    operator: str  # "scripted", "keyboard" or "quest"
+    realtime: bool  # the clock paces to the wall clock (False: simulated time, as fast as it goes)
+    description: str = ""  # one line for the user: what is driven by what
+    event_sources: list[Any] = field(default_factory=list)  # objects with pop_events() (sim contacts, ...)
+    task_success: Callable[[], bool] | None = None  # ground truth of the task (simulated rig)
+    info: dict[str, Any] = field(default_factory=dict)  # stored with every episode
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def human(self) -> bool:
+        return self.operator != "scripted"
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+        self.closers.clear()
+
+
+def resolve_operator(config: RigConfig, operator: str | None) -> str:
+    """The operator to use: the sim defaults to the scripted one, the real rig to the config's teleop."""
+    choices = SIM_OPERATORS if config.kind == "sim" else REAL_OPERATORS
+    if operator is None:
+        return "scripted" if config.kind == "sim" else config.teleop.kind
+    if operator == "human":
+        return "keyboard" if config.kind == "sim" else config.teleop.kind
+    if operator not in choices:
+        raise HtouchError(f"operator {operator!r} is not available on the {config.kind} rig "
+                          f"(choose {', '.join(choices)} or human)")
+    return operator
+
+
+def build_rig(config: RigConfig, task: str, operator: str | None = None, seed: int = 0,
+              variation: str = "train") -> Rig:
+    operator = resolve_operator(config, operator)
+    if config.kind == "sim":
+        return _build_sim(config, task, operator, seed, variation)
+    return _build_real(config, operator)
+
+
+def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation: str) -> Rig:
+    from htouch.sim.rig import SimRig
+    from htouch.sim.tasks import TASKS
+
+    if task not in TASKS:
+        raise HtouchError(f"unknown task {task!r} for the simulated rig (tasks: {', '.join(TASKS)})")
+    realtime = operator == "keyboard"  # a person needs real time; the scripted operator does not
+    sim = SimRig(task=task, variation=variation, seed=seed, config=config, realtime=realtime)
+    try:
+        if operator == "scripted":
+            from htouch.sim.operator import ScriptedOperator
+
+            teleop: Teleop = ScriptedOperator(sim, seed=seed)
+        else:
+            from htouch.collector.keyboard import KeyboardTeleop
+
+            teleop = KeyboardTeleop(clock=sim.clock)
+    except BaseException:
+        sim.close()
+        raise
+    sources = [sim] + [d for d in (teleop,) if hasattr(d, "pop_events")]
+    return Rig(camera=sim.camera, microphones=sim.microphones, teleop=teleop, robot=sim.robot, clock=sim.clock,
+               spec=sim.rig_spec(), kind="sim", operator=operator, realtime=realtime,
+               description=f"simulated rig (task {task}, {variation}, seed {seed}) driven by the "
+                           f"{operator} operator" + ("" if realtime else ", faster than real time"),
+               event_sources=sources, task_success=sim.task.success,
+               info={"rig": "sim", "seed": seed, "sim_variation": variation}, closers=[sim.close])
+
+
+def _build_real(config: RigConfig, operator: str) -> Rig:
+    from htouch.collector.hardware.microphones import SoundDeviceMicrophones
+    from htouch.collector.hardware.panda import PandaRobot
+    from htouch.collector.hardware.realsense import RealSenseCamera
+
+    clock = MonotonicClock()
+    # The robot first: with no robot reachable, fail before opening anything else.
+    robot = PandaRobot(config.robot, clock)
+    camera = RealSenseCamera(config.camera, clock)
+    microphones = SoundDeviceMicrophones(config.microphones, clock)
+    if operator == "quest":
+        from htouch.collector.hardware.quest import QuestTeleop
+
+        teleop: Teleop = QuestTeleop(config.teleop, clock)
+    else:
+        from htouch.collector.keyboard import KeyboardTeleop
+
+        teleop = KeyboardTeleop(clock=clock)
+    devices = (camera, microphones, teleop, robot)
+    return Rig(camera=camera, microphones=microphones, teleop=teleop, robot=robot, clock=clock,
+               spec=config.rig_spec(n_joints=robot.n_joints), kind="real", operator=operator, realtime=True,
+               description=f"real rig {config.name or config.source} driven by the {operator} operator",
+               event_sources=[d for d in devices if hasattr(d, "pop_events")],
+               info={"rig": "real", "rig_config": config.source})
+
+
+def probe_real(config: RigConfig, operator: str | None = None) -> list[tuple[str, str, bool, str]]:
+    """For `htouch rig check`: (device, what the config asks for, found, what was found) per device."""
+    rows = []
+
+    def check(name: str, wants: str, module: str, cfg: Any) -> None:
+        try:
+            mod = __import__(f"htouch.collector.hardware.{module}", fromlist=["probe"])
+            ok, found = mod.probe(cfg)
+        except (ImportError, DeviceError) as e:
+            ok, found = False, f"cannot probe: {e}"
+        rows.append((name, wants, bool(ok), str(found)))
+
+    cam, mic, tel, rob = config.camera, config.microphones, config.teleop, config.robot
+    check("camera", (f"recording {cam.file}" if cam.file else f"RealSense {cam.serial or '(any serial)'}")
+          + f", {cam.width}x{cam.height} @ {cam.fps} Hz", "realsense", cam)
+    check("microphones", f"{mic.device or '(default input)'}, {mic.channels} ch @ {mic.rate_hz} Hz",
+          "microphones", mic)
+    kind = resolve_operator(config, operator) if config.kind == "real" else tel.kind
+    if kind == "quest":
+        check("teleop", f"Quest {tel.serial or tel.ip or '(the only device)'} via adb {tel.adb_host}:{tel.adb_port}",
+              "quest", tel)
+    else:
+        rows.append(("teleop", "keyboard", True, "this terminal"))
+    check("robot", f"Panda at {rob.host}", "panda", rob)
+    return rows
