@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
+from scipy.signal import lfilter, sosfilt, zpk2sos
 
 FULL_SCALE = 32768.0
 
@@ -91,9 +91,9 @@ class ContactAudioConfig:
     hum_level: float = 150.0  # RMS counts of the motor hum at full speed
     hum_full_speed: float = 1.0  # motor_speed (e.g. joint speed norm, rad/s) at which the hum is loudest
     hum_f0_min_hz: float = 70.0  # fundamental when barely moving ...
-    hum_f0_max_hz: float = 160.0  # ... and at full speed; harmonics 1..hum_harmonics stay below 1 kHz
-    hum_harmonics: int = 6
-    ambient_rms: float = 12.0  # sensor + environment noise floor, RMS counts per channel
+    hum_f0_max_hz: float = 160.0  # ... and at full speed
+    hum_harmonics: int = 5  # the top one at 800 Hz: free motion stays quiet above 1 kHz
+    ambient_rms: float = 12.0  # sensor + environment noise floor (white), RMS counts per channel
     dc_offset: float = -18.0  # counts
     channel_gains: tuple[float, ...] | None = None  # per-microphone sensitivity; None = all 1
     limit_knee: float = 0.6  # fraction of full scale where the preamp's soft saturation starts
@@ -136,38 +136,73 @@ def _check_config(cfg: ContactAudioConfig) -> np.ndarray:
     return gains
 
 
+class _Bank:
+    """A material's resonant modes, summed in parallel, as one cascade of biquads (one sosfilt call per block),
+    with its filter state and the excitation that spills into the next block (delays, pulses)."""
+
+    def __init__(self, sections: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray, channels: int,
+                 tail: int):
+        # sum_k w_k b_k / A_k  =  (sum_k w_k b_k prod_{j != k} A_j) / prod_k A_k: zeros from the numerator,
+        # poles exactly those of the modes (stability does not depend on the root finding).
+        num = np.zeros(1)
+        for k, (b, _) in enumerate(sections):
+            term = weights[k] * b
+            for j, (_, a) in enumerate(sections):
+                if j != k:
+                    term = np.polymul(term, a)
+            num = np.polyadd(num, term)
+        poles = np.concatenate([np.roots(a) for _, a in sections])
+        order = 2 * len(sections)
+        zeros = np.concatenate([np.roots(num), np.zeros(order - (len(num) - 1))])  # z^-1 -> z: zeros at 0
+        self.sos = zpk2sos(zeros, poles, num[0])
+        self.zi = np.zeros((self.sos.shape[0], 2, channels))
+        self.pending = np.zeros((tail, channels))
+        self.block: np.ndarray | None = None  # this block's excitation (n + tail, C), set by _excite
+        self.active = False
+
+    def run(self, n: int, out: np.ndarray) -> None:
+        """Filters this block's excitation (or rings down) into `out`; goes idle once rung out."""
+        ext, tail = self.block, self.pending.shape[0]
+        if ext is None:
+            ext = np.zeros((n + tail, out.shape[1]))
+        ext[:tail] += self.pending
+        self.pending = ext[n:n + tail].copy()
+        self.block = None
+        y, self.zi = sosfilt(self.sos, ext[:n], axis=0, zi=self.zi)
+        out += y
+        if np.abs(self.zi).max() < 1e-4 and not self.pending.any():
+            self.zi[:] = 0.0  # rung out: not computed again until touched
+            self.active = False
+
+
 class _MaterialVoice:
-    """The resonator bank of one material, with its filter states and excitation still to come (delays, pulses)."""
+    """How one material responds: the impact pulse, and its modes weighted for impacts and for friction noise."""
 
     def __init__(self, material: Material, rate: int, channels: int, tail: int):
         self.material = material
         n_pulse = max(1, int(round(material.pulse_ms * 1e-3 * rate)))
         self.pulse = np.hanning(n_pulse + 2)[1:-1]
         self.pulse /= self.pulse.sum()  # unit area: the impulse, spread over the contact time
-        self.a, self.b, imp, fric = [], [], [], []
+        sections, imp, fric = [], [], []
         for freq, t60, w_imp, w_fric in material.modes:
             w = 2 * math.pi * freq / rate
             r = math.exp(-math.log(1000.0) / (t60 * rate))
-            self.a.append(np.array([1.0, -2 * r * math.cos(w), r * r]))
-            self.b.append(np.array([math.sin(w)]))  # impulse response r^n sin((n+1)w): unit-amplitude ring
+            # Impulse response r^n sin((n+1)w): a unit-amplitude ring with the mode's T60.
+            sections.append((np.array([math.sin(w)]), np.array([1.0, -2 * r * math.cos(w), r * r])))
             # Sum over n of (r^n sin((n+1)w))^2: the noise gain of this mode for unit-variance white input.
-            z = r * r * complex(math.cos(2 * w), math.sin(2 * w))
-            noise_gain = 0.5 / (1 - r * r) - 0.5 * (complex(math.cos(2 * w), math.sin(2 * w)) / (1 - z)).real
+            e2w = complex(math.cos(2 * w), math.sin(2 * w))
+            noise_gain = 0.5 / (1 - r * r) - 0.5 * (e2w / (1 - r * r * e2w)).real
             imp.append(w_imp)
             fric.append(w_fric / math.sqrt(noise_gain))
         fric_w = np.array([m[3] for m in material.modes])
-        self.fric_scale = np.array(fric) / math.sqrt(float(np.sum(fric_w ** 2)))  # unit RMS for unit envelope
-        # Normalize impact weights so a unit-area pulse gives a unit peak (the loudness is the gain's business).
+        fric_scale = np.array(fric) / math.sqrt(float(np.sum(fric_w ** 2)))  # unit RMS for a unit envelope
+        # Impact weights normalized so a unit-area pulse peaks at 1 (the loudness is the gain's business).
         probe = np.zeros(int(0.02 * rate))
         probe[:n_pulse] = self.pulse
-        ring = sum(wi * lfilter(b, a, probe) for wi, b, a in zip(imp, self.b, self.a))
-        self.imp_scale = np.array(imp) / float(np.max(np.abs(ring)))
-        self.zi = [np.zeros((2, channels)) for _ in material.modes]
-        self.pending_impact = np.zeros((tail, channels))
-        self.pending_friction = np.zeros((tail, channels))
-        self.block_impact: np.ndarray | None = None  # this block's excitation (n + tail, C), set by _excite
-        self.block_friction: np.ndarray | None = None
-        self.active = False
+        ring = sum(wi * lfilter(b, a, probe) for wi, (b, a) in zip(imp, sections))
+        imp_scale = np.array(imp) / float(np.max(np.abs(ring)))
+        self.impact = _Bank(sections, imp_scale, channels, tail)
+        self.friction = _Bank(sections, fric_scale, channels, tail)
 
 
 class ContactAudioSynth:
@@ -178,24 +213,26 @@ class ContactAudioSynth:
         self._gains = _check_config(config)
         c = config.channels
         self._materials = list(MATERIALS)
+        self._material_index = {name: i for i, name in enumerate(self._materials)}
         max_pulse = max(int(round(m.pulse_ms * 1e-3 * config.rate_hz)) for m in MATERIALS.values())
         self._tail = config.max_delay_samples + max_pulse + 1
-        self._voices = {name: _MaterialVoice(m, config.rate_hz, c, self._tail) for name, m in MATERIALS.items()}
+        self._voices = [_MaterialVoice(MATERIALS[name], config.rate_hz, c, self._tail) for name in self._materials]
+        self._banks = [bank for v in self._voices for bank in (v.impact, v.friction)]
         friction_seq, ambient_seq = np.random.SeedSequence(config.seed).spawn(2)
         self._friction_rng = np.random.default_rng(friction_seq)  # one source per material, fixed draws per sample
         self._ambient_rng = np.random.default_rng(ambient_seq)
-        self._ambient_pole = 0.5  # slightly low-passed (pinkish) floor, unit variance via the numerator
-        self._ambient_zi = np.zeros((1, c))
         self._hum_phase = 0.0
         self._hum_amp = 0.0
         self._hum_f0 = config.hum_f0_min_hz
+        self._hum_pole = math.exp(-1.0 / (0.02 * config.rate_hz))  # 20 ms glide to a new motor speed
         k = np.arange(1, config.hum_harmonics + 1)
-        self._hum_k = k
         self._hum_w = (1.0 / k) / math.sqrt(float(np.sum((1.0 / k) ** 2)) / 2)  # harmonic weights, unit RMS
 
     # -- input checking -------------------------------------------------------------------------------------
 
     def _check_inputs(self, n_samples, contacts, mic_positions, motor_speed):
+        """Validates one render call; returns the contacts as arrays (start, length, position, force x slip,
+        impulse, material index). Vectorized: it runs for every span of every block; messages only on failure."""
         _require(isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, bool) and n_samples > 0,
                  f"n_samples must be a positive int, got {n_samples!r}")
         n = int(n_samples)
@@ -207,34 +244,51 @@ class ContactAudioSynth:
         _require(mics.shape == (c, 3), f"mic_positions must have shape ({c}, 3), got {mics.shape}")
         _require(bool(np.all(np.isfinite(mics))), "mic_positions must be finite")
         speed = _finite_nonneg("motor_speed", motor_speed)
-        for i, ct in enumerate(contacts):  # messages are built only on failure: this runs for every span
+        if not contacts:
+            return n, mics, speed, None
+        for i, ct in enumerate(contacts):
             if not isinstance(ct, ContactSample):
                 raise ValueError(f"contact {i}: expected a ContactSample, got {type(ct).__name__}")
-            if ct.material not in MATERIALS:
-                raise ValueError(f"contact {i}: unknown material {ct.material!r}; use one of {', '.join(MATERIALS)}")
-            if not (isinstance(ct.start, (int, np.integer)) and isinstance(ct.length, (int, np.integer))
-                    and 0 <= ct.start < n and ct.length >= 0 and ct.start + ct.length <= n):
-                raise ValueError(f"contact {i}: span start={ct.start!r} length={ct.length!r} must lie within the "
-                                 f"block of {n} samples")
-            for name in ("normal_force", "slip_speed", "impulse"):
-                v = getattr(ct, name)
-                if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v >= 0):
-                    raise ValueError(f"contact {i}: {name} must be finite and >= 0, got {v!r}")
-        positions = None
-        if contacts:
+        material = np.array([self._material_index.get(ct.material, -1) for ct in contacts])
+        if (material < 0).any():
+            i = int(np.argmax(material < 0))
+            raise ValueError(f"contact {i}: unknown material {contacts[i].material!r}; use one of "
+                             f"{', '.join(MATERIALS)}")
+        start = np.array([ct.start for ct in contacts])
+        length = np.array([ct.length for ct in contacts])
+        bad = np.ones(len(contacts), bool)
+        if start.dtype.kind in "iu" and length.dtype.kind in "iu":
+            bad = (start < 0) | (start >= n) | (length < 0) | (start + length > n)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"contact {i}: span start={contacts[i].start!r} length={contacts[i].length!r} must be "
+                             f"ints within the block of {n} samples")
+        fields = {}
+        for name in ("normal_force", "slip_speed", "impulse"):
+            values = [getattr(ct, name) for ct in contacts]
             try:
-                positions = np.array([ct.position for ct in contacts], dtype=float)
+                arr = np.array(values, dtype=float)
+                bad = ~np.isfinite(arr) | (arr < 0) | np.array([isinstance(v, (str, bytes)) for v in values])
             except (TypeError, ValueError):
-                positions = None
-            if positions is None or positions.shape != (len(contacts), 3) or not np.isfinite(positions).all():
-                for i, ct in enumerate(contacts):
-                    try:
-                        pos = np.asarray(ct.position, dtype=float)
-                    except (TypeError, ValueError):
-                        pos = None
-                    if pos is None or pos.shape != (3,) or not np.isfinite(pos).all():
-                        raise ValueError(f"contact {i}: position must be 3 finite numbers (m), got {ct.position!r}")
-        return n, mics, speed, positions
+                arr, bad = None, np.array([not isinstance(v, (int, float, np.number)) for v in values])
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"contact {i}: {name} must be finite and >= 0, got {values[i]!r}")
+            fields[name] = arr
+        try:
+            positions = np.array([ct.position for ct in contacts], dtype=float)
+        except (TypeError, ValueError):
+            positions = None
+        if positions is None or positions.shape != (len(contacts), 3) or not np.isfinite(positions).all():
+            for i, ct in enumerate(contacts):
+                try:
+                    pos = np.asarray(ct.position, dtype=float)
+                except (TypeError, ValueError):
+                    pos = None
+                if pos is None or pos.shape != (3,) or not np.isfinite(pos).all():
+                    raise ValueError(f"contact {i}: position must be 3 finite numbers (m), got {ct.position!r}")
+        power = fields["normal_force"] * fields["slip_speed"]
+        return n, mics, speed, (start, length, positions, power, fields["impulse"], material)
 
     # -- rendering --------------------------------------------------------------------------------------------
 
@@ -245,126 +299,83 @@ class ContactAudioSynth:
         `contacts` holds one ContactSample per active contact per substep of this block; `mic_positions` the
         microphones' world positions (C, 3) during the block; `motor_speed` how fast the motors turn (e.g. the
         joint speed norm in rad/s; the hum is loudest from `hum_full_speed` on)."""
-        n, mics, speed, positions = self._check_inputs(n_samples, contacts, mic_positions, motor_speed)
+        n, mics, speed, arrays = self._check_inputs(n_samples, contacts, mic_positions, motor_speed)
         cfg = self.config
         out = np.zeros((n, cfg.channels))
         sources = self._friction_rng.standard_normal((n, len(self._materials)))  # drawn every block: determinism
-        if contacts:
-            self._excite(n, contacts, positions, mics, sources)
-        for voice in self._voices.values():
-            if voice.active:
-                self._ring(voice, n, out)
+        if arrays is not None:
+            self._excite(n, arrays, mics, sources)
+        for bank in self._banks:
+            if bank.active:
+                bank.run(n, out)
         self._add_hum(n, speed, out)
-        self._add_ambient(n, out)
+        out += cfg.ambient_rms * self._ambient_rng.standard_normal((n, cfg.channels))
         self._saturate(out)
         out += cfg.dc_offset
         np.rint(out, out=out)
         np.clip(out, -FULL_SCALE, FULL_SCALE - 1, out=out)
         return out.astype(np.int16)
 
-    def _excite(self, n: int, contacts: list[ContactSample], pos: np.ndarray, mics: np.ndarray,
-                sources: np.ndarray) -> None:
-        """Adds this block's impact pulses and friction noise to each touched material's excitation."""
+    def _excite(self, n: int, arrays, mics: np.ndarray, sources: np.ndarray) -> None:
+        """Adds this block's impact pulses and friction noise to each touched material's banks."""
+        start, length, pos, power, impulse, material = arrays
         cfg = self.config
         c = cfg.channels
         dist = np.linalg.norm(pos[:, None, :] - mics[None, :, :], axis=2)  # (K, C)
         gain = cfg.distance_ref_m / (cfg.distance_ref_m + dist) * self._gains
         delay = np.minimum(np.rint(dist / cfg.wave_speed_m_s * cfg.rate_hz), cfg.max_delay_samples).astype(int)
-        start = np.array([ct.start for ct in contacts], dtype=int)
-        length = np.array([ct.length for ct in contacts], dtype=int)
-        power = np.array([float(ct.normal_force) * float(ct.slip_speed) for ct in contacts])
-        impulse = np.array([float(ct.impulse) for ct in contacts])
-        material = np.array([self._materials.index(ct.material) for ct in contacts])
         cols = np.arange(c)
+        size = n + self._tail
         for m in np.unique(material):
-            voice = self._voices[self._materials[m]]
+            voice = self._voices[m]
             mat = voice.material
             sel = material == m
-            ext_imp = ext_fric = None
             hits = np.flatnonzero(sel & (impulse > 0))
             if hits.size:
-                ext_imp = np.zeros((n + self._tail, c))
+                ext = np.zeros((size, c)) if voice.impact.block is None else voice.impact.block
                 w = voice.pulse.size
                 for k in hits:
                     amp = cfg.impact_gain * mat.impact_level * impulse[k] * gain[k]  # (C,)
                     rows = (start[k] + delay[k])[:, None] + np.arange(w)[None, :]
-                    ext_imp[rows, cols[:, None]] += amp[:, None] * voice.pulse[None, :]
+                    ext[rows, cols[:, None]] += amp[:, None] * voice.pulse[None, :]
+                voice.impact.block, voice.impact.active = ext, True
             rubs = np.flatnonzero(sel & (power > 0) & (length > 0))
             if rubs.size:
+                # Each rub's noise, from this material's source, reaches each microphone with its own delay;
+                # its RMS grows with the friction power (normal force x slip speed).
                 amp = cfg.friction_gain * mat.friction_level * np.sqrt(power[rubs])[:, None] * gain[rubs]  # (R, C)
-                steps = np.zeros((n + 1, c))
-                np.add.at(steps, start[rubs], amp)
-                np.add.at(steps, start[rubs] + length[rubs], -amp)
-                envelope = np.cumsum(steps[:n], axis=0)
-                envelope[np.abs(envelope) < 1e-9] = 0.0  # cumsum round-off where no span is active
-                src = envelope * sources[:, m:m + 1]
-                # One delay per microphone for this material's sliding in this block (amplitude-weighted).
-                d = np.rint(np.sum(amp * delay[rubs], axis=0) / np.maximum(np.sum(amp, axis=0), 1e-12)).astype(int)
-                ext_fric = np.zeros((n + self._tail, c))
-                for ch in range(c):
-                    ext_fric[d[ch]:d[ch] + n, ch] = src[:, ch]
-            voice.block_impact = ext_imp
-            voice.block_friction = ext_fric
-            voice.active = True
-
-    def _ring(self, voice: _MaterialVoice, n: int, out: np.ndarray) -> None:
-        """Runs a material's resonators over this block (excitation and ring-down from earlier blocks)."""
-        tail = self._tail
-        parts = []
-        for kind in ("impact", "friction"):
-            ext = getattr(voice, f"block_{kind}")
-            pending = getattr(voice, f"pending_{kind}")
-            if ext is None:
-                if not pending.any():
-                    parts.append(None)
-                    continue
-                ext = np.zeros((n + tail, pending.shape[1]))
-            ext[:tail] += pending
-            setattr(voice, f"pending_{kind}", ext[n:n + tail].copy())
-            parts.append(ext[:n])
-        voice.block_impact = voice.block_friction = None
-        imp, fric = parts
-        peak = 0.0
-        for i, (b, a) in enumerate(zip(voice.b, voice.a)):
-            if imp is not None and fric is not None:
-                x = voice.imp_scale[i] * imp + voice.fric_scale[i] * fric
-            elif imp is not None:
-                x = voice.imp_scale[i] * imp
-            elif fric is not None:
-                x = voice.fric_scale[i] * fric
-            else:
-                x = np.zeros((n, out.shape[1]))
-            y, voice.zi[i] = lfilter(b, a, x, axis=0, zi=voice.zi[i])
-            out += y
-            peak = max(peak, float(np.max(np.abs(voice.zi[i]))))
-        if peak < 1e-4 and not voice.pending_impact.any() and not voice.pending_friction.any():
-            for z in voice.zi:  # rung out: stop computing it until it is touched again
-                z[:] = 0.0
-            voice.active = False
+                lens = length[rubs]
+                which = np.repeat(np.arange(rubs.size), lens)  # the rub of every excitation sample
+                t = np.repeat(start[rubs] - (np.cumsum(lens) - lens), lens) + np.arange(which.size)  # source time
+                target = (t[:, None] + delay[rubs][which]) * c + cols[None, :]  # flat (sample, channel) index
+                values = amp[which] * sources[t, m][:, None]
+                ext = np.bincount(target.ravel(), weights=values.ravel(), minlength=size * c).reshape(size, c)
+                voice.friction.block, voice.friction.active = ext, True
 
     def _add_hum(self, n: int, speed: float, out: np.ndarray) -> None:
+        """Motor hum: a fundamental rising with speed and its harmonics (all below 1 kHz); silent when still."""
         cfg = self.config
         s = min(speed / cfg.hum_full_speed, 1.0)
         amp = cfg.hum_level * s
         f0 = cfg.hum_f0_min_hz + (cfg.hum_f0_max_hz - cfg.hum_f0_min_hz) * s
-        if amp == 0.0 and self._hum_amp == 0.0:
-            self._hum_f0 = f0
+        if amp == 0.0 and abs(self._hum_amp) < 1e-3:
+            self._hum_amp, self._hum_f0 = 0.0, f0
             return
-        ramp = np.arange(1, n + 1) / n  # glide from the last block's amplitude and pitch: no clicks
-        amps = self._hum_amp + (amp - self._hum_amp) * ramp
-        freqs = self._hum_f0 + (f0 - self._hum_f0) * ramp
-        phase = self._hum_phase + 2 * math.pi * np.cumsum(freqs) / cfg.rate_hz
-        hum = amps * (np.sin(phase[:, None] * self._hum_k[None, :]) @ self._hum_w)
+        # Amplitude and pitch glide to the new speed (one-pole, closed form): the same however blocks are cut.
+        decay = self._hum_pole ** np.arange(1, n + 1)
+        amps = amp + (self._hum_amp - amp) * decay
+        freqs = f0 + (self._hum_f0 - f0) * decay
+        phase = self._hum_phase + (2 * math.pi / cfg.rate_hz) * np.cumsum(freqs)
+        sin1, cos2 = np.sin(phase), 2 * np.cos(phase)
+        prev, cur = np.zeros(n), sin1
+        hum = self._hum_w[0] * sin1
+        for w in self._hum_w[1:]:  # sin((k+1)x) = 2 cos(x) sin(kx) - sin((k-1)x)
+            prev, cur = cur, cos2 * cur - prev
+            hum += w * cur
+        hum *= amps
         out += hum[:, None] * self._gains[None, :]
+        self._hum_amp, self._hum_f0 = float(amps[-1]), float(freqs[-1])
         self._hum_phase = float(phase[-1] % (2 * math.pi))
-        self._hum_amp, self._hum_f0 = amp, f0
-
-    def _add_ambient(self, n: int, out: np.ndarray) -> None:
-        cfg = self.config
-        white = self._ambient_rng.standard_normal((n, cfg.channels))
-        p = self._ambient_pole
-        noise, self._ambient_zi = lfilter([math.sqrt(1 - p * p)], [1.0, -p], white, axis=0, zi=self._ambient_zi)
-        out += cfg.ambient_rms * noise
 
     def _saturate(self, out: np.ndarray) -> None:
         """Soft saturation above the knee (slope 1 at the knee, asymptote limit_peak): loud hits never clip."""
