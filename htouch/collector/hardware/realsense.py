@@ -9,8 +9,8 @@ and the loop turns it into a frame_drop event.
 
 A recording (CameraConfig.file, .db3 or .bag) plays through the same pipeline with every frame delivered
 (non-real-time playback); read() releases each frame at its recorded pace on the loop clock, anchored at
-the first frame handed out, so time stamps never lie in the future. The end of the recording is a stall:
-read() returns None.
+the first frame handed out, so time stamps never lie in the future. After the end of the recording every read
+is a stall: read() waits out its timeout and returns None.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class RealSenseCamera:
         self.dropped = 0  # frames discarded because read() fell behind (live camera only)
         self.timestamp_domain = ""  # of the last frame: "hardware_clock" on a D435 with metadata
         self.description = ""  # what start() opened
+        self.error: str | None = None  # why streaming stopped, if the driver failed (camera unplugged)
         self._pipe: Any = None
         self._playback: Any = None
         self._thread: threading.Thread | None = None
@@ -72,7 +73,6 @@ class RealSenseCamera:
         self._cond = threading.Condition()
         self._queue: deque[_Raw] = deque()
         self._stopping = False
-        self._ended = False  # the read thread finished (end of the recording, or stop)
         self._offsets = self._new_offset_filter()
         self._file_offset_ns: int | None = None
 
@@ -135,13 +135,11 @@ class RealSenseCamera:
     def read(self, timeout_s: float) -> Frame | None:
         deadline = self.clock.now_ns() + int(timeout_s * 1e9)
         with self._cond:
-            while not self._queue and not self._ended:
+            while not self._queue:  # after the end of a recording, every read is a stall
                 remaining = (deadline - self.clock.now_ns()) / 1e9
                 if remaining <= 0:
-                    return None  # a stall
+                    return None
                 self._cond.wait(remaining)
-            if not self._queue:
-                return None  # the recording ended
             raw = self._queue[0]
         if self.is_file:
             if self._file_offset_ns is None:
@@ -169,13 +167,13 @@ class RealSenseCamera:
 
     def _run(self) -> None:
         rs = self._rs
-        try:
-            while not self._stopping:
+        while not self._stopping:
+            try:
                 ok, frames = self._pipe.try_wait_for_frames(self.POLL_MS)
                 if not ok:
                     if self._playback is not None and \
                             self._playback.current_status() == rs.playback_status.stopped:
-                        break  # every frame of the recording was delivered
+                        return  # every frame of the recording was delivered
                     continue
                 arrival = self.clock.now_ns()
                 color = frames.get_color_frame()
@@ -184,18 +182,17 @@ class RealSenseCamera:
                 raw = _Raw(arrival, int(color.get_frame_number()), int(round(color.get_timestamp() * 1e6)),
                            str(color.get_frame_timestamp_domain()).rsplit(".", 1)[-1],
                            np.asanyarray(color.get_data()).copy())
-                with self._cond:
-                    if self.is_file:  # every frame: wait for the reader
-                        while len(self._queue) >= self.QUEUE_FRAMES and not self._stopping:
-                            self._cond.wait(0.1)
-                    elif len(self._queue) >= self.QUEUE_FRAMES:
-                        self._queue.popleft()  # the loop fell behind: the frame number gap shows it
-                        self.dropped += 1
-                    self._queue.append(raw)
-                    self._cond.notify_all()
-        finally:
+            except RuntimeError as e:  # the driver gave up: reads stall, the loop reports it
+                self.error = f"{self.description}: {e}"
+                return
             with self._cond:
-                self._ended = True
+                if self.is_file:  # every frame: wait for the reader
+                    while len(self._queue) >= self.QUEUE_FRAMES and not self._stopping:
+                        self._cond.wait(0.1)
+                elif len(self._queue) >= self.QUEUE_FRAMES:
+                    self._queue.popleft()  # the loop fell behind: the frame number gap shows it
+                    self.dropped += 1
+                self._queue.append(raw)
                 self._cond.notify_all()
 
 
