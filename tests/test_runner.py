@@ -1,0 +1,190 @@
+"""The policy runner: executes h of the H predicted actions, re-encodes only frames it has not seen
+(counted), chooses frames and audio from a live stream exactly as training samples do, and sends every
+command through the safety filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from htouch.collector.devices import AudioBlock, Frame
+from htouch.collector.safety import SafetyFilter, SafetyLimits
+from htouch.dataset.episode import NS, SampleParams
+from htouch.dataset.schema import AudioSpec
+from htouch.errors import HtouchError
+from htouch.training.model import ActionNormalization, build_policy, policy_config
+from htouch.training.runner import ObservationBuffer, PolicyRunner
+
+FRAME_NS = NS // 30
+BASE = 10 * NS
+LOOSE = SafetyLimits(workspace_min=[-100.0] * 3, workspace_max=[100.0] * 3, max_translation_m=100.0,
+                     max_rotation_rad=100.0)
+HOME = np.array([0.5, 0.0, 0.3])
+
+
+def _policy(method: str = "ours", **kw):
+    torch.manual_seed(0)
+    config = policy_config("tiny", method, dropout=0.0, **kw)
+    return build_policy(config).eval(), config
+
+
+def _frame(i: int, phase_ns: int = 0) -> Frame:
+    rgb = np.random.default_rng(i).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    return Frame(timestamp_ns=BASE + i * FRAME_NS - phase_ns, frame_number=i, rgb=rgb)
+
+
+def _block(j: int, n: int = 320, channels: int = 4) -> AudioBlock:  # 10 ms at 32 kHz
+    pcm = np.random.default_rng(1000 + j).integers(-3000, 3000, (n, channels), dtype=np.int16)
+    return AudioBlock(timestamp_ns=BASE + j * NS * n // 32000, pcm=pcm)
+
+
+def _expected_chunk(model, config, frames, clip, norm) -> np.ndarray:
+    from htouch.dataset import audio
+    from htouch.training.model import preprocess_frames
+
+    x = preprocess_frames(np.stack([f.rgb for f in frames]), config.image_size).unsqueeze(0)
+    spec = None
+    if config.uses_audio:
+        spec = torch.from_numpy(audio.spectrogram(clip, 16000, audio.spectrogram_params(config.audio_kind)))[None]
+    with torch.no_grad():
+        return norm.denormalize(model(x, spec)[0].double().numpy())
+
+
+def test_executes_h_of_H_then_replans():
+    model, config = _policy(horizon=6)
+    norm = ActionNormalization([0.001] * 6 + [0.5], [0.01] * 6 + [0.2])
+    runner = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2)
+    clip = np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32)
+    got = []
+    for step in range(6):
+        frames = [_frame(step * 3 + k) for k in range(4)]
+        needs = runner.needs_observation
+        assert needs == (step % 2 == 0)
+        got.append((runner.act(HOME, frames, clip), frames))
+    assert runner.counters.model_calls == 3 and runner.counters.steps == 6 and runner.counters.audio_encoded == 3
+    for plan in range(3):
+        frames = got[2 * plan][1]  # the observation of the re-plan
+        chunk = _expected_chunk(model, config, frames, clip, norm)
+        for i in range(2):  # the first h = 2 of H = 6, in order
+            action = got[2 * plan + i][0]
+            np.testing.assert_allclose(action.delta_ee, chunk[i, :6], rtol=1e-4, atol=1e-7)
+            assert action.gripper == pytest.approx(chunk[i, 6], rel=1e-4)
+    # between re-plans the observation is not needed, and is ignored
+    runner.reset()
+    runner.act(HOME, [_frame(k) for k in range(4)], clip)
+    assert runner.act(HOME) is not None and runner.needs_observation
+    with pytest.raises(HtouchError, match="re-planning needs 4 frames"):
+        runner.act(HOME)
+    with pytest.raises(HtouchError, match="needs the audio clip"):
+        runner.act(HOME, [_frame(k) for k in range(4)])
+
+
+def _stream(runner: PolicyRunner, seconds: float, phase_ns: int) -> list[tuple[int, int]]:
+    """Feed a 30 fps camera (captured `phase_ns` before each control tick) and 10 ms audio blocks into the
+    runner's buffer, stepping it at 30 Hz; returns (model_calls, frames_encoded) after every step."""
+    trace, block = [], 0
+    for i in range(int(seconds * 30)):
+        t = BASE + i * FRAME_NS
+        runner.buffer.add_frame(_frame(i, phase_ns))
+        while _block(block).timestamp_ns <= t:
+            runner.buffer.add_audio(_block(block))
+            block += 1
+        runner.step(t, HOME)
+        trace.append((runner.counters.model_calls, runner.counters.frames_encoded))
+    return trace
+
+
+def test_live_stream_encodes_only_the_new_frame_per_replan():
+    model, config = _policy()
+    norm = ActionNormalization.identity()
+    cached = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2, audio=AudioSpec())
+    uncached = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2, audio=AudioSpec(), cache=False)
+    phase = 10_000_000  # frames captured 10 ms before the control tick
+    a, b = _stream(cached, 5.0, phase), _stream(uncached, 5.0, phase)
+    calls = cached.counters.model_calls
+    assert calls == 75 and uncached.counters.model_calls == calls  # 150 steps, 2 per model call
+    assert uncached.counters.frames_encoded == 4 * calls
+    # once the 2 s window is full of real frames, each re-plan encodes exactly one frame: the newest
+    after_window = [(c, f) for c, f in a if c > 35]
+    per_call = np.diff([f for _, f in after_window][::2])
+    assert set(per_call.tolist()) == {1}
+    assert cached.counters.frames_encoded < 0.3 * uncached.counters.frames_encoded
+    assert len(cached._cache) <= 31  # bounded: one newest frame per re-plan over the 2 s window, older ones dropped
+    # the cache changes nothing but the work: same commands (checked on the last one)
+    np.testing.assert_allclose(cached.last.action.delta_ee, uncached.last.action.delta_ee, rtol=1e-4, atol=1e-6)
+    # a new episode starts cold
+    cached.reset()
+    before = cached.counters.frames_encoded
+    _stream(cached, 0.1, phase)
+    assert cached.counters.frames_encoded - before == 2  # frame 0 (all targets before it) then frame 2
+
+
+def test_buffer_chooses_frames_and_audio_as_training_samples_do(tiny_ds):
+    ep = tiny_ds.episode(0)
+    params = SampleParams(n_frames=4, horizon=8)
+    buffer = ObservationBuffer(ep.rig.audio, params)
+    rgb, numbers = ep.array("camera/rgb"), ep.read("camera/frame_number")
+    pcm, offsets = ep.read("audio/pcm"), ep.audio_block_offsets
+    ends = np.append(offsets[1:], len(pcm))
+    times = ep.sample_times(params)
+    checked = 0
+    fi = bi = 0
+    for t in times[:: max(1, len(times) // 6)]:
+        while fi < len(ep.camera_times) and ep.camera_times[fi] <= t:  # what a live loop has read by time t
+            buffer.add_frame(Frame(int(ep.camera_times[fi]), int(numbers[fi]), rgb[fi]))
+            fi += 1
+        while bi < len(offsets) and ep.audio_block_times[bi] <= t:
+            buffer.add_audio(AudioBlock(int(ep.audio_block_times[bi]), pcm[offsets[bi]:ends[bi]]))
+            bi += 1
+        sample = ep.sample(int(t), params)
+        frames = buffer.frames(int(t))
+        assert [f.timestamp_ns for f in frames] == sample.frame_times_ns.tolist()
+        np.testing.assert_array_equal(np.stack([f.rgb for f in frames]), sample.frames)
+        np.testing.assert_allclose(buffer.clip(int(t)), sample.audio, atol=1e-6)
+        checked += 1
+    assert checked >= 3
+    assert len(buffer._frames) < len(ep.camera_times)  # old frames were let go
+
+
+def test_every_command_passes_the_safety_filter():
+    model, config = _policy("vision-only")
+    huge = ActionNormalization([0.5] * 6 + [3.0], [10.0] * 7)  # metres per step: far beyond the limits
+    limits = SafetyLimits()
+    runner = PolicyRunner(model, config, huge, SafetyFilter(limits), execute=3)
+    frames = [_frame(k) for k in range(4)]
+    for _ in range(3):
+        action = runner.act(HOME, frames)  # vision-only: no audio needed
+        assert np.linalg.norm(action.delta_ee[:3]) <= limits.max_translation_m + 1e-12
+        assert np.linalg.norm(action.delta_ee[3:]) <= limits.max_rotation_rad + 1e-12
+        assert limits.gripper_min <= action.gripper <= limits.gripper_max
+        assert "translation" in runner.last.reasons
+    assert runner.counters.safety_changed == 3
+    nan = ActionNormalization([float("nan")] * 7, [1.0] * 7)
+    runner = PolicyRunner(model, config, nan, SafetyFilter(limits))
+    action = runner.act(HOME, frames)
+    assert np.all(action.delta_ee == 0) and "non-finite" in runner.last.reasons
+
+
+def test_policy_without_gripper_holds_the_gripper():
+    model, config = _policy("vision-only", action_dim=6)
+    safety = SafetyFilter(LOOSE)
+    safety.last_gripper = 0.25
+    runner = PolicyRunner(model, config, ActionNormalization.identity(6), safety)
+    assert runner.act(HOME, [_frame(k) for k in range(4)]).gripper == 0.25
+
+
+def test_runner_argument_errors():
+    model, config = _policy(horizon=4)
+    norm = ActionNormalization.identity()
+    with pytest.raises(HtouchError, match="between 1 and the horizon 4"):
+        PolicyRunner(model, config, norm, SafetyFilter(), execute=5)
+    with pytest.raises(HtouchError, match="6 dimensions"):
+        PolicyRunner(model, config, ActionNormalization.identity(6), SafetyFilter())
+    with pytest.raises(HtouchError, match="3 frames"):
+        PolicyRunner(model, config, norm, SafetyFilter(), sample=SampleParams(n_frames=3))
+    runner = PolicyRunner(model, config, norm, SafetyFilter())
+    with pytest.raises(HtouchError, match="no camera frame"):
+        runner.step(BASE, HOME)
+    with pytest.raises(HtouchError, match=r"shape \(320, 2\); the rig has 4 channels"):
+        runner.buffer.add_audio(_block(0, channels=2))
