@@ -93,12 +93,13 @@ def test_a_ring_down_ends_in_the_floor_again():
 
 
 def test_impact_energy_grows_with_the_impulse():
-    energies = [energy(impact_response("wood", impulse=j, blocks=4)[:, 0]) for j in (0.0, 0.01, 0.05, 0.2)]
-    assert energies == sorted(energies)
+    impulses = (0.0, 0.002, 0.01, 0.05, 0.2, 1.0)
+    energies = [energy(impact_response("wood", impulse=j, blocks=4)[:, 0]) for j in impulses]
+    assert all(a < b for a, b in zip(energies, energies[1:]))  # strictly, even into the soft saturation
     floor = energies[0]
     e = [v - floor for v in energies[1:]]
-    assert 15 < e[1] / e[0] < 35  # amplitude proportional to the impulse: 5x -> 25x energy
-    assert 10 < e[2] / e[1] < 22
+    assert 15 < e[1] / e[0] < 35  # below saturation the amplitude is proportional to the impulse
+    assert 15 < e[2] / e[1] < 35
 
 
 def test_friction_energy_grows_with_normal_force_and_slip_speed():
@@ -149,8 +150,9 @@ def test_contact_and_free_motion_separate_in_the_policys_log_mel():
     rubbing = rubbing.mean(axis=1) / FULL_SCALE
     s_moving = spectrogram(moving.astype(np.float32), RATE, params)
     s_rubbing = spectrogram(rubbing.astype(np.float32), RATE, params)
-    gap = (s_rubbing[high].mean(axis=1) - s_moving[high].mean(axis=1))  # natural-log power per band
-    assert gap.min() > np.log(10.0), gap  # every band above 1 kHz is > 10 dB louder while rubbing
+    gap = (s_rubbing.mean(axis=1) - s_moving.mean(axis=1))  # natural-log power per band
+    assert gap[high].mean() > np.log(100.0), gap  # > 20 dB louder above 1 kHz while rubbing ...
+    assert gap[high & (centres < 6000)].min() > np.log(10.0), gap  # ... and > 10 dB in every band up to 6 kHz
 
 
 def test_the_nearer_microphone_is_louder_and_hears_it_first():
@@ -239,15 +241,30 @@ def test_same_seed_same_audio_other_seed_other_noise():
 
 def test_typical_impacts_do_not_clip_but_a_hard_knock_approaches_full_scale():
     for material in MATERIALS:
-        for j in (0.01, 0.05, 0.2):
+        for j in (0.005, 0.02, 0.05):  # fingers closing, an object set down
             x = impact_response(material, impulse=j, blocks=2)
-            assert np.abs(x).max() < 0.75 * FULL_SCALE, (material, j)
-    sy = synth()
-    on_mic = [contact(0, 0, impulse=1.0, material="metal", position=MICS[0])]
-    loud = sy.render(BLOCK, on_mic, MICS).astype(float)
-    assert 0.8 * FULL_SCALE < np.abs(loud).max() < FULL_SCALE - 1  # soft saturation, never the rails
+            assert np.abs(x).max() < 0.6 * FULL_SCALE, (material, j)
+    knock = synth().render(BLOCK, [contact(0, 0, impulse=0.3, material="metal", position=MICS[0])], MICS)
+    assert 0.8 * FULL_SCALE < np.abs(knock.astype(float)).max() < FULL_SCALE - 1  # soft saturation, not the rails
     absurd = synth().render(BLOCK, [contact(0, 0, impulse=50.0, material="metal", position=MICS[0])], MICS)
     assert np.abs(absurd.astype(int)).max() < FULL_SCALE - 1
+    # An impact stands out of a steady rub of the same material.
+    rub = sliding(5.0, 0.05, "plastic")
+    rub[0] = dataclasses.replace(rub[0], impulse=0.05)
+    x = render_blocks(synth(seed=6), [rub] + [sliding(5.0, 0.05, "plastic")] * 3)[:, 0]
+    steady = x[2 * BLOCK:]
+    assert np.abs(x[:320] - steady.mean()).max() > 5 * steady.std()
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_other_sample_rates_render_the_same_causes(rate):
+    n = rate // 30
+    sy = synth(rate_hz=rate)
+    quiet = sy.render(n, [], MICS).astype(float)
+    hit = sy.render(n, [contact(0, 0, impulse=0.05, material=m) for m in MATERIALS], MICS).astype(float)
+    rub = sy.render(n, sliding(5.0, 0.05, "metal", n=n), MICS).astype(float)
+    assert energy(hit) > 1000 * energy(quiet) and energy(rub) > 1000 * energy(quiet)
+    assert np.abs(hit).max() < FULL_SCALE - 1
 
 
 @pytest.mark.parametrize("bad, message", [

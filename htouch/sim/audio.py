@@ -83,8 +83,10 @@ class ContactAudioConfig:
     rate_hz: int = 32000
     channels: int = 4
     seed: int = 0
-    impact_gain: float = 50000.0  # peak counts per N*s of impulse on metal at the contact point (0.5 N*s ~ 0.75 FS at 2 cm)
-    friction_gain: float = 6000.0  # RMS counts per sqrt(W) of friction power (normal force x slip speed)
+    # Peak counts per N*s of impulse (the impact's whole momentum transfer) on metal at the contact point: a finger
+    # closing on an object (~0.05 N*s) peaks near 1/4 of full scale, a hard knock (>= 0.2 N*s) saturates softly.
+    impact_gain: float = 200000.0
+    friction_gain: float = 3000.0  # RMS counts per sqrt(W) of friction power (normal force x slip speed)
     distance_ref_m: float = 0.05  # gain = ref / (ref + distance): 0.71 at 2 cm, 0.33 at 10 cm
     wave_speed_m_s: float = 1500.0  # structure-borne propagation speed, for the per-microphone delay
     max_delay_samples: int = 32
@@ -116,14 +118,19 @@ def _finite_nonneg(name: str, value) -> float:
 
 def _check_config(cfg: ContactAudioConfig) -> np.ndarray:
     """Validate the config; returns the per-channel gains."""
-    _require(isinstance(cfg.rate_hz, int) and cfg.rate_hz >= 8000, f"rate_hz must be an int >= 8000, got {cfg.rate_hz!r}")
-    _require(isinstance(cfg.channels, int) and cfg.channels >= 1, f"channels must be an int >= 1, got {cfg.channels!r}")
+    _require(isinstance(cfg.rate_hz, int) and cfg.rate_hz >= 8000,
+             f"ContactAudioConfig.rate_hz must be an int >= 8000, got {cfg.rate_hz!r}")
+    _require(isinstance(cfg.channels, int) and cfg.channels >= 1,
+             f"ContactAudioConfig.channels must be an int >= 1, got {cfg.channels!r}")
     for name in ("impact_gain", "friction_gain", "hum_level", "ambient_rms", "wave_speed_m_s", "distance_ref_m",
                  "hum_full_speed", "hum_f0_min_hz", "hum_f0_max_hz"):
         _finite_nonneg(f"ContactAudioConfig.{name}", getattr(cfg, name))
     _require(cfg.wave_speed_m_s > 0 and cfg.distance_ref_m > 0 and cfg.hum_full_speed > 0,
              "ContactAudioConfig.wave_speed_m_s, distance_ref_m and hum_full_speed must be > 0")
-    _require(cfg.hum_f0_max_hz * max(cfg.hum_harmonics, 1) < cfg.rate_hz / 2,
+    _require(isinstance(cfg.hum_harmonics, int) and cfg.hum_harmonics >= 1,
+             f"ContactAudioConfig.hum_harmonics must be an int >= 1, got {cfg.hum_harmonics!r}")
+    _require(math.isfinite(cfg.dc_offset), f"ContactAudioConfig.dc_offset must be finite, got {cfg.dc_offset!r}")
+    _require(cfg.hum_f0_max_hz * cfg.hum_harmonics < cfg.rate_hz / 2,
              "ContactAudioConfig: the hum's top harmonic must stay below the Nyquist frequency")
     _require(isinstance(cfg.max_delay_samples, int) and cfg.max_delay_samples >= 0,
              f"ContactAudioConfig.max_delay_samples must be an int >= 0, got {cfg.max_delay_samples!r}")
@@ -184,7 +191,8 @@ class _MaterialVoice:
         self.pulse = np.hanning(n_pulse + 2)[1:-1]
         self.pulse /= self.pulse.sum()  # unit area: the impulse, spread over the contact time
         sections, imp, fric = [], [], []
-        for freq, t60, w_imp, w_fric in material.modes:
+        modes = [m for m in material.modes if m[0] < 0.45 * rate]  # a lower rate cannot carry the top modes
+        for freq, t60, w_imp, w_fric in modes:
             w = 2 * math.pi * freq / rate
             r = math.exp(-math.log(1000.0) / (t60 * rate))
             # Impulse response r^n sin((n+1)w): a unit-amplitude ring with the mode's T60.
@@ -194,7 +202,7 @@ class _MaterialVoice:
             noise_gain = 0.5 / (1 - r * r) - 0.5 * (e2w / (1 - r * r * e2w)).real
             imp.append(w_imp)
             fric.append(w_fric / math.sqrt(noise_gain))
-        fric_w = np.array([m[3] for m in material.modes])
+        fric_w = np.array([m[3] for m in modes])
         fric_scale = np.array(fric) / math.sqrt(float(np.sum(fric_w ** 2)))  # unit RMS for a unit envelope
         # Impact weights normalized so a unit-area pulse peaks at 1 (the loudness is the gain's business).
         probe = np.zeros(int(0.02 * rate))
