@@ -23,8 +23,7 @@ import pytest
 from htouch.collector.config import MicrophoneConfig, RigConfig
 from htouch.collector.devices import DeviceError, Microphones
 from htouch.collector.hardware import microphones
-from htouch.collector.hardware.clocksync import OffsetFilter
-from htouch.collector.hardware.microphones import BlockTimeline, SoundDeviceMicrophones
+from htouch.collector.hardware.microphones import BlockClock, SoundDeviceMicrophones
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 32000
@@ -88,17 +87,17 @@ def test_alsa_file_plugin_delivers_the_known_signal_channel_by_channel(alsa_capt
     assert list(np.argmax(spectrum, axis=0)) == list(SINES_HZ)
 
 
-def test_alsa_time_stamps_follow_the_sample_count_and_start_on_the_monotonic_clock(alsa_capture):
+def test_alsa_time_stamps_increase_and_start_on_the_monotonic_clock(alsa_capture):
     data, _, _ = alsa_capture
     t, n, overflow = data["t"], data["n"], data["overflow"]
     assert (np.diff(t) > 0).all()
-    first_lost = int(np.flatnonzero(overflow)[0])
-    # The file plugin runs faster than real time: the stamps keep to the sample count (within the 1 %
-    # per block the timeline may slew toward the stream clock), not to the arrival times.
-    step = np.diff(t[:first_lost]) / (n[: first_lost - 1] * 1e9 / RATE)
-    assert (np.abs(step - 1) <= 0.0101).all(), step
     # ALSA's stream clock is CLOCK_MONOTONIC: the first block was captured after start, before its read.
     assert data["start_ns"] - 50_000_000 < t[0] < data["returned_ns"][0]
+    # The file plugin runs much faster than real time: the stamps cannot follow the stream clock, so
+    # they keep to the sample count with the shortest sample period the block clock allows (-10 %).
+    first_lost = int(np.flatnonzero(overflow)[0])
+    step = np.diff(t[:first_lost]) / (n[: first_lost - 1] * 1e9 / RATE)
+    assert ((step > 0.85) & (step <= 1 + 1e-6)).all(), step
 
 
 def test_a_full_queue_drops_blocks_counts_them_and_flags_the_next_block(alsa_capture):
@@ -163,11 +162,12 @@ def test_jack_dummy_paced_capture_and_real_input_overflow(jack_server, tmp_path)
     k = int(lost[0])
     assert 55 <= k <= 65
     # Before the stall: real-time pacing. The JACK stream clock starts near zero, yet the stamps land on
-    # the monotonic clock: a block is read back about one block (10 ms) after its first sample.
+    # the monotonic clock: a block is read back about one block (10 ms) after its first sample, and the
+    # stamps advance with the wall clock (the dummy driver may run a little slow on a busy machine).
     period = 480 / 48000 * 1e9
     steady = slice(5, k - 1)
     assert abs((returned[k - 2] - returned[5]) / ((k - 7) * period) - 1) < 0.3
-    assert abs((t[k - 2] - t[5]) / ((k - 7) * period) - 1) < 0.01
+    assert abs((t[k - 2] - t[5]) - (returned[k - 2] - returned[5])) < 20e6
     delay = returned[steady] - t[steady]
     assert (delay > 0).all() and 5e6 < np.median(delay) < 60e6, delay
     # The lost input shows as a jump forward of about the stall.
@@ -197,37 +197,44 @@ def test_without_sounddevice_the_error_says_how_to_install(monkeypatch):
     assert not ok and "htouch[hardware]" in message
 
 
-def test_stream_clock_mapping_error_under_callback_jitter():
-    """A JACK-like stream clock (starts at zero, runs 60 ppm slow against the host) read in callbacks
-    that run 0.1-3 ms late: median-filtered offset + timeline stamps stay within 0.2 ms of the truth."""
+def test_block_clock_maps_a_drifting_stream_clock_within_a_fraction_of_a_millisecond():
+    """A JACK-like stream clock (starts at zero, the device runs 500 ppm slow against the host); the host
+    clock is read in the callback 20-200 us after PortAudio read currentTime, now and then 3 ms later
+    (the GIL). Stamps stay within 0.1 ms of the truth, apart from the median dispatch delay."""
     rng = np.random.default_rng(1)
-    rate, block = 48000, 480
-    n_blocks = 1000
-    true_host = 7_000_000_000_000 + (np.arange(n_blocks) * block * 1e9 / rate).astype(np.int64)  # first sample
-    stream = (true_host - true_host[0]) * (1 - 60e-6) / 1e9  # stream clock, s
-    late = rng.exponential(0.5e-3, n_blocks) + 0.1e-3  # callback delay after the block is complete
-    offsets = OffsetFilter(200, "median")
-    timeline = BlockTimeline(rate)
+    rate, block, n_blocks = 48000, 480, 1500
+    period_ns = block * 1e9 / rate / (1 - 500e-6)  # real duration of a block
+    true_first = 7_000_000_000_000 + np.arange(n_blocks) * period_ns  # host time of each first sample
+    clock = BlockClock(rate)
     stamps = []
     for k in range(n_blocks):
-        current = stream[k] + (block / rate) * (1 - 60e-6) + late[k] * (1 - 60e-6)  # stream time at callback
-        host_now = true_host[k] + block * 1e9 / rate + late[k] * 1e9 + rng.normal(0, 20e3)
-        offset = offsets.update(int(host_now), round(current * 1e9))
-        stamps.append(timeline.stamp(stream[k] * 1e9 + offset, block))
-    error = np.array(stamps[200:]) - true_host[200:]
-    assert np.abs(error - np.median(error)).max() < 0.2e6  # jitter does not leak
-    assert abs(np.median(error)) < 1.5e6  # the median callback delay is the only bias
+        adc = k * block / rate  # stream clock = sample count
+        current = adc + block / rate + rng.uniform(0.1e-3, 1e-3)  # the callback runs after the block
+        host_when_current = true_first[k] + (current - adc) * 1e9 / (1 - 500e-6)
+        dispatch = rng.uniform(20e3, 200e3) + (3e6 if rng.random() < 0.02 else 0.0)
+        measured = clock.measure(int(host_when_current + dispatch), current, adc, block)
+        stamps.append(clock.stamp(measured, block))
+    error = (np.array(stamps) - true_first)[300:]  # after the loop settled (3 s)
+    assert np.abs(error - np.median(error)).max() < 0.1e6, np.abs(error - np.median(error)).max()
+    assert 0 < np.median(error) < 0.2e6  # the dispatch delay is the only bias
+    assert abs(rate * clock.nominal_ns / clock.ns_per_sample / rate - (1 - 500e-6)) < 30e-6  # rate learnt
 
 
-def test_block_timeline_filters_jitter_tracks_drift_and_keeps_gaps():
-    ns = 1e9 / 32000
-    tl = BlockTimeline(32000)
-    t = [tl.stamp(1e9 + k * 320 * ns * (1 + 200e-6) + (300e3 if k % 2 else -300e3), 320) for k in range(500)]
+def test_block_clock_filters_jitter_learns_the_rate_and_keeps_gaps():
+    rate, n = 32000, 320
+    block_ns = n * 1e9 / rate * (1 + 2000e-6)  # a device clock 2000 ppm slow: blocks last longer
+    clock = BlockClock(rate)
+    t = [clock.stamp(1e9 + k * block_ns + (300e3 if k % 2 else -300e3), n) for k in range(600)]
     steps = np.diff(t)
     assert (steps > 0).all()
-    assert abs(np.mean(steps[100:]) / (320 * ns) - (1 + 200e-6)) < 20e-6  # 200 ppm drift shows
-    assert np.std(steps[100:]) < 0.1 * 600e3  # +-0.3 ms alternating jitter is filtered out (10x)
-    end = t[-1] + 320 * ns
-    assert tl.stamp(end + 50e6, 320, overflow=True) == round(end + 50e6)  # lost input: a visible gap
-    before = tl.stamp(end + 50e6 + 320 * ns - 1e9, 320)  # a clock step backwards: slew, never reverse
-    assert before > end + 50e6
+    assert abs(np.mean(steps[300:]) / block_ns - 1) < 20e-6  # the real block duration is learnt
+    assert np.std(steps[300:]) < 0.1 * 600e3  # +-0.3 ms alternating jitter is filtered out (10x)
+    end = t[-1] + n * clock.ns_per_sample
+    assert clock.stamp(end + 50e6, n, overflow=True) == round(end + 50e6)  # lost input: a visible gap
+    later = clock.stamp(end + 50e6 + block_ns - 1e9, n)  # the clock steps 1 s back: slew, never reverse
+    assert later > end + 50e6
+    # A source faster than real time (measured time stands still) still gets increasing stamps, with
+    # the learnt period held within 10 % of nominal.
+    c2 = BlockClock(rate)
+    t2 = np.array([c2.stamp(1e9, n) for _ in range(500)])
+    assert (np.diff(t2) > 0).all() and abs(c2.ns_per_sample / c2.nominal_ns - 0.9) < 1e-9

@@ -8,8 +8,8 @@ flags the next queued block as overflowed, exactly like input the device itself 
 Time stamps: PortAudio gives the capture time of a block's first sample (`inputBufferAdcTime`) on the
 stream's clock, which is not always the host monotonic clock (JACK's starts at zero). The offset
 `host now - stream currentTime`, read in every callback and median-filtered, maps it onto the loop clock.
-The stamps of consecutive blocks then follow the sample count, steered gently toward that measured time
-(`BlockTimeline`), so scheduling jitter does not leak into them, real clock drift still shows, and
+A delay-locked loop over the sample count then follows that measured time (`BlockClock`), so
+scheduling jitter does not leak into the stamps, the device's real sample rate (drift) still shows, and
 lost input shows as a jump forward.
 """
 
@@ -48,29 +48,50 @@ class _Captured:
     dropped_frames: int  # samples this backend discarded right before this block (queue full)
 
 
-class BlockTimeline:
-    """First-sample time of each block: the previous stamp plus the samples since, steered toward the
-    measured time by `gain` of the difference, at most `max_slew` of a block per block (so stamps
-    always increase). Input lost by the device (overflow) or a measured time more than `jump_ns` ahead
-    re-anchors on the measurement: the gap stays visible."""
+class BlockClock:
+    """First-sample time of each block on the loop clock, from PortAudio's stream times.
 
-    def __init__(self, rate_hz: float, gain: float = 0.1, max_slew: float = 0.01, jump_ns: int = 20_000_000):
-        self.ns_per_sample = 1e9 / rate_hz
-        self.gain, self.max_slew, self.jump_ns = gain, max_slew, jump_ns
-        self._end_ns: float | None = None  # predicted time of the sample after the last block
+    measured = inputBufferAdcTime + (host now - currentTime), the offset median-filtered over the last
+    `offset_window` callbacks (a short window: under JACK the stream clock is the sample clock, so the
+    offset drifts with the device). A delay-locked loop (bandwidth `bandwidth_hz`) then follows the
+    measured times with the sample count: it learns the device's real sample period, so scheduling
+    jitter is filtered out while real clock drift stays in the stamps. Each block's correction is
+    limited (`max_error_ns`), so a late callback barely moves the stamps and they always increase. Input
+    lost by the device (overflow), or a measured time more than `jump_ns` ahead, re-anchors on the
+    measurement: the gap stays visible. The learnt period stays within `max_rate_error` of nominal.
+    """
+
+    def __init__(self, rate_hz: float, offset_window: int = 10, bandwidth_hz: float = 1.0,
+                 max_error_ns: float = 2e6, jump_ns: float = 20e6, max_rate_error: float = 0.1):
+        self.nominal_ns = 1e9 / rate_hz  # per sample
+        self.ns_per_sample = self.nominal_ns  # learnt
+        self.bandwidth_hz, self.max_error_ns, self.jump_ns = bandwidth_hz, max_error_ns, jump_ns
+        self.max_rate_error = max_rate_error
+        self.offsets = OffsetFilter(offset_window, "median")
+        self._next_ns: float | None = None  # predicted time of the sample after the last block
+
+    def measure(self, host_ns: int, current_s: float, adc_s: float, n: int) -> float:
+        """The block's first-sample time on the loop clock, before smoothing."""
+        if current_s <= 0:  # the host API gives no stream times: the block ended about now
+            return host_ns - n * self.nominal_ns
+        return adc_s * 1e9 + self.offsets.update(host_ns, round(current_s * 1e9))
 
     def stamp(self, measured_ns: float, n: int, dropped: int = 0, overflow: bool = False) -> int:
-        if self._end_ns is None:
+        if self._next_ns is None:
             t = float(measured_ns)
         else:
-            predicted = self._end_ns + dropped * self.ns_per_sample
+            predicted = self._next_ns + dropped * self.ns_per_sample
             error = measured_ns - predicted
             if error > self.jump_ns or (overflow and error > 0):
                 t = float(measured_ns)
             else:
-                limit = self.max_slew * n * self.ns_per_sample
-                t = predicted + min(max(self.gain * error, -limit), limit)
-        self._end_ns = t + n * self.ns_per_sample
+                error = min(max(error, -self.max_error_ns), self.max_error_ns)
+                omega = 2 * np.pi * self.bandwidth_hz * n * self.nominal_ns / 1e9
+                t = predicted + np.sqrt(2) * omega * error
+                lo, hi = 1 - self.max_rate_error, 1 + self.max_rate_error
+                self.ns_per_sample = min(max(self.ns_per_sample + omega**2 * error / n, lo * self.nominal_ns),
+                                         hi * self.nominal_ns)
+        self._next_ns = t + n * self.ns_per_sample
         return int(round(t))
 
 
@@ -78,7 +99,7 @@ class SoundDeviceMicrophones:
     """A Microphones (htouch.collector.devices) reading a PortAudio input stream."""
 
     QUEUE_S = 2.0  # audio held while the loop is busy; past this, blocks are dropped and flagged
-    OFFSET_WINDOW_S = 2.0  # the median filter spans this many seconds of callbacks
+    OFFSET_WINDOW_S = 0.1  # the offset median spans this many seconds of callbacks
 
     def __init__(self, config: MicrophoneConfig, clock: Clock | None = None):
         self.config = config
@@ -94,8 +115,8 @@ class SoundDeviceMicrophones:
     def _reset_capture_state(self) -> None:
         blocks_per_s = self.config.rate_hz / self.config.blocksize
         self._queue: queue.Queue[_Captured] = queue.Queue(maxsize=max(4, int(self.QUEUE_S * blocks_per_s)))
-        self._offsets = OffsetFilter(max(5, int(self.OFFSET_WINDOW_S * blocks_per_s)), "median")
-        self._timeline = BlockTimeline(self.config.rate_hz)
+        self._block_clock = BlockClock(self.config.rate_hz,
+                                       offset_window=max(5, int(self.OFFSET_WINDOW_S * blocks_per_s)))
         self._pending_drop = 0
         self._pending_overflow = False
 
@@ -152,12 +173,8 @@ class SoundDeviceMicrophones:
         except queue.Empty:
             return None
         n = len(item.pcm)
-        if item.current_time > 0:
-            offset = self._offsets.update(item.host_ns, round(item.current_time * 1e9))
-            measured = item.adc_time * 1e9 + offset
-        else:  # the host API gives no stream times: the block ended about when the callback ran
-            measured = item.host_ns - n * self._timeline.ns_per_sample
-        t = self._timeline.stamp(measured, n, item.dropped_frames, item.overflow) - self.spec.latency_ns
+        measured = self._block_clock.measure(item.host_ns, item.current_time, item.adc_time, n)
+        t = self._block_clock.stamp(measured, n, item.dropped_frames, item.overflow) - self.spec.latency_ns
         return AudioBlock(timestamp_ns=t, pcm=item.pcm, overflow=item.overflow)
 
 
