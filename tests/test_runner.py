@@ -188,3 +188,23 @@ def test_runner_argument_errors():
         runner.step(BASE, HOME)
     with pytest.raises(HtouchError, match=r"shape \(320, 2\); the rig has 4 channels"):
         runner.buffer.add_audio(_block(0, channels=2))
+
+
+def test_benchmark_smoke_run(tmp_path):
+    """tools/bench_policy.py runs end to end (tiny preset, short stream) and writes its report; no timing
+    is asserted here (the benchmark measures, tests do not)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "bench-policy.md"
+    r = subprocess.run([sys.executable, str(root / "tools" / "bench_policy.py"), "--quick", "--presets", "tiny",
+                        "--out", str(out)], capture_output=True, text=True, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## Parameters", "## Control-step latency", "## Breakdown of one re-plan"):
+        assert heading in text
+    assert "| paper | ours | 18,822,712" in text  # the parameter table covers the paper preset
+    rows = [line for line in text.splitlines() if line.startswith("| tiny | cache |")]
+    assert len(rows) == 1 and rows[0].split("|")[9].strip() == "1.00"  # one frame encoded per re-plan
