@@ -49,10 +49,10 @@ POLL_S = 0.1  # the reader thread checks for stop() this often
 class KeyboardTeleop:
     """A Teleop (htouch.collector.devices) from key presses on `stream` (a terminal or a pipe)."""
 
-    def __init__(self, clock: Clock | None = None, stream: TextIO | Any = sys.stdin,
+    def __init__(self, clock: Clock | None = None, stream: TextIO | Any = None,
                  axis_remap: list[str] | None = None, step_m: float = 0.005, step_rad: float = 0.05):
         self.clock = clock or MonotonicClock()
-        self.stream = stream
+        self.stream = sys.stdin if stream is None else stream  # sys.stdin as it is now, not at import
         self.remap = axis_remap_matrix(axis_remap or MappingConfig().axis_remap)  # robot = remap @ controller
         self.step_m = step_m
         self.step_rad = step_rad
