@@ -231,6 +231,14 @@ def test_refusals_surface_as_device_errors(rig):
     assert robot.pop_events()[0][1] == "robot_error"
 
 
+def test_home_before_start_opens_the_gripper_too():
+    double = PandaPyDouble()
+    robot = PandaRobot(RobotConfig(host="127.0.0.1", gripper_max_width=0.07), panda_module=double)
+    robot.home()
+    assert double.named("move") == [(0.07, 0.1)]
+    robot.stop()
+
+
 def test_double_refusing_connection_names_the_host():
     with pytest.raises(DeviceError, match="cannot reach the Franka controller at 127.0.0.1: libfranka: Connection to FCI refused"):
         PandaRobot(RobotConfig(host="127.0.0.1"), panda_module=PandaPyDouble(refuse=True))

@@ -250,6 +250,7 @@ class PandaRobot:
 
     def home(self) -> None:
         """Move to config.home_joints, restart the impedance controller there, open the gripper."""
+        self._gripper.start()  # (idempotent) home() may come before start()
         self._drain_error()
         try:
             reached = self.panda.move_to_joint_position(np.asarray(self.config.home_joints, dtype=float))
