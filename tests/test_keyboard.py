@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
 from htouch.collector.devices import DeviceError, RobotState, Teleop
 from htouch.collector.keyboard import KEY_HELP, KeyboardTeleop
