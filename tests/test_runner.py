@@ -208,3 +208,26 @@ def test_benchmark_smoke_run(tmp_path):
     assert "| paper | ours | 18,822,712" in text  # the parameter table covers the paper preset
     rows = [line for line in text.splitlines() if line.startswith("| tiny | cache |")]
     assert len(rows) == 1 and rows[0].split("|")[9].strip() == "1.00"  # one frame encoded per re-plan
+
+
+def test_runner_from_a_run_directory(tmp_path):
+    from htouch.dataset.schema import RigSpec
+    from htouch.training.checkpoints import save_run_checkpoint
+    from htouch.training.data import DataSpec
+
+    model, config = _policy(horizon=4)
+    norm = ActionNormalization([0.0] * 7, [0.01] * 7)
+    rig = RigSpec(audio=AudioSpec(channels=2, channel_names=["a", "b"], center=100.0, scale=1000.0))
+    extra = {"action_normalization": norm.to_dict(), "data": DataSpec.from_policy(config).to_dict(),
+             "rig": rig.to_dict()}
+    save_run_checkpoint(tmp_path / "run", model, config, extra)
+    runner = PolicyRunner.from_run(tmp_path / "run", SafetyFilter(LOOSE), execute=3)
+    assert runner.execute == 3 and runner.normalization == norm and runner.config == config
+    assert runner.buffer.audio == rig.audio and runner.sample == DataSpec.from_policy(config).sample_params
+    clip = np.zeros(32000, np.float32)
+    frames = [_frame(k) for k in range(4)]
+    expected = _expected_chunk(model, config, frames, clip, norm)
+    np.testing.assert_allclose(runner.act(HOME, frames, clip).delta_ee, expected[0, :6], rtol=1e-4, atol=1e-7)
+    save_run_checkpoint(tmp_path / "bare", model, config, {})
+    with pytest.raises(HtouchError, match="no action_normalization"):
+        PolicyRunner.from_run(tmp_path / "bare", SafetyFilter())

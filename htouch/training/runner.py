@@ -12,7 +12,11 @@ embeddings are cached by capture time stamp: with the paper's timing (frames 2/3
 its newest frame. The audio clip is new at every re-plan and is always encoded.
 
 Use it from a live stream with `ObservationBuffer` (add every Frame / AudioBlock as read, then
-`runner.step(t_ns, ee_position)`), or give the observation directly to `runner.act`.
+`runner.step(t_ns, ee_position)`), or give the observation directly to `runner.act`:
+
+    runner = PolicyRunner.from_run("runs/zip-ours", SafetyFilter(rig_config.safety), execute=2)
+    for each Frame / AudioBlock read:  runner.buffer.add_frame(frame) / runner.buffer.add_audio(block)
+    every control tick:  robot.apply(runner.step(clock.now_ns(), robot.state().ee_pose[:3]))
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import bisect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +34,10 @@ from htouch.collector.devices import Action, AudioBlock, Frame
 from htouch.collector.safety import FilteredAction, SafetyFilter
 from htouch.dataset import audio as audio_params
 from htouch.dataset.episode import NS, SampleParams, frame_indices, gather_audio_clip
-from htouch.dataset.schema import AudioSpec
+from htouch.dataset.schema import AudioSpec, RigSpec
 from htouch.errors import HtouchError
+from htouch.training.checkpoints import DEFAULT_NAME, load_run_checkpoint
+from htouch.training.data import DataSpec
 from htouch.training.model import ActionNormalization, AudioVisualPolicy, PolicyConfig, preprocess_frames
 
 
@@ -126,6 +133,21 @@ class PolicyRunner:
         self.last: FilteredAction | None = None  # the last command and what the safety filter changed
         self._plan: deque[np.ndarray] = deque()
         self._cache: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, safety: SafetyFilter, execute: int = 2, audio: AudioSpec | None = None,
+                 name: str = DEFAULT_NAME) -> "PolicyRunner":
+        """A runner for a trained policy: the weights, config, action normalization and observation window of a
+        run directory (as `htouch train` writes it). `audio` is the live rig's audio spec, which normalises its
+        PCM; by default the training rig's."""
+        model, config, extra = load_run_checkpoint(run_dir, name)
+        if "action_normalization" not in extra:
+            raise HtouchError(f"{run_dir}: config.json has no action_normalization")
+        norm = ActionNormalization.from_dict(extra["action_normalization"])
+        sample = DataSpec.from_dict(extra["data"]).sample_params if isinstance(extra.get("data"), dict) else None
+        if audio is None and isinstance(extra.get("rig"), dict):
+            audio = RigSpec.from_dict(extra["rig"]).audio
+        return cls(model, config, norm, safety, execute=execute, sample=sample, audio=audio)
 
     @property
     def needs_observation(self) -> bool:
