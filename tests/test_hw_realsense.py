@@ -102,6 +102,10 @@ def test_missing_file_wrong_resolution_and_non_recording_are_one_line_errors(rec
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     assert "640x480 rgb8 at 30 Hz" in message and "it has 64x48 rgb8 at 30 Hz" in message
+    empty = tmp_path / "empty.db3"
+    write_recording(empty, [])
+    with pytest.raises(DeviceError, match=f"camera recording {empty} has no colour stream$"):
+        RealSenseCamera(CameraConfig(file=str(empty), width=64, height=48)).start()
     text = tmp_path / "notes.db3"
     text.write_text("not a bag\n")
     with pytest.raises(DeviceError, match="not a readable RealSense recording"):

@@ -16,6 +16,7 @@ is a stall: read() waits out its timeout and returns None.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class RealSenseCamera:
     QUEUE_FRAMES = 8  # frames held while the loop is busy; a live camera drops the oldest past this
     OFFSET_WINDOW_S = 3.0  # the minimum filter follows clock drift over this many seconds
     POLL_MS = 100  # how often the read thread checks for stop / end of recording
+    FIRST_FRAME_S = 5.0  # start() waits this long for the first frame
 
     def __init__(self, config: CameraConfig, clock: Clock | None = None):
         self.config = config
@@ -101,20 +103,33 @@ class RealSenseCamera:
             cfg.enable_device(_info(rs, device, "serial_number"))
         check_color_profile(rs, device, c, where)
         cfg.enable_stream(rs.stream.color, c.width, c.height, rs.format.rgb8, c.fps)
-        pipe = rs.pipeline()
+        pipe, playback = rs.pipeline(), None
         try:
             resolved = cfg.resolve(rs.pipeline_wrapper(pipe))
             if self.is_file:
                 # Before start: real-time playback would skip frames the consumer has not taken yet.
-                self._playback = resolved.get_device().as_playback()
-                self._playback.set_real_time(False)
+                playback = resolved.get_device().as_playback()
+                playback.set_real_time(False)
             pipe.start(cfg)
         except RuntimeError as e:
             raise DeviceError(f"{where} could not start streaming: {e}") from None
-        self._pipe = pipe
-        self.description = where
+        self._pipe, self._playback, self.description, self.error = pipe, playback, where, None
         self._thread = threading.Thread(target=self._run, name="realsense-read", daemon=True)
         self._thread.start()
+        self._wait_for_first_frame(where)
+
+    def _wait_for_first_frame(self, where: str) -> None:
+        """A camera takes a moment to stream; one that never does is an error now, not stalls later."""
+        deadline = time.monotonic() + self.FIRST_FRAME_S
+        with self._cond:
+            while not self._queue and self._thread.is_alive() and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            streaming = bool(self._queue)
+        if not streaming:
+            error = self.error
+            self.stop()
+            raise DeviceError(f"{where} sent no frame within {self.FIRST_FRAME_S:g} s"
+                              + (f": {error}" if error else ""))
 
     def stop(self) -> None:
         if self._thread is None:
