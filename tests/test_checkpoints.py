@@ -18,6 +18,7 @@ from htouch.training.checkpoints import (AVID_PREFIX, R3M_PREFIX, load_avid_audi
                                          save_run_checkpoint)
 from htouch.training.encoders import AudioNTT2020, AvidConv2D, resnet18
 from htouch.training.model import ActionNormalization, build_policy, policy_config
+from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 
 
 def _randomised(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:

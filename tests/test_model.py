@@ -16,6 +16,15 @@ from htouch.training.model import (METHODS, PRESETS, ActionNormalization, Policy
 TINY = PRESETS["tiny"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine two threads contend and run these tiny models slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _spec(config: PolicyConfig, batch: int, seed: int = 0) -> torch.Tensor | None:
     if not config.uses_audio:
         return None

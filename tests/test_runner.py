@@ -15,6 +15,7 @@ from htouch.dataset.schema import AudioSpec
 from htouch.errors import HtouchError
 from htouch.training.model import ActionNormalization, build_policy, policy_config
 from htouch.training.runner import ObservationBuffer, PolicyRunner
+from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 
 FRAME_NS = NS // 30
 BASE = 10 * NS
