@@ -152,26 +152,27 @@ def test_jack_dummy_paced_capture_and_real_input_overflow(jack_server, tmp_path)
                "blocks": 120, "stall_at": 60, "stall_s": 0.3, "probe": ["system"]}
     data, info = capture(options, {"JACK_DEFAULT_SERVER": jack_server, "JACK_NO_START_SERVER": "1"}, tmp_path)
     t, n, overflow, returned = data["t"], data["n"], data["overflow"], data["returned_ns"]
-    assert "'system' (JACK Audio Connection Kit, 4 inputs)" in info["description"]
+    assert "'system' (JACK Audio Connection Kit, 4 inputs)" in info["description"] and info["error"] is None
     assert info["probes"][0][0], info["probes"]
     assert len(t) == 120 and (n == 480).all() and (np.diff(t) > 0).all()
     assert not data["pcm"].any()  # the dummy backend captures silence
 
+    # The stall in callback 60 makes PortAudio flag the next block (a busy machine may add xruns).
     lost = np.flatnonzero(overflow)
-    assert info["overflows"] >= 1 and len(lost) >= 1 and info["dropped_blocks"] == 0
-    k = int(lost[0])
-    assert 55 <= k <= 65
-    # Before the stall: real-time pacing. The JACK stream clock starts near zero, yet the stamps land on
-    # the monotonic clock: a block is read back about one block (10 ms) after its first sample, and the
-    # stamps advance with the wall clock (the dummy driver may run a little slow on a busy machine).
-    period = 480 / 48000 * 1e9
-    steady = slice(5, k - 1)
-    assert abs((returned[k - 2] - returned[5]) / ((k - 7) * period) - 1) < 0.3
-    assert abs((t[k - 2] - t[5]) - (returned[k - 2] - returned[5])) < 20e6
-    delay = returned[steady] - t[steady]
-    assert (delay > 0).all() and 5e6 < np.median(delay) < 60e6, delay
+    assert info["overflows"] >= 1 and info["dropped_blocks"] == 0
+    at_stall = [int(k) for k in lost if 59 <= k <= 62]
+    assert at_stall, lost
+    k = at_stall[0]
     # The lost input shows as a jump forward of about the stall.
     assert 0.15e9 < t[k] - t[k - 1] < 0.6e9, t[k] - t[k - 1]
+    # Real-time pacing. The JACK stream clock starts near zero, yet the stamps land on the monotonic
+    # clock: a block is read back about one block (10 ms) after its first sample, and the stamps
+    # advance with the wall clock (the dummy driver may run a little slow on a busy machine).
+    period = 480 / 48000 * 1e9
+    assert (returned[k - 2] - returned[5]) / ((k - 7) * period) > 0.7  # not faster than real time
+    assert abs((t[k - 2] - t[5]) - (returned[k - 2] - returned[5])) < 20e6
+    delay = returned[5:] - t[5:]
+    assert (delay > 0).all() and 5e6 < np.median(delay) < 60e6, delay
 
 
 def test_unknown_device_is_a_one_line_error_and_probe_never_raises():

@@ -60,7 +60,7 @@ def capture(options: dict) -> dict:
         returned_ns=np.array(returned, np.int64),
         start_ns=np.int64(start_ns),
         info=json.dumps(dict(overflows=mics.overflows, dropped_blocks=mics.dropped_blocks,
-                             description=mics.description, probes=probes)),
+                             description=mics.description, probes=probes, error=mics.error)),
     )
 
 

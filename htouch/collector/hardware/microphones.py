@@ -109,6 +109,7 @@ class SoundDeviceMicrophones:
         self.overflows = 0  # callbacks PortAudio flagged with input_overflow
         self.dropped_blocks = 0  # blocks discarded because read() fell behind
         self.description = ""  # the input start() opened
+        self.error: str | None = None  # set if the stream ended without stop() (device gone)
         self._stream: Any = None
         self._reset_capture_state()
 
@@ -131,12 +132,14 @@ class SoundDeviceMicrophones:
         self._reset_capture_state()
         try:
             stream = sd.InputStream(device=index, channels=c.channels, samplerate=c.rate_hz, dtype="int16",
-                                    blocksize=c.blocksize, callback=self._callback)
+                                    blocksize=c.blocksize, callback=self._callback,
+                                    finished_callback=self._finished)
+            self.description, self.error = describe_input(sd, index, info), None
+            self._stream = stream
             stream.start()
         except sd.PortAudioError as e:
+            self._stream = None
             raise DeviceError(f"audio input {describe_input(sd, index, info)} failed to start: {e}") from None
-        self._stream = stream
-        self.description = describe_input(sd, index, info)
 
     def stop(self) -> None:
         """Stops capturing; blocks already captured can still be read."""
@@ -166,6 +169,10 @@ class SoundDeviceMicrophones:
             self._pending_overflow = True
         else:
             self._pending_drop, self._pending_overflow = 0, False
+
+    def _finished(self) -> None:
+        if self._stream is not None:  # not stop(): PortAudio ended the stream; reads stall from now on
+            self.error = f"audio input {self.description} stopped streaming"
 
     def read(self, timeout_s: float) -> AudioBlock | None:
         try:
