@@ -77,8 +77,8 @@ class _Queued:
         self.stopped += 1
 
 
-class TestCamera(_Queued):
-    def __init__(self, world: "TestWorld"):
+class PlannedCamera(_Queued):
+    def __init__(self, world: "PlannedWorld"):
         super().__init__()
         self.world = world
         self.spec = TEST_SPEC.camera
@@ -93,7 +93,7 @@ class TestCamera(_Queued):
             return None
 
 
-class TestMicrophones(_Queued):
+class PlannedMicrophones(_Queued):
     def __init__(self):
         super().__init__()
         self.spec = TEST_SPEC.audio
@@ -105,10 +105,10 @@ class TestMicrophones(_Queued):
             return None
 
 
-class TestTeleop(_Queued):
+class PlannedTeleop(_Queued):
     RATE_HZ = 72.0
 
-    def __init__(self, world: "TestWorld"):
+    def __init__(self, world: "PlannedWorld"):
         super().__init__()
         self.world = world
         self.reading: TeleopReading | None = None
@@ -132,10 +132,10 @@ class TestTeleop(_Queued):
         return self.reading
 
 
-class TestRobot(_Queued):
+class PlannedRobot(_Queued):
     n_joints = 7
 
-    def __init__(self, world: "TestWorld"):
+    def __init__(self, world: "PlannedWorld"):
         super().__init__()
         self.world = world
         self.pose = HOME.copy()
@@ -195,7 +195,7 @@ class TestRobot(_Queued):
                 raise DeviceError("communication_constraints_violation")
 
 
-class TestWorld:
+class PlannedWorld:
     """The clock, the plans and the production of frames and audio blocks."""
 
     AUDIO_BLOCK = 160  # 10 ms at 16 kHz
@@ -207,10 +207,10 @@ class TestWorld:
         self.attempt = -1
         self.base_ns = self.clock.now_ns()
         self.called_back = False
-        self.camera = TestCamera(self)
-        self.microphones = TestMicrophones()
-        self.teleop = TestTeleop(self)
-        self.robot = TestRobot(self)
+        self.camera = PlannedCamera(self)
+        self.microphones = PlannedMicrophones()
+        self.teleop = PlannedTeleop(self)
+        self.robot = PlannedRobot(self)
         self._lock = threading.Lock()
         self._frame_number = 0
         self._next_frame_ns = self.base_ns

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from htouch.dataset.writer import EpisodeWriter
 
 NS = 1_000_000_000
-READ_TIMEOUT_S = 0.05  # a reader's longest wait for one frame or block (wall time)
+READ_TIMEOUT_S = 0.02  # a reader's longest wait for one frame or block (wall time)
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
 ROBOT_GIVE_UP_S = 2.0  # a robot error that recover() cannot clear for this long ends the episode
@@ -104,9 +104,10 @@ def dbfs(x: np.ndarray) -> np.ndarray:
 class StreamReader(threading.Thread):
     """Drains one device (camera or microphones) in its own thread and hands each item to `handle`.
 
-    `idle` says the last read came back empty (the device has nothing queued); `last_ts` is the time
-    stamp of the newest item handled. The control thread uses both to judge stalls and, on a simulated
-    clock, to wait for the reader instead of outrunning it.
+    `idle` says the last read came back empty (the device had nothing queued while it waited), and
+    `idle_wall_ns` when that read ended (host monotonic clock); `last_ts` is the time stamp of the newest
+    item handled. The control thread uses them to judge stalls and, on a simulated clock, to wait for the
+    reader instead of outrunning it.
     """
 
     def __init__(self, name: str, read: Callable[[float], Any], handle: Callable[[Any], None]):
@@ -117,6 +118,7 @@ class StreamReader(threading.Thread):
         self._quit = threading.Event()
         self.cond = threading.Condition()
         self.idle = False
+        self.idle_wall_ns = 0
         self.empty_reads = 0
         self.items = 0
         self.last_ts: int | None = None
@@ -130,7 +132,9 @@ class StreamReader(threading.Thread):
                 item = self._read(READ_TIMEOUT_S)
             except DeviceError as e:
                 with self.cond:
-                    self.device_error, self.device_errors, self.idle = str(e), self.device_errors + 1, True
+                    self.device_error, self.device_errors = str(e), self.device_errors + 1
+                    self.idle, self.idle_wall_ns = True, time.monotonic_ns()
+                    self.empty_reads += 1
                     self.cond.notify_all()
                 self._quit.wait(READ_TIMEOUT_S)
                 continue
@@ -140,6 +144,7 @@ class StreamReader(threading.Thread):
             if item is None:
                 with self.cond:
                     self.idle = True
+                    self.idle_wall_ns = time.monotonic_ns()
                     self.empty_reads += 1
                     self.cond.notify_all()
                 continue
@@ -150,9 +155,14 @@ class StreamReader(threading.Thread):
                 return
             with self.cond:
                 self.idle = False
+                self.device_error = None
                 self.items += 1
                 self.last_ts = int(item.timestamp_ns)
                 self.cond.notify_all()
+
+    def idle_since(self, wall_ns: int) -> bool:
+        """The device had nothing more to give after wall_ns (a read that ended later came back empty)."""
+        return self.idle and self.idle_wall_ns > wall_ns
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         with self.cond:
@@ -286,6 +296,7 @@ class Recorder:
         self._stop_requested = False
         self._prev_frame_number: int | None = None
         self._camera_stalled = False
+        self._stall_frame_ts = -1
         self._last_teleop: TeleopReading | None = None
         self._last_teleop_ts: int | None = None
         self._teleop_lost = False
@@ -297,6 +308,7 @@ class Recorder:
         self._robot_error_since: int | None = None  # loop time the current robot error began
         self._robot_error_ticks = 0  # ticks in the current robot error (counted, so a stopped clock ends it too)
         self._camera_ref_ns = 0
+        self._applied_wall_ns = 0  # host time the last command returned from robot.apply()
         self._readers = [StreamReader("camera", rig.camera.read, self._on_frame),
                          StreamReader("audio", rig.microphones.read, self._on_audio)]
 
@@ -478,6 +490,9 @@ class Recorder:
             command = None
             if fresh and state is not None:
                 command = self._map(reading, state)
+            if not self.rig.realtime:  # simulated time: give the readers the data produced so far
+                for r, c in zip(self._readers, counts):
+                    r.wait_for(lambda r=r, c=c: r.items > c or self._caught_up(r), 1.0)
             streams_ok = all(r.items > c for r, c in zip(self._readers, counts))
             operator_ok = fresh and (not self.start_on_clutch or (command is not None and command.engaged))
             if streams_ok and operator_ok:
@@ -514,22 +529,28 @@ class Recorder:
             if last_wake is not None:
                 self.timing.periods_ns.append(wake - last_wake)
             last_wake = wake
+            if wake - rec.start_ns >= max_ns - self.period_ns // 2:
+                return "time limit", wake
             self.timing.ticks += 1
             if not self.rig.realtime:
                 self._wait_for_readers(wake)
             end = self._step(rec, wake)
             self.timing.work_ns.append(time.perf_counter_ns() - work_start)
-            if end is None and wake - rec.start_ns >= max_ns:
-                end = "time limit"
             if end is not None:
                 return end, self.clock.now_ns()
             tick += self.period_ns
 
+    def _caught_up(self, reader: StreamReader) -> bool:
+        """The reader has handled everything its device had. On a simulated clock, the device produces
+        inside robot.apply(), so only an empty read that ended after the last apply() says so."""
+        return reader.idle_since(self._applied_wall_ns) if not self.rig.realtime else reader.idle
+
     def _wait_for_readers(self, now: int) -> None:
         """On a simulated clock, let the readers catch up so that the loop never outruns them."""
-        lag = int(FAST_LAG_S * NS)
+        lag = max(min(int(FAST_LAG_S * NS), int(self.control.camera_stall_ms * 1e6 / 2)), 2 * self.period_ns)
         for reader in self._readers:
-            reader.wait_for(lambda r=reader: r.idle or (r.last_ts is not None and r.last_ts >= now - lag), 5.0)
+            reader.wait_for(lambda r=reader: (r.last_ts is not None and r.last_ts >= now - lag)
+                            or self._caught_up(r), 1.0)
 
     def _check_fatal(self) -> None:
         for reader in self._readers:
@@ -542,6 +563,7 @@ class Recorder:
     def _step(self, rec: Recording, now: int) -> str | None:
         """One control tick while recording. Returns an end reason, or None to go on."""
         writer = rec.writer
+        self._check_camera(rec, now)
         # Teleop: the newest reading, recorded when it is new; silence over the timeout holds the robot.
         reading = self.rig.teleop.read()
         if reading is not None and reading.timestamp_ns != self._last_teleop_ts:
@@ -571,21 +593,6 @@ class Recorder:
                 command = self._map(reading, state)
         self._send(command.action if command else Action.hold(self._gripper), state, rec, now)
 
-        # Camera stall: no frame for camera_stall_ms while the reader has nothing queued.
-        camera = self._readers[0]
-        last_frame = max(camera.last_ts or 0, self._camera_ref_ns)
-        if camera.idle and now - last_frame > self.control.camera_stall_ms * 1e6:
-            if not self._camera_stalled:
-                self._camera_stalled = True
-                rec.camera_stalls += 1
-                self.totals["camera_stalls"] += 1
-                detail = {"since_ms": round((now - last_frame) / 1e6, 1)}
-                if camera.device_error:
-                    detail["error"] = camera.device_error[:120]
-                self._event(rec, now, "camera_stall", **detail)
-        elif not camera.idle:
-            self._camera_stalled = False
-
         for source in self.rig.event_sources:
             for t, kind, detail in source.pop_events():
                 if rec.accepts(int(t)):
@@ -596,6 +603,24 @@ class Recorder:
         if self._robot_error_ticks > ROBOT_GIVE_UP_S * self.control.rate_hz:
             return "robot error"
         return None
+
+    def _check_camera(self, rec: Recording, now: int) -> None:
+        """Camera stall: no frame for camera_stall_ms while the reader has nothing queued; once per stall."""
+        camera = self._readers[0]
+        newest = camera.last_ts if camera.last_ts is not None else -1
+        if self._camera_stalled:
+            self._camera_stalled = newest <= self._stall_frame_ts
+        else:
+            last_frame = max(newest, self._camera_ref_ns)
+            if now - last_frame > self.control.camera_stall_ms * 1e6 and self._caught_up(camera):
+                self._camera_stalled = True
+                self._stall_frame_ts = newest
+                rec.camera_stalls += 1
+                self.totals["camera_stalls"] += 1
+                detail = {"since_ms": round((now - last_frame) / 1e6, 1)}
+                if camera.device_error:
+                    detail["error"] = camera.device_error[:120]
+                self._event(rec, now, "camera_stall", **detail)
 
     def _record_teleop(self, writer: "EpisodeWriter", reading: TeleopReading) -> None:
         names = self.rig.spec.teleop
@@ -657,6 +682,8 @@ class Recorder:
         except DeviceError as e:
             self._robot_fault(rec, str(e))
             return
+        finally:
+            self._applied_wall_ns = time.monotonic_ns()
         if state is not None:  # a tick with a good state and a command taken: the error is over
             self._robot_error_since = None
             self._robot_error_ticks = 0
