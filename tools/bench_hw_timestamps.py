@@ -180,6 +180,15 @@ def main() -> None:
         "",
         *bench_camera_mapping(),
         "",
+        "## How the backend tests run without the devices",
+        "",
+        "- `tests/test_hw_realsense.py`: a recording made with librealsense's software device and recorder "
+        "(known pixels, hardware-clock stamps, skipped frame numbers) plays through the real pyrealsense2 "
+        "pipeline into RealSenseCamera.",
+        "- `tests/test_hw_microphones.py`: PortAudio records from the ALSA `file` plugin (a known 4-channel "
+        "signal, not paced) and from a JACK dummy server (real-time pacing, real input_overflow flags), each in "
+        "a fresh process (`tests/hw/mic_capture.py`) because PortAudio reads its setup when it initializes.",
+        "",
     ]
     text = "\n".join(sections)
     print(text)
