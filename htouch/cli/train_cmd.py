@@ -1,1 +1,213 @@
 """`htouch train`, `eval`, `rollout`, `experiment` and `pretrain`: policies that hear touch."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from htouch.cli import app
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
+from htouch.dataset.store import find_dataset
+from htouch.training.model import METHOD_HELP, METHODS, PRESETS
+
+METHODS_TEXT = "; ".join(f"[bold]{m}[/]: {METHOD_HELP[m]}" for m in METHODS)
+PRESETS_TEXT = ", ".join(PRESETS)
+
+
+class RichReporter:
+    """Shows a training run: notes, setup progress bars, a live epoch bar with loss and samples/s, one line
+    per finished epoch (the bars are hidden when stderr is not a terminal; the lines always print)."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+        self.loss_sum = 0.0
+        self.batches = 0
+        self.samples = 0
+        self.started = 0.0
+        self.epochs = 0
+
+    def note(self, text: str) -> None:
+        console.print(f"[dim]{text}[/]", highlight=False)
+
+    def phase(self, description: str, total: int):
+        return progress_bar(description, total)
+
+    def start(self, session) -> None:
+        from htouch.training.model import describe
+
+        c = session.config
+        console.print(describe(session.model))
+        mode = "frozen encoders (head only, embeddings cached)" if c.frozen_encoders else "end to end"
+        console.print(f"training {mode} on {session.device}" +
+                      (f" x {session.env.world_size} processes" if session.env.distributed else "") +
+                      f", batch {c.batch_size}, lr {c.lr:g}, up to {c.epochs} epochs (patience {c.patience}) "
+                      f"-> {fmt_path(c.run_dir)}")
+        random = session.random_encoders()
+        if random:
+            err_console.print(f"[yellow]note:[/] {' and '.join(random)} start from random weights "
+                              "(--allow-random-init); recorded in the run")
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        import time
+
+        self._close()
+        self.loss_sum, self.batches, self.samples, self.started, self.epochs = 0.0, 0, 0, time.perf_counter(), epochs
+        columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                   TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(), TextColumn("eta"),
+                   TimeRemainingColumn())
+        self.progress = Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal)
+        self.progress.start()
+        self.task = self.progress.add_task("", total=batches, epoch=epoch, epochs=epochs, loss="-", rate="-")
+
+    def batch(self, loss: float, samples: int) -> None:
+        import time
+
+        self.loss_sum += loss
+        self.batches += 1
+        self.samples += samples
+        rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=f"{self.loss_sum / self.batches:.4g}", rate=f"{rate:.1f}")
+
+    def epoch_end(self, m) -> None:
+        self._close()
+        best = "  [green]best[/]" if m.best else ""
+        console.print(f"epoch {m.epoch:>3}/{self.epochs}  train {m.train_loss:.4g}  val {m.val_loss:.4g}  "
+                      f"lr {m.lr:.3g}  {m.samples_per_s:.1f} samples/s  {m.train_seconds + m.val_seconds:.1f} s{best}",
+                      highlight=False)
+
+    def _close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@app.command()
+def train(
+    dataset: Path = DatasetArgument,
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory to create (or continue with --resume)."),
+    method: str = typer.Option("ours", "--method", "-m", help=f"What to train: {METHODS_TEXT}."),
+    preset: str = typer.Option("paper", "--preset", help=f"Network size: {PRESETS_TEXT} (tiny: small images and "
+                               "narrow networks, for CPU tests and the quick start)."),
+    epochs: int = typer.Option(100, "--epochs", help="Maximum number of epochs."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Samples per step, over all processes."),
+    lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (Adam, cosine annealing to 0)."),
+    patience: int = typer.Option(15, "--patience", help="Stop after this many epochs without a better validation loss."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and augmentation."),
+    frozen_encoders: bool = typer.Option(False, "--frozen-encoders", help="Encode frames and audio once with frozen "
+                                         "encoders and train only the head (minutes on a CPU; no image augmentation)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run from its last finished epoch."),
+    r3m: Path = typer.Option(None, "--r3m", help="R3M ResNet18 checkpoint file (image encoder).", show_default=False),
+    avid: Path = typer.Option(None, "--avid", help="AVID-CMA AudioSet checkpoint file (audio encoder).",
+                              show_default=False),
+    byol_a: Path = typer.Option(None, "--byol-a", help="BYOL-A encoder from `htouch pretrain byol-a` (method byol-a).",
+                                show_default=False),
+    allow_random_init: bool = typer.Option(False, "--allow-random-init", help="Start encoders whose checkpoint file "
+                                           "is not given from random weights (recorded in the run)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu."),
+    workers: int = typer.Option(None, "--workers", help="Data loader processes (default: 0 on the CPU, a few "
+                                "per GPU).", show_default=False),
+    horizon: int = typer.Option(None, "--horizon", help="Actions predicted per step (default: the preset's).",
+                                show_default=False),
+    stride: int = typer.Option(1, "--stride", help="Use every n-th camera frame as a sample."),
+    preload_mb: float = typer.Option(4096, "--preload-mb", help="Memory for decoded frames and spectrograms; "
+                                     "beyond it samples are read from disk each time."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core; "
+                                "on a busy shared machine 1 can be several times faster).", show_default=False),
+) -> None:
+    """Train an audio-visual policy by behaviour cloning (the paper's recipe) into a run directory.
+
+    Needs `htouch split` (the validation set decides early stopping); computes `htouch stats` if missing.
+    Uses the `htouch spectrogram` cache when its parameters match. Writes model.safetensors + config.json
+    (the best validation model), metrics.csv, TensorBoard events, loss_curves.png and last.pt for --resume.
+
+    Pretrained encoders are files you supply (--r3m, --avid, --byol-a); nothing is downloaded.
+    Several GPUs or machines: start it with torchrun (torchrun --nproc_per_node 2 -m htouch train ...).
+
+    Example: [bold]htouch train demo_data --method ours --preset tiny --run runs/tiny --allow-random-init[/]
+    """
+    from htouch.training.ddp import DistEnv
+    from htouch.training.train import TrainConfig
+    from htouch.training.train import train as run_training
+
+    ds = find_dataset(dataset)
+    config = TrainConfig(dataset=ds.root, run_dir=run, method=method, preset=preset, epochs=epochs,
+                         batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
+                         frozen_encoders=frozen_encoders, num_workers=workers, resume=resume, r3m=r3m, avid=avid,
+                         byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, stride=stride,
+                         preload_mb=preload_mb, threads=threads)
+    main_rank = DistEnv.from_environ().is_main
+    reporter = RichReporter()
+    try:
+        result = run_training(config, reporter)
+    except KeyboardInterrupt:
+        reporter._close()
+        if main_rank:
+            err_console.print(f"[yellow]interrupted[/]; the last finished epoch is saved: continue with "
+                              f"[bold]htouch train {fmt_path(ds.root)} --run {fmt_path(run)} --resume ...[/]")
+        sys.exit(130)
+    if main_rank:
+        if result.history:
+            last = result.history[-1]
+            console.print(f"[green]done[/] ({result.stopped}): best validation loss {result.best_val_loss:.4g} at "
+                          f"epoch {result.best_epoch} of {len(result.history)}; last epoch "
+                          f"{last.samples_per_s:.1f} samples/s; run in {fmt_path(result.run_dir)}")
+
+
+# ------------------------------------------------------------------------------------------ pretrain
+
+pretrain_app = typer.Typer(
+    help="Pretrain an encoder in-domain on a dataset's own data.\n\n"
+         "Example: [bold]htouch pretrain byol-a demo_data --out byol_a.safetensors --preset tiny[/]",
+    no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(pretrain_app, name="pretrain")
+
+
+@pretrain_app.command("byol-a")
+def pretrain_byol_a(
+    dataset: Path = DatasetArgument,
+    out: Path = typer.Option(..., "--out", "-o", help="Encoder file to write (.safetensors, BYOL-A's key layout)."),
+    preset: str = typer.Option("paper", "--preset", help=f"Encoder size of the policy preset it is for: {PRESETS_TEXT}."),
+    epochs: int = typer.Option(100, "--epochs", help="Passes over the training spectrograms (the paper: 100)."),
+    batch_size: int = typer.Option(1024, "--batch-size", "-b", help="Spectrograms per step (the paper: 1024)."),
+    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate (the paper: 3e-4)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, order and augmentation."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core).",
+                                show_default=False),
+) -> None:
+    """Pretrain BYOL-A's audio encoder on the dataset's own byol-a log-mel spectrograms (the BYOL-A baseline).
+
+    Two augmented views of each window (mixup with past inputs, random resize crop), BYOL with an EMA
+    target (0.99), projector 256 / hidden 4096. Uses the training episodes of `htouch split` (all if none).
+    The file it writes is what `htouch train --method byol-a --byol-a FILE` loads.
+
+    Example: [bold]htouch pretrain byol-a demo_data --out byol_a.safetensors --preset tiny --epochs 5[/]
+    """
+    from htouch.training.byol_a import ByolaConfig, pretrain_byol_a as run_pretrain
+
+    ds = find_dataset(dataset)
+    config = ByolaConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
+                         seed=seed, device=device, force=force, threads=threads)
+    with _epoch_bar(epochs) as on_epoch:
+        result = run_pretrain(config, progress_bar=progress_bar, on_epoch=on_epoch)
+    console.print(f"[green]wrote[/] {fmt_path(result.out)}: AudioNTT2020 encoder ({result.n_parameters / 1e6:.2f}M "
+                  f"parameters) after {len(result.losses)} epochs on {result.n_windows} windows; BYOL loss "
+                  f"{result.losses[0]:.4g} -> {result.losses[-1]:.4g}")
+
+
+@contextlib.contextmanager
+def _epoch_bar(epochs: int) -> Iterator[Callable[[int, float], None]]:
+    columns = (TextColumn("[bold]BYOL-A"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as p:
+        task = p.add_task("", total=epochs, loss="-")
+        yield lambda epoch, loss: p.update(task, completed=epoch, loss=f"{loss:.4g}")

@@ -37,6 +37,7 @@ from htouch.dataset import audio
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode, SampleParams
 from htouch.dataset.spectrograms import EpisodeSpectrograms, spec_shape
+from htouch.dataset.spectrograms import _one_thread as one_thread
 from htouch.dataset.split import SPLIT_KEY, training_episodes
 from htouch.dataset.stats import STATS_KEY, compute_stats, store_stats
 from htouch.dataset.store import Dataset
@@ -159,37 +160,43 @@ def dataset_split(ds: Dataset) -> tuple[list[int], list[int], list[str]]:
     return train, val, notes
 
 
-def stats_problem(stats: Any, spec: DataSpec, train: list[int]) -> str | None:
-    """Why stored stats cannot be used for this training (None when they can)."""
+def stats_problem(stats: Any, kinds: list[str], clip: ClipParams, episodes: list[int]) -> str | None:
+    """Why stored stats cannot be used for training on these episodes with these spectrogram kinds (None
+    when they can)."""
     if not isinstance(stats, dict) or not isinstance(stats.get("action"), dict):
         return "the dataset has no stats"
-    if sorted(stats.get("episodes", [])) != sorted(train):
+    if sorted(stats.get("episodes", [])) != sorted(episodes):
         return "the stored stats were computed on other episodes than the current train split"
-    if spec.spec_params is not None:
-        entry = (stats.get("spectrogram") or {}).get(spec.audio_kind)
+    for kind in kinds:
+        entry = (stats.get("spectrogram") or {}).get(kind)
         if not isinstance(entry, dict):
-            return f"the stored stats have no {spec.audio_kind} spectrogram entry"
-        if entry.get("params_key") != audio.params_key(spec.clip, spec.spec_params):
-            return f"the stored {spec.audio_kind} spectrogram stats were made with other parameters"
+            return f"the stored stats have no {kind} spectrogram entry"
+        if entry.get("params_key") != audio.params_key(clip, audio.spectrogram_params(kind)):
+            return f"the stored {kind} spectrogram stats were made with other parameters"
     return None
 
 
-def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: bool = True) -> DatasetPlan:
-    """Episodes from the split; statistics from htouch.json, or computed (and, when `write`, stored as
-    `htouch stats` would) when they are missing or were made for other episodes or parameters."""
-    train, val, notes = dataset_split(ds)
+def ensure_stats(ds: Dataset, kinds: list[str], clip: ClipParams, episodes: list[int], progress_bar: Any = None,
+                 write: bool = True) -> tuple[dict[str, Any], str, list[str]]:
+    """The stats from htouch.json, or computed (and, when `write`, stored as `htouch stats` would) when they
+    are missing or were made for other episodes or parameters: (stats, "stored" | "computed", notes)."""
     stats = ds.metadata.get(STATS_KEY)
-    why = stats_problem(stats, spec, train)
-    source = "stored"
-    if why is not None:
-        old_kinds = (stats.get("spectrogram") or {}) if isinstance(stats, dict) else {}
-        kinds = sorted({*old_kinds, *([spec.audio_kind] if spec.audio_kind else [])})
-        stats, stat_notes = compute_stats(ds, kinds, spec.clip, progress_bar=progress_bar)
-        if write:
-            store_stats(ds, stats)
-        notes.append(f"{why}: computed them{' and stored them in htouch.json' if write else ''}")
-        notes.extend(n for n in stat_notes if n not in notes)
-        source = "computed"
+    why = stats_problem(stats, kinds, clip, episodes)
+    if why is None:
+        return stats, "stored", []
+    old_kinds = (stats.get("spectrogram") or {}) if isinstance(stats, dict) else {}
+    stats, notes = compute_stats(ds, sorted({*old_kinds, *kinds}), clip, progress_bar=progress_bar)
+    if write:
+        store_stats(ds, stats)
+    return stats, "computed", [f"{why}: computed them{' and stored them in htouch.json' if write else ''}", *notes]
+
+
+def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: bool = True) -> DatasetPlan:
+    """Episodes from the split; statistics as `ensure_stats` gives them."""
+    train, val, notes = dataset_split(ds)
+    kinds = [spec.audio_kind] if spec.audio_kind else []
+    stats, source, stat_notes = ensure_stats(ds, kinds, spec.clip, train, progress_bar, write)
+    notes = stat_notes[:1] + notes + [n for n in stat_notes[1:] if n not in notes]
     return DatasetPlan(train, val, stats, source, notes)
 
 
@@ -288,7 +295,9 @@ class PolicySamples(torch.utils.data.Dataset):
             for e in self.episodes:
                 e.spectrograms = EpisodeSpectrograms(e.ep, spec.spec_params, spec.clip)
                 self.spec_sources[e.spectrograms.source] += 1
-        self.preloaded = self._preload(preload_mb, progress)
+        self.preloaded = {"frames": False, "spectrograms": False}
+        if preload_mb > 0:
+            self.preload(preload_mb, progress)
 
     # ---------------------------------------------------------------- preloading
 
@@ -310,11 +319,15 @@ class PolicySamples(torch.utils.data.Dataset):
         left = budget - (self.frame_bytes() if frames else 0)
         return frames + (len(self) if self.spec.spec_shape and self.spec_bytes() <= left else 0)
 
-    def _preload(self, budget_mb: float, progress: Progress | None) -> dict[str, bool]:
-        budget = budget_mb * 1e6
+    def preload(self, budget_mb: float = DEFAULT_PRELOAD_MB, progress: Progress | None = None) -> dict[str, bool]:
+        """Keep the frames, then the spectrograms, in memory if they fit the budget (what was kept)."""
+        with one_thread():
+            return self._preload(budget_mb * 1e6, progress)
+
+    def _preload(self, budget: float, progress: Progress | None) -> dict[str, bool]:
         out = {"frames": False, "spectrograms": False}
         if self.frame_bytes() <= budget:
-            for e in self.episodes:
+            for e in self.episodes:  # decoded from the store, resized, kept as bytes
                 rgb = e.ep.array("camera/rgb")
                 e.frames = torch.empty((len(e.used_frames), 3, self.spec.image_size, self.spec.image_size),
                                        dtype=torch.uint8)
@@ -336,6 +349,7 @@ class PolicySamples(torch.utils.data.Dataset):
                 if progress:
                     progress(len(e))
             out["spectrograms"] = True
+        self.preloaded = out
         return out
 
     # ---------------------------------------------------------------- reading
@@ -372,6 +386,10 @@ class PolicySamples(torch.utils.data.Dataset):
         return torch.from_numpy(self._read_spectrograms(e, np.array([row]))[0])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        with one_thread():  # small per-sample tensors: intra-op threads only contend (100x slower, measured)
+            return self._item(index)
+
+    def _item(self, index: int) -> dict[str, torch.Tensor]:
         e, row = self.locate(index)
         frames = None
         if self.augmenter is not None:
