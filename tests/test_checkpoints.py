@@ -55,7 +55,8 @@ def avid_file(path: Path, audio_state: dict[str, torch.Tensor], with_criterion: 
             "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}},
                           "param_groups": [{"lr": 0.01, "momentum": 0.9, "params": [0]}]}}
     if with_criterion:  # the memory bank (1.8 GB upstream; small here)
-        ckpt["train_criterion"] = {"memory": torch.randn(64, 128, generator=g), "view1_mem": torch.randn(64, 128, generator=g)}
+        ckpt["train_criterion"] = {"memory": torch.randn(64, 128, generator=g),
+                                   "view1_mem": torch.randn(64, 128, generator=g)}
     torch.save(ckpt, path, **save_kw)
     return path
 

@@ -187,7 +187,8 @@ def test_config_round_trip_and_errors():
     assert c.audio_kind == "byol-a" and policy_config("tiny", "ours").audio_kind == "avid"
     assert policy_config("tiny", "vision-only").audio_kind is None
     for kw, msg in [(dict(method="transformer"), "unknown method"), (dict(width=30, heads=4), "divisible"),
-                    (dict(horizon=0), "at least 1"), (dict(action_dim=3), "action_dim"), (dict(dropout=1.0), "dropout")]:
+                    (dict(horizon=0), "at least 1"), (dict(action_dim=3), "action_dim"),
+                    (dict(dropout=1.0), "dropout")]:
         with pytest.raises(HtouchError, match=msg):
             PolicyConfig(**{**TINY, **kw})
     with pytest.raises(HtouchError, match="unknown model preset"):

@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
               "Wall-clock figures include time the shared machine gave to others (see the CPU share); the re-plan "
               "CPU-time p50 (this thread's own time) is the load-independent figure.", "",
               "| preset | runner | re-plans timed | re-plan p50 | re-plan p99 | re-plan CPU p50 | other ticks p50 | "
-              "mean per tick | frames encoded per re-plan | CPU share |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "mean per tick | frames encoded per re-plan | CPU share |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     table = Table(title=f"policy step latency (ms), 1 core, {args.threads} torch thread(s)")
     for col in ("preset", "runner", "re-plans", "p50", "p99", "CPU p50", "pop p50", "mean/tick", "frames/re-plan"):
         table.add_column(col, justify="left" if col in ("preset", "runner") else "right")
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         seconds = args.seconds or (3.0 if args.quick else (8.0 if preset == "paper" else 12.0))
         res = run_stream(preset, seconds, warmup_s=min(2.0, seconds / 2), size=size)
         for name, r in res["rows"].items():
-            lines.append(f"| {preset} | {name} | {r['replans']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['cpu_p50']:.1f} | "
+            lines.append(f"| {preset} | {name} | {r['replans']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                         f"{r['cpu_p50']:.1f} | "
                          f"{r['pop_p50'] * 1e3:.0f} µs | {r['mean_tick']:.1f} | {r['frames_per_call']:.2f} | "
                          f"{res['cpu_share']:.0%} |")
             table.add_row(preset, name, str(r["replans"]), f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['cpu_p50']:.1f}",
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         verdict = [f"{name} {r['cpu_p50']:.0f} ms ({'within' if r['cpu_p50'] <= period_ms else 'over'} one tick, "
                    f"{'within' if r['cpu_p50'] <= 2 * period_ms else 'over'} the two ticks a plan lasts)"
                    for name, r in rows.items()]
-        lines.append(f"- {preset}: a re-plan's CPU time against the 33.3 ms control period: " + "; ".join(verdict) + ".")
+        lines.append(f"- {preset}: a re-plan's CPU time against the 33.3 ms control period: "
+                     + "; ".join(verdict) + ".")
     lines += ["", "A re-plan longer than one tick makes that tick's command late unless the policy runs beside "
               "the control loop; between re-plans a tick costs microseconds.", ""]
 
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                       "had as its newest: more than one new frame per re-plan (still fewer than the four without "
                       "the cache).")
     lines.append("")
-    lines += ["## Breakdown of one re-plan (median ms, each piece alone)", "", "| preset | piece | ms |", "|---|---|---:|"]
+    lines += ["## Breakdown of one re-plan (median ms, each piece alone)", "", "| preset | piece | ms |",
+              "|---|---|---:|"]
     for preset in args.presets:
         for name, ms in breakdown(preset, size, 3 if args.quick else 15).items():
             lines.append(f"| {preset} | {name} | {ms:.2f} |")

@@ -307,7 +307,8 @@ class AudioVisualPolicy(nn.Module):
             mean, std = (torch.as_tensor(spec_stats[k], dtype=torch.float32).reshape(-1) for k in ("mean", "std"))
         except (KeyError, TypeError, ValueError):
             raise HtouchError(f"no usable {kind} spectrogram statistics (run `htouch stats DATASET`)") from None
-        if spec_stats.get("kind", kind) != kind or mean.numel() != self.spec_mean.numel() or std.numel() != mean.numel():
+        n_bins = self.spec_mean.numel()
+        if spec_stats.get("kind", kind) != kind or mean.numel() != n_bins or std.numel() != n_bins:
             raise HtouchError(f"spectrogram statistics are for {spec_stats.get('kind')!r} with {mean.numel()} bins; "
                               f"method {self.config.method} needs {kind} with {self.spec_mean.numel()} bins")
         self.spec_mean.copy_(mean)
