@@ -42,6 +42,8 @@ READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after 
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
 ROBOT_GIVE_UP_S = 2.0  # a robot error that recover() cannot clear for this long ends the episode
 END_COMMANDS = ("success", "failure", "discard")
+# Event kinds the loop itself records (once per occurrence); a device reporting one is only shown.
+LOOP_EVENTS = frozenset({"start", "stop", "success", "failure", "teleop_lost", "camera_stall", "robot_error"})
 
 
 # ------------------------------------------------------------------------------------------- measurements
@@ -258,6 +260,7 @@ class LiveStatus:
     nominal_period_ms: float
     recent_events: list[tuple[float, str]]
     dataset_root: str
+    now_ns: int  # loop clock when the snapshot was taken
 
 
 class Recorder:
@@ -466,7 +469,8 @@ class Recorder:
                 raise HtouchError(f"the robot cannot move home: {e2}") from None
 
     def _episode_info(self) -> dict[str, Any]:
-        return {**self.rig.info, "operator": self.rig.operator, "attempt": self.attempt,
+        extra = self.rig.episode_info() if self.rig.episode_info is not None else {}
+        return {**self.rig.info, **extra, "operator": self.rig.operator, "attempt": self.attempt,
                 "control_rate_hz": self.control.rate_hz}
 
     def _drain_sources(self) -> None:
@@ -595,7 +599,9 @@ class Recorder:
 
         for source in self.rig.event_sources:
             for t, kind, detail in source.pop_events():
-                if rec.accepts(int(t)):
+                if kind in LOOP_EVENTS:
+                    self._say(f"{kind}: {detail}")
+                elif rec.accepts(int(t)):
                     self._event(rec, int(t), kind, **detail)
 
         if command is not None and command.command in END_COMMANDS:
@@ -758,4 +764,4 @@ class Recorder:
             work_p99_ms=self.timing.percentile_ms("work_ns", 99, last=300),
             overruns=self.timing.overruns, nominal_period_ms=self.period_ns / 1e6,
             recent_events=[(t / NS, k) for t, k in list(self.recent_events)],
-            dataset_root=str(self.dataset.root))
+            dataset_root=str(self.dataset.root), now_ns=now)

@@ -36,6 +36,9 @@ class Rig:
     event_sources: list[Any] = field(default_factory=list)  # objects with pop_events() (sim contacts, ...)
     task_success: Callable[[], bool] | None = None  # ground truth of the task (simulated rig)
     info: dict[str, Any] = field(default_factory=dict)  # stored with every episode
+    episode_info: Callable[[], dict[str, Any]] | None = None  # per-episode facts, asked after homing
+    help: str = ""  # the operator's keys, shown in the panel
+    resume: Callable[[Any], None] | None = None  # continue after what a resumed dataset already holds
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -78,14 +81,16 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
     realtime = operator == "keyboard"  # a person needs real time; the scripted operator does not
     sim = SimRig(task=task, variation=variation, seed=seed, config=config, realtime=realtime)
     try:
+        help_text = ""
         if operator == "scripted":
             from htouch.sim.operator import ScriptedOperator
 
             teleop: Teleop = ScriptedOperator(sim, seed=seed)
         else:
-            from htouch.collector.keyboard import KeyboardTeleop
+            from htouch.collector.keyboard import KEY_HELP, KeyboardTeleop
 
-            teleop = KeyboardTeleop(clock=sim.clock)
+            teleop = KeyboardTeleop(clock=sim.clock, axis_remap=config.mapping.axis_remap)
+            help_text = KEY_HELP
     except BaseException:
         sim.close()
         raise
@@ -95,7 +100,19 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
                description=f"simulated rig (task {task}, {variation}, seed {seed}) driven by the "
                            f"{operator} operator" + ("" if realtime else ", faster than real time"),
                event_sources=sources, task_success=sim.task.success,
-               info={"rig": "sim", "seed": seed, "sim_variation": variation}, closers=[sim.close])
+               info={"rig": "sim", "seed": seed, "sim_variation": variation},
+               episode_info=lambda: {"sim_episode": sim.episode_index}, help=help_text,
+               resume=lambda dataset: _continue_scenes(sim, seed, dataset), closers=[sim.close])
+
+
+def _continue_scenes(sim: Any, seed: int, dataset: Any) -> None:
+    """Resuming a dataset with the same seed: go on with the next scenes instead of recording the first
+    ones again (near-duplicate episodes)."""
+    done = [ep.attrs.get("info", {}).get("sim_episode") for ep in dataset.episodes()
+            if ep.attrs.get("info", {}).get("seed") == seed]
+    done = [int(i) for i in done if isinstance(i, int)]
+    if done and max(done) > sim.episode_index:
+        sim.episode_index = max(done)  # the next home() draws scene max(done) + 1
 
 
 def _build_real(config: RigConfig, operator: str) -> Rig:
@@ -104,24 +121,38 @@ def _build_real(config: RigConfig, operator: str) -> Rig:
     from htouch.collector.hardware.realsense import RealSenseCamera
 
     clock = MonotonicClock()
-    # The robot first: with no robot reachable, fail before opening anything else.
-    robot = PandaRobot(config.robot, clock)
-    camera = RealSenseCamera(config.camera, clock)
-    microphones = SoundDeviceMicrophones(config.microphones, clock)
-    if operator == "quest":
-        from htouch.collector.hardware.quest import QuestTeleop
+    built: list[Any] = []
+    try:
+        # The robot first: with no robot reachable, fail before opening anything else.
+        robot = PandaRobot(config.robot, clock)
+        built.append(robot)
+        camera = RealSenseCamera(config.camera, clock)
+        built.append(camera)
+        microphones = SoundDeviceMicrophones(config.microphones, clock)
+        built.append(microphones)
+        help_text = ""
+        if operator == "quest":
+            from htouch.collector.hardware.quest import QuestTeleop
 
-        teleop: Teleop = QuestTeleop(config.teleop, clock)
-    else:
-        from htouch.collector.keyboard import KeyboardTeleop
+            teleop: Teleop = QuestTeleop(config.teleop, clock)
+        else:
+            from htouch.collector.keyboard import KEY_HELP, KeyboardTeleop
 
-        teleop = KeyboardTeleop(clock=clock)
+            teleop = KeyboardTeleop(clock=clock, axis_remap=config.mapping.axis_remap)
+            help_text = KEY_HELP
+    except BaseException:
+        for device in reversed(built):
+            try:
+                device.stop()
+            except DeviceError:
+                pass
+        raise
     devices = (camera, microphones, teleop, robot)
     return Rig(camera=camera, microphones=microphones, teleop=teleop, robot=robot, clock=clock,
                spec=config.rig_spec(n_joints=robot.n_joints), kind="real", operator=operator, realtime=True,
                description=f"real rig {config.name or config.source} driven by the {operator} operator",
                event_sources=[d for d in devices if hasattr(d, "pop_events")],
-               info={"rig": "real", "rig_config": config.source})
+               info={"rig": "real", "rig_config": config.source}, help=help_text)
 
 
 def probe_real(config: RigConfig, operator: str | None = None) -> list[tuple[str, str, bool, str]]:
@@ -149,3 +180,30 @@ def probe_real(config: RigConfig, operator: str | None = None) -> list[tuple[str
         rows.append(("teleop", "keyboard", True, "this terminal"))
     check("robot", f"Panda at {rob.host}", "panda", rob)
     return rows
+
+
+def probe_sim() -> list[tuple[str, str, bool, str]]:
+    """For `htouch rig check` without a real rig: MuJoCo and offscreen rendering (what the sim needs)."""
+    import os
+
+    import htouch.sim  # noqa: F401 - chooses the offscreen GL back end before mujoco is imported
+
+    try:
+        import mujoco
+    except ImportError as e:
+        return [("simulator", "MuJoCo with offscreen rendering", False, f"mujoco is not installed ({e})")]
+    backend = os.environ.get("MUJOCO_GL", "")
+    try:
+        model = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size="0.1"/></worldbody></mujoco>')
+        renderer = mujoco.Renderer(model, 16, 16)
+        try:
+            renderer.update_scene(mujoco.MjData(model))
+            renderer.render()
+        finally:
+            renderer.close()
+    except Exception as e:  # noqa: BLE001 - GL back ends fail in many ways; all mean "cannot render"
+        return [("simulator", "MuJoCo with offscreen rendering", False,
+                 f"mujoco {mujoco.__version__} cannot render offscreen (MUJOCO_GL={backend!r}): {e}; "
+                 "install libegl1 or libosmesa6 (tools/apt-packages.txt)")]
+    return [("simulator", "MuJoCo with offscreen rendering", True,
+             f"mujoco {mujoco.__version__}, offscreen rendering works (MUJOCO_GL={backend})")]

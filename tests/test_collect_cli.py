@@ -1,0 +1,135 @@
+"""`htouch collect` end to end on the simulated rig (then `htouch validate` is clean), resuming, Ctrl-C from a
+real signal, `--rig real` failing fast with no robot, and `htouch rig check`."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from htouch.dataset.store import Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+# A tiny camera and short episodes (the time limit ends them, unlabelled) keep the simulated rig fast.
+TINY_SIM = '[rig]\nkind = "sim"\n[camera]\nwidth = 64\nheight = 48\n[control]\nmax_episode_s = {seconds}\n'
+
+
+@pytest.fixture
+def tiny_sim(tmp_path):
+    def make(seconds=3.0):
+        path = tmp_path / f"sim-{seconds}.toml"
+        path.write_text(TINY_SIM.format(seconds=seconds))
+        return path
+    return make
+
+
+def test_collect_sim_then_validate_and_resume(cli, tmp_path, tiny_sim):
+    root = tmp_path / "zip-demos"
+    r = cli("collect", root, "--task", "zip", "--episodes", "2", "--config", tiny_sim(3.0), "--no-panel")
+    assert r.code == 0, r.err
+    assert "simulated rig" in r.out and "scripted operator" in r.out
+    ds = Dataset(root)
+    assert ds.episode_indices() == [0, 1] and ds.rig.camera.width == 64
+    ep = ds.episode(1)
+    # Each episode names the simulated scene it was recorded in (for replay).
+    assert ep.attrs["info"]["rig"] == "sim" and ep.attrs["info"]["sim_episode"] == ds.episode(0).attrs["info"]["sim_episode"] + 1
+    assert len(ep.camera_times) == pytest.approx(90, abs=2) and len(ep.action_times) == pytest.approx(90, abs=2)
+    assert "contact" in {e["kind"] for e in ep.events()} or ep.attrs["info"]["task_success"] is not None
+    v = cli("validate", root)
+    assert v.code == 0, v.out + v.err
+    r = cli("collect", root, "--task", "zip", "--episodes", "1", "--config", tiny_sim(3.0), "--no-panel")
+    assert r.code == 0 and "resuming after 2 episodes" in r.out
+    ds = Dataset(root)
+    assert ds.episode_indices() == [0, 1, 2]
+    # The resumed session goes on with the next simulated scene, not the first one again.
+    scenes = [ds.episode(i).attrs["info"]["sim_episode"] for i in (0, 1, 2)]
+    assert scenes == [scenes[0], scenes[0] + 1, scenes[0] + 2]
+
+
+def test_collect_without_config_says_it_uses_the_sim(cli, tmp_path):
+    # The wrong task is caught before anything is recorded; the message names the known tasks.
+    r = cli("collect", tmp_path / "d", "--task", "origami")
+    assert r.code == 2 and "no hardware configured: using the simulated rig and the scripted operator" in r.out
+    assert "origami" in r.err and "zip" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "d").exists()
+
+
+def test_collect_into_a_dataset_of_another_task_is_refused(cli, tmp_path, tiny_sim):
+    root = tmp_path / "d"
+    assert cli("collect", root, "--task", "zip", "-n", "1", "-c", tiny_sim(2.5), "--no-panel").code == 0
+    r = cli("collect", root, "--task", "flip", "-n", "1", "-c", tiny_sim(2.5), "--no-panel")
+    assert r.code == 2 and "holds task 'zip'" in r.err
+
+
+def test_real_rig_needs_a_config(cli, tmp_path):
+    r = cli("collect", tmp_path / "d", "--task", "zip", "--rig", "real")
+    assert r.code == 2 and "--config" in r.err and "rigs/example-real.toml" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_real_rig_without_a_robot_fails_fast(cli, tmp_path):
+    pytest.importorskip("panda_py")
+    config = tmp_path / "rig.toml"
+    config.write_text('[rig]\nkind = "real"\n[robot]\nhost = "127.0.0.1"\n')  # nothing listens there
+    start = time.monotonic()
+    r = cli("collect", tmp_path / "d", "--task", "zip", "--config", config)
+    assert r.code == 2 and "cannot open the real rig" in r.err and "127.0.0.1" in r.err
+    assert time.monotonic() - start < 10 and "Traceback" not in r.err
+    assert not (tmp_path / "d").exists()
+
+
+def test_bad_options(cli, tmp_path, tiny_sim):
+    r = cli("collect", tmp_path / "d", "--task", "zip", "--rig", "moon")
+    assert r.code == 2 and "--rig must be sim or real" in r.err
+    r = cli("collect", tmp_path / "d", "--task", "zip", "--operator", "quest")
+    assert r.code == 2 and "operator 'quest' is not available on the sim rig" in r.err
+    r = cli("collect", tmp_path / "d", "--task", "zip", "--width", "8")
+    assert r.code == 2 and "--width" in r.err
+    r = cli("collect", tmp_path / "d", "--task", "zip", "--config", tmp_path / "missing.toml")
+    assert r.code == 2 and "does not exist" in r.err
+
+
+def test_ctrl_c_keeps_committed_episodes_and_drops_the_unfinished_one(tmp_path, tiny_sim):
+    root = tmp_path / "d"
+    cmd = [sys.executable, "-m", "htouch", "collect", str(root), "--task", "zip", "-n", "5",
+           "-c", str(tiny_sim(2.5)), "--no-panel"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "recording episode 1" in line:
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, "".join(lines) + out + err
+    assert "interrupted: episode 1 discarded" in err and "1 episode(s) committed" in err
+    ds = Dataset(root)
+    assert ds.episode_indices() == [0] and ds.incoming_paths() == []
+    assert ds.reserve_index() == 2
+
+
+def test_rig_check_sim_and_real(cli, tmp_path):
+    r = cli("rig", "check")
+    assert r.code == 0 and "simulator" in r.out and "OK" in r.out
+    config = tmp_path / "rig.toml"
+    # Nothing of this rig is here: a camera serial nobody has, a device name no card has, an adb port
+    # nobody listens on, a robot host with nothing listening.
+    config.write_text('[rig]\nkind = "real"\n[camera]\nserial = "000000000000"\n'
+                      '[microphones]\ndevice = "no-such-card"\n[teleop]\nadb_port = 1\n[robot]\nhost = "127.0.0.1"\n')
+    r = cli("rig", "check", "--config", config)
+    assert r.code == 1
+    for device in ("camera", "microphones", "teleop", "robot"):
+        assert device in r.out
+    assert "MISSING" in r.out and "missing: camera, microphones, teleop, robot" in r.err
+    assert "[microphones]" not in r.out or "no-such-card" in r.out  # device text shown as text, not markup
+    r = cli("rig", "check", "--config", config, "--operator", "keyboard")
+    assert "keyboard" in r.out and "missing: camera, microphones, robot" in r.err
