@@ -20,8 +20,9 @@ from htouch.errors import HtouchError
 EXAMPLE_RIG = "rigs/example-real.toml"
 EXIT_INTERRUPTED = 130
 
-rig_app = typer.Typer(help="Check a rig: what its configuration asks for and what is connected.",
-                      no_args_is_help=True)
+rig_app = typer.Typer(help="Check a rig: what its configuration asks for and what is connected.\n\n"
+                      "Example: [bold]htouch rig check --config rigs/example-real.toml[/]",
+                      no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(rig_app, name="rig")
 
 
