@@ -19,6 +19,8 @@ of a new impact (reduced mass times approach speed) and the material of the touc
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass, field
 
 import mujoco
@@ -36,7 +38,7 @@ SOUNDS = ("metal", "plastic", "wood", "ceramic", "rubber", "fabric")  # material
 TRANSMISSION = 0.5  # share of a held object's contact that reaches the gripper's microphones
 ONSET_GAP_S = 0.010  # a geom pair apart for longer than this touches anew (an impact)
 EVENT_GAP_S = 0.100  # a body apart from the gripper for longer than this makes a new contact event
-EVENT_MIN_IMPULSE = 1e-3  # N s; softer onsets are heard but not listed as events
+EVENT_MIN_IMPULSE = 5e-4  # N s; softer onsets (a bean rolling against the spoon) are heard, not listed
 MAX_FORCE_N = 40.0  # the impedance controller's force limit
 MAX_TORQUE_NM = 4.0
 
@@ -224,7 +226,7 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
     <texture name="table_tex" type="2d" builtin="{s.table_texture}" rgb1="{fmt(s.table_rgb1)}"
              rgb2="{fmt(s.table_rgb2)}" width="256" height="256" mark="random" random="0.03"
              markrgb="{fmt(np.array(s.table_rgb1) * 0.8)}"/>
-    <material name="table_mat" texture="table_tex" texrepeat="6 6" texuniform="true" reflectance="0.05"/>
+    <material name="table_mat" texture="table_tex" texrepeat="6 6" texuniform="true"/>
     <texture name="floor_tex" type="2d" builtin="flat" rgb1="{fmt(s.floor_rgb)}" width="64" height="64"
              mark="random" random="0.2" markrgb="{fmt(np.array(s.floor_rgb) * 0.7)}"/>
     <material name="floor_mat" texture="floor_tex" texrepeat="8 8"/>
@@ -236,7 +238,7 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
   <worldbody>
     <light name="key" directional="true" pos="0 0 2" dir="{fmt(s.light_dir)}" diffuse="{fmt(s.light_rgb)}"
            specular="0.1 0.1 0.1" castshadow="{str(shadows).lower()}"/>
-    <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.78" material="floor_mat"
+    <geom name="floor" type="box" size="3 3 0.01" pos="0 0 -0.79" material="floor_mat"
           contype="0" conaffinity="0"/>
     <geom name="wall" type="box" size="0.02 3 1.5" pos="-0.6 0 0.5" rgba="{fmt((*s.wall_rgb, 1))}"
           contype="0" conaffinity="0"/>
@@ -261,6 +263,77 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
 </mujoco>"""
 
 
+def randomize_looks(world: "World", style: VisualStyle, rng: np.random.Generator) -> None:
+    """Per-episode changes within a variation: the camera shifts by a few millimetres and turns by a
+    fraction of a degree, the light's strength varies, and distractors move within their zones."""
+    m = world.model
+    cam = world.camera_id
+    eye = CAMERA_EYE + np.asarray(style.camera_shift_m) + rng.uniform(-CAMERA_JITTER_M, CAMERA_JITTER_M, 3)
+    yaw, pitch = np.asarray(style.camera_turn_deg) + rng.uniform(-CAMERA_JITTER_DEG, CAMERA_JITTER_DEG, 2)
+    m.cam_pos[cam] = eye
+    m.cam_quat[cam] = look_at(eye, CAMERA_TARGET, yaw, pitch)
+    world.light_diffuse = np.asarray(style.light_rgb) * rng.uniform(0.9, 1.1)
+    m.light_diffuse[world.key_light] = world.light_diffuse
+    for i in range(style.distractors):
+        x0, x1, y0, y1 = DISTRACTOR_ZONES[i % len(DISTRACTOR_ZONES)]
+        body = world.body_id(f"distractor{i}")
+        m.body_pos[body, :2] = (rng.uniform(x0, x1), rng.uniform(y0, y1))
+        m.body_quat[body] = wxyz(Rotation.from_euler("z", rng.uniform(0, 360), degrees=True))
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def gl_context_class(backend: str | None = None):
+    """The offscreen OpenGL context class for MUJOCO_GL (egl, osmesa or glfw). Chosen here rather than by
+    mujoco.Renderer, which fixes its back end when mujoco is first imported, whoever imports it first."""
+    backend = (backend or os.environ.get("MUJOCO_GL") or "egl").strip().lower()
+    if backend == "egl":
+        from mujoco.egl import GLContext
+    elif backend == "osmesa":
+        from mujoco.osmesa import GLContext
+    elif backend == "glfw":
+        from mujoco.glfw import GLContext
+    else:
+        raise ValueError(f"MUJOCO_GL={backend!r} is not an offscreen back end htouch knows (egl, osmesa, glfw)")
+    return GLContext
+
+
+class OffscreenCamera:
+    """Renders one fixed camera of a model into RGB arrays, in the thread that created it."""
+
+    def __init__(self, model: mujoco.MjModel, width: int, height: int, camera_id: int,
+                 backend: str | None = None):
+        self._model = model
+        self._gl = gl_context_class(backend)(width, height)
+        self._gl.make_current()
+        self._context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100.value)
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self._context)
+        self._scene = mujoco.MjvScene(model, maxgeom=model.ngeom + 100)
+        self._option = mujoco.MjvOption()
+        self._camera = mujoco.MjvCamera()
+        self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+        self._camera.fixedcamid = camera_id
+        self._rect = mujoco.MjrRect(0, 0, width, height)
+        self._rgb = np.empty((height, width, 3), np.uint8)
+
+    def render(self, data: mujoco.MjData) -> np.ndarray:
+        """A new (height, width, 3) uint8 image of the scene in `data`."""
+        self._gl.make_current()
+        mujoco.mjv_updateScene(self._model, data, self._option, None, self._camera,
+                               mujoco.mjtCatBit.mjCAT_ALL.value, self._scene)
+        mujoco.mjr_render(self._rect, self._scene, self._context)
+        mujoco.mjr_readPixels(self._rgb, None, self._rect, self._context)
+        return self._rgb[::-1].copy()  # OpenGL rows run bottom-up
+
+    def close(self) -> None:
+        if self._context is not None:
+            with self._gl.as_current():
+                self._context.free()
+            self._gl.free()
+        self._context = None
+
+
 # ------------------------------------------------------------------------------------------- physics
 
 
@@ -273,17 +346,17 @@ class Heard:
     slip_speed: float  # m/s
     impulse: float  # N s of a new impact (0 while the contact continues)
     material: str
-    body: str  # the touched body
+    touched: str  # see ContactOnset.touched
     via: str = ""  # the held body it is heard through, "" when touching the gripper itself
 
 
 @dataclass
 class ContactOnset:
-    step: int
-    body: str
-    via: str
+    step: int  # the physics step (World.step_index) in which the contact began
+    touched: str  # the touched geom if it is fixed to the world (a table, a wall, a stop), else its body
+    via: str  # the held body it was heard through, "" when it touched the gripper itself
     material: str
-    impulse: float
+    impulse: float  # N s
 
 
 @dataclass
@@ -310,9 +383,17 @@ class World:
         self.hand_qpos = m.jnt_qposadr[self.joint_id("hand")]
         self.hand_qvel = m.jnt_dofadr[self.joint_id("hand")]
         self.mic_sites = [self.site_id(f"mic{i}") for i in range(4)]
+        self.camera_id = self._id(mujoco.mjtObj.mjOBJ_CAMERA, "scene")
+        self.key_light = self._id(mujoco.mjtObj.mjOBJ_LIGHT, "key")
+        self.light_diffuse = m.light_diffuse[self.key_light].copy()
         self.geom_sound = [sounds.get(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, i) or "", "wood")
                            for i in range(m.ngeom)]
+        self.geom_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, i) or f"geom{i}" for i in range(m.ngeom)]
         self.body_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, i) or "world" for i in range(m.nbody)]
+        # What a contact is called: the geom on fixed bodies (the floor of a container, not "the container"),
+        # the body on movable ones (a pancake is one thing, whichever of its geoms is hit).
+        self.touch_names = [self.geom_names[g] if m.body_weldid[m.geom_bodyid[g]] == 0
+                            else self.body_names[m.geom_bodyid[g]] for g in range(m.ngeom)]
         mujoco.mj_setConst(m, self.data)
         self.gripper_mass = float(m.body_subtreemass[self.hand])
         # Mass behind each body in an impact: its own subtree; bodies welded to the world are immovable.
@@ -328,8 +409,10 @@ class World:
         self.finger_step = gripper_speed / 2 * m.opt.timestep  # per finger per step: the gripper's speed
         self.step_index = 0  # physics steps since the world was built (never reset: it is the clock)
         self._last_touch: dict[tuple[int, int], int] = {}  # geom pair -> last step in contact
-        self._last_event: dict[tuple[str, str], int] = {}  # (body, via) -> last step heard in contact
+        self._last_event: dict[tuple[str, str], int] = {}  # (touched, via) -> last step heard in contact
         self.onsets: list[ContactOnset] = []
+        self.last_heard: dict[str, int] = {}  # touched name -> last step the microphones heard it
+        self.timing = {"physics": 0, "contacts": 0}  # ns spent, for the benchmark
         self._quat = np.zeros(4)
         self._err = np.zeros(4)
         self._rotvec = np.zeros(3)
@@ -344,13 +427,6 @@ class World:
 
     def geom_id(self, name: str) -> int:
         return self._id(mujoco.mjtObj.mjOBJ_GEOM, name)
-
-    def movable_geom(self, name: str) -> int:
-        """The id of a geom whose position a task changes per episode (MuJoCo otherwise assumes a geom
-        compiled at its body's origin stays there)."""
-        i = self.geom_id(name)
-        self.model.geom_sameframe[i] = 0
-        return i
 
     def site_id(self, name: str) -> int:
         return self._id(mujoco.mjtObj.mjOBJ_SITE, name)
@@ -418,10 +494,15 @@ class World:
 
     def step(self) -> list[Heard]:
         """One physics step; returns the contacts heard during it."""
+        t0 = time.perf_counter_ns()
         self._control()
         mujoco.mj_step(self.model, self.data)
         self.step_index += 1
-        return self._heard_contacts()
+        t1 = time.perf_counter_ns()
+        heard = self._heard_contacts()
+        self.timing["physics"] += t1 - t0
+        self.timing["contacts"] += time.perf_counter_ns() - t1
+        return heard
 
     def settle(self, steps: int) -> None:
         """Let the scene come to rest after a reset (no contacts are reported)."""
@@ -430,6 +511,8 @@ class World:
             mujoco.mj_step(self.model, self.data)
         self._last_touch.clear()
         self._last_event.clear()
+        self.last_heard.clear()
+        self.onsets.clear()
         for pair in self._touching_pairs():
             self._last_touch[pair] = self.step_index
 
@@ -502,9 +585,10 @@ class World:
                     mb = mb + self.gripper_mass if bb == via else mb
                 reduced = 1.0 / (1.0 / ma + 1.0 / mb) if np.isfinite(ma) or np.isfinite(mb) else self.gripper_mass
                 impulse = gain * reduced * max(approach, 0.0)
-            name, via_name = self.body_names[other], (self.body_names[via] if via >= 0 else "")
+            name, via_name = self.touch_names[other_geom], (self.body_names[via] if via >= 0 else "")
             heard.append(Heard(where, gain * total, float(slip[idx].max()), impulse, self.geom_sound[other_geom],
                                name, via_name))
+            self.last_heard[name] = step
             key = (name, via_name)
             last_event = self._last_event.get(key)
             self._last_event[key] = step
@@ -521,6 +605,12 @@ class World:
 
     def mic_positions(self) -> np.ndarray:
         return self.data.site_xpos[self.mic_sites].copy()
+
+    def heard_within(self, touched: str, steps: int) -> bool:
+        """Whether the microphones heard a contact with `touched` (a ContactOnset.touched name) in the last
+        `steps` physics steps."""
+        last = self.last_heard.get(touched)
+        return last is not None and self.step_index - last < steps
 
     def touching(self, body_a: int, body_b: int) -> bool:
         """Whether two bodies are in contact now."""

@@ -86,8 +86,8 @@ class Task:
 class ZipTask(Task):
     """Pull a zipper slider along its track to the end stop.
 
-    A slider rides on a metal track (slide joints along the track and up, so it rests on the track by
-    its weight and can ride over a snag). The fingers pinch its tab from both sides of the track and pull
+    A slider rides on a metal track: slide joints along the track and up, with a spring that presses it
+    onto the track (it is captive, in contact all along) but lets it ride over a snag. The fingers pinch its tab from both sides of the track and pull
     it toward +y by friction, as a person pulls a zipper. A snag on
     the track makes it jump; the end stop stops it. Per episode: the track's position (+-2 cm), its
     height (3-7 cm) and its length (the end stop's place, +-2 cm), and the snag's place."""
@@ -113,12 +113,17 @@ class ZipTask(Task):
            friction="0.5 0.005 0.0001")}
         {g("start_stop", "box", (0.02, self.STOP_HALF_Y, 0.012), (0, self.START_STOP_Y, 0.012), sound="metal",
            role="fixture")}
-        {g("end_stop", "box", (0.02, self.STOP_HALF_Y, 0.012), (0, 0.13, 0.012), sound="metal", role="fixture")}
-        {g("snag", "capsule", (0.012, 0.015), (0, 0.0, -0.009), across, sound="metal", role="fixture")}
+        <body name="end_stop" pos="0 0.13 0.012">
+          {g("end_stop", "box", (0.02, self.STOP_HALF_Y, 0.012), (0, 0, 0), sound="metal", role="fixture")}
+        </body>
+        <body name="snag" pos="0 0 -0.009">
+          {g("snag", "capsule", (0.012, 0.015), (0, 0, 0), across, sound="metal", role="fixture")}
+        </body>
         <body name="slider" pos="0 0 0">
           <joint name="slider_y" type="slide" axis="0 1 0" range="-0.13 0.16" damping="0.5" frictionloss="0.15"/>
-          <joint name="slider_z" type="slide" axis="0 0 1" range="0 0.012" damping="0.2"/>
-          <inertial pos="0 0 0.012" mass="0.06" diaginertia="2e-5 2e-5 2e-5"/>
+          <joint name="slider_z" type="slide" axis="0 0 1" range="0 0.008" damping="2" stiffness="150"
+                 springref="-0.008"/>
+          <inertial pos="0 0 0.012" mass="0.12" diaginertia="3e-5 3e-5 3e-5"/>
           {g("slider", "box", (0.016, 0.010, 0.005), (0, 0, 0.005), sound="metal", role="object")}
           {g("slider_front", "capsule", (0.005, 0.016), (0, 0.010, 0.005), across, sound="metal", role="object")}
           {g("slider_back", "capsule", (0.005, 0.016), (0, -0.010, 0.005), across, sound="metal", role="object")}
@@ -130,8 +135,8 @@ class ZipTask(Task):
     def bind(self, world: World) -> None:
         super().bind(world)
         self._track = world.body_id("track")
-        self._end_stop = world.movable_geom("end_stop")
-        self._snag = world.movable_geom("snag")
+        self._end_stop = world.body_id("end_stop")  # bodies, not geoms, are moved: MuJoCo's collision
+        self._snag = world.body_id("snag")  # bounding volumes hold geoms fixed in their bodies
         self._slider_y = world.model.jnt_qposadr[world.joint_id("slider_y")]
         self._slider_z = world.model.jnt_qposadr[world.joint_id("slider_z")]
 
@@ -142,8 +147,8 @@ class ZipTask(Task):
         start = self.START_STOP_Y + self.STOP_HALF_Y + self.SLIDER_FRONT + rng.uniform(0.003, 0.012)
         snag = start + rng.uniform(0.40, 0.65) * (end_face - self.SLIDER_FRONT - start)
         m.body_pos[self._track] = (x, y, height)
-        m.geom_pos[self._end_stop, 1] = end_face + self.STOP_HALF_Y
-        m.geom_pos[self._snag, 1] = snag
+        m.body_pos[self._end_stop, 1] = end_face + self.STOP_HALF_Y
+        m.body_pos[self._snag, 1] = snag
         d.qpos[self._slider_y] = start
         d.qpos[self._slider_z] = 0.0
         self.layout = {"track_x": x, "track_y": y, "track_height": height, "end_face_y": end_face,
@@ -320,7 +325,9 @@ class ScoopTask(Task):
         objects = f"""
       <body name="pot" pos="0.55 0 0">
         {walls}
-        {g("pot_floor", "box", (ix, iy, 0.04), (0, 0, 0.0), sound="ceramic", rgba=mjcf.rgba("fixture"))}
+        <body name="pot_floor" pos="0 0 -0.01">
+          {g("pot_floor", "box", (ix, iy, 0.04), (0, 0, 0), sound="ceramic", rgba=mjcf.rgba("fixture"))}
+        </body>
       </body>"""
         n = self.BEANS[0] * self.BEANS[1]
         beans = "".join(f"""
@@ -334,7 +341,7 @@ class ScoopTask(Task):
     def bind(self, world: World) -> None:
         super().bind(world)
         self._pot = world.body_id("pot")
-        self._floor = world.movable_geom("pot_floor")
+        self._floor = world.body_id("pot_floor")
         n = self.BEANS[0] * self.BEANS[1]
         self._beans = [world.body_id(f"bean{i}") for i in range(n)]
         self._bean_qpos = [world.model.jnt_qposadr[world.joint_id(f"bean{i}")] for i in range(n)]
@@ -344,7 +351,7 @@ class ScoopTask(Task):
         x, y = 0.55 + rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02)
         floor = rng.uniform(0.02, 0.06)
         m.body_pos[self._pot] = (x, y, 0.0)
-        m.geom_pos[self._floor, 2] = floor - 0.04
+        m.body_pos[self._floor, 2] = floor - 0.04
         nx, ny = self.BEANS
         spacing = 2 * self.BEAN_R + 0.003
         for k, adr in enumerate(self._bean_qpos):
@@ -360,7 +367,7 @@ class ScoopTask(Task):
         return self.w.data.xpos[self._pot].copy()
 
     def floor_z(self) -> float:
-        return float(self.w.data.geom_xpos[self._floor, 2] + 0.04)
+        return float(self.w.data.xpos[self._floor, 2] + 0.04)
 
     def rim_z(self) -> float:
         return float(self.w.data.xpos[self._pot, 2] + self.RIM)
