@@ -1,0 +1,149 @@
+"""Replaying an episode's recorded actions on a robot (simulated or real), through the one safety filter.
+
+The robot is homed first, then each recorded command is sent at the recorded pace divided by `speed`
+(speed 0: as fast as the robot takes them). Before each command the robot's end-effector position is
+compared with the recorded one at the same step: the tracking error says how faithfully the actions
+alone reproduce the demonstration (on the simulated rig, in the same scene).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from htouch.collector.config import CameraConfig, ControlConfig, MicrophoneConfig, RigConfig
+from htouch.collector.devices import Action, DeviceError, Robot
+from htouch.collector.safety import SafetyFilter
+from htouch.dataset.episode import Episode
+from htouch.errors import DatasetError, HtouchError
+
+NS = 1_000_000_000
+
+
+@dataclass
+class ReplayReport:
+    actions: int
+    sent: int
+    clipped: int  # commands the safety filter changed
+    clip_reasons: dict[str, int] = field(default_factory=dict)
+    robot_errors: int = 0
+    wall_s: float = 0.0
+    recorded_s: float = 0.0
+    error_mm_mean: float = 0.0  # end-effector position vs the recorded one, step by step
+    error_mm_p95: float = 0.0
+    error_mm_max: float = 0.0
+    error_mm_final: float = 0.0
+    recorded_success: bool | None = None
+    task_success: bool | None = None  # the simulated task's own verdict after the replay
+    stopped: bool = False
+
+
+def episode_actions(ep: Episode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(times ns, delta_ee (n, 6), gripper (n,)) of the recorded commands."""
+    times = ep.action_times
+    if len(times) == 0:
+        raise DatasetError(f"{ep.name} has no recorded actions to replay")
+    return times, ep.read("action/delta_ee"), ep.read("action/gripper")
+
+
+def replay(ep: Episode, robot: Robot, safety: SafetyFilter, *, speed: float = 1.0,
+           progress: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+           sleep: Callable[[float], None] = time.sleep) -> ReplayReport:
+    """Home `robot` and send the episode's actions (robot already started); returns the report."""
+    if speed < 0 or not np.isfinite(speed):
+        raise HtouchError(f"--speed must be >= 0 (0: as fast as possible), not {speed}")
+    times, deltas, grippers = episode_actions(ep)
+    state_times = ep.state_times
+    recorded_pos = ep.read("state/ee_pose")[:, :3] if len(state_times) else np.zeros((0, 3))
+    robot.home()
+    report = ReplayReport(actions=len(times), sent=0, clipped=0, recorded_success=ep.success,
+                          recorded_s=(int(times[-1]) - int(times[0])) / NS)
+    reasons: dict[str, int] = {}
+    errors: list[float] = []
+    in_error = False
+    wall0 = time.monotonic()
+    for i, t in enumerate(times):
+        if should_stop is not None and should_stop():
+            report.stopped = True
+            break
+        if speed > 0:
+            delay = wall0 + (int(t) - int(times[0])) / NS / speed - time.monotonic()
+            if delay > 0:
+                sleep(delay)
+        try:
+            state = robot.state()
+            error = state.error
+        except DeviceError as e:
+            state, error = None, str(e)
+        if error is not None:
+            if not in_error:
+                report.robot_errors += 1
+            in_error = True
+            try:
+                robot.recover()
+            except DeviceError:
+                pass
+        else:
+            in_error = False
+        if state is not None and len(state_times):
+            k = max(int(np.searchsorted(state_times, t, side="right")) - 1, 0)
+            errors.append(float(np.linalg.norm(np.asarray(state.ee_pose[:3]) - recorded_pos[k])) * 1000)
+        position = state.ee_pose[:3] if state is not None and error is None else np.full(3, np.nan)
+        filtered = safety(Action(np.asarray(deltas[i], float), float(grippers[i])), position)
+        if filtered.reasons:
+            report.clipped += 1
+            for r in filtered.reasons:
+                reasons[r] = reasons.get(r, 0) + 1
+        try:
+            robot.apply(filtered.action)
+            report.sent += 1
+        except DeviceError:
+            if not in_error:
+                report.robot_errors += 1
+            in_error = True
+        if progress is not None:
+            progress(i + 1)
+    report.wall_s = time.monotonic() - wall0
+    report.clip_reasons = reasons
+    if errors:
+        e = np.asarray(errors)
+        report.error_mm_mean, report.error_mm_p95 = float(e.mean()), float(np.percentile(e, 95))
+        report.error_mm_max, report.error_mm_final = float(e.max()), float(e[-1])
+    return report
+
+
+def sim_config_for(ep: Episode) -> RigConfig:
+    """A simulated rig like the one the episode was recorded with: camera, microphones, control rate."""
+    spec = ep.rig
+    cam, aud = spec.camera, spec.audio
+    return RigConfig(
+        kind="sim",
+        camera=CameraConfig(width=cam.width, height=cam.height, fps=max(int(round(cam.rate_hz)), 1)),
+        microphones=MicrophoneConfig(channels=min(max(aud.channels, 1), 4), rate_hz=int(round(aud.rate_hz)),
+                                     center=aud.center, scale=aud.scale),
+        control=ControlConfig(rate_hz=float(spec.action.rate_hz)))
+
+
+def sim_for_episode(ep: Episode, task: str) -> Any:
+    """The simulated rig in the episode's scene (same task, variation, seed and scene number, when the
+    episode was recorded on the simulated rig; otherwise the task's first scene)."""
+    from htouch.sim.rig import SimRig
+    from htouch.sim.tasks import TASKS
+
+    if task not in TASKS:
+        raise HtouchError(f"the simulated rig has no task {task!r} (tasks: {', '.join(TASKS)})")
+    info = ep.attrs.get("info", {})
+    variation = info.get("sim_variation", ep.variation if ep.variation in ("train", "test") else "train")
+    seed = int(info.get("seed", 0)) if isinstance(info.get("seed", 0), int) else 0
+    try:
+        sim = SimRig(task=task, variation=variation, seed=seed, config=sim_config_for(ep), realtime=False)
+    except DeviceError as e:
+        raise HtouchError(f"cannot build the simulated rig for {ep.name}: {e}") from None
+    scene = info.get("sim_episode")
+    if isinstance(scene, int) and scene > 0:
+        sim.episode_index = scene - 1  # home() draws the episode's own scene
+    return sim
