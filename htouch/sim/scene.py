@@ -39,7 +39,7 @@ TRANSMISSION = 0.5  # share of a held object's contact that reaches the gripper'
 ONSET_GAP_S = 0.010  # a geom pair apart for longer than this touches anew (an impact)
 EVENT_GAP_S = 0.100  # a body apart from the gripper for longer than this makes a new contact event
 EVENT_MIN_IMPULSE = 5e-4  # N s; softer onsets (a bean rolling against the spoon) are heard, not listed
-MAX_FORCE_N = 40.0  # the impedance controller's force limit
+MAX_FORCE_N = 100.0  # the impedance controller's force limit (keeps a stiff configuration stable)
 MAX_TORQUE_NM = 4.0
 
 
