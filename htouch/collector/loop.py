@@ -75,10 +75,14 @@ class RateMeter:
 
 @dataclass
 class LoopTiming:
-    """Tick periods (wake to wake, loop clock) and work per tick (wall), for the panel and the benchmark."""
+    """Tick periods while recording, for the panel and the benchmark: on the loop clock, and on the host's
+    wall clock (the same thing on a real rig; on a simulated rig the loop clock is simulated time). Work
+    per tick and the time robot.apply() took (the simulation itself, on a simulated rig), wall."""
 
     periods_ns: list[int] = field(default_factory=list)
+    wall_periods_ns: list[int] = field(default_factory=list)
     work_ns: list[int] = field(default_factory=list)
+    apply_ns: list[int] = field(default_factory=list)
     overruns: int = 0  # ticks that woke more than one period late
     ticks: int = 0
 
@@ -253,7 +257,7 @@ class LiveStatus:
     gripper: float
     teleop_age_ms: float | None
     teleop_lost: bool
-    loop_p50_ms: float
+    loop_p50_ms: float  # wall-clock tick period while recording
     loop_p99_ms: float
     work_p99_ms: float
     overruns: int
@@ -312,6 +316,7 @@ class Recorder:
         self._robot_error_ticks = 0  # ticks in the current robot error (counted, so a stopped clock ends it too)
         self._camera_ref_ns = 0
         self._applied_wall_ns = 0  # host time the last command returned from robot.apply()
+        self._last_wake_wall: int | None = None  # host time the last tick woke
         self._readers = [StreamReader("camera", rig.camera.read, self._on_frame),
                          StreamReader("audio", rig.microphones.read, self._on_audio)]
 
@@ -511,28 +516,39 @@ class Recorder:
             next_t += self.period_ns
 
     def _sleep_to(self, t_ns: int) -> int:
-        """Sleep until the tick t_ns; returns the scheduled time of this tick (re-aligned after an overrun)."""
+        """Sleep until the tick t_ns; returns the scheduled time of this tick (re-aligned after an overrun).
+        An overrun is a tick that woke more than one period late: on the loop clock, or (a paced rig) on
+        the wall clock since the previous tick."""
         self.clock.sleep_until(t_ns)
         now = self.clock.now_ns()
+        wall = time.monotonic_ns()
+        late_wall = (self.rig.realtime and self._last_wake_wall is not None
+                     and wall - self._last_wake_wall > 2 * self.period_ns)
+        self._last_wake_wall = wall
         if now - t_ns > self.period_ns:
             self.timing.overruns += 1
             return now
+        if late_wall:
+            self.timing.overruns += 1
         return t_ns
 
     def _record(self, rec: Recording, tick: int) -> tuple[str, int]:
         """The control loop of one episode; returns how it ended and the stop time."""
         max_ns = int(self.control.max_episode_s * NS)
         last_wake: int | None = None
+        last_wall: int | None = None
         while True:
             if self._stop_requested:
                 return "interrupted", self.clock.now_ns()
             self._check_fatal()
             tick = self._sleep_to(tick)
             wake = self.clock.now_ns()
+            wall = self._last_wake_wall
             work_start = time.perf_counter_ns()
             if last_wake is not None:
                 self.timing.periods_ns.append(wake - last_wake)
-            last_wake = wake
+                self.timing.wall_periods_ns.append(wall - last_wall)
+            last_wake, last_wall = wake, wall
             if wake - rec.start_ns >= max_ns - self.period_ns // 2:
                 return "time limit", wake
             self.timing.ticks += 1
@@ -683,6 +699,7 @@ class Recorder:
             rec.actions += 1
             rec.safety_clips.update(filtered.reasons)
             self.rates["action"].add(t)
+        t_apply = time.perf_counter_ns()
         try:
             self.rig.robot.apply(command)
         except DeviceError as e:
@@ -690,6 +707,8 @@ class Recorder:
             return
         finally:
             self._applied_wall_ns = time.monotonic_ns()
+            if rec is not None:
+                self.timing.apply_ns.append(time.perf_counter_ns() - t_apply)
         if state is not None:  # a tick with a good state and a command taken: the error is over
             self._robot_error_since = None
             self._robot_error_ticks = 0
@@ -759,8 +778,8 @@ class Recorder:
             writer_dropped=rec.writer.dropped if rec else {},
             clutch=self._engaged, gripper=self._gripper,
             teleop_age_ms=(now - last) / 1e6 if last is not None else None, teleop_lost=self._teleop_lost,
-            loop_p50_ms=self.timing.percentile_ms("periods_ns", 50, last=300),
-            loop_p99_ms=self.timing.percentile_ms("periods_ns", 99, last=300),
+            loop_p50_ms=self.timing.percentile_ms("wall_periods_ns", 50, last=300),
+            loop_p99_ms=self.timing.percentile_ms("wall_periods_ns", 99, last=300),
             work_p99_ms=self.timing.percentile_ms("work_ns", 99, last=300),
             overruns=self.timing.overruns, nominal_period_ms=self.period_ns / 1e6,
             recent_events=[(t / NS, k) for t, k in list(self.recent_events)],

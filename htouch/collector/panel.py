@@ -157,7 +157,7 @@ def render_status(s: "LiveStatus", disk: DiskMeter | None = None, title: str = "
         if s.teleop_lost:
             teleop.append("  TELEOP LOST: robot holding", style="bold white on red")
 
-    loop = Text(f"loop period p50 {s.loop_p50_ms:5.1f} ms  p99 {s.loop_p99_ms:5.1f} ms "
+    loop = Text(f"loop period (wall) p50 {s.loop_p50_ms:5.1f} ms  p99 {s.loop_p99_ms:5.1f} ms "
                 f"(nominal {s.nominal_period_ms:.1f})   work p99 {s.work_p99_ms:5.1f} ms   overruns ")
     loop.append(str(s.overruns), style="red" if s.overruns else "green")
     if s.writer_dropped:
