@@ -77,6 +77,9 @@ def collect(
     seed: int = typer.Option(0, "--seed", help="Seed of the simulated scenes and the scripted operator."),
     width: int = typer.Option(None, "--width", help="Override the camera width.", show_default=False),
     height: int = typer.Option(None, "--height", help="Override the camera height.", show_default=False),
+    realtime: bool = typer.Option(None, "--realtime/--fast", help="Simulated rig: pace it to the wall clock, or run "
+                                  "it as fast as it goes (default: real time for a person, fast for the scripted "
+                                  "operator).", show_default=False),
     no_panel: bool = typer.Option(False, "--no-panel", help="Plain progress lines instead of the live panel."),
 ) -> None:
     """Record demonstrations: home, ready, record, then save as success / failure or discard and re-record.
@@ -104,7 +107,7 @@ def collect(
                       f"(record a real rig with --rig real --config RIG.toml)", highlight=False, soft_wrap=True)
     root = dataset if dataset is not None else Path(f"{task}-demos")
     try:
-        the_rig = build_rig(cfg, task, who, seed=seed, variation=variation)
+        the_rig = build_rig(cfg, task, who, seed=seed, variation=variation, realtime=realtime)
     except DeviceError as e:
         raise HtouchError(f"cannot open the {cfg.kind} rig: {e}") from None
     try:

@@ -65,20 +65,23 @@ def resolve_operator(config: RigConfig, operator: str | None) -> str:
 
 
 def build_rig(config: RigConfig, task: str, operator: str | None = None, seed: int = 0,
-              variation: str = "train") -> Rig:
+              variation: str = "train", realtime: bool | None = None) -> Rig:
+    """realtime (simulated rig): pace simulated time to the wall clock; default only for a person."""
     operator = resolve_operator(config, operator)
     if config.kind == "sim":
-        return _build_sim(config, task, operator, seed, variation)
+        return _build_sim(config, task, operator, seed, variation, realtime)
     return _build_real(config, operator)
 
 
-def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation: str) -> Rig:
+def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation: str,
+               realtime: bool | None) -> Rig:
     from htouch.sim.rig import SimRig
     from htouch.sim.tasks import TASKS
 
     if task not in TASKS:
         raise HtouchError(f"unknown task {task!r} for the simulated rig (tasks: {', '.join(TASKS)})")
-    realtime = operator == "keyboard"  # a person needs real time; the scripted operator does not
+    if realtime is None:
+        realtime = operator == "keyboard"  # a person needs real time; the scripted operator does not
     sim = SimRig(task=task, variation=variation, seed=seed, config=config, realtime=realtime)
     try:
         help_text = ""
