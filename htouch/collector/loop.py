@@ -296,7 +296,6 @@ class Recorder:
         self.attempt = 0
         self.result = SessionResult()
         self.recent_events: collections.deque[tuple[int, str]] = collections.deque(maxlen=6)
-        self.totals = collections.Counter()  # session-wide fault counts (also between episodes)
 
         self._route_lock = threading.Lock()
         self._recording: Recording | None = None
@@ -304,7 +303,6 @@ class Recorder:
         self._prev_frame_number: int | None = None
         self._camera_stalled = False
         self._stall_frame_ts = -1
-        self._last_teleop: TeleopReading | None = None
         self._last_teleop_ts: int | None = None
         self._teleop_lost = False
         self._teleop_ref_ns = 0  # loop time from which teleop silence is measured
@@ -335,7 +333,6 @@ class Recorder:
             gap = max(int(frame.frame_number) - self._prev_frame_number - 1, 0)
         self._prev_frame_number = int(frame.frame_number)
         self.rates["camera"].add(t)
-        self.totals["frames_dropped"] += gap
         with self._route_lock:
             rec = self._recording
             if rec is None or not rec.accepts(t):
@@ -359,8 +356,6 @@ class Recorder:
             self.audio_levels = AudioLevels(
                 rms_dbfs=dbfs(np.sqrt(np.mean(x * x, axis=0))).tolist(), peak_dbfs=dbfs(peak).tolist(),
                 clipped_at_ns=[t if c else p for c, p in zip(clipped, previous)])
-        if block.overflow:
-            self.totals["audio_overflows"] += 1
         with self._route_lock:
             rec = self._recording
             if rec is None or not rec.accepts(t):
@@ -411,7 +406,8 @@ class Recorder:
     def _interrupt(self) -> None:
         """Throw away the episode in progress (its index is never reused); committed ones stay."""
         self.result.interrupted = True
-        rec, self._recording = self._recording, None
+        with self._route_lock:
+            rec, self._recording = self._recording, None
         if rec is not None:
             rec.writer.discard()
             self.result.interrupted_index = rec.index
@@ -442,7 +438,8 @@ class Recorder:
         writer.event(start_ns, "start", attempt=self.attempt)
         self._camera_ref_ns = start_ns
         self._teleop_ref_ns = start_ns
-        self._camera_stalled = False
+        self._camera_stalled = self._teleop_lost = False  # each episode records its own faults
+        self._robot_error_since, self._robot_error_ticks = None, 0
         with self._route_lock:
             self._recording = rec
         self.phase = "recording"
@@ -596,7 +593,6 @@ class Recorder:
         if not fresh and not self._teleop_lost:
             self._teleop_lost = True
             rec.teleop_losses += 1
-            self.totals["teleop_losses"] += 1
             self._event(rec, now, "teleop_lost", silent_ms=round(silent_ns / 1e6, 1))
         elif fresh and self._teleop_lost:
             self._teleop_lost = False
@@ -638,7 +634,6 @@ class Recorder:
                 self._camera_stalled = True
                 self._stall_frame_ts = newest
                 rec.camera_stalls += 1
-                self.totals["camera_stalls"] += 1
                 detail = {"since_ms": round((now - last_frame) / 1e6, 1)}
                 if camera.device_error:
                     detail["error"] = camera.device_error[:120]
@@ -673,7 +668,6 @@ class Recorder:
         self._robot_error_ticks += 1
         if self._robot_error_since is None:
             self._robot_error_since = now
-            self.totals["robot_errors"] += 1
             self._say(f"robot error: {error}; recovering")
             if rec is not None:
                 rec.robot_errors += 1
