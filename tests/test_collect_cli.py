@@ -133,3 +133,34 @@ def test_rig_check_sim_and_real(cli, tmp_path):
     assert "[microphones]" not in r.out or "no-such-card" in r.out  # device text shown as text, not markup
     r = cli("rig", "check", "--config", config, "--operator", "keyboard")
     assert "keyboard" in r.out and "missing: camera, microphones, robot" in r.err
+
+
+def test_keyboard_operator_on_the_sim(cli, tmp_path, tiny_sim, monkeypatch):
+    """Keys from a pipe, in real time: space holds the clutch (which starts the recording), then w moves the
+    gripper forward."""
+    import threading
+
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setattr("sys.stdin", os.fdopen(read_fd, "r"))
+
+    def type_keys():
+        os.write(write_fd, b" ")
+        time.sleep(1.0)
+        for _ in range(12):
+            os.write(write_fd, b"w")
+            time.sleep(0.03)
+
+    typist = threading.Thread(target=type_keys)
+    typist.start()
+    try:
+        r = cli("collect", tmp_path / "d", "--task", "zip", "-n", "1", "-c", tiny_sim(2.5), "--operator",
+                "keyboard", "--no-panel")
+    finally:
+        typist.join()
+        os.close(write_fd)
+    assert r.code == 0, r.err
+    assert "keyboard operator" in r.out and "hold the grip to start recording" in r.out
+    ep = Dataset(tmp_path / "d").episode(0)
+    assert ep.attrs["info"]["operator"] == "keyboard"
+    moved = ep.read("action/delta_ee")[:, :3].sum(axis=0)
+    assert moved[0] > 0.03 and abs(moved[1]) < 0.01  # 12 steps of 5 mm forward (+x), nothing sideways
