@@ -34,14 +34,16 @@ Script = Iterator[None]  # a generator: each `yield` is one control tick
 class OperatorStyle:
     """How the simulated person moves. Ranges are drawn uniformly per use."""
 
-    reach_speed_m_s: tuple[float, float] = (0.10, 0.18)  # peak speed of a free reach
+    reach_speed_m_s: tuple[float, float] = (0.08, 0.14)  # peak speed of a free reach
     approach_speed_m_s: tuple[float, float] = (0.015, 0.03)  # feeling for a contact
     work_speed_m_s: tuple[float, float] = (0.035, 0.06)  # pulling, sliding, dragging in contact
+    lift_speed_m_s: tuple[float, float] = (0.05, 0.09)  # lifting away after the work
     reaction_s: tuple[float, float] = (0.12, 0.30)  # from hearing a contact to acting on it
-    tremor_m: float = 0.0006  # RMS of the fast hand tremor
+    tremor_m: float = 0.0006  # RMS of the fast hand tremor ...
+    tremor_tau_s: float = 0.05  # ... correlated over this long
     drift_m: float = 0.0015  # RMS of the slow hand drift
     drift_tau_s: float = 0.8
-    tremor_rad: float = 0.004
+    tremor_rad: float = 0.002
     pause_p: float = 0.35  # chance of a pause between phases
     pause_s: tuple[float, float] = (0.1, 0.6)
     correction_p: float = 0.3  # chance that a reach lands off target first and is corrected
@@ -116,7 +118,8 @@ class ScriptedOperator:
         self.want_rot = self.world.tcp_rotation
         self._anchor: tuple[np.ndarray, Rotation, np.ndarray, Rotation] | None = None
         self._drift = np.zeros(3)
-        self._tremor_t = 0.0
+        self._tremor = np.zeros(3)
+        self._wobble = np.zeros(3)
         scripts = {ZipTask: zip_script, FlipTask: flip_script, ScoopTask: scoop_script}
         self._script = scripts[type(self.task)](self)
 
@@ -124,10 +127,11 @@ class ScriptedOperator:
         """Move the hand so that the mapped target is the intent, plus tremor and drift."""
         s, rng = self.style, self.rng
         dt = 1.0 / self.rig.config.control.rate_hz
-        a = math.exp(-dt / s.drift_tau_s)
-        self._drift = a * self._drift + math.sqrt(1 - a * a) * s.drift_m * rng.standard_normal(3)
-        shake = s.tremor_m * rng.standard_normal(3) + self._drift
-        turn = Rotation.from_rotvec(s.tremor_rad * rng.standard_normal(3))
+        self._drift = _ar1(self._drift, dt / s.drift_tau_s, s.drift_m, rng)
+        self._tremor = _ar1(self._tremor, dt / s.tremor_tau_s, s.tremor_m, rng)
+        self._wobble = _ar1(self._wobble, dt / s.tremor_tau_s, s.tremor_rad, rng)
+        shake = self._tremor + self._drift
+        turn = Rotation.from_rotvec(self._wobble)
         if self.grip and self._anchor is not None:
             hand0, hand_rot0, robot0, robot_rot0 = self._anchor
             self.hand_pos = hand0 + (self.want_pos - robot0) / self.scale
@@ -227,7 +231,7 @@ class ScriptedOperator:
                 slerp = Slerp([0.0, 1.0], Rotation.concatenate([r0, rot]))
                 duration, t0 = max(1.875 * dist / peak, 0.2), self.t
                 continue
-            k = u ** 3 * (10 - 15 * u + 6 * u * u)
+            k = min(1.0, u ** 3 * (10 - 15 * u + 6 * u * u))
             self.want_pos = p0 + (pos - p0) * k
             self.want_rot = slerp(k)
             if u >= 1.0:
@@ -298,6 +302,12 @@ class ScriptedOperator:
         return self.t > self.task.max_seconds
 
 
+def _ar1(x: np.ndarray, rate: float, rms: float, rng: np.random.Generator) -> np.ndarray:
+    """One step of a first-order autoregressive (Ornstein-Uhlenbeck) process with stationary RMS `rms`."""
+    a = math.exp(-rate)
+    return a * x + math.sqrt(1 - a * a) * rms * rng.standard_normal(3)
+
+
 # ------------------------------------------------------------------------------------------- scripts
 
 
@@ -322,7 +332,8 @@ def zip_script(op: ScriptedOperator) -> Script:
         op.hold_here()
         yield from op.wait(op.uniform((0.1, 0.3)))
         yield from op.squeeze(0.0, op.uniform((0.2, 0.35)))
-        yield from op.reach(op.robot_pos() + [0, 0, op.uniform((0.05, 0.08))], rot, correct=False)
+        yield from op.reach(op.robot_pos() + [0, 0, op.uniform((0.05, 0.08))], rot, speed=op.style.lift_speed_m_s,
+                            correct=False)
         if task.success():
             yield from op.maybe_pause()
             yield from op.finish(True)
@@ -370,7 +381,7 @@ def flip_script(op: ScriptedOperator) -> Script:
             yield
         yield from op.wait(op.uniform((0.4, 0.7)))
         # Back off, up and away, to the home orientation.
-        yield from op.reach(op.want_pos + [-0.06, 0, 0.06], correct=False)
+        yield from op.reach(op.want_pos + [-0.06, 0, 0.06], speed=op.style.lift_speed_m_s, correct=False)
         yield from op.reach(task.home_position + [0, 0, -0.03], home, correct=False)
         yield from op.wait(op.uniform((0.2, 0.4)))
         if task.success():
@@ -403,16 +414,20 @@ def scoop_script(op: ScriptedOperator) -> Script:
         drag = pot[0] + task.INNER[0] - op.uniform((0.01, 0.016)) - tip_now[0]
         yield from op.reach(op.want_pos + [drag, 0, 0], home, speed=op.style.work_speed_m_s, correct=False,
                             regrab=False)
-        # Tilt the spoon up about its tip, then lift it out.
-        tip_now = op.robot_pos() + (home * HOME_ROT.inv()).apply(tip)
+        # Tilt the bowl level about its centre while lifting it, then lift it out of the container.
+        centre_home, _ = task.bowl_frame()
+        centre = op.robot_pos() + (home * HOME_ROT.inv()).apply(centre_home)
         tcp0, rot0 = op.want_pos.copy(), op.want_rot
-        tilt, duration, t0 = op.uniform((45.0, 55.0)), op.uniform((0.9, 1.3)), op.t
+        tilt, rise = op.uniform((35.0, 45.0)), op.uniform((0.04, 0.06))
+        duration, t0 = op.uniform((1.8, 2.4)), op.t
         while op.t < t0 + duration:
             u = (op.t - t0) / duration
-            r = Rotation.from_euler("y", -tilt * u * u * (3 - 2 * u), degrees=True)
-            op.want_pos, op.want_rot = tip_now + r.apply(tcp0 - tip_now) + [0, 0, 0.002 * u], r * rot0
+            k = u * u * (3 - 2 * u)
+            r = Rotation.from_euler("y", -tilt * k, degrees=True)
+            op.want_pos, op.want_rot = centre + r.apply(tcp0 - centre) + [0, 0, rise * k], r * rot0
             yield
-        lift = rim + op.uniform((0.05, 0.08)) - tip_now[2]
+        tip_now = op.robot_pos() + (op.want_rot * HOME_ROT.inv()).apply(tip)
+        lift = max(rim + op.uniform((0.05, 0.08)) - tip_now[2], 0.0)
         yield from op.reach(op.want_pos + [-0.01, 0, lift], speed=op.style.work_speed_m_s, correct=False,
                             regrab=False)
         yield from op.wait(op.uniform((0.4, 0.7)))

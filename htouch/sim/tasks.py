@@ -172,7 +172,7 @@ class ZipTask(Task):
         return self.w.data.xpos[self._track].copy()
 
     def success(self) -> bool:
-        return self.slider_y() >= self.end_y() - 0.004
+        return self.slider_y() >= self.end_y() - 0.006
 
     def progress(self) -> float:
         start = self.layout["start_y"]
