@@ -68,15 +68,17 @@ def test_lifecycle_labels_discard_and_resume(tmp_path):
 
 
 def test_faults_are_events_and_the_session_goes_on(tmp_path):
-    class ContactSource:
+    class EventSource:
+        """Ground-truth contacts (like the simulated rig) and a teleop device reporting its own loss."""
+
         def __init__(self):
-            self.sent = False
+            self.plan = [(1.2, "contact", {"force_n": 3.5}), (2.2, "teleop_lost", {"reason": "connection dropped"})]
 
         def pop_events(self):
-            if self.sent or world_ref[0].since(world_ref[0].clock.now_ns()) < 1.2:
-                return []
-            self.sent = True
-            return [(world_ref[0].base_ns + int(1.2 * NS), "contact", {"force_n": 3.5})]
+            w = world_ref[0]
+            due = [e for e in self.plan if w.since(w.clock.now_ns()) >= e[0]]
+            self.plan = [e for e in self.plan if e not in due]
+            return [(w.base_ns + int(t * NS), kind, detail) for t, kind, detail in due]
 
     world_ref = []
     faults = Plan(end_s=4.0, end_button="B", drop_frames={1.0: 2}, camera_stall=(1.5, 2.0),
@@ -84,7 +86,7 @@ def test_faults_are_events_and_the_session_goes_on(tmp_path):
     world = PlannedWorld([faults])
     world_ref.append(world)
     rig = world.rig()
-    rig.event_sources = [ContactSource()]
+    rig.event_sources = [EventSource()]
     ds = Dataset.create(tmp_path / "ds", "zip", TEST_SPEC)
     result = Recorder(rig, ds, ControlConfig()).run(1)
     assert result.committed == [0]
@@ -102,6 +104,7 @@ def test_faults_are_events_and_the_session_goes_on(tmp_path):
     assert ep.read("audio/block_overflow").sum() == 1
     lost = events_of(ep, "teleop_lost")
     assert len(lost) == 1 and 2.45 <= (lost[0]["t_ns"] - t0) / NS <= 2.5  # once per outage, after 250 ms
+    assert lost[0]["detail"]["reason"] == "connection dropped"  # what the device said, in the loop's event
     robot_errors = events_of(ep, "robot_error")
     assert len(robot_errors) == 2  # apply() raised once; the state reported a reflex later
     assert 0.8 <= (robot_errors[0]["t_ns"] - t0) / NS <= 0.9 and "communication" in robot_errors[0]["detail"]["error"]

@@ -42,8 +42,9 @@ READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after 
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
 ROBOT_GIVE_UP_S = 2.0  # a robot error that recover() cannot clear for this long ends the episode
 END_COMMANDS = ("success", "failure", "discard")
-# Event kinds the loop itself records (once per occurrence); a device reporting one is only shown.
-LOOP_EVENTS = frozenset({"start", "stop", "success", "failure", "teleop_lost", "camera_stall", "robot_error"})
+# Event kinds only the loop records (once per occurrence). A teleop device reporting its own loss (input
+# ended, connection dropped) is shown, and its reason goes into the loop's teleop_lost event.
+LOOP_EVENTS = frozenset({"start", "stop", "success", "failure", "teleop_lost"})
 
 
 # ------------------------------------------------------------------------------------------- measurements
@@ -196,17 +197,14 @@ class Recording:
 
     writer: "EpisodeWriter"
     index: int
-    number: int  # 1-based among this session's attempts
     start_ns: int
     stop_ns: int | None = None
     frames: int = 0
     frames_dropped: int = 0
-    audio_blocks: int = 0
     audio_overflows: int = 0
     camera_stalls: int = 0
     teleop_losses: int = 0
     robot_errors: int = 0
-    actions: int = 0
     safety_clips: collections.Counter = field(default_factory=collections.Counter)
 
     def accepts(self, t_ns: int) -> bool:
@@ -305,6 +303,7 @@ class Recorder:
         self._stall_frame_ts = -1
         self._last_teleop_ts: int | None = None
         self._teleop_lost = False
+        self._teleop_lost_reason = ""  # what the teleop device said about its loss, if anything
         self._teleop_ref_ns = 0  # loop time from which teleop silence is measured
         self._last_state_ts: int | None = None
         self._last_action_ts: int | None = None
@@ -361,7 +360,6 @@ class Recorder:
             if rec is None or not rec.accepts(t):
                 return
             rec.writer.audio(t, pcm, bool(block.overflow))
-            rec.audio_blocks += 1
             if block.overflow:
                 rec.audio_overflows += 1
                 self._event(rec, t, "audio_overflow", samples_after=int(len(pcm)))
@@ -434,7 +432,7 @@ class Recorder:
             return
         start_ns = tick
         writer = self.dataset.new_episode(variation=self.variation, info=self._episode_info(), **self.writer_options)
-        rec = Recording(writer, writer.index, self.attempt, start_ns)
+        rec = Recording(writer, writer.index, start_ns)
         writer.event(start_ns, "start", attempt=self.attempt)
         self._camera_ref_ns = start_ns
         self._teleop_ref_ns = start_ns
@@ -593,9 +591,13 @@ class Recorder:
         if not fresh and not self._teleop_lost:
             self._teleop_lost = True
             rec.teleop_losses += 1
-            self._event(rec, now, "teleop_lost", silent_ms=round(silent_ns / 1e6, 1))
+            detail = {"silent_ms": round(silent_ns / 1e6, 1)}
+            if self._teleop_lost_reason:
+                detail["reason"] = self._teleop_lost_reason
+            self._event(rec, now, "teleop_lost", **detail)
         elif fresh and self._teleop_lost:
             self._teleop_lost = False
+            self._teleop_lost_reason = ""
             self.mapping.engaged = False  # the next reading with the grip held re-anchors: no jump
 
         state = self._robot_state(rec)
@@ -612,7 +614,9 @@ class Recorder:
         for source in self.rig.event_sources:
             for t, kind, detail in source.pop_events():
                 if kind in LOOP_EVENTS:
-                    self._say(f"{kind}: {detail}")
+                    self._say(f"{kind}: {', '.join(f'{k} {v}' for k, v in detail.items())}")
+                    if kind == "teleop_lost":
+                        self._teleop_lost_reason = str(detail.get("reason", detail.get("message", "")))[:80]
                 elif rec.accepts(int(t)):
                     self._event(rec, int(t), kind, **detail)
 
@@ -690,7 +694,6 @@ class Recorder:
         if rec is not None and (self._last_action_ts is None or t > self._last_action_ts) and t >= rec.start_ns:
             self._last_action_ts = t
             rec.writer.action(t, command.delta_ee, command.gripper)
-            rec.actions += 1
             rec.safety_clips.update(filtered.reasons)
             self.rates["action"].add(t)
         t_apply = time.perf_counter_ns()
