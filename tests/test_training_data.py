@@ -3,6 +3,9 @@ normalised with the stored stats; augmentation reproducible; split and stats che
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,19 +25,25 @@ from htouch.training.data import (
     sample_seed,
     to_float,
 )
-from htouch.training.model import ActionNormalization, preprocess_frames
+from htouch.training.model import preprocess_frames
+from tests.conftest import tiny_dataset
 
 SPEC = DataSpec(image_size=32, horizon=5, audio_kind="avid")
 
 
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "ds"
+    ds = tiny_dataset(root, n=2)
+    split_dataset(ds, 0.5, seed=0)  # two episodes: one trains, one validates
+    plan_dataset(Dataset(root), SPEC)  # computes and stores the stats
+    return root
+
+
 @pytest.fixture
-def split_ds(tiny_ds) -> Dataset:
-    split_dataset(tiny_ds, 0.5, seed=0)  # two episodes: one trains, one validates
-    return Dataset(tiny_ds.root)
-
-
-def _norm(ds: Dataset) -> ActionNormalization:
-    return ActionNormalization.from_stats(ds.metadata[STATS_KEY])
+def split_ds(_template, tmp_path) -> Dataset:
+    shutil.copytree(_template, tmp_path / "ds")
+    return Dataset(tmp_path / "ds")
 
 
 def test_a_sample_is_what_the_episode_reader_gives_at_that_time(split_ds):
@@ -118,7 +127,9 @@ def test_without_a_split_training_is_refused_with_the_command_to_run(tiny_ds):
         plan_dataset(Dataset(tiny_ds.root), SPEC)
 
 
-def test_missing_or_outdated_stats_are_computed_and_stored(split_ds):
+def test_missing_or_outdated_stats_are_computed_and_stored(tiny_ds):
+    split_dataset(tiny_ds, 0.5, seed=0)
+    split_ds = Dataset(tiny_ds.root)
     assert STATS_KEY not in split_ds.metadata
     plan = plan_dataset(split_ds, SPEC)
     assert plan.stats_source == "computed" and "no stats" in plan.notes[0]
@@ -134,8 +145,6 @@ def test_missing_or_outdated_stats_are_computed_and_stored(split_ds):
 
 
 def test_episodes_too_short_for_one_sample_are_refused(tmp_path):
-    from tests.conftest import tiny_dataset
-
     ds = tiny_dataset(tmp_path / "short", n=2, seconds=1.5)
     split_dataset(ds, 0.5, seed=0)
     ds = Dataset(ds.root)

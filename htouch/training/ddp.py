@@ -79,10 +79,11 @@ def choose_device(requested: str = "auto", env: DistEnv = DistEnv()) -> torch.de
     return torch.device("cpu")
 
 
-def init(env: DistEnv, device: torch.device, timeout_s: float = 600.0) -> None:
-    """Join the process group (a no-op alone): NCCL for CUDA devices, gloo otherwise."""
+def init(env: DistEnv, device: torch.device, timeout_s: float = 600.0) -> bool:
+    """Join the process group: NCCL for CUDA devices, gloo otherwise. Returns whether it created the group (a
+    caller that set one up itself keeps it; alone there is none)."""
     if not env.distributed or dist.is_initialized():
-        return
+        return False
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
         raise HtouchError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set; start the processes with torchrun")
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -90,9 +91,11 @@ def init(env: DistEnv, device: torch.device, timeout_s: float = 600.0) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
                             timeout=dt.timedelta(seconds=timeout_s))
+    return True
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group (only the one `init` created: the store of a torchrun job cannot be joined twice)."""
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
 

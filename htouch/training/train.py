@@ -34,7 +34,7 @@ import platform
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -384,7 +384,7 @@ class Session:
         if c.batch_size % env.world_size:
             raise HtouchError(f"--batch-size {c.batch_size} is split over {env.world_size} processes: "
                               "make it a multiple of the process count")
-        ddp.init(env, self.device)
+        self.owns_process_group = ddp.init(env, self.device)
         self.policy_config: PolicyConfig = policy_config(
             c.preset, c.method, **({"horizon": c.horizon} if c.horizon is not None else {}))
         self.resume_state = _check_run_dir(c)
@@ -600,13 +600,16 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     """Train (or, with config.resume, continue) a policy into config.run_dir; see the module docstring."""
     env = ddp.DistEnv.from_environ()
     threads = torch.get_num_threads()
+    session = None
     try:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        return _train(Session(config, reporter, env))
+        session = Session(config, reporter, env)
+        return _train(session)
     finally:
         torch.set_num_threads(threads)
-        ddp.shutdown(env)
+        if session is not None and session.owns_process_group:
+            ddp.shutdown(env)
 
 
 def _train(s: Session) -> RunResult:
