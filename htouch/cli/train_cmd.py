@@ -50,7 +50,7 @@ class RichReporter:
                       f"-> {fmt_path(c.run_dir)}")
         random = session.random_encoders()
         if random:
-            err_console.print(f"[yellow]note:[/] {' and '.join(random)} start from random weights "
+            err_console.print(f"[yellow]note:[/] random initial weights for {' and '.join(random)} "
                               "(--allow-random-init); recorded in the run")
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
@@ -92,7 +92,8 @@ class RichReporter:
 @app.command()
 def train(
     dataset: Path = DatasetArgument,
-    run: Path = typer.Option(..., "--run", "-r", help="Run directory to create (or continue with --resume)."),
+    run: Path = typer.Option(..., "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
+                             "--resume); under torchrun write --run-dir (torchrun takes --run for its --run-path)."),
     method: str = typer.Option("ours", "--method", "-m", help=f"What to train: {METHODS_TEXT}."),
     preset: str = typer.Option("paper", "--preset", help=f"Network size: {PRESETS_TEXT} (tiny: small images and "
                                "narrow networks, for CPU tests and the quick start)."),
@@ -129,7 +130,7 @@ def train(
     (the best validation model), metrics.csv, TensorBoard events, loss_curves.png and last.pt for --resume.
 
     Pretrained encoders are files you supply (--r3m, --avid, --byol-a); nothing is downloaded.
-    Several GPUs or machines: start it with torchrun (torchrun --nproc_per_node 2 -m htouch train ...).
+    Several GPUs or machines: start it with torchrun (torchrun --nproc_per_node 2 -m htouch train DATA --run-dir R).
 
     Example: [bold]htouch train demo_data --method ours --preset tiny --run runs/tiny --allow-random-init[/]
     """

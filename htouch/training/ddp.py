@@ -2,9 +2,11 @@
 
 `htouch train` runs as one process, or under torchrun on one or many machines:
 
-    torchrun --nproc_per_node 2 -m htouch train DATA --run runs/x                  # 2 GPUs (or CPU processes)
+    torchrun --nproc_per_node 2 -m htouch train DATA --run-dir runs/x              # 2 GPUs (or CPU processes)
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
-             --nproc_per_node 4 -m htouch train DATA --run runs/x                   # on each of 2 machines
+             --nproc_per_node 4 -m htouch train DATA --run-dir runs/x               # on each of 2 machines
+
+(--run-dir, not --run: torchrun's own argument parser takes --run as an abbreviation of its --run-path.)
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the process group uses NCCL on
 CUDA and gloo otherwise. Every rank loads the same data and model (same seed); DDP averages gradients, so the
