@@ -308,7 +308,9 @@ def report(results: list[dict], args, cmd: str) -> str:
         "- Capture-to-disk latency: from a frame's capture time (its time stamp mapped to the wall clock) to the "
         "first moment its row is counted in the writer's `.flushed.json` (polled every 10 ms), or the commit for "
         "the last second. The writer flushes about once a second, so most of the latency is that interval: "
-        "a crash loses at most about a second.",
+        "a crash loses at most about a second. In the fast run the writer blocks instead of dropping (the "
+        "simulation is an offline producer and waits for the disk), so its latency is queueing, not a "
+        "real-rig figure.",
         "- Frames dropped: jumps in the stored frame numbers (the simulated camera drops the oldest frame when "
         "nobody reads it, as a real driver does) plus rows the writer could not queue.",
     ]
