@@ -143,7 +143,7 @@ def test_time_limit_saves_unlabelled(tmp_path):
 
 def test_robot_stuck_in_error_ends_the_session_with_the_episode_saved(tmp_path):
     _, ds, _, result = record(tmp_path / "ds", [Plan(end_s=9, robot_error=(1.0, 99.0))], 3)
-    assert result.committed == [0] and result.error and "robot" in result.error
+    assert result.committed == [0] and result.error and "robot" in result.error and not result.interrupted
     ep = ds.episode(0)
     assert ep.success is None and ep.attrs["info"]["end"] == "robot error"
     assert len(events_of(ep, "robot_error")) == 1

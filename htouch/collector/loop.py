@@ -371,7 +371,8 @@ class Recorder:
     # ---------------------------------------------------------------- the session
 
     def run(self, episodes: int) -> SessionResult:
-        """Record until `episodes` episodes are committed, an interrupt, or a device that cannot go on."""
+        """Record until `episodes` episodes are committed, an interrupt, or a device that cannot go on
+        (then `error` says why). A Recorder runs one session."""
         self.target = episodes
         rig = self.rig
         started = []
@@ -381,7 +382,7 @@ class Recorder:
                 started.append(device)
             for reader in self._readers:
                 reader.start()
-            while len(self.result.committed) < episodes and not self._stop_requested:
+            while len(self.result.committed) < episodes and not self._stop_requested and not self.result.error:
                 self._episode()
         except KeyboardInterrupt:
             self._interrupt()
@@ -752,7 +753,6 @@ class Recorder:
                                                    {k: v for k, v in counts.items() if v}))
         if end == "robot error":
             self.result.error = "the robot stayed in error; the episode was saved unlabelled"
-            self._stop_requested = True
 
     # ---------------------------------------------------------------- for the panel
 
