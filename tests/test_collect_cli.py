@@ -35,7 +35,8 @@ def test_collect_sim_then_validate_and_resume(cli, tmp_path, tiny_sim):
     assert ds.episode_indices() == [0, 1] and ds.rig.camera.width == 64
     ep = ds.episode(1)
     # Each episode names the simulated scene it was recorded in (for replay).
-    assert ep.attrs["info"]["rig"] == "sim" and ep.attrs["info"]["sim_episode"] == ds.episode(0).attrs["info"]["sim_episode"] + 1
+    assert ep.attrs["info"]["rig"] == "sim"
+    assert ep.attrs["info"]["sim_episode"] == ds.episode(0).attrs["info"]["sim_episode"] + 1
     assert len(ep.camera_times) == pytest.approx(90, abs=2) and len(ep.action_times) == pytest.approx(90, abs=2)
     assert "contact" in {e["kind"] for e in ep.events()} or ep.attrs["info"]["task_success"] is not None
     v = cli("validate", root)

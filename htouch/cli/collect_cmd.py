@@ -134,7 +134,8 @@ def collect(
 
     _summary(result, ds)
     if result.interrupted:
-        lost = f"episode {result.interrupted_index} discarded (not finished); " if result.interrupted_index is not None else ""
+        lost = ("" if result.interrupted_index is None
+                else f"episode {result.interrupted_index} discarded (not finished); ")
         err_console.print(f"[yellow]interrupted:[/] {lost}{len(result.committed)} episode(s) committed in "
                           f"{fmt_path(ds.root)}; run the same command to resume", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -61,7 +61,9 @@ class DiskMeter:
         threading.Thread(target=self._walk_all, daemon=True, name="disk-meter").start()
 
     def _walk_all(self) -> None:
-        names = {p.name for p in self.root.iterdir() if p.name.startswith(EPISODE_PREFIX)} if self.root.is_dir() else set()
+        names = set()
+        if self.root.is_dir():
+            names = {p.name for p in self.root.iterdir() if p.name.startswith(EPISODE_PREFIX)}
         total = sum(_size(self.root / n) for n in names)
         with self._lock:
             self._counted |= names
