@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from htouch.dataset.split import split_dataset
+from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import load_run_checkpoint
 from htouch.training.data import DataSpec, PolicySamples, collate, to_float
@@ -165,6 +167,9 @@ def test_refusals(ds, tmp_path):
     train(_config(ds, tmp_path / "ok", method="vision-only", epochs=1, frozen_encoders=True))
     with pytest.raises(HtouchError, match="method differs"):
         train(_config(ds, tmp_path / "ok", method="ours", epochs=2, frozen_encoders=True, resume=True))
+    split_dataset(Dataset(ds.root), 0.5, seed=7)  # a new split: other validation episodes, other stats
+    with pytest.raises(HtouchError, match="the train split of .* changed since the run"):
+        train(_config(ds, tmp_path / "ok", method="vision-only", epochs=2, frozen_encoders=True, resume=True))
     with pytest.raises(HtouchError, match="--epochs must be at least 1"):
         train(_config(ds, tmp_path / "r2", epochs=0))
 
@@ -189,8 +194,6 @@ def test_cli_one_line_errors(ds, tmp_path, cli):
     assert r.code == 2 and "unknown method 'nope'" in r.err
     r = cli("train", ds.root, "--preset", "huge", "--run", tmp_path / "x", "--allow-random-init")
     assert r.code == 2 and "unknown model preset" in r.err
-    from htouch.dataset.store import Dataset
-
     Dataset(ds.root).update_metadata(split=None)
     r = cli("train", ds.root, "--preset", "tiny", "--run", tmp_path / "x", "--allow-random-init")
     assert r.code == 2 and "htouch split" in r.err

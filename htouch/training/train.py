@@ -403,6 +403,8 @@ class Session:
         for note in self.plan.notes:
             self.reporter.note(note)
         self.normalization = self.plan.action_normalization(self.policy_config.action_dim)
+        if self.resume_state:
+            self._check_same_data(_read_run(c.run_dir))
         augment = not c.frozen_encoders
         self.train_set = self._samples(ds, self.plan.train, augment, "training")
         self.val_set = self._samples(ds, self.plan.val, False, "validation")
@@ -452,6 +454,22 @@ class Session:
         with self.reporter.phase(f"loading {what} samples into memory", samples.preload_work(budget)) as advance:
             samples.preload(budget, advance)
         return samples
+
+    def data_record(self) -> dict[str, Any]:
+        """What a resumed run must find unchanged in the dataset: the split and the normalisation."""
+        return {"train_episodes": self.plan.train, "val_episodes": self.plan.val,
+                "action_normalization": self.normalization.to_dict(),
+                "spectrogram_stats": self.plan.spectrogram_stats(self.spec.audio_kind)}
+
+    def _check_same_data(self, record: dict[str, Any]) -> None:
+        saved = record.get("data", {})
+        now = json.loads(json.dumps(self.data_record()))  # as it reads back from JSON
+        for key, what in (("train_episodes", "the train split"), ("val_episodes", "the validation split"),
+                          ("action_normalization", "the action statistics"),
+                          ("spectrogram_stats", "the spectrogram statistics")):
+            if saved.get(key) != now[key]:
+                raise HtouchError(f"--resume: {what} of {self.config.dataset} changed since the run in "
+                                  f"{self.config.run_dir} started (re-split or new stats?); start a new run")
 
     # ---------------------------------------------------------------- state
 
@@ -534,7 +552,7 @@ class Session:
                 "epochs_done": len(history), "best_epoch": best_epoch,
                 "best_val_loss": best_val if math.isfinite(best_val) else None,
                 "encoders": self.encoder_origin, "random_init": self.random_encoders(),
-                "processes": self.env.world_size, "device": str(self.device),
+                "data": self.data_record(), "processes": self.env.world_size, "device": str(self.device),
                 "torch": torch.__version__, "python": platform.python_version()}
 
     def random_encoders(self) -> list[str]:
