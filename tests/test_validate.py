@@ -230,3 +230,16 @@ def test_incomplete_and_live_episodes_in_incoming(tiny_ds):
         assert report.live == [live.name]
     finally:
         live.discard()
+
+
+def test_measured_rate_averages_alternating_periods_and_skips_gaps():
+    """A 30 Hz stream stamped on a 2 ms physics grid (32/34/34 ms) or sampled from a 72 Hz device
+    (2 or 3 device periods) measures 30 Hz; a stall is left to the gap checks, not averaged in."""
+    from htouch.dataset.summary import measured_rate_hz
+
+    grid = np.cumsum([0] + [32_000_000, 34_000_000, 34_000_000] * 50)
+    assert abs(measured_rate_hz(grid) - 30.0) < 1e-6
+    device = np.round(np.arange(0, 10, 1 / 30) * 72) / 72  # 30 Hz ticks taking the newest 72 Hz reading
+    assert abs(measured_rate_hz((device * 1e9).astype(np.int64)) - 30.0) < 0.05
+    stalled = np.cumsum([0] + [33_333_333] * 60 + [500_000_000] + [33_333_333] * 60)
+    assert abs(measured_rate_hz(stalled) - 30.0) < 1e-3
