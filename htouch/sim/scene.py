@@ -164,7 +164,7 @@ def hand_xml(mjcf: MJCF, tool_geoms: str, finger_min: float) -> str:
       <inertial pos="0 0 -0.075" mass="0.8" diaginertia="0.0035 0.0012 0.003"/>
       {g("palm", "box", (0.025, 0.1, 0.022), (0, 0, -0.067), sound="metal", rgba="0.92 0.92 0.94 1")}
       {g("flange", "cylinder", (0.04, 0.02), (0, 0, -0.108), sound="metal", rgba=dark)}
-      {g("wrist", "cylinder", (0.045, 0.045), (0, 0, -0.17), sound="metal", rgba="0.92 0.92 0.94 1",
+      {g("wrist", "cylinder", (0.035, 0.03), (0, 0, -0.155), sound="metal", rgba="0.92 0.92 0.94 1",
          contype="0", conaffinity="0")}
       <site name="tcp" pos="0 0 0" size="0.004" rgba="1 0 0 0"/>
       <site name="mic2" pos="0.026 0.03 -0.06" size="0.004" rgba="0.1 0.1 0.1 1"/>
@@ -187,7 +187,7 @@ def table_xml(mjcf: MJCF, objects_on_table: str) -> str:
     </body>"""
 
 
-DISTRACTOR_ZONES = ((0.82, 0.93, 0.28, 0.45), (0.82, 0.93, -0.45, -0.30), (0.25, 0.35, 0.35, 0.5))
+DISTRACTOR_ZONES = ((0.45, 0.65, 0.26, 0.38), (0.30, 0.45, -0.38, -0.26), (0.62, 0.75, -0.36, -0.26))  # x, y ranges
 
 
 def distractors_xml(mjcf: MJCF, n: int) -> str:
