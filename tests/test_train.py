@@ -197,3 +197,19 @@ def test_cli_one_line_errors(ds, tmp_path, cli):
     Dataset(ds.root).update_metadata(split=None)
     r = cli("train", ds.root, "--preset", "tiny", "--run", tmp_path / "x", "--allow-random-init")
     assert r.code == 2 and "htouch split" in r.err
+
+
+@pytest.mark.parametrize("method", ["scratch", "frozen-audio", "mlp-fusion"])
+def test_every_baseline_trains_end_to_end(ds, tmp_path, method):
+    from htouch.training.model import build_policy, policy_config
+
+    result = train(_config(ds, tmp_path / method, method=method, epochs=1, stride=4))
+    assert len(result.history) == 1 and np.isfinite(result.best_val_loss)
+    torch.manual_seed(0)  # the run's initialisation, rebuilt
+    start = build_policy(policy_config("tiny", method))
+    audio_same = all(torch.equal(a, b) for a, b in zip(start.audio_encoder.state_dict().values(),
+                                                       result.model.audio_encoder.state_dict().values()))
+    image_same = all(torch.equal(a, b) for a, b in zip(start.image_encoder.state_dict().values(),
+                                                       result.model.image_encoder.state_dict().values()))
+    assert not image_same
+    assert audio_same == (method == "frozen-audio")  # frozen AVID: weights and BatchNorm statistics kept
