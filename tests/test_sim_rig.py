@@ -3,7 +3,6 @@ contact events, determinism, queues, reflexes, bad input and the two offscreen G
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -280,7 +279,7 @@ def test_realtime_clock_paces_to_the_wall_clock():
 
 
 RENDER_SCRIPT = """
-import json, sys
+import sys
 import numpy as np
 from htouch.collector.config import RigConfig
 from htouch.collector.devices import Action

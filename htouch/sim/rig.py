@@ -270,8 +270,8 @@ class SimRig:
         w.place_hand(self.task.home_position, self.task.home_rotation, self.task.home_opening)
         mujoco.mj_forward(w.model, w.data)
         settle = int(round(SETTLE_S * NS / self.dt_ns))
-        w.settle(settle)
         w.step_index += settle  # homing takes time; nothing is captured meanwhile
+        w.settle(settle)
         self.episode_index = episode
         self.error = None
         self._flicker_rng = np.random.default_rng([self.seed, episode, 1])

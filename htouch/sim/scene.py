@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mujoco
 import numpy as np
@@ -352,7 +352,7 @@ class Heard:
 
 @dataclass
 class ContactOnset:
-    step: int  # the physics step (World.step_index) in which the contact began
+    step: int  # the contact exists from the state at this step (World.step_index before the step that found it)
     touched: str  # the touched geom if it is fixed to the world (a table, a wall, a stop), else its body
     via: str  # the held body it was heard through, "" when it touched the gripper itself
     material: str
@@ -394,7 +394,6 @@ class World:
         # the body on movable ones (a pancake is one thing, whichever of its geoms is hit).
         self.touch_names = [self.geom_names[g] if m.body_weldid[m.geom_bodyid[g]] == 0
                             else self.body_names[m.geom_bodyid[g]] for g in range(m.ngeom)]
-        mujoco.mj_setConst(m, self.data)
         self.gripper_mass = float(m.body_subtreemass[self.hand])
         # Mass behind each body in an impact: its own subtree; bodies welded to the world are immovable.
         self.impact_mass = np.where(m.body_weldid == 0, np.inf, m.body_subtreemass[m.body_weldid])
@@ -592,7 +591,7 @@ class World:
             last_event = self._last_event.get(key)
             self._last_event[key] = step
             if (last_event is None or step - last_event > event_gap) and impulse >= EVENT_MIN_IMPULSE:
-                self.onsets.append(ContactOnset(step, name, via_name, material, impulse))
+                self.onsets.append(ContactOnset(step - 1, name, via_name, material, impulse))
         return heard
 
     def _point_velocity(self, bodies: np.ndarray, points: np.ndarray) -> np.ndarray:
