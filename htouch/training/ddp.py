@@ -12,6 +12,7 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the pro
 CUDA and gloo otherwise. Every rank loads the same data and model (same seed); DDP averages gradients, so the
 parameters stay identical on every rank. Each rank trains on its shard of every epoch's permutation
 (DistributedSampler), validation is split across ranks and summed. Only rank 0 writes files and reports.
+With frozen encoders every rank encodes the whole dataset once (the embeddings stay on its device).
 """
 
 from __future__ import annotations
