@@ -71,7 +71,8 @@ def test_streams_are_stamped_on_simulated_time():
         assert len(frames) in (60, 61)
         assert np.diff(times).mean() == pytest.approx(NS / 30, rel=0.01)
         assert np.all(np.diff(times) <= NS / 30 + rig.dt_ns)
-        assert [f.frame_number for f in frames] == list(range(frames[0].frame_number, frames[0].frame_number + len(frames)))
+        numbers = [f.frame_number for f in frames]
+        assert numbers == list(range(numbers[0], numbers[0] + len(frames)))
         assert frames[0].rgb.shape == (48, 64, 3) and frames[0].rgb.dtype == np.uint8
         # Audio: 10 ms blocks, no gap, each stamped at its first sample.
         assert all(b.pcm.shape == (320, 4) and b.pcm.dtype == np.int16 and not b.overflow for b in blocks)
@@ -203,7 +204,8 @@ def test_same_seed_same_episode_and_a_new_seed_differs():
         _, blocks_x, frames_x, states_x, events_x, _, _ = x
         _, blocks_y, frames_y, states_y, events_y, _, _ = y
         assert len(frames_x) == len(frames_y) > 60
-        assert all(f.timestamp_ns == g.timestamp_ns and np.array_equal(f.rgb, g.rgb) for f, g in zip(frames_x, frames_y))
+        assert all(f.timestamp_ns == g.timestamp_ns and np.array_equal(f.rgb, g.rgb)
+                   for f, g in zip(frames_x, frames_y))
         assert np.array_equal(np.concatenate([q.pcm for q in blocks_x]), np.concatenate([q.pcm for q in blocks_y]))
         assert all(np.array_equal(s.ee_pose, t.ee_pose) and s.timestamp_ns == t.timestamp_ns
                    for s, t in zip(states_x, states_y))

@@ -86,9 +86,9 @@ class ZipTask(Task):
     """Pull a zipper slider along its track to the end stop.
 
     A slider rides on a metal track: slide joints along the track and up, with a spring that presses it
-    onto the track (it is captive, in contact all along) but lets it ride over a snag. The fingers pinch its tab from both sides of the track and pull
-    it toward +y by friction, as a person pulls a zipper. A snag on
-    the track makes it jump; the end stop stops it. Per episode: the track's position (+-2 cm), its
+    onto the track (it is captive, in contact all along) but lets it ride over a snag. The fingers pinch
+    its tab from both sides of the track and pull it toward +y by friction, as a person pulls a zipper.
+    A snag on the track makes it jump; the end stop stops it. Per episode: the track's position (+-2 cm), its
     height (3-7 cm) and its length (the end stop's place, +-2 cm), and the snag's place."""
 
     name = "zip"
@@ -397,8 +397,8 @@ def build(task: str, variation: str, *, width: int = 640, height: int = 480, sha
     t = TASKS[task]()
     mjcf = MJCF(VARIATIONS[variation])
     parts = t.parts(mjcf)
-    xml = scene_xml(mjcf, task_name=task, objects_on_table=parts.objects, free_bodies=parts.free, tool_geoms=parts.tool,
-                    finger_min=parts.finger_min, width=width, height=height, shadows=shadows,
+    xml = scene_xml(mjcf, task_name=task, objects_on_table=parts.objects, free_bodies=parts.free,
+                    tool_geoms=parts.tool, finger_min=parts.finger_min, width=width, height=height, shadows=shadows,
                     grip_force=gripper_force, extra_assets=parts.assets, excludes=parts.excludes)
     world = World(xml, mjcf.sounds, stiffness=stiffness, gripper_speed=gripper_speed)
     t.bind(world)
