@@ -77,11 +77,11 @@ def test_target_is_an_exponential_moving_average_of_the_online_network():
 
 def test_pretraining_lowers_the_byol_loss_and_writes_byol_a_weights(ds, tmp_path):
     out = tmp_path / "byol.safetensors"
-    result = pretrain_byol_a(ByolaConfig(dataset=ds.root, out=out, preset="tiny", epochs=3, batch_size=64,
-                                         hidden=512, seed=0, threads=1))
+    result = pretrain_byol_a(ByolaConfig(dataset=ds.root, out=out, preset="tiny", epochs=3, batch_size=32,
+                                         hidden=256, seed=0, threads=1, stride=2))
     assert len(result.losses) == 3 and result.losses[-1] < result.losses[0]
     train = ds.metadata["split"]["train"]
-    assert result.n_windows == sum(len(ds.episode(i).sample_times(SampleParams())) for i in train)
+    assert result.n_windows == sum(len(ds.episode(i).sample_times(SampleParams(), stride=2)) for i in train)
     policy = build_policy(policy_config("tiny", "byol-a"))
     report = load_byol_a(out, policy.audio_encoder)
     assert report.loaded == len(result.encoder.state_dict())
@@ -92,7 +92,8 @@ def test_pretraining_lowers_the_byol_loss_and_writes_byol_a_weights(ds, tmp_path
     assert meta["spectrogram"] == "byol-a" and meta["episodes"] == ds.metadata["split"]["train"]
     # a plain torch state dict for other names (the layout of BYOL-A's released .pth files)
     pth = tmp_path / "byol.pth"
-    pretrain_byol_a(ByolaConfig(dataset=ds.root, out=pth, preset="tiny", epochs=1, batch_size=64, hidden=64, threads=1))
+    pretrain_byol_a(ByolaConfig(dataset=ds.root, out=pth, preset="tiny", epochs=1, batch_size=16, hidden=64, threads=1,
+                                stride=8))
     assert load_byol_a(pth, build_policy(policy_config("tiny", "byol-a")).audio_encoder).loaded == report.loaded
     with pytest.raises(HtouchError, match="exists; add --force"):
         pretrain_byol_a(ByolaConfig(dataset=ds.root, out=pth, preset="tiny", epochs=1))
@@ -100,12 +101,13 @@ def test_pretraining_lowers_the_byol_loss_and_writes_byol_a_weights(ds, tmp_path
 
 def test_cli_pretrain_then_train_the_byol_a_baseline(ds, tmp_path, cli):
     out = tmp_path / "enc.safetensors"
-    r = cli("pretrain", "byol-a", ds.root, "--out", out, "--preset", "tiny", "--epochs", "1", "--batch-size", "64",
-            "--threads", "1")
+    r = cli("pretrain", "byol-a", ds.root, "--out", out, "--preset", "tiny", "--epochs", "1", "--batch-size", "32",
+            "--stride", "6", "--threads", "1")
     assert r.code == 0, r.err
     assert "AudioNTT2020" in r.out and out.is_file()
     r = cli("train", ds.root, "--method", "byol-a", "--preset", "tiny", "--byol-a", out, "--allow-random-init",
-            "--run", tmp_path / "run", "--epochs", "1", "--batch-size", "32", "--frozen-encoders", "--threads", "1")
+            "--run", tmp_path / "run", "--epochs", "1", "--batch-size", "32", "--frozen-encoders", "--threads", "1",
+            "--stride", "4")
     assert r.code == 0, r.err
     _, extra = read_run_config(tmp_path / "run")
     assert extra["encoders"]["audio_encoder"].startswith("byol-a: ") and extra["random_init"] == ["image_encoder"]

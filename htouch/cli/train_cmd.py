@@ -181,6 +181,8 @@ def pretrain_byol_a(
     lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate (the paper: 3e-4)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, order and augmentation."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu."),
+    stride: int = typer.Option(1, "--stride", help="Use the window at every n-th camera frame (neighbours overlap "
+                               "by all but 1/30 s)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core).",
                                 show_default=False),
@@ -197,7 +199,7 @@ def pretrain_byol_a(
 
     ds = find_dataset(dataset)
     config = ByolaConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
-                         seed=seed, device=device, force=force, threads=threads)
+                         seed=seed, device=device, force=force, threads=threads, stride=stride)
     with _epoch_bar(epochs) as on_epoch:
         result = run_pretrain(config, progress_bar=progress_bar, on_epoch=on_epoch)
     console.print(f"[green]wrote[/] {fmt_path(result.out)}: AudioNTT2020 encoder ({result.n_parameters / 1e6:.2f}M "
