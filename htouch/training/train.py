@@ -394,9 +394,15 @@ class Session:
         # data
         self.spec = DataSpec.from_policy(self.policy_config, stride=c.stride)
         ds = Dataset(c.dataset)
+        failure: HtouchError | None = None
         if env.is_main:
-            self.plan = plan_dataset(ds, self.spec, progress_bar=self.reporter.phase)
-        ddp.barrier(env)  # stats computed by rank 0 are stored before the others read them
+            try:
+                self.plan = plan_dataset(ds, self.spec, progress_bar=self.reporter.phase)
+            except HtouchError as e:
+                failure = e
+        # stats computed by rank 0 are stored before the others read them; its failure stops them all
+        if ddp.agree(failure is not None, env):
+            raise failure or HtouchError("rank 0 could not prepare the dataset (see its error)")
         if not env.is_main:
             self.plan = plan_dataset(Dataset(c.dataset), self.spec, write=False)
         self.dataset = ds
