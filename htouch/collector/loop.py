@@ -2,11 +2,12 @@
 lifecycle (home -> ready -> recording -> save as success / failure, or discard and re-record).
 
 The control loop runs in the calling thread (a simulated rig renders inside robot.apply(), and its GL
-context belongs to that thread). Each tick it reads the newest teleop reading and the robot state, maps
-the controller to an action through the clutch, passes it through the one safety filter, sends it and
-records state, teleop and action. The camera and the microphones are drained by their own threads, which
-hand every frame and block to the episode writer; the writer only queues (a slow disk never stalls
-control) and records a full queue as an event. Faults (dropped or stalled frames, audio overflow, teleop
+context belongs to that thread). Each tick it reads the newest teleop reading and the robot state, asks
+the action source for a command (the operator's controller through the clutch when recording
+demonstrations, a trained policy for rollouts: htouch.collector.sources), passes it through the one safety
+filter, sends it and records state, teleop and action. The camera and the microphones are drained by their
+own threads, which hand every frame and block to the episode writer (and to the source: a policy observes
+them); the writer only queues (a slow disk never stalls control) and records a full queue as an event. Faults (dropped or stalled frames, audio overflow, teleop
 silence, robot errors) are shown, recorded as events in the episode, and the session goes on.
 
 Timestamps all come from the rig's one clock. On a simulated rig that runs faster than real time the
@@ -27,8 +28,9 @@ import numpy as np
 
 from htouch.collector.config import ControlConfig
 from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, RobotState, TeleopReading
-from htouch.collector.mapping import ClutchMapping, MappingConfig
+from htouch.collector.mapping import MappingConfig
 from htouch.collector.safety import SafetyFilter, SafetyLimits
+from htouch.collector.sources import ActionSource, SourceCommand, TeleopSource
 from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError, WriterError
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 NS = 1_000_000_000
 READ_TIMEOUT_S = 0.02  # a reader's longest wait for one frame or block (wall time)
+EXACT_READ_TIMEOUT_S = 0.002  # the same on a simulated clock when the source must see every item up to a tick
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
 ROBOT_GIVE_UP_S = 2.0  # a robot error that recover() cannot clear for this long ends the episode
@@ -117,11 +120,13 @@ class StreamReader(threading.Thread):
     reader instead of outrunning it.
     """
 
-    def __init__(self, name: str, read: Callable[[float], Any], handle: Callable[[Any], None]):
+    def __init__(self, name: str, read: Callable[[float], Any], handle: Callable[[Any], None],
+                 timeout_s: float = READ_TIMEOUT_S):
         super().__init__(name=f"reader-{name}", daemon=True)
         self.stream = name
         self._read = read
         self._handle = handle
+        self._timeout_s = timeout_s
         self._quit = threading.Event()
         self.cond = threading.Condition()
         self.idle = False
@@ -136,14 +141,14 @@ class StreamReader(threading.Thread):
     def run(self) -> None:
         while not self._quit.is_set():
             try:
-                item = self._read(READ_TIMEOUT_S)
+                item = self._read(self._timeout_s)
             except DeviceError as e:
                 with self.cond:
                     self.device_error, self.device_errors = str(e), self.device_errors + 1
                     self.idle, self.idle_wall_ns = True, time.monotonic_ns()
                     self.empty_reads += 1
                     self.cond.notify_all()
-                self._quit.wait(READ_TIMEOUT_S)
+                self._quit.wait(self._timeout_s)
                 continue
             except BaseException as e:  # noqa: BLE001 - reported by the control thread
                 self.fatal = e
@@ -176,6 +181,13 @@ class StreamReader(threading.Thread):
             return self.cond.wait_for(lambda: predicate() or self.fatal is not None or not self.is_alive(),
                                       timeout=timeout_s)
 
+    def drained(self, timeout_s: float) -> bool:
+        """Wait until everything the device had queued when called has been handled: two empty reads after
+        the call (the first may have found the queue empty just before the call)."""
+        with self.cond:
+            empties = self.empty_reads
+        return self.wait_for(lambda: self.empty_reads >= empties + 2, timeout_s)
+
     def drained_past(self, t_ns: int, timeout_s: float) -> bool:
         """Wait until everything this device captured before t_ns has been handled: an item at or after
         t_ns came through, or a read after the call came back empty (nothing more is queued)."""
@@ -206,6 +218,7 @@ class Recording:
     teleop_losses: int = 0
     robot_errors: int = 0
     safety_clips: collections.Counter = field(default_factory=collections.Counter)
+    info: dict[str, Any] = field(default_factory=dict)  # stored when the episode started
 
     def accepts(self, t_ns: int) -> bool:
         return t_ns >= self.start_ns and (self.stop_ns is None or t_ns < self.stop_ns)
@@ -219,6 +232,7 @@ class EpisodeOutcome:
     frames: int
     frames_dropped: int
     events: dict[str, int]
+    info: dict[str, Any] = field(default_factory=dict)  # the committed episode's info (start and end; discarded: {})
 
 
 @dataclass
@@ -266,20 +280,24 @@ class LiveStatus:
 
 
 class Recorder:
-    """Records episodes from a rig into a dataset until `episodes` are committed (or an interrupt)."""
+    """Records episodes from a rig into a dataset until `episodes` are committed (or an interrupt).
+
+    The commands come from `source`; by default the rig's teleop through the clutch mapping (`mapping`,
+    `start_on_clutch`: an episode starts when the operator holds the grip)."""
 
     def __init__(self, rig: "Rig", dataset: Dataset, control: ControlConfig | None = None,
                  mapping: MappingConfig | None = None, safety: SafetyLimits | None = None, *,
                  variation: str = "train", start_on_clutch: bool = False,
-                 on_message: Callable[[str], None] | None = None, writer_options: dict[str, Any] | None = None):
+                 on_message: Callable[[str], None] | None = None, writer_options: dict[str, Any] | None = None,
+                 source: ActionSource | None = None):
         self.rig = rig
         self.dataset = dataset
         self.control = control or ControlConfig()
-        self.mapping = ClutchMapping(mapping)
+        self.source: ActionSource = source or TeleopSource(mapping, start_on_clutch)
         self.safety = SafetyFilter(safety)
         self.variation = variation
-        self.start_on_clutch = start_on_clutch
         self.on_message = on_message or (lambda _msg: None)
+        self.on_outcome: Callable[[EpisodeOutcome], None] = lambda _outcome: None  # after each episode ends
         self.writer_options = dict(writer_options or {})
         self.writer_options.setdefault("blocking", not rig.realtime)
 
@@ -307,15 +325,18 @@ class Recorder:
         self._teleop_ref_ns = 0  # loop time from which teleop silence is measured
         self._last_state_ts: int | None = None
         self._last_action_ts: int | None = None
-        self._engaged = False
         self._gripper = self.safety.limits.gripper_max
         self._robot_error_since: int | None = None  # loop time the current robot error began
         self._robot_error_ticks = 0  # ticks in the current robot error (counted, so a stopped clock ends it too)
         self._camera_ref_ns = 0
         self._applied_wall_ns = 0  # host time the last command returned from robot.apply()
         self._last_wake_wall: int | None = None  # host time the last tick woke
-        self._readers = [StreamReader("camera", rig.camera.read, self._on_frame),
-                         StreamReader("audio", rig.microphones.read, self._on_audio)]
+        # A source that must see every item up to a tick waits for the readers to run dry at such ticks on a
+        # simulated clock; short reads keep that wait short.
+        self._exact = self.source.exact_observation and not rig.realtime
+        timeout = EXACT_READ_TIMEOUT_S if self._exact else READ_TIMEOUT_S
+        self._readers = [StreamReader("camera", rig.camera.read, self._on_frame, timeout),
+                         StreamReader("audio", rig.microphones.read, self._on_audio, timeout)]
 
     # ---------------------------------------------------------------- control from outside
 
@@ -332,6 +353,7 @@ class Recorder:
             gap = max(int(frame.frame_number) - self._prev_frame_number - 1, 0)
         self._prev_frame_number = int(frame.frame_number)
         self.rates["camera"].add(t)
+        self.source.observe_frame(frame)
         with self._route_lock:
             rec = self._recording
             if rec is None or not rec.accepts(t):
@@ -346,6 +368,7 @@ class Recorder:
         t = int(block.timestamp_ns)
         pcm = np.asarray(block.pcm)
         self.rates["audio"].add(t, len(pcm))
+        self.source.observe_audio(block)
         if len(pcm):
             x = pcm.astype(np.float32)
             peak = np.max(np.abs(x), axis=0)
@@ -423,22 +446,23 @@ class Recorder:
         self.phase = "homing"
         self._say(f"attempt {self.attempt}: moving home")
         self._home()
-        self.mapping.reset()
+        self.source.reset()
         self._drain_sources()
         self.phase = "ready"
-        self._say("ready: " + ("hold the grip to start recording" if self.start_on_clutch
-                               else "waiting for the streams"))
+        self._say("ready: " + self.source.ready_hint)
         tick = self._ready()
         if tick is None:  # interrupted while waiting
             return
         start_ns = tick
-        writer = self.dataset.new_episode(variation=self.variation, info=self._episode_info(), **self.writer_options)
-        rec = Recording(writer, writer.index, start_ns)
+        start_info = self._episode_info()
+        writer = self.dataset.new_episode(variation=self.variation, info=start_info, **self.writer_options)
+        rec = Recording(writer, writer.index, start_ns, info=start_info)
         writer.event(start_ns, "start", attempt=self.attempt)
         self._camera_ref_ns = start_ns
         self._teleop_ref_ns = start_ns
         self._camera_stalled = self._teleop_lost = False  # each episode records its own faults
         self._robot_error_since, self._robot_error_ticks = None, 0
+        self.source.begin(start_ns)
         with self._route_lock:
             self._recording = rec
         self.phase = "recording"
@@ -472,7 +496,7 @@ class Recorder:
     def _episode_info(self) -> dict[str, Any]:
         extra = self.rig.episode_info() if self.rig.episode_info is not None else {}
         return {**self.rig.info, **extra, "operator": self.rig.operator, "attempt": self.attempt,
-                "control_rate_hz": self.control.rate_hz}
+                "control_rate_hz": self.control.rate_hz, **self.source.episode_info()}
 
     def _drain_sources(self) -> None:
         for source in self.rig.event_sources:
@@ -492,15 +516,12 @@ class Recorder:
             reading = self.rig.teleop.read()
             fresh = reading is not None and now - reading.timestamp_ns <= self.control.teleop_timeout_ms * 1e6
             state = self._robot_state(None)
-            command = None
-            if fresh and state is not None:
-                command = self._map(reading, state)
+            source_ready = state is not None and self.source.ready(reading if fresh else None, state)
             if not self.rig.realtime:  # simulated time: give the readers the data produced so far
                 for r, c in zip(self._readers, counts):
                     r.wait_for(lambda r=r, c=c: r.items > c or self._caught_up(r), 1.0)
             streams_ok = all(r.items > c for r, c in zip(self._readers, counts))
-            operator_ok = fresh and (not self.start_on_clutch or (command is not None and command.engaged))
-            if streams_ok and operator_ok:
+            if streams_ok and source_ready:
                 return next_t
             if not streams_ok and now - waiting_since_ns > READY_TIMEOUT_S * NS:
                 silent = [r.stream for r, c in zip(self._readers, counts) if r.items <= c]
@@ -548,7 +569,9 @@ class Recorder:
             if wake - rec.start_ns >= max_ns - self.period_ns // 2:
                 return "time limit", wake
             self.timing.ticks += 1
-            if not self.rig.realtime:
+            if self._exact and self.source.wants_observation():
+                self._wait_until_drained()
+            elif not self.rig.realtime:
                 self._wait_for_readers(wake)
             end = self._step(rec, wake)
             self.timing.work_ns.append(time.perf_counter_ns() - work_start)
@@ -567,6 +590,13 @@ class Recorder:
         for reader in self._readers:
             reader.wait_for(lambda r=reader: (r.last_ts is not None and r.last_ts >= now - lag)
                             or self._caught_up(r), 1.0)
+
+    def _wait_until_drained(self) -> None:
+        """On a simulated clock, before a source looks at the observation: every frame and block captured up
+        to now (inside the last robot.apply()) has been handed out, so what it sees never depends on thread
+        timing."""
+        for reader in self._readers:
+            reader.drained(1.0)
 
     def _check_fatal(self) -> None:
         for reader in self._readers:
@@ -589,7 +619,9 @@ class Recorder:
                 self._record_teleop(writer, reading)
         silent_ns = now - self._teleop_ref_ns
         fresh = reading is not None and silent_ns <= self.control.teleop_timeout_ms * 1e6
-        if not fresh and not self._teleop_lost:
+        if not self.source.needs_teleop:
+            pass  # nobody operates (a policy on the simulated rig): silence is no fault
+        elif not fresh and not self._teleop_lost:
             self._teleop_lost = True
             rec.teleop_losses += 1
             detail = {"silent_ms": round(silent_ns / 1e6, 1)}
@@ -599,18 +631,20 @@ class Recorder:
         elif fresh and self._teleop_lost:
             self._teleop_lost = False
             self._teleop_lost_reason = ""
-            self.mapping.engaged = False  # the next reading with the grip held re-anchors: no jump
+            self.source.interrupted()
 
         state = self._robot_state(rec)
-        command = None
+        command: SourceCommand | None = None
         if state is not None:
             if state.timestamp_ns != self._last_state_ts and state.timestamp_ns >= rec.start_ns:
                 self._last_state_ts = state.timestamp_ns
                 writer.state(state.timestamp_ns, state.ee_pose, state.joints, state.gripper_width)
                 self.rates["state"].add(state.timestamp_ns)
-            if fresh:
-                command = self._map(reading, state)
-        self._send(command.action if command else Action.hold(self._gripper), state, rec, now)
+            if fresh or not self.source.needs_teleop:
+                command = self.source.command(reading if fresh else None, state, now)
+        action = command.action if command is not None and command.action is not None else None
+        self._send(action if action is not None else Action.hold(self._gripper), state, rec, now,
+                   command.clipped if command is not None else ())
 
         for source in self.rig.event_sources:
             for t, kind, detail in source.pop_events():
@@ -651,11 +685,6 @@ class Recorder:
                       [float(reading.analog.get(n, 0.0)) for n in names.analog_names])
         self.rates["teleop"].add(reading.timestamp_ns)
 
-    def _map(self, reading: TeleopReading, state: RobotState):
-        command = self.mapping(reading, state)
-        self._engaged = command.engaged
-        return command
-
     def _robot_state(self, rec: Recording | None) -> RobotState | None:
         """The robot state, or None while the robot is in error (recorded once, recover() tried)."""
         try:
@@ -677,14 +706,17 @@ class Recorder:
             if rec is not None:
                 rec.robot_errors += 1
                 self._event(rec, now, "robot_error", error=error[:160])
-        self.mapping.engaged = False  # re-anchor once it moves again
+        self.source.interrupted()  # re-anchor (re-plan) once it moves again
         try:
             self.rig.robot.recover()
         except DeviceError as e:
             self.message = f"robot error: {error}; recover failed: {e}"
 
-    def _send(self, action: Action, state: RobotState | None, rec: Recording | None, now: int) -> None:
-        """Every command goes through the safety filter; a robot in error (no state) holds still."""
+    def _send(self, action: Action, state: RobotState | None, rec: Recording | None, now: int,
+              clipped: tuple[str, ...] = ()) -> None:
+        """Every command goes through the safety filter; a robot in error (no state) holds still. `clipped`:
+        what a filter with the same limits inside the source changed already (this pass then changes nothing
+        more: the filter is idempotent), counted with the episode's safety clips."""
         if state is None:
             filtered = self.safety(Action.hold(self._gripper), np.full(3, np.nan))
         else:
@@ -695,7 +727,7 @@ class Recorder:
         if rec is not None and (self._last_action_ts is None or t > self._last_action_ts) and t >= rec.start_ns:
             self._last_action_ts = t
             rec.writer.action(t, command.delta_ee, command.gripper)
-            rec.safety_clips.update(filtered.reasons)
+            rec.safety_clips.update(set(filtered.reasons) | set(clipped))
             self.rates["action"].add(t)
         t_apply = time.perf_counter_ns()
         try:
@@ -725,34 +757,38 @@ class Recorder:
             self._recording = None
         self._check_fatal()
         writer = rec.writer
-        if end in ("success", "failure"):
-            writer.event(stop_ns, end)
+        outcome = self.source.outcome(end) if end != "discard" else None
+        if outcome is not None and outcome.success is not None:
+            detail = {} if outcome.by == "operator" else {"by": outcome.by}
+            writer.event(stop_ns, "success" if outcome.success else "failure", **detail)
         writer.event(stop_ns, "stop", reason=end)
         duration = (stop_ns - rec.start_ns) / NS
         counts = {"frame_drop": rec.frames_dropped, "camera_stall": rec.camera_stalls,
                   "audio_overflow": rec.audio_overflows, "teleop_lost": rec.teleop_losses,
                   "robot_error": rec.robot_errors}
-        if end == "discard":
+        info: dict[str, Any] = {}
+        if outcome is None:
             writer.discard()
             self.result.discarded.append(rec.index)
             result = "discarded"
             self._say(f"episode {rec.index} discarded ({duration:.1f} s); recording it again")
         else:
-            success = {"success": True, "failure": False}.get(end)
-            info: dict[str, Any] = {"end": end, "duration_s": round(duration, 3), "frames_dropped": rec.frames_dropped,
-                                    "safety_clips": dict(rec.safety_clips),
-                                    "loop_overruns": self.timing.overruns}
+            info = {"end": end, "duration_s": round(duration, 3), "frames_dropped": rec.frames_dropped,
+                    "safety_clips": dict(rec.safety_clips), "loop_overruns": self.timing.overruns}
             if self.rig.task_success is not None:
                 info["task_success"] = bool(self.rig.task_success())
-            writer.commit(success, **info)
+            info.update(outcome.info)
+            writer.commit(outcome.success, **info)
             self.result.committed.append(rec.index)
-            result = {True: "success", False: "failure", None: "unlabelled"}[success]
+            result = {True: "success", False: "failure", None: "unlabelled"}[outcome.success]
             self._say(f"episode {rec.index} saved as {result} ({duration:.1f} s, {rec.frames} frames, "
                       f"{rec.frames_dropped} dropped, {len(self.result.committed)}/{self.target} committed)")
         self.result.outcomes.append(EpisodeOutcome(rec.index, result, duration, rec.frames, rec.frames_dropped,
-                                                   {k: v for k, v in counts.items() if v}))
+                                                   {k: v for k, v in counts.items() if v},
+                                                   {**rec.info, **info} if info else {}))
+        self.on_outcome(self.result.outcomes[-1])
         if end == "robot error":
-            self.result.error = "the robot stayed in error; the episode was saved unlabelled"
+            self.result.error = f"the robot stayed in error; the episode was saved {result}"
 
     # ---------------------------------------------------------------- for the panel
 
@@ -773,7 +809,7 @@ class Recorder:
             audio_overflows=rec.audio_overflows if rec else 0, teleop_losses=rec.teleop_losses if rec else 0,
             robot_errors=rec.robot_errors if rec else 0,
             writer_dropped=rec.writer.dropped if rec else {},
-            clutch=self._engaged, gripper=self._gripper,
+            clutch=bool(self.source.engaged), gripper=self._gripper,
             teleop_age_ms=(now - last) / 1e6 if last is not None else None, teleop_lost=self._teleop_lost,
             loop_p50_ms=self.timing.percentile_ms("wall_periods_ns", 50, last=300),
             loop_p99_ms=self.timing.percentile_ms("wall_periods_ns", 99, last=300),

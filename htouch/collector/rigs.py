@@ -12,13 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from htouch.collector.config import RigConfig
-from htouch.collector.devices import Camera, Clock, DeviceError, Microphones, MonotonicClock, Robot, Teleop
+from htouch.collector.devices import (
+    Camera,
+    Clock,
+    DeviceError,
+    Microphones,
+    MonotonicClock,
+    Robot,
+    Teleop,
+    TeleopReading,
+)
 from htouch.dataset.schema import RigSpec
 from htouch.errors import HtouchError
 
 SIM_OPERATORS = ("scripted", "keyboard")
 REAL_OPERATORS = ("quest", "keyboard")
 OPERATOR_ALIASES = {"human": None}  # "human": the rig's human interface (keyboard on sim, the config's on real)
+NO_OPERATOR = "none"  # the simulated rig with nobody at the controls (a policy evaluated on its own)
 
 
 @dataclass
@@ -35,6 +45,7 @@ class Rig:
     description: str = ""  # one line for the user: what is driven by what
     event_sources: list[Any] = field(default_factory=list)  # objects with pop_events() (sim contacts, ...)
     task_success: Callable[[], bool] | None = None  # ground truth of the task (simulated rig)
+    task_progress: Callable[[], float] | None = None  # the task's reward in [0, 1] (simulated rig)
     info: dict[str, Any] = field(default_factory=dict)  # stored with every episode
     episode_info: Callable[[], dict[str, Any]] | None = None  # per-episode facts, asked after homing
     help: str = ""  # the operator's keys, shown in the panel
@@ -43,12 +54,26 @@ class Rig:
 
     @property
     def human(self) -> bool:
-        return self.operator != "scripted"
+        return self.operator not in ("scripted", NO_OPERATOR)
 
     def close(self) -> None:
         for close in reversed(self.closers):
             close()
         self.closers.clear()
+
+
+class NoOperator:
+    """The teleop of a simulated rig nobody operates: it never has a reading (the loop's source must not
+    need one: a policy evaluated on its own)."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def read(self) -> TeleopReading | None:
+        return None
 
 
 def resolve_operator(config: RigConfig, operator: str | None) -> str:
@@ -66,7 +91,10 @@ def resolve_operator(config: RigConfig, operator: str | None) -> str:
 
 def build_rig(config: RigConfig, task: str, operator: str | None = None, seed: int = 0,
               variation: str = "train", realtime: bool | None = None) -> Rig:
-    """realtime (simulated rig): pace simulated time to the wall clock; default only for a person."""
+    """realtime (simulated rig): pace simulated time to the wall clock; default only for a person.
+    operator "none" (simulated rig only): nobody at the controls, for a policy evaluated on its own."""
+    if operator == NO_OPERATOR and config.kind == "sim":
+        return _build_sim(config, task, operator, seed, variation, realtime)
     operator = resolve_operator(config, operator)
     if config.kind == "sim":
         return _build_sim(config, task, operator, seed, variation, realtime)
@@ -85,10 +113,12 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
     sim = SimRig(task=task, variation=variation, seed=seed, config=config, realtime=realtime)
     try:
         help_text = ""
-        if operator == "scripted":
+        if operator == NO_OPERATOR:
+            teleop: Teleop = NoOperator()
+        elif operator == "scripted":
             from htouch.sim.operator import ScriptedOperator
 
-            teleop: Teleop = ScriptedOperator(sim, seed=seed)
+            teleop = ScriptedOperator(sim, seed=seed)
         else:
             from htouch.collector.keyboard import KEY_HELP, KeyboardTeleop
 
@@ -100,9 +130,10 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
     sources = [sim] + [d for d in (teleop,) if hasattr(d, "pop_events")]
     return Rig(camera=sim.camera, microphones=sim.microphones, teleop=teleop, robot=sim.robot, clock=sim.clock,
                spec=sim.rig_spec(), kind="sim", operator=operator, realtime=realtime,
-               description=f"simulated rig (task {task}, {variation}, seed {seed}) driven by the "
-                           f"{operator} operator" + ("" if realtime else ", faster than real time"),
-               event_sources=sources, task_success=sim.task.success,
+               description=f"simulated rig (task {task}, {variation}, seed {seed}) "
+                           + ("with no operator" if operator == NO_OPERATOR else f"driven by the {operator} operator")
+                           + ("" if realtime else ", faster than real time"),
+               event_sources=sources, task_success=sim.task.success, task_progress=sim.task.progress,
                info={"rig": "sim", "seed": seed, "sim_variation": variation},
                episode_info=lambda: {"sim_episode": sim.episode_index}, help=help_text,
                resume=lambda dataset: _continue_scenes(sim, seed, dataset), closers=[sim.close])
