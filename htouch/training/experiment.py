@@ -27,6 +27,7 @@ import torch
 from htouch.collector.config import RigConfig
 from htouch.collector.devices import DeviceError, RobotState, TeleopReading
 from htouch.collector.sources import SourceCommand, TeleopSource
+from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import METHOD_PRETRAINED
@@ -51,6 +52,7 @@ class ExperimentConfig:
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3
+    stride: int = 1  # a training sample at every stride-th camera frame
     byol_epochs: int = 10
     width: int = 64  # camera
     height: int = 48
@@ -76,7 +78,7 @@ class ExperimentConfig:
                 raise HtouchError(f"unknown method {m!r} (methods: {', '.join(METHODS)})")
         if self.preset not in PRESETS:
             raise HtouchError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
-        for name in ("demos", "eval_episodes", "epochs", "batch_size", "byol_epochs"):
+        for name in ("demos", "eval_episodes", "epochs", "batch_size", "byol_epochs", "stride"):
             if getattr(self, name) < 1:
                 raise HtouchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.demos < 2:
@@ -118,7 +120,7 @@ class Experiment:
         self.stages: list[Stage] = []
         self.results: dict[tuple[str, str, str], dict[str, Any]] = {}  # eval-*.json contents
         self.demo_notes: dict[str, str] = {}
-        self.encoders: dict[str, str] = {}
+        self.encoders: dict[str, dict[str, str]] = {}  # method -> encoder -> where its initial weights came from
         self.state_path = config.work / STATE_FILE
         self.state = read_json(self.state_path, "experiment state") if self.state_path.is_file() else {}
 
@@ -180,7 +182,7 @@ class Experiment:
             run_dir = root / "runs" / method
             self._stage(f"{task}: train {method} ({c.epochs} epochs)", self._trained(run_dir),
                         lambda m=method, r=run_dir: self._train(demos, m, r, byol))
-            self._record_encoders(method, run_dir, byol)
+            self._record_encoders(method, run_dir)
             for variation in VARIATIONS:
                 ev = self._eval_config(task, run_dir, variation)
                 path = default_output(run_dir, task, variation)
@@ -192,9 +194,14 @@ class Experiment:
     # ---------------------------------------------------------------- demonstrations
 
     def _have_demos(self, demos: Path) -> bool:
-        if not (demos / "dataset.json").is_file():
+        if not (demos / METADATA_FILE).is_file():
             return False
-        return sum(bool(ep.success) for ep in Dataset(demos).episodes()) >= self.c.demos
+        ds = Dataset(demos)
+        cam = ds.rig.camera
+        if (cam.width, cam.height) != (self.c.width, self.c.height):
+            raise HtouchError(f"{demos} holds {cam.width}x{cam.height} demonstrations, not {self.c.width}x"
+                              f"{self.c.height}: use another --work directory")
+        return sum(bool(ep.success) for ep in ds.episodes()) >= self.c.demos
 
     def _collect(self, task: str, root: Path) -> None:
         from htouch.collector.loop import Recorder
@@ -279,6 +286,13 @@ class Experiment:
         if not path.is_file() or not (run_dir / "model.safetensors").is_file():
             return False
         record = read_json(path, "training run")
+        saved = record.get("config") or {}
+        wanted = {"preset": self.c.preset, "batch_size": self.c.batch_size, "lr": self.c.lr, "seed": self.c.seed,
+                  "stride": self.c.stride}
+        changed = [k for k, v in wanted.items() if saved.get(k) != v]
+        if changed:
+            raise HtouchError(f"{run_dir} was trained with other settings ({', '.join(changed)}): use another "
+                              "--work directory")
         if record.get("status") == "early stopping":
             return True
         return record.get("status") in FINISHED and int(record.get("epochs_done", 0)) >= self.c.epochs
@@ -291,6 +305,7 @@ class Experiment:
         wanted = METHOD_PRETRAINED[method]
         config = TrainConfig(dataset=demos, run_dir=run_dir, method=method, preset=c.preset, epochs=c.epochs,
                              batch_size=c.batch_size, lr=c.lr, patience=c.epochs, seed=c.seed, device="cpu",
+                             stride=c.stride,
                              resume=(run_dir / TRAIN_STATE).is_file(),
                              r3m=c.r3m if "r3m" in wanted else None, avid=c.avid if "avid" in wanted else None,
                              byol_a=byol if "byol-a" in wanted else None, allow_random_init=True,
@@ -299,12 +314,16 @@ class Experiment:
         self.say(f"  best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch} of "
                  f"{len(result.history)}")
 
-    def _record_encoders(self, method: str, run_dir: Path, byol: Path) -> None:
+    def _record_encoders(self, method: str, run_dir: Path) -> None:
         config = json.loads((run_dir / "config.json").read_text())
         for name, origin in (config.get("encoders") or {}).items():
-            self.encoders[name] = "random initialisation" if origin == "random" else \
-                ("pretrained in-domain on the task's demonstrations (`htouch pretrain byol-a`)" if name == "byol-a"
-                 else f"pretrained ({origin})")
+            if origin == "random":
+                text = "random"
+            elif str(origin).startswith("byol-a"):
+                text = "BYOL-A, pretrained in-domain on the task's demonstrations"
+            else:
+                text = f"pretrained ({Path(str(origin).split(': ', 1)[-1]).name})"
+            self.encoders.setdefault(method, {})[name] = text
 
     # ---------------------------------------------------------------- evaluation
 
@@ -351,7 +370,8 @@ class Experiment:
                   f"(val fraction {c.val_fraction():.2f}).",
                   *[f"  - {task}: {note}" for task, note in self.demo_notes.items()],
                   f"- Policies: preset `{c.preset}` ({pc.image_size} px frames, width {pc.width}), {c.epochs} "
-                  f"epochs end to end (batch {c.batch_size}, lr {c.lr:g}, no early stopping), the "
+                  f"epochs end to end (batch {c.batch_size}, lr {c.lr:g}, a sample at every "
+                  f"{'' if c.stride == 1 else _ordinal(c.stride) + ' '}camera frame, no early stopping), the "
                   "lowest-validation-loss epoch kept.",
                   f"- Evaluation: {c.eval_episodes} closed-loop episodes per method, task and variation, scenes 1.."
                   f"{c.eval_episodes} of seed {c.eval_seed} (not the demonstrations' scenes; train and test share "
@@ -359,15 +379,15 @@ class Experiment:
                   f"limit {self._limits()}.",
                   f"- Time: {total / 60:.1f} min over all stages ({wall_s / 60:.1f} min in the last invocation); "
                   "per stage below."]
-        lines += ["", "## Encoders", ""]
-        for name in sorted(self.encoders):
-            lines.append(f"- {name}: {self.encoders[name]}")
-        random = sorted(k for k, v in self.encoders.items() if v == "random initialisation")
-        if random:
-            lines += ["", f"**Honest note:** {' and '.join(random)} started from random weights (no checkpoint "
-                      "file given: pass --r3m / --avid), so `ours` here is not the paper's pretrained method, and "
-                      "the comparison is between architectures and audio inputs trained from scratch at this "
-                      "small scale."]
+        lines += ["", "## Initial encoder weights", "", "| method | image encoder | audio encoder |", "|---|---|---|"]
+        for method in c.methods:
+            enc = self.encoders.get(method, {})
+            lines.append(f"| {method} | {enc.get('image_encoder', '-')} | {enc.get('audio_encoder', 'none')} |")
+        missing = [name for name, path in (("R3M", c.r3m), ("AVID", c.avid)) if path is None]
+        if missing:
+            lines += ["", f"**Note:** no {' or '.join(missing)} checkpoint was given (--r3m / --avid; nothing is "
+                      "downloaded), so the encoders that start from them in the paper started from random weights "
+                      "here: `ours` is the paper's architecture and audio input, not its pretrained initialisation."]
         lines += ["", "## Success rate (95 % Wilson interval) and reward", "",
                   "Reward: the task's progress in [0, 1] at the end of the episode (mean ± std over episodes).", ""]
         header = "| method | " + " | ".join(f"{t} {v}: success | {t} {v}: reward" for t in c.tasks
@@ -415,3 +435,7 @@ class Experiment:
 
 def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = lambda _s: None) -> Path:
     return Experiment(config, say).run()
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'tsnrhtdd'[(n // 10 % 10 != 1) * (n % 10 < 4) * n % 10::4]}"
