@@ -43,6 +43,7 @@ READ_TIMEOUT_S = 0.02  # a reader's longest wait for one frame or block (wall ti
 EXACT_READ_TIMEOUT_S = 0.002  # the same on a simulated clock when the source must see every item up to a tick
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
+EARLY_KEEP_S = 1.0  # items handed out while no episode records are kept this long (see Recorder._keep_early)
 ROBOT_GIVE_UP_S = 2.0  # a robot error that recover() cannot clear for this long ends the episode
 END_COMMANDS = ("success", "failure", "discard")
 # Event kinds only the loop records (once per occurrence). A teleop device reporting its own loss (input
@@ -314,6 +315,7 @@ class Recorder:
         self.recent_events: collections.deque[tuple[int, str]] = collections.deque(maxlen=6)
 
         self._route_lock = threading.Lock()
+        self._early: collections.deque[tuple[int, Callable[..., None], tuple]] = collections.deque()
         self._recording: Recording | None = None
         self._stop_requested = False
         self._prev_frame_number: int | None = None
@@ -353,22 +355,28 @@ class Recorder:
             gap = max(int(frame.frame_number) - self._prev_frame_number - 1, 0)
         self._prev_frame_number = int(frame.frame_number)
         self.rates["camera"].add(t)
-        self.source.observe_frame(frame)
         with self._route_lock:
-            rec = self._recording
-            if rec is None or not rec.accepts(t):
-                return
-            rec.writer.camera(t, int(frame.frame_number), frame.rgb)
-            rec.frames += 1
-            if gap:
-                rec.frames_dropped += gap
-                self._event(rec, t, "frame_drop", count=gap, frame_number=int(frame.frame_number))
+            if self._recording is None:
+                self._keep_early(t, self._route_frame, frame, gap)
+            else:
+                self._route_frame(self._recording, frame, gap)
+
+    def _route_frame(self, rec: Recording, frame: Frame, gap: int) -> None:
+        """Into the episode (and to the action source) if the recording takes it; under the route lock."""
+        t = int(frame.timestamp_ns)
+        if not rec.accepts(t):
+            return
+        rec.writer.camera(t, int(frame.frame_number), frame.rgb)
+        rec.frames += 1
+        if gap:
+            rec.frames_dropped += gap
+            self._event(rec, t, "frame_drop", count=gap, frame_number=int(frame.frame_number))
+        self.source.observe_frame(frame)
 
     def _on_audio(self, block: AudioBlock) -> None:
         t = int(block.timestamp_ns)
         pcm = np.asarray(block.pcm)
         self.rates["audio"].add(t, len(pcm))
-        self.source.observe_audio(block)
         if len(pcm):
             x = pcm.astype(np.float32)
             peak = np.max(np.abs(x), axis=0)
@@ -379,13 +387,28 @@ class Recorder:
                 rms_dbfs=dbfs(np.sqrt(np.mean(x * x, axis=0))).tolist(), peak_dbfs=dbfs(peak).tolist(),
                 clipped_at_ns=[t if c else p for c, p in zip(clipped, previous)])
         with self._route_lock:
-            rec = self._recording
-            if rec is None or not rec.accepts(t):
-                return
-            rec.writer.audio(t, pcm, bool(block.overflow))
-            if block.overflow:
-                rec.audio_overflows += 1
-                self._event(rec, t, "audio_overflow", samples_after=int(len(pcm)))
+            if self._recording is None:
+                self._keep_early(t, self._route_audio, block)
+            else:
+                self._route_audio(self._recording, block)
+
+    def _route_audio(self, rec: Recording, block: AudioBlock) -> None:
+        t = int(block.timestamp_ns)
+        if not rec.accepts(t):
+            return
+        pcm = np.asarray(block.pcm)
+        rec.writer.audio(t, pcm, bool(block.overflow))
+        if block.overflow:
+            rec.audio_overflows += 1
+            self._event(rec, t, "audio_overflow", samples_after=int(len(pcm)))
+        self.source.observe_audio(block)
+
+    def _keep_early(self, t_ns: int, route: Callable[..., None], *args: Any) -> None:
+        """While no episode records: keep the last EARLY_KEEP_S of items. The recording starts at the tick the
+        loop chose, and the readers may hand out items captured at or after it before the episode exists."""
+        self._early.append((t_ns, route, args))
+        while self._early and self._early[0][0] < t_ns - EARLY_KEEP_S * NS:
+            self._early.popleft()
 
     def _event(self, rec: Recording, t_ns: int, kind: str, **detail: Any) -> None:
         rec.writer.event(t_ns, kind, **detail)
@@ -465,6 +488,9 @@ class Recorder:
         self.source.begin(start_ns)
         with self._route_lock:
             self._recording = rec
+            early, self._early = self._early, collections.deque()
+            for _t, route, args in early:  # what was captured from the start on, handed out just before it
+                route(rec, *args)
         self.phase = "recording"
         self._say(f"recording episode {rec.index}")
         try:
