@@ -41,7 +41,7 @@ def test_open_or_create_refuses_other_task_or_rig(tmp_path):
     with pytest.raises(DatasetError, match="task"):
         Dataset.open_or_create(tmp_path / "d", "flip", TINY_RIG)
     from htouch.dataset.schema import RigSpec
-    with pytest.raises(DatasetError, match="rig"):
+    with pytest.raises(DatasetError, match=r"different rig \(camera.height 48 -> 480, camera.width 64 -> 640"):
         Dataset.open_or_create(tmp_path / "d", "zip", RigSpec())
 
 

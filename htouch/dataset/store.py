@@ -115,7 +115,7 @@ class Dataset:
             if ds.task != task:
                 raise DatasetError(f"{root} holds task {ds.task!r}, not {task!r}; choose another directory")
             if rig is not None and rig.to_dict() != ds.rig.to_dict():
-                raise DatasetError(f"{root} was recorded with a different rig description; "
+                raise DatasetError(f"{root} was recorded with a different rig ({_rig_difference(ds.rig, rig)}); "
                                    "choose another directory")
             return ds
         return cls.create(root, task, rig)
@@ -225,6 +225,19 @@ class Dataset:
 
 
 # -------------------------------------------------------------------- resolving command-line names
+
+
+def _rig_difference(stored: RigSpec, new: RigSpec) -> str:
+    """The first few settings that differ, as `camera.width 64 -> 640`."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(stored.to_dict()), flat(new.to_dict())
+    diffs = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
 
 
 def find_dataset(path: str | os.PathLike[str] | None = None) -> Dataset:
