@@ -78,11 +78,11 @@ class ExperimentConfig:
                 raise HtouchError(f"unknown method {m!r} (methods: {', '.join(METHODS)})")
         if self.preset not in PRESETS:
             raise HtouchError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
-        for name in ("demos", "eval_episodes", "epochs", "batch_size", "byol_epochs", "stride"):
+        if self.demos < 2:
+            raise HtouchError(f"--episodes-per-task must be at least 2 (one of them validates), got {self.demos}")
+        for name in ("eval_episodes", "epochs", "batch_size", "byol_epochs", "stride"):
             if getattr(self, name) < 1:
                 raise HtouchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.demos < 2:
-            raise HtouchError("--demos must be at least 2 (one of them validates)")
         for name, path in (("--r3m", self.r3m), ("--avid", self.avid)):
             if path is not None and not Path(path).is_file():
                 raise HtouchError(f"{name} {path}: no such file")
