@@ -6,10 +6,11 @@ setup:
 	@tools/setup.sh
 
 demo: setup
-	.venv/bin/htouch synth $(DATA) --episodes 3 --seconds 8
+	.venv/bin/htouch collect $(DATA) --task zip --episodes 3 --no-panel
 	.venv/bin/htouch ls $(DATA)
 	.venv/bin/htouch validate $(DATA)
-	.venv/bin/htouch inspect $(DATA)/episode_000001 --plot $(DATA)/episode_000001.png
+	.venv/bin/htouch inspect $(DATA)/episode_000000 --plot $(DATA)/episode_000000.png
+	.venv/bin/htouch replay $(DATA)/episode_000000 --to video $(DATA)/episode_000000.mp4
 
 test: setup
 	.venv/bin/python -m pytest -q
