@@ -71,7 +71,14 @@ def probe(config: RobotConfig) -> tuple[bool, str]:
                                                 "(is FCI enabled in Desk, and the host right?)")
     except OSError as e:
         return False, _unreachable(config.host, e.strerror or str(e))
-    return True, f"Franka controller at {config.host} (FCI port {FCI_PORT} answers)"
+    # An open port is not yet a robot (a firewall or proxy may accept anything): ask libfranka itself.
+    panda_py = import_device_library("panda_py", "panda-python")
+    try:
+        panda = _connect(lambda: panda_py.Panda(config.host), "Franka controller", PROBE_TIMEOUT_S)
+    except DeviceError as e:
+        return False, _unreachable(config.host, f"port {FCI_PORT} accepts connections but libfranka got {e}")
+    del panda  # closes the connection, so that the recorder can open its own
+    return True, f"Franka controller at {config.host} (libfranka connected)"
 
 
 def _connect(factory: Callable[[], Any], what: str, timeout_s: float) -> Any:
