@@ -7,8 +7,9 @@ the action source for a command (the operator's controller through the clutch wh
 demonstrations, a trained policy for rollouts: htouch.collector.sources), passes it through the one safety
 filter, sends it and records state, teleop and action. The camera and the microphones are drained by their
 own threads, which hand every frame and block to the episode writer (and to the source: a policy observes
-them); the writer only queues (a slow disk never stalls control) and records a full queue as an event. Faults (dropped or stalled frames, audio overflow, teleop
-silence, robot errors) are shown, recorded as events in the episode, and the session goes on.
+them); the writer only queues (a slow disk never stalls control) and records a full queue as an event.
+Faults (dropped or stalled frames, audio overflow, teleop silence, robot errors) are shown, recorded as
+events in the episode, and the session goes on.
 
 Timestamps all come from the rig's one clock. On a simulated rig that runs faster than real time the
 clock is simulated time and the loop runs as fast as the simulation goes; it then waits for the readers

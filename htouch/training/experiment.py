@@ -319,6 +319,8 @@ class Experiment:
         for name, origin in (config.get("encoders") or {}).items():
             if origin == "random":
                 text = "random"
+            elif origin == "none":
+                text = "none (no audio)"
             elif str(origin).startswith("byol-a"):
                 text = "BYOL-A, pretrained in-domain on the task's demonstrations"
             else:
