@@ -257,8 +257,8 @@ def experiment(
                + f"--threads {threads} --work {work} --out {out}")
     config = ExperimentConfig(out=out, work=work, tasks=_csv(tasks, "--tasks"), methods=_csv(methods, "--methods"),
                               demos=demos, eval_episodes=eval_episodes, preset=preset, epochs=epochs,
-                              batch_size=batch_size, stride=stride, byol_epochs=byol_epochs, width=width, height=height, seed=seed,
-                              eval_seed=eval_seed, execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
+                              batch_size=batch_size, stride=stride, byol_epochs=byol_epochs, width=width,
+                              height=height, seed=seed, eval_seed=eval_seed, execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
                               threads=threads, command=command)
     if width < 16 or height < 16:
         raise HtouchError("--width and --height must be at least 16 pixels")
