@@ -223,7 +223,10 @@ class Recording:
     info: dict[str, Any] = field(default_factory=dict)  # stored when the episode started
 
     def accepts(self, t_ns: int) -> bool:
-        return t_ns >= self.start_ns and (self.stop_ns is None or t_ns < self.stop_ns)
+        """Items captured from the start tick up to and including the stop tick. Inclusive at the stop: an
+        item stamped exactly then already exists when the loop decides to stop (a simulated camera renders it
+        in the previous apply()), so it is taken whether its reader hands it out before or after the decision."""
+        return t_ns >= self.start_ns and (self.stop_ns is None or t_ns <= self.stop_ns)
 
 
 @dataclass
