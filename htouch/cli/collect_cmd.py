@@ -91,7 +91,6 @@ def collect(
     Example: [bold]htouch collect zip-demos --task zip --episodes 5[/]
     """
     from htouch.collector.loop import Recorder
-    from htouch.collector.panel import LivePanel, PlainProgress
     from htouch.collector.rigs import build_rig, resolve_operator
     from htouch.dataset.store import Dataset
 
@@ -120,15 +119,7 @@ def collect(
                       highlight=False, soft_wrap=True)
         recorder = Recorder(the_rig, ds, cfg.control, cfg.mapping, cfg.safety, variation=variation,
                             start_on_clutch=the_rig.human)
-        use_panel = console.is_terminal and not no_panel
-        view = (LivePanel(recorder, console, title=f"htouch collect: {task} ({the_rig.kind} rig, {who})",
-                          help_text=the_rig.help) if use_panel else PlainProgress(recorder, console))
-        recorder.on_message = view.message
-        with ctrl_c_stops(recorder.request_stop, view.message), view:
-            try:
-                result = recorder.run(episodes)
-            except DeviceError as e:
-                raise HtouchError(f"the {cfg.kind} rig failed: {e}") from None
+        result = run_session(recorder, episodes, f"htouch collect: {task} ({the_rig.kind} rig, {who})", no_panel)
     finally:
         the_rig.close()
 
@@ -141,6 +132,21 @@ def collect(
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.error:
         raise HtouchError(result.error)
+
+
+def run_session(recorder, episodes: int, title: str, no_panel: bool):
+    """Run the recorder with the live panel (or plain lines) and Ctrl-C handling; a device failure is one line."""
+    from htouch.collector.panel import LivePanel, PlainProgress
+
+    rig = recorder.rig
+    view = (PlainProgress(recorder, console) if no_panel or not console.is_terminal
+            else LivePanel(recorder, console, title=title, help_text=rig.help))
+    recorder.on_message = view.message
+    with ctrl_c_stops(recorder.request_stop, view.message), view:
+        try:
+            return recorder.run(episodes)
+        except DeviceError as e:
+            raise HtouchError(f"the {rig.kind} rig failed: {e}") from None
 
 
 def _summary(result, ds) -> None:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.collect_cmd import EXIT_INTERRUPTED, ctrl_c_stops, rig_config
+from htouch.cli.collect_cmd import EXIT_INTERRUPTED, rig_config, run_session
 from htouch.cli.common import console, err_console, fmt_path
 from htouch.errors import HtouchError
 from htouch.training.evaluate import DEFAULT_SEED
@@ -133,7 +133,6 @@ def rollout(
     from htouch.cli.collect_cmd import _summary
     from htouch.collector.devices import DeviceError
     from htouch.collector.loop import Recorder
-    from htouch.collector.panel import LivePanel, PlainProgress
     from htouch.collector.rigs import NO_OPERATOR, build_rig
     from htouch.dataset.store import Dataset
     from htouch.training.evaluate import default_time_limit, sim_rig_config
@@ -178,16 +177,8 @@ def rollout(
         console.print(f"{the_rig.description}; policy {info.config.method} from {fmt_path(run)} (h = {execute}); "
                       f"recording into {fmt_path(ds.root)}", highlight=False, soft_wrap=True)
         recorder = Recorder(the_rig, ds, cfg.control, cfg.mapping, cfg.safety, variation=variation, source=source)
-        use_panel = console.is_terminal and not no_panel
-        view = (LivePanel(recorder, console, title=f"htouch rollout: {info.config.method} on {task} "
-                          f"({the_rig.kind} rig)", help_text=the_rig.help) if use_panel
-                else PlainProgress(recorder, console))
-        recorder.on_message = view.message
-        with ctrl_c_stops(recorder.request_stop, view.message), view:
-            try:
-                result = recorder.run(episodes)
-            except DeviceError as e:
-                raise HtouchError(f"the {cfg.kind} rig failed: {e}") from None
+        result = run_session(recorder, episodes, f"htouch rollout: {info.config.method} on {task} "
+                             f"({the_rig.kind} rig)", no_panel)
     finally:
         the_rig.close()
     _summary(result, ds)

@@ -327,8 +327,8 @@ def zip_script(op: ScriptedOperator) -> Script:
         yield from op.wait(op.uniform((0.2, 0.4)))
         # Pull along the track until the end stop is heard (through the slider and the fingers).
         remaining = task.track_origin()[1] + task.end_y() + 0.02 - op.robot_pos()[1]
-        heard = yield from op.move_until(np.array([0, 1.0, 0]), op.style.work_speed_m_s, max(remaining, 0.02),
-                                         op.heard("end_stop"))
+        yield from op.move_until(np.array([0, 1.0, 0]), op.style.work_speed_m_s, max(remaining, 0.02),
+                                 op.heard("end_stop"))
         op.hold_here()
         yield from op.wait(op.uniform((0.1, 0.3)))
         yield from op.squeeze(0.0, op.uniform((0.2, 0.35)))
