@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from htouch.collector.devices import Frame
 from htouch.dataset import spectrograms
 from htouch.dataset.split import split_dataset
 from htouch.dataset.stats import STATS_KEY, compute_stats, store_stats
@@ -26,6 +27,7 @@ from htouch.training.data import (
     to_float,
 )
 from htouch.training.model import preprocess_frames
+from htouch.training.runner import ObservationBuffer
 from tests.conftest import tiny_dataset
 
 SPEC = DataSpec(image_size=32, horizon=5, audio_kind="avid")
@@ -51,7 +53,7 @@ def test_a_sample_is_what_the_episode_reader_gives_at_that_time(split_ds):
     norm = plan.action_normalization()
     samples = PolicySamples(split_ds, plan.train, SPEC, norm)
     ep = split_ds.episode(plan.train[0])
-    times = ep.sample_times(SPEC.sample_params)
+    times = ep.sample_times(SPEC.sample_params, from_start=True)
     assert len(samples) == len(times) > 10
     for i in (0, 7, len(times) - 1):
         item = samples[i]
@@ -67,6 +69,26 @@ def test_a_sample_is_what_the_episode_reader_gives_at_that_time(split_ds):
         np.testing.assert_array_equal(item["spec"].numpy(), spectrograms.spectrogram_at(ep, frame, "avid"))
     batch = collate([samples[0], samples[1]])
     assert batch["frames"].shape == (2, 4, 3, 32, 32) and batch["spec"].shape == (2, 1, 200, 257)
+
+
+def test_samples_start_at_the_first_frame_where_the_runner_starts_acting(split_ds):
+    """The runner acts from an episode's first frame, its window padded with that frame; training once began
+    2 s in, so a policy never learned the reaching a demonstration does first."""
+    plan = plan_dataset(split_ds, SPEC)
+    norm = plan.action_normalization()
+    samples = PolicySamples(split_ds, plan.train, SPEC, norm)
+    ep = split_ds.episode(plan.train[0])
+    t0 = int(ep.camera_times[0])
+    assert samples.episodes[0].times[0] == t0
+    buffer = ObservationBuffer(ep.rig.audio, SPEC.sample_params)
+    buffer.add_frame(Frame(t0, 0, ep.array("camera/rgb")[0]))  # what a live loop has at its first re-plan
+    live = np.stack([f.rgb for f in buffer.frames(t0)])
+    first = samples[0]
+    torch.testing.assert_close(to_float(first["frames"]), preprocess_frames(live, 32), rtol=0, atol=0)
+    recorded = np.concatenate([ep.read("action/delta_ee"), ep.read("action/gripper")[:, None]], axis=1)
+    a0 = int(np.searchsorted(ep.action_times, t0))
+    np.testing.assert_allclose(first["actions"].numpy(), norm.normalize(recorded[a0:a0 + SPEC.horizon]),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_preloaded_and_per_sample_reading_agree_and_the_cache_is_used(split_ds, cli):
@@ -145,7 +167,7 @@ def test_missing_or_outdated_stats_are_computed_and_stored(tiny_ds):
 
 
 def test_episodes_too_short_for_one_sample_are_refused(tmp_path):
-    ds = tiny_dataset(tmp_path / "short", n=2, seconds=1.5)
+    ds = tiny_dataset(tmp_path / "short", n=2, seconds=0.2)  # 6 actions, fewer than H = 8
     split_dataset(ds, 0.5, seed=0)
     ds = Dataset(ds.root)
     with pytest.raises(DatasetError, match="no training sample"):

@@ -222,12 +222,14 @@ class Episode:
         return gather_audio_clip(t_ns, self.audio_block_times, self.audio_block_offsets, self._pcm, self.rig.audio,
                                  clip, self.name)
 
-    def sample_times(self, params: SampleParams, stride: int = 1) -> np.ndarray:
-        """Camera frame times at which a full sample exists: a whole frame window behind and H actions ahead."""
+    def sample_times(self, params: SampleParams, stride: int = 1, from_start: bool = False) -> np.ndarray:
+        """Camera frame times at which a full sample exists: a whole frame window behind and H actions ahead.
+        `from_start`: from the first frame on, the window padded as at the start of a live episode (the
+        first frame repeated, silence before the first audio), which is what a policy sees when it starts."""
         cam, act = self.camera_times, self.action_times
         if len(cam) == 0 or len(act) < params.horizon:
             return np.zeros(0, dtype=np.int64)
-        window = int(max(params.frame_window_s, params.clip.window_s) * NS)
+        window = 0 if from_start else int(max(params.frame_window_s, params.clip.window_s) * NS)
         last_start = act[len(act) - params.horizon]
         ok = (cam >= cam[0] + window) & (cam <= last_start)
         return cam[ok][::stride]

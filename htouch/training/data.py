@@ -1,7 +1,9 @@
 """Training samples from an episode store: k frames over the last window, a spectrogram, H future actions.
 
-A sample is taken at every camera frame time t where a full window lies behind and H actions ahead
-(`Episode.sample_times`): the k frames at or before k times spanning [t - window, t]
+A sample is taken at every camera frame time t with H actions ahead, from the episode's first frame on
+(`Episode.sample_times(from_start=True)`): the policy runner acts from the first frame of an episode, with
+the window padded (the first frame repeated, silence before the first audio), and a demonstration does much
+of its reaching in those first seconds. A sample holds the k frames at or before k times spanning [t - window, t]
 (`Episode.frame_indices`), the spectrogram of the audio clip ending at t (the cache from
 `htouch spectrogram` when its parameters match, else computed the same way:
 `htouch.dataset.spectrograms.EpisodeSpectrograms`), and the next H actions (`Episode.action_chunk`).
@@ -247,7 +249,7 @@ class EpisodeSamples:
     def __init__(self, ep: Episode, spec: DataSpec, norm: ActionNormalization):
         self.ep = ep
         params = spec.sample_params
-        self.times = ep.sample_times(params, stride=spec.stride)
+        self.times = ep.sample_times(params, stride=spec.stride, from_start=True)
         self.spec_frame = np.searchsorted(ep.camera_times, self.times).astype(np.int64)  # times are frame times
         self.frame_idx = (np.stack([ep.frame_indices(int(t), params) for t in self.times])
                           if len(self.times) else np.zeros((0, spec.n_frames), np.int64))
@@ -285,9 +287,8 @@ class PolicySamples(torch.utils.data.Dataset):
         self.episodes = [EpisodeSamples(ds.episode(i), spec, norm) for i in episodes]
         lengths = np.array([len(e) for e in self.episodes], dtype=np.int64)
         if lengths.sum() == 0:
-            raise DatasetError(f"episodes {episodes} of {ds.root} are all shorter than the "
-                               f"{max(spec.frame_window_s, spec.clip.window_s):g} s window plus {spec.horizon} "
-                               "actions: no training sample")
+            raise DatasetError(f"episodes {episodes} of {ds.root} all have fewer than {spec.horizon} actions "
+                               "after their first camera frame: no training sample")
         self.sample_episode = np.repeat(np.arange(len(lengths)), lengths)
         self.sample_row = np.concatenate([np.arange(n) for n in lengths])
         self.spec_sources = {"cache": 0, "computed": 0}
