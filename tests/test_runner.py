@@ -128,7 +128,7 @@ def test_buffer_chooses_frames_and_audio_as_training_samples_do(tiny_ds):
     rgb, numbers = ep.array("camera/rgb"), ep.read("camera/frame_number")
     pcm, offsets = ep.read("audio/pcm"), ep.audio_block_offsets
     ends = np.append(offsets[1:], len(pcm))
-    times = ep.sample_times(params, from_start=True)  # the first re-plans too: a window padded alike
+    times = ep.sample_times(params)  # the first re-plans too: a window padded alike
     checked = 0
     fi = bi = 0
     for t in times[:: max(1, len(times) // 6)]:

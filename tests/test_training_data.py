@@ -53,7 +53,7 @@ def test_a_sample_is_what_the_episode_reader_gives_at_that_time(split_ds):
     norm = plan.action_normalization()
     samples = PolicySamples(split_ds, plan.train, SPEC, norm)
     ep = split_ds.episode(plan.train[0])
-    times = ep.sample_times(SPEC.sample_params, from_start=True)
+    times = ep.sample_times(SPEC.sample_params)
     assert len(samples) == len(times) > 10
     for i in (0, 7, len(times) - 1):
         item = samples[i]

@@ -214,9 +214,10 @@ def test_rig_different_from_dataset(tiny_ds):
 
 
 def test_too_short_for_a_training_sample(tmp_path):
-    ds = synth_episode(tmp_path, duration_s=1.5, frame_drops=())
+    ds = synth_episode(tmp_path, duration_s=0.2, frame_drops=())
     (f,) = by_check(findings(ds), "episode.short")
-    assert f.severity == ERROR and "2 s of history" in f.message
+    assert f.severity == ERROR and "needs 8 actions" in f.message
+    assert not by_check(findings(synth_episode(tmp_path / "b", duration_s=1.5, frame_drops=())), "episode.short")
 
 
 def test_incomplete_and_live_episodes_in_incoming(tiny_ds):

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_store import machine_info, pin_to_cpu  # noqa: E402
 
 # A paper-sized dataset for the epoch-time estimate: 50 demonstrations (the paper: 40-60) of 20 s, 4/5 training.
-PAPER_DEMOS, PAPER_DEMO_S, CAMERA_HZ = 50, 20.0, 30.0
+PAPER_DEMOS, PAPER_DEMO_S, CAMERA_HZ, HORIZON = 50, 20.0, 30.0, 8
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,8 @@ def fmt_duration(s: float) -> str:
 
 
 def build_report(results: list[Result], meta: dict) -> str:
-    paper_samples = int(PAPER_DEMOS * 0.8 * (PAPER_DEMO_S - 2.0) * CAMERA_HZ)
-    paper_frames = int(PAPER_DEMOS * PAPER_DEMO_S * CAMERA_HZ)
-    paper_windows = int(PAPER_DEMOS * (PAPER_DEMO_S - 2.0) * CAMERA_HZ)
+    paper_samples = int(PAPER_DEMOS * 0.8 * (PAPER_DEMO_S * CAMERA_HZ - HORIZON))
+    paper_frames = paper_windows = int(PAPER_DEMOS * PAPER_DEMO_S * CAMERA_HZ)
     lines = ["# Training throughput on the CPU", "",
              f"Command: `{meta['command']}`  ",
              f"Date: {meta['date']}; torch {meta['torch']}, {meta['threads']} torch thread; pinned to one core; "
@@ -182,7 +181,7 @@ def build_report(results: list[Result], meta: dict) -> str:
                      f"{f'{enc:.1f} s' if enc else '-'} |")
     lines += ["", "## What it means for a paper-sized dataset", "",
               f"{PAPER_DEMOS} demonstrations of {PAPER_DEMO_S:g} s, 4/5 for training, a sample at every camera frame "
-              f"after the first 2 s: {paper_samples:,} training samples per epoch. Per epoch on one core, from the "
+              f"with {HORIZON} actions ahead: {paper_samples:,} training samples per epoch. Per epoch on one core, from the "
               "samples per CPU-second above; frozen mode first encodes every frame and audio window once "
               f"({paper_frames:,} + {paper_windows:,}, time scaled from the measured phase):", "",
               "| preset | mode | one epoch | 100 epochs | one-off encoding (wall clock, scaled) |", "|---|---|---:|---:|---:|"]

@@ -222,16 +222,16 @@ class Episode:
         return gather_audio_clip(t_ns, self.audio_block_times, self.audio_block_offsets, self._pcm, self.rig.audio,
                                  clip, self.name)
 
-    def sample_times(self, params: SampleParams, stride: int = 1, from_start: bool = False) -> np.ndarray:
-        """Camera frame times at which a full sample exists: a whole frame window behind and H actions ahead.
-        `from_start`: from the first frame on, the window padded as at the start of a live episode (the
-        first frame repeated, silence before the first audio), which is what a policy sees when it starts."""
+    def sample_times(self, params: SampleParams, stride: int = 1) -> np.ndarray:
+        """Camera frame times at which a training sample exists: from the first frame on, while H actions
+        lie ahead. Early windows are padded as at the start of a live episode (the first frame repeated,
+        silence before the first audio), because a policy acts from the first frame and a demonstration
+        does much of its reaching in those first seconds."""
         cam, act = self.camera_times, self.action_times
         if len(cam) == 0 or len(act) < params.horizon:
             return np.zeros(0, dtype=np.int64)
-        window = 0 if from_start else int(max(params.frame_window_s, params.clip.window_s) * NS)
         last_start = act[len(act) - params.horizon]
-        ok = (cam >= cam[0] + window) & (cam <= last_start)
+        ok = cam <= last_start
         return cam[ok][::stride]
 
     def frame_indices(self, t_ns: int, params: SampleParams) -> np.ndarray:

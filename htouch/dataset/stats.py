@@ -4,8 +4,8 @@ Per dimension of each state and action array (the arrays the schema defines for 
 frequency bin of each spectrogram kind: mean, std (population), min, max and the 1/5/50/95/99 % quantiles,
 over the training episodes (the train split when there is one, else every episode).
 
-Spectrogram windows are those at which a training sample exists (Episode.sample_times: a full window
-after the recording start), because earlier clips are zero-padded and the policy never sees them. When
+Spectrogram windows are those at which a training sample exists (Episode.sample_times: every camera frame
+with H actions ahead, the first clips padded with silence as the policy sees them live). When
 every chosen episode has an up-to-date cache, mean/std/min/max cover all those windows and the quantiles a
 deterministic subsample of them; otherwise everything comes from a deterministic subsample of windows
 computed on the fly. The stored entry says which ("source").

@@ -196,8 +196,8 @@ def load_windows(ds: Dataset, episodes: list[int], stride: int, progress: Callab
         if len(frames):
             out.append(EpisodeSpectrograms(ep, params, DEFAULT_CLIP).frames(frames, progress))
     if not out:
-        raise HtouchError(f"no audio windows in {ds.root}: every training episode is shorter than the "
-                          f"{DEFAULT_CLIP.window_s:g} s window")
+        raise HtouchError(f"no audio windows in {ds.root}: every training episode is too short for one "
+                          "training sample (htouch validate says which)")
     return np.concatenate(out)
 
 

@@ -1,7 +1,7 @@
 """Training samples from an episode store: k frames over the last window, a spectrogram, H future actions.
 
 A sample is taken at every camera frame time t with H actions ahead, from the episode's first frame on
-(`Episode.sample_times(from_start=True)`): the policy runner acts from the first frame of an episode, with
+(`Episode.sample_times`): the policy runner acts from the first frame of an episode, with
 the window padded (the first frame repeated, silence before the first audio), and a demonstration does much
 of its reaching in those first seconds. A sample holds the k frames at or before k times spanning [t - window, t]
 (`Episode.frame_indices`), the spectrogram of the audio clip ending at t (the cache from
@@ -249,7 +249,7 @@ class EpisodeSamples:
     def __init__(self, ep: Episode, spec: DataSpec, norm: ActionNormalization):
         self.ep = ep
         params = spec.sample_params
-        self.times = ep.sample_times(params, stride=spec.stride, from_start=True)
+        self.times = ep.sample_times(params, stride=spec.stride)
         self.spec_frame = np.searchsorted(ep.camera_times, self.times).astype(np.int64)  # times are frame times
         self.frame_idx = (np.stack([ep.frame_indices(int(t), params) for t in self.times])
                           if len(self.times) else np.zeros((0, spec.n_frames), np.int64))
