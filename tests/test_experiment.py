@@ -61,5 +61,7 @@ def test_experiment_refuses_bad_settings(cli, tmp_path):
     assert r.code == 2 and "unknown method 'telepathy'" in r.err
     r = cli("experiment", "--tasks", "zip", "--episodes-per-task", "1", "--out", tmp_path / "r.md")
     assert r.code == 2 and "--episodes-per-task must be at least 2" in r.err
+    r = cli("experiment", "--tasks", "zip", "--dropout", "-0.1", "--out", tmp_path / "r.md")
+    assert r.code == 2 and "--dropout must be in [0, 1)" in r.err
     r = cli("experiment", "--tasks", "zip", "--r3m", tmp_path / "missing.pt", "--out", tmp_path / "r.md")
     assert r.code == 2 and "missing.pt: no such file" in r.err

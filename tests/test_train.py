@@ -14,10 +14,10 @@ import torch
 from htouch.dataset.split import split_dataset
 from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import load_run_checkpoint
+from htouch.training.checkpoints import load_run_checkpoint, read_run_config
 from htouch.training.data import DataSpec, PolicySamples, collate, to_float
 from htouch.training.encoders import resnet18
-from htouch.training.model import ActionNormalization
+from htouch.training.model import ActionNormalization, policy_config
 from htouch.training.train import (
     METRICS_FILE,
     PLOT_FILE,
@@ -177,12 +177,16 @@ def test_refusals(ds, tmp_path):
 def test_cli_train_prints_parameters_and_progress(ds, tmp_path, cli):
     run = tmp_path / "cli_run"
     r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "2",
-            "--batch-size", "16", "--frozen-encoders", "--allow-random-init", "--threads", "1")
+            "--batch-size", "16", "--frozen-encoders", "--allow-random-init", "--threads", "1", "--dropout", "0.1")
     assert r.code == 0, r.err
     assert "parameters" in r.out and "best validation loss" in r.out and "samples/s" in r.out
     assert (run / "model.safetensors").is_file()
+    assert read_run_config(run)[0].dropout == 0.1 and policy_config("tiny").dropout == 0.5  # the preset's is 0.5
     r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "3",
             "--batch-size", "16", "--frozen-encoders", "--resume", "--threads", "1")
+    assert r.code == 2 and "dropout" in r.err  # a resumed run keeps its dropout
+    r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "3",
+            "--batch-size", "16", "--frozen-encoders", "--resume", "--threads", "1", "--dropout", "0.1")
     assert r.code == 0, r.err
     assert len(list(csv.DictReader(open(run / METRICS_FILE)))) == 3
 
@@ -194,6 +198,8 @@ def test_cli_one_line_errors(ds, tmp_path, cli):
     assert r.code == 2 and "unknown method 'nope'" in r.err
     r = cli("train", ds.root, "--preset", "huge", "--run", tmp_path / "x", "--allow-random-init")
     assert r.code == 2 and "unknown model preset" in r.err
+    r = cli("train", ds.root, "--preset", "tiny", "--run", tmp_path / "x", "--allow-random-init", "--dropout", "1")
+    assert r.code == 2 and "--dropout must be in [0, 1), got 1.0" in r.err
     Dataset(ds.root).update_metadata(split=None)
     r = cli("train", ds.root, "--preset", "tiny", "--run", tmp_path / "x", "--allow-random-init")
     assert r.code == 2 and "htouch split" in r.err

@@ -213,6 +213,8 @@ def experiment(
     epochs: int = typer.Option(5, "--epochs", help="Training epochs per method."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Training batch size."),
     stride: int = typer.Option(1, "--stride", help="Training: a sample at every n-th camera frame."),
+    dropout: float = typer.Option(None, "--dropout", help="Training: dropout (default: the preset's).",
+                                  show_default=False),
     byol_epochs: int = typer.Option(10, "--byol-epochs", help="BYOL-A in-domain pretraining epochs (method byol-a)."),
     width: int = typer.Option(64, "--width", help="Camera width of the demonstrations (and evaluations)."),
     height: int = typer.Option(48, "--height", help="Camera height."),
@@ -240,7 +242,7 @@ def experiment(
     work = work or out.with_name(out.stem + "-work")
     command = (f"htouch experiment --tasks {tasks} --methods {methods} --episodes-per-task {demos} "
                f"--eval-episodes {eval_episodes} --preset {preset} --epochs {epochs} --batch-size {batch_size} "
-               f"--stride {stride} "
+               f"--stride {stride} " + (f"--dropout {dropout:g} " if dropout is not None else "")
                + (f"--byol-epochs {byol_epochs} " if "byol-a" in methods else "")
                + f"--width {width} --height {height} --seed {seed} --eval-seed {eval_seed} --execute {execute} "
                + (f"--max-seconds {max_seconds:g} " if max_seconds is not None else "")
@@ -248,7 +250,7 @@ def experiment(
                + f"--threads {threads} --work {work} --out {out}")
     config = ExperimentConfig(out=out, work=work, tasks=_csv(tasks, "--tasks"), methods=_csv(methods, "--methods"),
                               demos=demos, eval_episodes=eval_episodes, preset=preset, epochs=epochs,
-                              batch_size=batch_size, stride=stride, byol_epochs=byol_epochs, width=width,
+                              batch_size=batch_size, stride=stride, dropout=dropout, byol_epochs=byol_epochs, width=width,
                               height=height, seed=seed, eval_seed=eval_seed, execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
                               threads=threads, command=command)
     if width < 16 or height < 16:

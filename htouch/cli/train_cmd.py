@@ -117,6 +117,8 @@ def train(
                                 "per GPU).", show_default=False),
     horizon: int = typer.Option(None, "--horizon", help="Actions predicted per step (default: the preset's).",
                                 show_default=False),
+    dropout: float = typer.Option(None, "--dropout", help="Dropout in the head and fusion block (default: the "
+                                  "preset's; the paper's 0.5).", show_default=False),
     stride: int = typer.Option(1, "--stride", help="Use every n-th camera frame as a sample."),
     preload_mb: float = typer.Option(4096, "--preload-mb", help="Memory for decoded frames and spectrograms; "
                                      "beyond it samples are read from disk each time."),
@@ -142,7 +144,7 @@ def train(
     config = TrainConfig(dataset=ds.root, run_dir=run, method=method, preset=preset, epochs=epochs,
                          batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                          frozen_encoders=frozen_encoders, num_workers=workers, resume=resume, r3m=r3m, avid=avid,
-                         byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, stride=stride,
+                         byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout, stride=stride,
                          preload_mb=preload_mb, threads=threads)
     main_rank = DistEnv.from_environ().is_main
     reporter = RichReporter()

@@ -53,6 +53,7 @@ class ExperimentConfig:
     batch_size: int = 32
     lr: float = 1e-3
     stride: int = 1  # a training sample at every stride-th camera frame
+    dropout: float | None = None  # None: the preset's
     byol_epochs: int = 10
     width: int = 64  # camera
     height: int = 48
@@ -83,6 +84,8 @@ class ExperimentConfig:
         for name in ("eval_episodes", "epochs", "batch_size", "byol_epochs", "stride"):
             if getattr(self, name) < 1:
                 raise HtouchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise HtouchError(f"--dropout must be in [0, 1), got {self.dropout}")
         for name, path in (("--r3m", self.r3m), ("--avid", self.avid)):
             if path is not None and not Path(path).is_file():
                 raise HtouchError(f"{name} {path}: no such file")
@@ -288,7 +291,7 @@ class Experiment:
         record = read_json(path, "training run")
         saved = record.get("config") or {}
         wanted = {"preset": self.c.preset, "batch_size": self.c.batch_size, "lr": self.c.lr, "seed": self.c.seed,
-                  "stride": self.c.stride}
+                  "stride": self.c.stride, "dropout": self.c.dropout}
         changed = [k for k, v in wanted.items() if saved.get(k) != v]
         if changed:
             raise HtouchError(f"{run_dir} was trained with other settings ({', '.join(changed)}): use another "
@@ -305,7 +308,7 @@ class Experiment:
         wanted = METHOD_PRETRAINED[method]
         config = TrainConfig(dataset=demos, run_dir=run_dir, method=method, preset=c.preset, epochs=c.epochs,
                              batch_size=c.batch_size, lr=c.lr, patience=c.epochs, seed=c.seed, device="cpu",
-                             stride=c.stride,
+                             stride=c.stride, dropout=c.dropout,
                              resume=(run_dir / TRAIN_STATE).is_file(),
                              r3m=c.r3m if "r3m" in wanted else None, avid=c.avid if "avid" in wanted else None,
                              byol_a=byol if "byol-a" in wanted else None, allow_random_init=True,
@@ -356,7 +359,7 @@ class Experiment:
 
     def markdown(self, wall_s: float) -> str:
         c = self.c
-        pc = policy_config(c.preset, c.methods[0])
+        pc = policy_config(c.preset, c.methods[0], **({} if c.dropout is None else {"dropout": c.dropout}))
         total = sum(s.seconds for s in self.stages)
         lines = ["# Experiment: methods x tasks x variations on the simulated rig", ""]
         if c.command:
@@ -372,7 +375,7 @@ class Experiment:
                   f"(val fraction {c.val_fraction():.2f}).",
                   *[f"  - {task}: {note}" for task, note in self.demo_notes.items()],
                   f"- Policies: preset `{c.preset}` ({pc.image_size} px frames, width {pc.width}), {c.epochs} "
-                  f"epochs end to end (batch {c.batch_size}, lr {c.lr:g}, a sample at every "
+                  f"epochs end to end (batch {c.batch_size}, lr {c.lr:g}, dropout {pc.dropout:g}, a sample at every "
                   f"{'' if c.stride == 1 else _ordinal(c.stride) + ' '}camera frame, no early stopping), the "
                   "lowest-validation-loss epoch kept.",
                   f"- Evaluation: {c.eval_episodes} closed-loop episodes per method, task and variation, scenes 1.."

@@ -65,7 +65,8 @@ TB_DIR = "tensorboard"
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "train_samples", "train_seconds", "samples_per_s",
                  "val_seconds", "best")
 # Settings a resumed run must share with the run it continues (epochs and patience may change).
-RESUME_KEYS = ("dataset", "method", "preset", "seed", "batch_size", "lr", "frozen_encoders", "horizon", "stride")
+RESUME_KEYS = ("dataset", "method", "preset", "seed", "batch_size", "lr", "frozen_encoders", "horizon", "dropout",
+               "stride")
 PRETRAINED_FLAGS = {"r3m": "--r3m", "avid": "--avid", "byol-a": "--byol-a"}
 
 
@@ -89,6 +90,7 @@ class TrainConfig:
     byol_a: Path | None = None
     allow_random_init: bool = False
     horizon: int | None = None  # None: the preset's
+    dropout: float | None = None  # None: the preset's
     stride: int = 1
     preload_mb: float = DEFAULT_PRELOAD_MB
     threads: int | None = None  # CPU threads for the model (None: torch's default, one per core)
@@ -109,6 +111,8 @@ class TrainConfig:
             raise HtouchError(f"--threads must be at least 1, got {self.threads}")
         if self.horizon is not None and self.horizon < 1:
             raise HtouchError(f"--horizon must be at least 1, got {self.horizon}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise HtouchError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     def pretrained_files(self) -> dict[str, Path | None]:
         return {"r3m": self.r3m, "avid": self.avid, "byol-a": self.byol_a}
@@ -385,8 +389,8 @@ class Session:
             raise HtouchError(f"--batch-size {c.batch_size} is split over {env.world_size} processes: "
                               "make it a multiple of the process count")
         self.owns_process_group = ddp.init(env, self.device)
-        self.policy_config: PolicyConfig = policy_config(
-            c.preset, c.method, **({"horizon": c.horizon} if c.horizon is not None else {}))
+        overrides = {k: v for k, v in (("horizon", c.horizon), ("dropout", c.dropout)) if v is not None}
+        self.policy_config: PolicyConfig = policy_config(c.preset, c.method, **overrides)
         self.resume_state = _check_run_dir(c)
         _check_pretrained(c, resuming=bool(self.resume_state))
         ddp.barrier(env)  # every rank has checked the run directory before rank 0 writes to it
