@@ -120,8 +120,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's network: 224 px frames, ResNet18, AVID Conv2D, width 512: 18.8M parameters with ours.
     "paper": {},
     # Same code paths with narrow encoders and tokens, for CPU tests and a quick start (about 0.3M parameters).
+    # No dropout: with half of a 64-wide head dropped, tiny policies underfit a few demonstrations and never
+    # reached the zip tab (docs/experiment.md, "Dropout").
     "tiny": dict(image_size=64, width=64, heads=4, head_hidden=64, image_base_width=8, audio_base_width=8,
-                 byol_channels=16, byol_dim=64),
+                 byol_channels=16, byol_dim=64, dropout=0.0),
 }
 
 
