@@ -52,6 +52,9 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     assert "[run]" not in r.out and r.out.count("[skip]") == 9
     assert out.read_text().split("## Success rate")[1].split("## Stages")[0] == \
         text.split("## Success rate")[1].split("## Stages")[0]
+    # Other training settings in the same work directory are refused, not mixed into one table.
+    r = cli(*args, "--dropout", "0.3")
+    assert r.code == 2 and "trained with other settings (dropout)" in r.err
 
 
 def test_experiment_refuses_bad_settings(cli, tmp_path):

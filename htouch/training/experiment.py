@@ -30,9 +30,9 @@ from htouch.collector.sources import SourceCommand, TeleopSource
 from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, write_json_atomic
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import METHOD_PRETRAINED
+from htouch.training.checkpoints import METHOD_PRETRAINED, read_run_config
 from htouch.training.evaluate import DEFAULT_SEED, EvalConfig, default_output, evaluate
-from htouch.training.model import METHODS, PRESETS, policy_config
+from htouch.training.model import METHODS, PRESETS, PolicyConfig, policy_config
 
 VARIATIONS = ("train", "test")
 STATE_FILE = "experiment.json"
@@ -89,6 +89,10 @@ class ExperimentConfig:
         for name, path in (("--r3m", self.r3m), ("--avid", self.avid)):
             if path is not None and not Path(path).is_file():
                 raise HtouchError(f"{name} {path}: no such file")
+
+    def policy(self, method: str) -> PolicyConfig:
+        """The network a method trains: the preset's, with --dropout when given."""
+        return policy_config(self.preset, method, **({} if self.dropout is None else {"dropout": self.dropout}))
 
     def val_fraction(self) -> float:
         """At least one validation demonstration (early stopping and the kept model need one)."""
@@ -183,7 +187,7 @@ class Experiment:
                         lambda: self._pretrain(demos, byol))
         for method in c.methods:
             run_dir = root / "runs" / method
-            self._stage(f"{task}: train {method} ({c.epochs} epochs)", self._trained(run_dir),
+            self._stage(f"{task}: train {method} ({c.epochs} epochs)", self._trained(run_dir, method),
                         lambda m=method, r=run_dir: self._train(demos, m, r, byol))
             self._record_encoders(method, run_dir)
             for variation in VARIATIONS:
@@ -252,7 +256,7 @@ class Experiment:
                                  "discarded while recording")
 
     def _kinds(self) -> list[str]:
-        kinds = {policy_config(self.c.preset, m).audio_kind for m in self.c.methods}
+        kinds = {self.c.policy(m).audio_kind for m in self.c.methods}
         return sorted(k for k in kinds if k is not None)
 
     def _have_stats(self, root: Path) -> bool:
@@ -284,15 +288,17 @@ class Experiment:
                                              batch_size=256, seed=c.seed, device="cpu", threads=c.threads))
         self.say(f"  BYOL loss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} on {result.n_windows} windows")
 
-    def _trained(self, run_dir: Path) -> bool:
+    def _trained(self, run_dir: Path, method: str) -> bool:
         path = run_dir / "run.json"
         if not path.is_file() or not (run_dir / "model.safetensors").is_file():
             return False
         record = read_json(path, "training run")
         saved = record.get("config") or {}
         wanted = {"preset": self.c.preset, "batch_size": self.c.batch_size, "lr": self.c.lr, "seed": self.c.seed,
-                  "stride": self.c.stride, "dropout": self.c.dropout}
+                  "stride": self.c.stride}
         changed = [k for k, v in wanted.items() if saved.get(k) != v]
+        if read_run_config(run_dir)[0].dropout != self.c.policy(method).dropout:  # the effective value
+            changed.append("dropout")
         if changed:
             raise HtouchError(f"{run_dir} was trained with other settings ({', '.join(changed)}): use another "
                               "--work directory")
@@ -359,7 +365,7 @@ class Experiment:
 
     def markdown(self, wall_s: float) -> str:
         c = self.c
-        pc = policy_config(c.preset, c.methods[0], **({} if c.dropout is None else {"dropout": c.dropout}))
+        pc = c.policy(c.methods[0])
         total = sum(s.seconds for s in self.stages)
         lines = ["# Experiment: methods x tasks x variations on the simulated rig", ""]
         if c.command:
