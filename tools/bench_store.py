@@ -540,7 +540,12 @@ def bench_reads(tmp: Path, rig: Any, frames: list[np.ndarray], audio: np.ndarray
             setup_s[name] += time.perf_counter() - t0
 
     rng = np.random.default_rng(1)
-    times = [ep.sample_times(params) for ep in readers["htouch"]]
+    # samples with a whole window behind them (the paper-layout reader does not pad the episode start)
+    window = int(max(params.frame_window_s, params.clip.window_s) * 1e9)
+    times = []
+    for ep in readers["htouch"]:
+        t = ep.sample_times(params)
+        times.append(t[t >= ep.camera_times[0] + window])
     picks = [(int(e), int(rng.choice(times[e]))) for e in rng.integers(0, 2, sizes.read_samples)]
 
     def read(name: str, e: int, t: int) -> Any:
