@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,15 @@ from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 
 TINY_RIG = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48))
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    """Poll until condition() holds; a thread under test gets its time, a hang fails the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.002)
 
 
 def tiny_dataset(root: Path, n: int = 2, seconds: float = 4.0, **episode_kw) -> Dataset:

@@ -19,16 +19,9 @@ from htouch.collector.devices import Action, DeviceError, Robot  # noqa: E402
 from htouch.collector.hardware import panda as panda_backend  # noqa: E402
 from htouch.collector.hardware.panda import PandaRobot, probe  # noqa: E402
 from tests.hw.panda_double import HOME_Q, REFLEX, PandaPyDouble  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
 
 HOME_POS = np.array([0.307, 0.0, 0.487])
-
-
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.002)
 
 
 @pytest.fixture

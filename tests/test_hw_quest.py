@@ -15,6 +15,7 @@ from htouch.collector.devices import DeviceError, Teleop
 from htouch.collector.hardware import quest
 from htouch.collector.hardware.quest import QuestTeleop, parse_buttons, parse_payload, probe
 from tests.hw.adb_server import FakeAdbServer, hand_buttons, logcat_line, teleop_payload
+from tests.conftest import wait_until
 
 SERIAL = "1WMHH815R10273"
 
@@ -24,14 +25,6 @@ def pose(x: float, y: float, z: float, rotvec=(0.0, 0.0, 0.0)) -> np.ndarray:
     m[:3, :3] = Rotation.from_rotvec(rotvec).as_matrix()
     m[:3, 3] = (x, y, z)
     return m
-
-
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.005)
 
 
 class StepClock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import termios
-import time
 
 import numpy as np
 import pytest
@@ -14,16 +13,9 @@ import pytest
 from htouch.collector.devices import DeviceError, RobotState, Teleop
 from htouch.collector.keyboard import KEY_HELP, KeyboardTeleop
 from htouch.collector.mapping import ClutchMapping, MappingConfig
+from tests.conftest import wait_until
 
 STEP = 0.005
-
-
-def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.002)
 
 
 class Typist:
