@@ -401,40 +401,34 @@ class Experiment:
                       "here: `ours` is the paper's architecture and audio input, not its pretrained initialisation."]
         lines += ["", "## Success rate (95 % Wilson interval) and reward", "",
                   "Reward: the task's progress in [0, 1] at the end of the episode (mean ± std over episodes).", ""]
-        header = "| method | " + " | ".join(f"{t} {v}: success | {t} {v}: reward" for t in c.tasks
-                                            for v in VARIATIONS) + " |"
-        lines += [header, "|---|" + "---:|" * (2 * len(c.tasks) * len(VARIATIONS))]
-        for method in c.methods:
-            cells = []
-            for task in c.tasks:
-                for variation in VARIATIONS:
-                    r = self.results.get((task, method, variation))
-                    if r is None:
-                        cells += ["-", "-"]
-                        continue
-                    cells += [f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%} "
-                              f"({r['ci_low']:.0%}-{r['ci_high']:.0%})",
-                              f"{r['reward_mean']:.2f} ± {r['reward_std']:.2f}"]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines += ["", "Mean episode length (s) and model calls per episode:", "",
-                  "| method | " + " | ".join(f"{t} {v}" for t in c.tasks for v in VARIATIONS) + " |",
-                  "|---|" + "---:|" * (len(c.tasks) * len(VARIATIONS))]
-        for method in c.methods:
-            cells = []
-            for task in c.tasks:
-                for variation in VARIATIONS:
-                    r = self.results.get((task, method, variation))
-                    if r is None:
-                        cells.append("-")
-                        continue
-                    calls = [e["model_calls"] for e in r["per_episode"]]
-                    cells.append(f"{r['length_mean_s']:.1f} s, {sum(calls) / max(len(calls), 1):.0f} calls")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += self._table(["success", "reward"], lambda r: [
+            f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%} ({r['ci_low']:.0%}-{r['ci_high']:.0%})",
+            f"{r['reward_mean']:.2f} ± {r['reward_std']:.2f}"])
+        lines += ["", "Mean episode length (s) and model calls per episode:", ""]
+        lines += self._table([], lambda r: [
+            f"{r['length_mean_s']:.1f} s, "
+            f"{sum(e['model_calls'] for e in r['per_episode']) / max(len(r['per_episode']), 1):.0f} calls"])
         lines += ["", "## Stages", "", "| stage | minutes | |", "|---|---:|---|"]
         for s in self.stages:
             lines.append(f"| {s.name} | {s.seconds / 60:.2f} | {'earlier invocation' if s.skipped else ''} |")
         lines += ["", f"Work directory: `{c.work}` (demonstrations, runs with their `eval-*.json`)."]
         return "\n".join(lines) + "\n"
+
+    def _table(self, columns: list[str], cells: Callable[[dict], list[str]]) -> list[str]:
+        """A Markdown table: a row per method, a column per task x variation (x column name), "-" where no
+        evaluation exists."""
+        c = self.c
+        heads = [f"{t} {v}" + (f": {col}" if col else "") for t in c.tasks for v in VARIATIONS
+                 for col in (columns or [""])]
+        out = ["| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+        for method in c.methods:
+            row = []
+            for task in c.tasks:
+                for variation in VARIATIONS:
+                    r = self.results.get((task, method, variation))
+                    row += ["-"] * max(len(columns), 1) if r is None else cells(r)
+            out.append(f"| {method} | " + " | ".join(row) + " |")
+        return out
 
     def _limits(self) -> str:
         if self.c.max_seconds is not None:
