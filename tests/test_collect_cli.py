@@ -111,8 +111,10 @@ def test_bad_options(cli, tmp_path, tiny_sim):
 
 def test_ctrl_c_keeps_committed_episodes_and_drops_the_unfinished_one(tmp_path, tiny_sim):
     root = tmp_path / "d"
+    # Paced to the wall clock, so episode 1 is still recording when the signal arrives (the fast sim
+    # could finish a whole episode between the line and the signal on a loaded machine).
     cmd = [sys.executable, "-m", "htouch", "collect", str(root), "--task", "zip", "-n", "5",
-           "-c", str(tiny_sim(2.5)), "--no-panel"]
+           "-c", str(tiny_sim(4.0)), "--no-panel", "--realtime"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []
