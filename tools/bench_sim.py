@@ -269,7 +269,7 @@ def report(args, recording: dict[str, Speed], alone: dict[str, Speed], success: 
         "| goal | measured | |", "| --- | --- | --- |",
         f"| simulation + recording at least real time ({args.width}x{args.height}, audio, writing) | "
         f"{total_rec.factor:.2f}x real time | {'PASS' if goal else 'FAIL'} |",
-        f"| scripted operator succeeds on at least 90 % of episodes of each task | "
+        "| scripted operator succeeds on at least 90 % of episodes of each task | "
         + ", ".join(f"{t} {s.successes}/{s.episodes}" for t, s in success.items()) + " | "
         + ("PASS" if all(s.successes >= 0.9 * s.episodes for s in success.values()) else "FAIL") + " |", "",
         "## 1. Speed", "",

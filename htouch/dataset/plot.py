@@ -24,6 +24,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from htouch.dataset.audio import ClipParams, LogMelParams, mel_transform, spectrogram
 from htouch.dataset.episode import NS, Episode
+from htouch.dataset.store import replacing
 from htouch.dataset.summary import EpisodeSummary, summarize
 from htouch.errors import HtouchError
 
@@ -329,12 +330,10 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     fig.text(left, 1 - 0.45 / fig_h, facts, fontsize=9, va="top", color="#333333")
     tick()
 
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
     try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
+        with replacing(out) as tmp:
+            fig.savefig(tmp, format=fmt)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise HtouchError(f"cannot write a plot to {out}: {e.strerror or e}") from None
     tick()
     return out

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from htouch.dataset.audio import DEFAULT_CLIP, params_key, spectrogram_params
 from htouch.dataset.spectrograms import EpisodeSpectrograms
 from htouch.dataset.split import training_episodes
 from htouch.dataset.stats import sample_frames
-from htouch.dataset.store import Dataset
+from htouch.dataset.store import Dataset, replacing
 from htouch.errors import HtouchError
 from htouch.training import ddp
 from htouch.training.data import ensure_stats
@@ -284,12 +283,11 @@ def save_encoder(encoder: nn.Module, out: Path, meta: dict[str, Any]) -> None:
     """The encoder's plain state dict, atomically: safetensors (with `meta` as JSON) or a torch file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    if out.suffix == ".safetensors":
-        safetensors.torch.save_file(tensors, str(tmp), metadata={"htouch": json.dumps(meta)})
-    else:
-        torch.save(tensors, tmp)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        if out.suffix == ".safetensors":
+            safetensors.torch.save_file(tensors, str(tmp), metadata={"htouch": json.dumps(meta)})
+        else:
+            torch.save(tensors, tmp)
 
 
 class _null_bar:

@@ -23,7 +23,6 @@ caller's `extra` (action normalization, the rig spec and sample parameters the p
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import zipfile
@@ -37,6 +36,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from htouch.dataset.store import replacing
 from htouch.errors import HtouchError
 from htouch.training.model import AudioVisualPolicy, PolicyConfig, build_policy
 
@@ -210,12 +210,6 @@ def load_pretrained(model: AudioVisualPolicy, files: dict[str, str | Path | None
 # ------------------------------------------------------------------------------------------ run checkpoints
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_run_checkpoint(run_dir: str | Path, model: AudioVisualPolicy, config: PolicyConfig,
                         extra: dict[str, Any] | None = None, name: str = DEFAULT_NAME) -> Path:
     """Write `<name>.safetensors` and config.json into run_dir (atomically: a crash leaves the old files).
@@ -229,8 +223,10 @@ def save_run_checkpoint(run_dir: str | Path, model: AudioVisualPolicy, config: P
         raise HtouchError(f"run checkpoint extra data is not plain JSON ({e})") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = run_dir / f"{name}.safetensors"
-    _write_atomic(weights, lambda p: safetensors.torch.save_file(tensors, str(p), metadata={"format": RUN_FORMAT}))
-    _write_atomic(run_dir / CONFIG_FILE, lambda p: p.write_text(text + "\n"))
+    with replacing(weights) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": RUN_FORMAT})
+    with replacing(run_dir / CONFIG_FILE) as tmp:
+        tmp.write_text(text + "\n")
     return weights
 
 

@@ -28,7 +28,7 @@ from htouch.collector.config import RigConfig
 from htouch.collector.devices import DeviceError, RobotState, TeleopReading
 from htouch.collector.sources import SourceCommand, TeleopSource
 from htouch.dataset.schema import METADATA_FILE
-from htouch.dataset.store import Dataset, read_json, write_json_atomic
+from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import METHOD_PRETRAINED, read_run_config
 from htouch.training.evaluate import DEFAULT_SEED, EvalConfig, default_output, evaluate
@@ -169,9 +169,8 @@ class Experiment:
         self._save_state()
         text = self.markdown(wall)
         c.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = c.out.with_name(c.out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(c.out)
+        with replacing(c.out) as tmp:
+            tmp.write_text(text)
         return c.out
 
     def _task(self, task: str) -> None:

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from htouch.dataset.store import Dataset, write_json_atomic
+from htouch.dataset.store import Dataset, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training import ddp
 from htouch.training.checkpoints import METHOD_PRETRAINED, load_pretrained, save_run_checkpoint
@@ -585,13 +585,11 @@ class Session:
 
 
 def _write_metrics(path: Path, history: list[EpochMetrics]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         w.writeheader()
         for m in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in m.row().items()})
-    os.replace(tmp, path)
 
 
 def plot_losses(path: Path, history: list[EpochMetrics], title: str) -> None:
@@ -613,10 +611,9 @@ def plot_losses(path: Path, history: list[EpochMetrics], title: str) -> None:
         ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(".tmp_" + path.name)
-    fig.savefig(tmp, format="png")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _history_from_state(rows: list[dict[str, Any]]) -> list[EpochMetrics]:
@@ -699,9 +696,8 @@ def _record_epoch(s: Session, writer: Any, history: list[EpochMetrics], best_epo
     c, run_dir, m = s.config, s.config.run_dir, history[-1]
     if improved:
         save_run_checkpoint(run_dir, s.model, s.policy_config, s.checkpoint_extra(best_epoch, best_val))
-    tmp = run_dir / (STATE_FILE + ".tmp")
-    torch.save(s.state(history, best_epoch, best_val, bad_epochs), tmp)
-    os.replace(tmp, run_dir / STATE_FILE)
+    with replacing(run_dir / STATE_FILE) as tmp:
+        torch.save(s.state(history, best_epoch, best_val, bad_epochs), tmp)
     _write_metrics(run_dir / METRICS_FILE, history)
     for name, value in (("loss/train", m.train_loss), ("loss/val", m.val_loss), ("lr", m.lr),
                         ("throughput/train_samples_per_s", m.samples_per_s)):
