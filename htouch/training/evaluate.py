@@ -12,12 +12,13 @@ loop records every rollout, so what is evaluated is exactly what a recorded roll
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,19 +258,11 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
                       time.perf_counter() - start, notes)
 
 
-class _dataset_dir:
+@contextlib.contextmanager
+def _dataset_dir(record: Path | None) -> Iterator[Path]:
     """The dataset directory to record into: the given one, or a temporary one deleted afterwards."""
-
-    def __init__(self, record: Path | None):
-        self.record = record
-        self._tmp: tempfile.TemporaryDirectory | None = None
-
-    def __enter__(self) -> Path:
-        if self.record is not None:
-            return Path(self.record)
-        self._tmp = tempfile.TemporaryDirectory(prefix="htouch-eval-")
-        return Path(self._tmp.name) / "rollouts"
-
-    def __exit__(self, *exc) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+    if record is not None:
+        yield Path(record)
+        return
+    with tempfile.TemporaryDirectory(prefix="htouch-eval-") as tmp:
+        yield Path(tmp) / "rollouts"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import METHOD_PRETRAINED, read_run_config
-from htouch.training.evaluate import DEFAULT_SEED, EvalConfig, default_output, evaluate
+from htouch.training.evaluate import DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, default_output, evaluate
 from htouch.training.model import METHODS, PRESETS, PolicyConfig, policy_config
 
 VARIATIONS = ("train", "test")
@@ -259,13 +258,13 @@ class Experiment:
         return sorted(k for k in kinds if k is not None)
 
     def _have_stats(self, root: Path) -> bool:
-        md = Dataset(root).metadata
-        split, stats = md.get("split"), md.get("stats")
+        ds = Dataset(root)
+        split, stats = ds.metadata.get("split"), ds.metadata.get("stats")
         if not isinstance(split, dict) or not isinstance(stats, dict):
             return False
         episodes = sorted(split.get("train", []) + split.get("val", []))
         have = set((stats.get("spectrogram") or {}).keys())
-        return episodes == Dataset(root).episode_indices() and set(self._kinds()) <= have
+        return episodes == ds.episode_indices() and set(self._kinds()) <= have
 
     def _prepare(self, root: Path) -> None:
         from htouch.dataset.split import split_dataset
@@ -323,8 +322,8 @@ class Experiment:
                  f"{len(result.history)}")
 
     def _record_encoders(self, method: str, run_dir: Path) -> None:
-        config = json.loads((run_dir / "config.json").read_text())
-        for name, origin in (config.get("encoders") or {}).items():
+        _, extra = read_run_config(run_dir)
+        for name, origin in (extra.get("encoders") or {}).items():
             if origin == "random":
                 text = "random"
             elif origin == "none":
@@ -365,6 +364,7 @@ class Experiment:
     def markdown(self, wall_s: float) -> str:
         c = self.c
         pc = c.policy(c.methods[0])
+        rig = RigConfig()  # the demonstrations' rig, as _collect builds it
         total = sum(s.seconds for s in self.stages)
         lines = ["# Experiment: methods x tasks x variations on the simulated rig", ""]
         if c.command:
@@ -375,8 +375,9 @@ class Experiment:
         lines += ["## Scale", ""]
         lines += [f"- Tasks: {', '.join(c.tasks)}; methods: {', '.join(c.methods)}.",
                   f"- Demonstrations: {c.demos} successful ones per task from the scripted operator on the train "
-                  f"variation (seed {c.seed}), {c.width}x{c.height} camera at 30 Hz, 4 contact microphones at "
-                  "32 kHz; split with at least one validation demonstration "
+                  f"variation (seed {c.seed}), {c.width}x{c.height} camera at {rig.camera.fps} Hz, "
+                  f"{rig.microphones.channels} contact microphones at {rig.microphones.rate_hz / 1000:g} kHz; split "
+                  "with at least one validation demonstration "
                   f"(val fraction {c.val_fraction():.2f}).",
                   *[f"  - {task}: {note}" for task, note in self.demo_notes.items()],
                   f"- Policies: preset `{c.preset}` ({pc.image_size} px frames, width {pc.width}), {c.epochs} "
@@ -434,7 +435,7 @@ class Experiment:
             return f"{self.c.max_seconds:g} s"
         limits = sorted({float(r["time_limit_s"]) for r in self.results.values()})
         text = ", ".join(f"{x:g}" for x in limits) if limits else "?"
-        return f"{text} s (1.5 x the longest demonstration of the task)"
+        return f"{text} s ({TIME_LIMIT_FACTOR:g} x the longest demonstration of the task)"
 
 
 def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = lambda _s: None) -> Path:
