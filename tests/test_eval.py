@@ -240,6 +240,9 @@ def test_eval_refuses_a_policy_on_another_task_and_bad_options(cli, tiny_run):
     assert r.code == 2 and "--variation must be train or test" in r.err
     r = cli("eval", tiny_run.parent / "nothing-here")
     assert r.code == 2 and "no such run directory" in r.err
+    for command in ("eval", "rollout"):
+        r = cli(command, tiny_run, "--max-seconds", "-1")
+        assert r.code == 2 and "--max-seconds must be a positive number, got -1" in r.err
 
 
 def test_rollout_on_the_simulated_rig_records_episodes_that_validate(cli, tiny_run, tmp_path):

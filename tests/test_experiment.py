@@ -68,3 +68,6 @@ def test_experiment_refuses_bad_settings(cli, tmp_path):
     assert r.code == 2 and "--dropout must be in [0, 1)" in r.err
     r = cli("experiment", "--tasks", "zip", "--r3m", tmp_path / "missing.pt", "--out", tmp_path / "r.md")
     assert r.code == 2 and "missing.pt: no such file" in r.err
+    r = cli("experiment", "--tasks", "zip", "--max-seconds", "0", "--out", tmp_path / "r.md")
+    assert r.code == 2 and "--max-seconds must be a positive number" in r.err
+    assert not (tmp_path / "r-work").exists()  # refused before any demonstration was recorded

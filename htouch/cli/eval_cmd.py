@@ -14,8 +14,9 @@ from htouch.cli import app
 from htouch.cli.collect_cmd import EXIT_INTERRUPTED, rig_config, run_session
 from htouch.cli.common import console, err_console, fmt_path
 from htouch.errors import HtouchError
-from htouch.training.evaluate import DEFAULT_SEED
+from htouch.training.evaluate import DEFAULT_SEED, TIME_LIMIT_FACTOR
 
+TIME_LIMIT_HELP = f"(default: {TIME_LIMIT_FACTOR:g} x the longest training demonstration)."
 RunArgument = typer.Argument(..., help="Run directory of a trained policy (`htouch train --run`).")
 EXECUTE_HELP = "h: actions executed per model call without re-planning (the paper: 2)."
 
@@ -57,8 +58,8 @@ def eval_(
     variation: str = typer.Option("train", "--variation", help="Scene looks: train or test."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the scenes (the demonstrations' default is 0)."),
     execute: int = typer.Option(2, "--execute", help=EXECUTE_HELP),
-    max_seconds: float = typer.Option(None, "--max-seconds", help="Time limit per episode (default: 1.5 x the "
-                                      "longest training demonstration).", show_default=False),
+    max_seconds: float = typer.Option(None, "--max-seconds", help=f"Time limit per episode {TIME_LIMIT_HELP}",
+                                      show_default=False),
     record: Path = typer.Option(None, "--record", help="Keep the rollouts as episodes in this dataset.",
                                 show_default=False),
     out: Path = typer.Option(None, "--out", "-o", help="Results file (default: RUN/eval-TASK-VARIATION.json).",
@@ -111,8 +112,8 @@ def rollout(
     variation: str = typer.Option("train", "--variation", help="Simulated rig: scene looks, train or test."),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Simulated rig: seed of the scenes."),
     execute: int = typer.Option(2, "--execute", help=EXECUTE_HELP),
-    max_seconds: float = typer.Option(None, "--max-seconds", help="Time limit per rollout (default: 1.5 x the "
-                                      "longest training demonstration).", show_default=False),
+    max_seconds: float = typer.Option(None, "--max-seconds", help=f"Time limit per rollout {TIME_LIMIT_HELP}",
+                                      show_default=False),
     realtime: bool = typer.Option(None, "--realtime/--fast", help="Simulated rig: pace it to the wall clock (default "
                                   "with a person watching) or run it as fast as it goes.", show_default=False),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before the real robot moves."),
@@ -135,18 +136,12 @@ def rollout(
     from htouch.collector.loop import Recorder
     from htouch.collector.rigs import NO_OPERATOR, build_rig
     from htouch.dataset.store import Dataset
-    from htouch.training.evaluate import default_time_limit, sim_rig_config
-    from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches, require_task
+    from htouch.training.evaluate import sim_rig_config, task_and_time_limit
+    from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches
 
     cfg = rig_config(config, rig)
     info = RunInfo.read(run)
-    task = task or info.task
-    if task is None:
-        raise HtouchError(f"{run}: the run does not say its task; pass --task")
-    require_task(info, task, force)
-    limit = max_seconds if max_seconds is not None else default_time_limit(info)[0]
-    if not limit > 0:
-        raise HtouchError(f"--max-seconds must be positive, got {limit}")
+    task, limit, _ = task_and_time_limit(info, task, max_seconds, force)
     if cfg.kind == "sim":
         cfg = sim_rig_config(info, limit, base=cfg)
         who = operator or NO_OPERATOR
@@ -221,8 +216,8 @@ def experiment(
     seed: int = typer.Option(0, "--seed", help="Seed of the demonstrations and of training."),
     eval_seed: int = typer.Option(DEFAULT_SEED, "--eval-seed", help="Seed of the evaluation scenes."),
     execute: int = typer.Option(2, "--execute", help=EXECUTE_HELP),
-    max_seconds: float = typer.Option(None, "--max-seconds", help="Evaluation time limit (default: 1.5 x the "
-                                      "longest demonstration).", show_default=False),
+    max_seconds: float = typer.Option(None, "--max-seconds", help=f"Evaluation time limit {TIME_LIMIT_HELP}",
+                                      show_default=False),
     r3m: Path = typer.Option(None, "--r3m", help="R3M checkpoint (else the image encoders start from random "
                              "weights, said in the results).", show_default=False),
     avid: Path = typer.Option(None, "--avid", help="AVID checkpoint (else random weights, said in the results).",

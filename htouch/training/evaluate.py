@@ -68,8 +68,6 @@ class EvalConfig:
             raise HtouchError(f"--variation must be train or test, not {self.variation!r}")
         if self.seed < 0:
             raise HtouchError(f"--seed must be 0 or more, got {self.seed}")
-        if self.max_seconds is not None and not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
-            raise HtouchError(f"--max-seconds must be a positive number, got {self.max_seconds}")
         if self.threads is not None and self.threads < 1:
             raise HtouchError(f"--threads must be at least 1, got {self.threads}")
 
@@ -172,6 +170,24 @@ def default_time_limit(run: RunInfo) -> tuple[float, str]:
     return FALLBACK_TIME_LIMIT_S, "the training dataset is not readable: the default limit"
 
 
+def task_and_time_limit(run: RunInfo, task: str | None, max_seconds: float | None,
+                        force: bool) -> tuple[str, float, str]:
+    """The task to run the policy on (default: its training task), and the time limit with where it came from."""
+    task = task or run.task
+    if task is None:
+        raise HtouchError(f"{run.run_dir}: the run does not say its task; pass --task")
+    require_task(run, task, force)
+    if max_seconds is None:
+        return (task, *default_time_limit(run))
+    check_time_limit(max_seconds)
+    return task, float(max_seconds), "--max-seconds"
+
+
+def check_time_limit(max_seconds: float | None) -> None:
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise HtouchError(f"--max-seconds must be a positive number, got {max_seconds}")
+
+
 def sim_rig_config(run: RunInfo, max_seconds: float, base: RigConfig | None = None) -> RigConfig:
     """The simulated rig's configuration with the streams the policy was trained on."""
     cfg = base or RigConfig()
@@ -200,14 +216,7 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
 
     config.check()
     run = RunInfo.read(config.run_dir)
-    task = config.task or run.task
-    if task is None:
-        raise HtouchError(f"{config.run_dir}: the run does not say its task; pass --task")
-    require_task(run, task, config.force)
-    if config.max_seconds is not None:
-        limit, limit_note = float(config.max_seconds), "--max-seconds"
-    else:
-        limit, limit_note = default_time_limit(run)
+    task, limit, limit_note = task_and_time_limit(run, config.task, config.max_seconds, config.force)
     rig_config = sim_rig_config(run, limit)
     threads = torch.get_num_threads()
     start = time.perf_counter()

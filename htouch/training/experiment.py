@@ -30,7 +30,8 @@ from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import METHOD_PRETRAINED, read_run_config
-from htouch.training.evaluate import DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, default_output, evaluate
+from htouch.training.evaluate import (DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, check_time_limit, default_output,
+                                      evaluate)
 from htouch.training.model import METHODS, PRESETS, PolicyConfig, policy_config
 
 VARIATIONS = ("train", "test")
@@ -83,6 +84,7 @@ class ExperimentConfig:
         for name in ("eval_episodes", "epochs", "batch_size", "byol_epochs", "stride"):
             if getattr(self, name) < 1:
                 raise HtouchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_time_limit(self.max_seconds)  # before the demonstrations and training, not after
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise HtouchError(f"--dropout must be in [0, 1), got {self.dropout}")
         for name, path in (("--r3m", self.r3m), ("--avid", self.avid)):
