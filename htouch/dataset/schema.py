@@ -201,5 +201,6 @@ EVENT_KINDS = {
     "robot_error": "the robot reported an error",
     "writer_queue_full": "the episode writer could not keep up; detail.dropped rows were not stored",
     "contact": "ground truth contact onset (synthetic and simulated rigs only)",
+    "damage": "a simulated task's fragile part was pushed past its force limit; the episode cannot succeed",
     "note": "free text from the operator",
 }

@@ -10,6 +10,12 @@ Human-likeness, all drawn from the seed: minimum-jerk reaches at a speed drawn p
 and slow drift, pauses between phases, reaches that first land off target and are corrected, clutch
 re-grabs during long reaches (release, move the hand back, grab again), noisy estimates of where things
 are, and retries when an attempt fails (a lost grasp, a pancake that did not turn over).
+
+A deaf operator (`deaf=True`) is the same person without contact information: where the hearing one
+moves until it hears the decisive contact (the end stop, the table, the container's floor), the deaf one
+moves to where that contact is in the average episode (the task's mean layout) and stops there. It never
+asks the world what was heard. The gap between the two success rates is what hearing is worth in a task
+(`htouch.sim.hearing`).
 """
 
 from __future__ import annotations
@@ -56,8 +62,9 @@ class OperatorStyle:
 class ScriptedOperator:
     """A Teleop for the simulated rig: ScriptedOperator(rig, seed=0). See the module docstring."""
 
-    def __init__(self, rig, seed: int = 0, style: OperatorStyle | None = None):
+    def __init__(self, rig, seed: int = 0, style: OperatorStyle | None = None, deaf: bool = False):
         self.rig = rig
+        self.deaf = bool(deaf)
         self.task = rig.task
         self.world = rig.world
         self.style = style or OperatorStyle()
@@ -249,23 +256,37 @@ class ScriptedOperator:
         yield from self.clutch(True)
 
     def move_until(self, direction: np.ndarray, speed: tuple[float, float], max_dist: float,
-                   heard: Callable[[], bool]) -> Script:
-        """Move the intent along `direction` at a steady speed until `heard()` is true (then keep going for
-        a reaction time) or max_dist is covered. Returns whether it was heard."""
+                   cue: Callable[[], bool], react: bool = True) -> Script:
+        """Move the intent along `direction` at a steady speed until `cue()` is true (then, if `react`, keep
+        going for a reaction time) or max_dist is covered. Returns whether the cue came."""
         direction = np.asarray(direction, float) / np.linalg.norm(direction)
         v = self.uniform(speed)
         p0, t0 = self.want_pos.copy(), self.t
-        heard_at = None
+        cued_at = None
         while True:
             yield
             travelled = v * (self.t - t0)
             if travelled >= max_dist:
-                return heard_at is not None
+                return cued_at is not None
             self.want_pos = p0 + direction * travelled
-            if heard_at is None and heard():
-                heard_at = self.t + self.uniform(self.style.reaction_s)
-            if heard_at is not None and self.t >= heard_at:
+            if cued_at is None and cue():
+                cued_at = self.t + (self.uniform(self.style.reaction_s) if react else 0.0)
+            if cued_at is not None and self.t >= cued_at:
                 return True
+
+    def move_to_contact(self, direction: np.ndarray, speed: tuple[float, float], max_dist: float, touched: str,
+                        expected: Callable[[], bool]) -> Script:
+        """Move toward the decisive contact with `touched`: until it is heard (after a reaction time) or, for
+        a deaf operator, until `expected()` says the intent is where that contact is in the average episode.
+        Returns whether the move ended on its cue rather than at max_dist."""
+        if self.deaf:
+            return (yield from self.move_until(direction, speed, max_dist, expected, react=False))
+        return (yield from self.move_until(direction, speed, max_dist, self.heard(touched)))
+
+    def contact_point(self) -> np.ndarray:
+        """Where the operator believes its move to contact met the surface: where the robot stopped (it heard
+        the contact there) or, deaf, where its own move ended (the surface of the average episode)."""
+        return self.want_pos.copy() if self.deaf else self.robot_pos()
 
     def hold_here(self, press_m: np.ndarray | None = None) -> None:
         """Stop the intent where the robot is (optionally pressed by press_m further)."""
@@ -315,7 +336,7 @@ def zip_script(op: ScriptedOperator) -> Script:
     task: ZipTask = op.task
     yield from op.start_episode()
     rot = task.home_rotation
-    while op.attempts < op.style.max_attempts and not op.out_of_time():
+    while op.attempts < op.style.max_attempts and not op.out_of_time() and task.damage is None:
         op.attempts += 1
         tab = op.guess(task.tab_position())
         yield from op.squeeze(0.0, 0.2)  # open
@@ -325,11 +346,16 @@ def zip_script(op: ScriptedOperator) -> Script:
                             speed=tuple(2 * v for v in op.style.approach_speed_m_s), correct=False, tol_m=0.003)
         yield from op.squeeze(1.0, op.uniform((0.2, 0.4)))
         yield from op.wait(op.uniform((0.2, 0.4)))
-        # Pull along the track until the end stop is heard (through the slider and the fingers).
-        remaining = task.track_origin()[1] + task.end_y() + 0.02 - op.robot_pos()[1]
-        yield from op.move_until(np.array([0, 1.0, 0]), op.style.work_speed_m_s, max(remaining, 0.02),
-                                 op.heard("end_stop"))
-        op.hold_here()
+        # Pull along the track to where the end stop could first be, then slowly on until the end stop is
+        # heard (through the slider and the fingers). The track is seen; where its end stop is, is not.
+        along, track_y = np.array([0, 1.0, 0]), task.track_origin()[1]
+        nearest = track_y + task.END_FACE_Y[0] - task.SLIDER_FRONT - 0.01
+        yield from op.move_until(along, op.style.work_speed_m_s, max(nearest - op.want_pos[1], 0.0),
+                                 lambda: False)
+        remaining = track_y + task.END_FACE_Y[1] - task.SLIDER_FRONT + 0.02 - op.want_pos[1]
+        yield from op.move_to_contact(along, op.style.approach_speed_m_s, max(remaining, 0.02), "end_stop",
+                                      lambda: op.want_pos[1] >= track_y + task.mean_end_y())
+        op.want_pos = op.contact_point()
         yield from op.wait(op.uniform((0.1, 0.3)))
         yield from op.squeeze(0.0, op.uniform((0.2, 0.35)))
         yield from op.reach(op.robot_pos() + [0, 0, op.uniform((0.05, 0.08))], rot, speed=op.style.lift_speed_m_s,
@@ -346,23 +372,25 @@ def flip_script(op: ScriptedOperator) -> Script:
     yield from op.start_episode()
     home = task.home_rotation
     tip = task.blade_tip()
-    while op.attempts < op.style.max_attempts and not op.out_of_time():
+    while op.attempts < op.style.max_attempts and not op.out_of_time() and task.damage is None:
         op.attempts += 1
         cake = op.guess(task.cake_position())
         near = cake[0] - task.HALF - task.RIM
-        start = np.array([near - op.uniform((0.025, 0.04)), cake[1], 0.035])  # above the highest table
+        above = task.TABLE_Z[1] + 0.02  # above the highest table
+        start = np.array([near - op.uniform((0.025, 0.04)), cake[1], above])
         yield from op.reach(op.tcp_for(tip, start, home), home)
         yield from op.maybe_pause()
         # Lower the blade until it is heard touching the table, then press lightly.
-        touched = yield from op.move_until(np.array([0, 0, -1.0]), op.style.approach_speed_m_s, 0.08,
-                                           op.heard("table_top"))
+        touched = yield from op.move_to_contact(
+            np.array([0, 0, -1.0]), op.style.approach_speed_m_s, above - task.TABLE_Z[0] + 0.02, "table_top",
+            lambda: (op.want_pos + (home * HOME_ROT.inv()).apply(tip))[2] <= task.mean_table_z())
         if not touched:
             continue
-        op.hold_here([0, 0, -op.uniform((0.003, 0.006))])
+        down = home * HOME_ROT.inv()
+        table_z = op.contact_point()[2] + down.apply(tip)[2]
+        op.want_pos = op.contact_point() + [0, 0, -op.uniform((0.003, 0.006))]
         yield from op.wait(op.uniform((0.15, 0.3)))
         # Slide along the table under the pancake, watching it, until the tip is past its middle.
-        down = home * HOME_ROT.inv()
-        table_z = op.robot_pos()[2] + down.apply(tip)[2]
         past = op.uniform((0.0, 0.012))
         yield from op.move_until(np.array([1.0, 0, 0]), op.style.work_speed_m_s, 0.15,
                                  lambda: (op.robot_pos() + down.apply(tip))[0] > task.cake_position()[0] + past)
@@ -394,7 +422,7 @@ def scoop_script(op: ScriptedOperator) -> Script:
     yield from op.start_episode()
     home = task.home_rotation
     tip = task.spoon_tip()
-    while op.attempts < op.style.max_attempts and not op.out_of_time():
+    while op.attempts < op.style.max_attempts and not op.out_of_time() and task.damage is None:
         op.attempts += 1
         pot = op.guess(task.pot_position())
         rim = task.rim_z()
@@ -402,12 +430,13 @@ def scoop_script(op: ScriptedOperator) -> Script:
         yield from op.reach(op.tcp_for(tip, start, home), home)
         yield from op.maybe_pause()
         # Push the spoon down until it is heard touching the floor of the container, then press lightly.
-        touched = yield from op.move_until(np.array([0, 0, -1.0]), op.style.approach_speed_m_s, 0.14,
-                                           op.heard("pot_floor"))
+        touched = yield from op.move_to_contact(
+            np.array([0, 0, -1.0]), op.style.approach_speed_m_s, 0.14, "pot_floor",
+            lambda: (op.want_pos + (home * HOME_ROT.inv()).apply(tip))[2] <= task.mean_floor_z())
         if not touched:
             yield from op.reach(op.want_pos + [0, 0, 0.1], home, correct=False)
             continue
-        op.hold_here([0, 0, -op.uniform((0.002, 0.004))])
+        op.want_pos = op.contact_point() + [0, 0, -op.uniform((0.002, 0.004))]
         yield from op.wait(op.uniform((0.15, 0.3)))
         # Drag forward along the floor toward the far wall: the beans pile onto the spoon.
         tip_now = op.robot_pos() + (home * HOME_ROT.inv()).apply(tip)

@@ -265,7 +265,7 @@ class SimRig:
         w = self.world
         rng = np.random.default_rng([self.seed, episode])
         mujoco.mj_resetData(w.model, w.data)
-        self.task.randomize(rng)
+        self.task.new_episode(rng)
         randomize_looks(w, self.style, rng)
         w.place_hand(self.task.home_position, self.task.home_rotation, self.task.home_opening)
         mujoco.mj_forward(w.model, w.data)
@@ -286,7 +286,8 @@ class SimRig:
         self._events.clear()
 
     def pop_events(self) -> list[tuple[int, str, dict]]:
-        """Ground-truth contact onsets since the last call: (time ns, "contact", detail)."""
+        """Ground truth since the last call: contact onsets (time ns, "contact", detail) and the moment the
+        task's fragile part broke (time ns, "damage", detail)."""
         with self._lock:
             for onset in self.world.onsets:
                 detail: dict[str, Any] = {"with": onset.touched, "material": onset.material,
@@ -295,7 +296,7 @@ class SimRig:
                     detail["via"] = onset.via
                 self._events.append((BASE_NS + onset.step * self.dt_ns, "contact", detail))
             self.world.onsets.clear()
-            events, self._events = self._events, []
+            events, self._events = sorted(self._events, key=lambda e: e[0]), []
             return events
 
     # -------------------------------------------------------------- devices
@@ -352,7 +353,7 @@ class SimRig:
         first_sample = self._sample_at(start_rel)
         contacts: list[ContactSample] = []
         lin = ang = 0.0
-        force_sum = 0.0
+        force_sum = fragile_sum = 0.0
         for _ in range(n_steps):
             step_rel = self.time_ns() - BASE_NS
             heard = w.step()
@@ -363,6 +364,7 @@ class SimRig:
                     contacts.append(ContactSample(a, b - a, h.position, h.normal_force, h.slip_speed, h.impulse,
                                                   h.material))
             force_sum += sum(h.normal_force for h in heard if not h.via)
+            fragile_sum += self.task.fragile_force()
             v, omega = w.tcp_speed()
             lin += v
             ang += omega
@@ -371,6 +373,9 @@ class SimRig:
                 self._next_frame_ns += self.frame_period_ns
         self.timing["ticks"] += 1
         self.last_force = force_sum / n_steps
+        broke = self.task.check_damage(fragile_sum / n_steps)
+        if broke is not None:
+            self._events.append((self.time_ns(), "damage", {"what": broke}))
         if self.last_force > REFLEX_FORCE_N and self.error is None:
             self.error = f"cartesian reflex: contact force {self.last_force:.0f} N over {REFLEX_FORCE_N:.0f} N"
             w.set_target(w.tcp_position, w.tcp_rotation, w.target.finger / FINGER_MAX)

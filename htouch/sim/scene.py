@@ -630,6 +630,16 @@ class World:
         sel = (((b1 == body_a) & (b2 == body_b)) | ((b1 == body_b) & (b2 == body_a))) & (c.efc_address[:n] >= 0)
         return float(np.maximum(d.efc_force[c.efc_address[:n][sel]], 0).sum())
 
+    def body_contact_force(self, body: int) -> float:
+        """Total normal force on one body from everything touching it now, N."""
+        m, d = self.model, self.data
+        n = d.ncon
+        c = d.contact
+        b1 = m.geom_bodyid[c.geom1[:n]]
+        b2 = m.geom_bodyid[c.geom2[:n]]
+        sel = ((b1 == body) ^ (b2 == body)) & (c.efc_address[:n] >= 0)
+        return float(np.maximum(d.efc_force[c.efc_address[:n][sel]], 0).sum())
+
     def gripper_contact_force(self) -> float:
         """Total normal force on the hand, fingers and tool from everything else, N."""
         m, d = self.model, self.data

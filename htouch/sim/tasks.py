@@ -7,6 +7,13 @@ cannot resolve well, because heights and positions are drawn anew per episode by
 centimetres: the end of the zipper track, the height of the table under the spatula, the depth of the
 container's floor under the spoon. The microphones hear those contacts; the camera sees them poorly.
 
+Over-pushing costs: each task has a fragile part (`Task.FRAGILE`: the zipper's end stop, the pan under
+the spatula, the container's floor) that breaks when the contact force on it, averaged over a control
+period, exceeds its limit. A broken part ends the hope of success (`damage`, recorded as a `damage`
+event). A blind push to where the contact usually is breaks it in some episodes and falls short in others;
+stopping when the contact is heard does neither. This is what makes hearing worth something here
+(docs/sim.md, `htouch.sim.hearing`).
+
 Variations ("train", "test") change only the looks (htouch.sim.scene.VARIATIONS): colours, textures,
 lighting, distractor objects and the camera position. Physics and layouts are drawn the same way.
 """
@@ -43,25 +50,55 @@ class Task:
     home_rotation = HOME_ROT
     home_opening = 1.0  # gripper opening at home, 0..1
     max_seconds = 40.0  # the scripted operator gives up after this long
+    FRAGILE: tuple[str, float, str] = ("", 0.0, "")  # body, force limit (N), what breaks
 
     def __init__(self) -> None:
         self.world: World | None = None
         self.layout: dict[str, float] = {}
+        self.damage: str | None = None  # what broke this episode, None while intact
 
     def parts(self, mjcf: MJCF) -> SceneParts:
         raise NotImplementedError
 
     def bind(self, world: World) -> None:
         self.world = world
+        self._fragile = world.body_id(self.FRAGILE[0])
 
     def randomize(self, rng: np.random.Generator) -> dict[str, float]:
         """Draw and apply this episode's layout (model fields and qpos) before the scene settles."""
         raise NotImplementedError
 
+    def new_episode(self, rng: np.random.Generator) -> dict[str, float]:
+        """Draw the next episode's layout; the fragile part is whole again."""
+        self.damage = None
+        return self.randomize(rng)
+
+    def fragile_force(self) -> float:
+        """Contact force on the fragile part now, N."""
+        return self.w.body_contact_force(self._fragile)
+
+    def check_damage(self, mean_force_n: float) -> str | None:
+        """Break the fragile part if `mean_force_n` (the force on it averaged over a control period) is over
+        its limit. Returns what broke, once (None otherwise)."""
+        _, limit, what = self.FRAGILE
+        if self.damage is not None or mean_force_n <= limit:
+            return None
+        self.damage = f"{what}: {mean_force_n:.1f} N over the {limit:g} N limit"
+        return self.damage
+
     def success(self) -> bool:
-        raise NotImplementedError
+        return self.damage is None and self.achieved()
 
     def progress(self) -> float:
+        """Reward in [0, 1]: the task's progress, 0 once something broke."""
+        return 0.0 if self.damage is not None else self.advance()
+
+    def achieved(self) -> bool:
+        """The task's goal state holds (damage aside)."""
+        raise NotImplementedError
+
+    def advance(self) -> float:
+        """How far toward the goal, in [0, 1] (damage aside)."""
         raise NotImplementedError
 
     # helpers for subclasses
@@ -101,6 +138,8 @@ class ZipTask(Task):
     SLIDER_FRONT = 0.015  # from the slider's centre to its front (the base plus the rounded edge)
     TAB_Z = 0.026  # the tab's centre above the track's top
     TAB_HALF = (0.003, 0.010, 0.016)  # thin across the track: the fingers pinch its faces
+    END_FACE_Y = (0.08, 0.15)  # track frame y of the end stop's inner face, drawn per episode
+    FRAGILE = ("end_stop", 7.5, "the end stop tore off the zipper")
 
     def parts(self, mjcf: MJCF) -> SceneParts:
         g = mjcf.geom
@@ -142,7 +181,7 @@ class ZipTask(Task):
     def randomize(self, rng: np.random.Generator) -> dict[str, float]:
         m, d = self.w.model, self.w.data
         x, y, height = 0.52 + rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.03, 0.07)
-        end_face = rng.uniform(0.10, 0.14)  # track frame y of the end stop's inner face
+        end_face = rng.uniform(*self.END_FACE_Y)
         start = self.START_STOP_Y + self.STOP_HALF_Y + self.SLIDER_FRONT + rng.uniform(0.003, 0.012)
         snag = start + rng.uniform(0.40, 0.65) * (end_face - self.SLIDER_FRONT - start)
         m.body_pos[self._track] = (x, y, height)
@@ -163,6 +202,10 @@ class ZipTask(Task):
         """Slider position at which it touches the end stop (track frame)."""
         return self.layout["end_face_y"] - self.SLIDER_FRONT
 
+    def mean_end_y(self) -> float:
+        """end_y() of the average episode: all a deaf operator knows of where the end stop is."""
+        return float(np.mean(self.END_FACE_Y)) - self.SLIDER_FRONT
+
     def tab_position(self) -> np.ndarray:
         """World position of the tab's centre."""
         return self.body_position("slider") + np.array([0, 0, self.TAB_Z])
@@ -170,10 +213,10 @@ class ZipTask(Task):
     def track_origin(self) -> np.ndarray:
         return self.w.data.xpos[self._track].copy()
 
-    def success(self) -> bool:
+    def achieved(self) -> bool:
         return self.slider_y() >= self.end_y() - 0.006
 
-    def progress(self) -> float:
+    def advance(self) -> float:
         start = self.layout["start_y"]
         return float(np.clip((self.slider_y() - start) / (self.end_y() - start), 0.0, 1.0))
 
@@ -197,6 +240,8 @@ class FlipTask(Task):
     RIM = 0.004
     HANDLE = ((0.05, 0.0, -0.03), 0.064, 0.004, 0.008, 38.7)  # centre, half length, half thickness, half height, pitch
     BLADE = ((0.14, 0.0, -0.078), (0.045, 0.04, 0.0006), 8.0)  # centre, half sizes, pitch (front down)
+    TABLE_Z = (-0.035, 0.035)  # the table top's offset from its nominal height, drawn per episode
+    FRAGILE = ("table", 7.0, "the spatula gouged the pan")
 
     def parts(self, mjcf: MJCF) -> SceneParts:
         g, tg = mjcf.geom, mjcf.tool_geom
@@ -230,7 +275,7 @@ class FlipTask(Task):
 
     def randomize(self, rng: np.random.Generator) -> dict[str, float]:
         m, d = self.w.model, self.w.data
-        table_z = rng.uniform(-0.015, 0.015)
+        table_z = rng.uniform(*self.TABLE_Z)
         x, y, yaw = 0.50 + rng.uniform(-0.02, 0.02), rng.uniform(-0.03, 0.03), rng.uniform(-15, 15)
         m.body_pos[self._table, 2] = table_z
         d.qpos[self._cake_qpos: self._cake_qpos + 3] = (x, y, table_z + self.RIM + 0.0005)
@@ -246,6 +291,10 @@ class FlipTask(Task):
     def table_z(self) -> float:
         return float(self.w.data.xpos[self._table, 2])
 
+    def mean_table_z(self) -> float:
+        """table_z() of the average episode: all a deaf operator knows of the table's height."""
+        return float(np.mean(self.TABLE_Z))
+
     def cake_position(self) -> np.ndarray:
         return self.w.data.xpos[self._cake].copy()
 
@@ -253,10 +302,10 @@ class FlipTask(Task):
         """World z of the pancake's up axis: 1 as placed, -1 turned over."""
         return float(self.w.data.xmat[self._cake].reshape(3, 3)[2, 2])
 
-    def success(self) -> bool:
+    def achieved(self) -> bool:
         return self.cake_up() < -0.7 and self.w.touching(self._cake, self._table)
 
-    def progress(self) -> float:
+    def advance(self) -> float:
         return float(np.clip((1.0 - self.cake_up()) / 2.0, 0.0, 1.0))
 
 
@@ -287,6 +336,8 @@ class ScoopTask(Task):
     BOWL_PITCH = 30.0  # degrees, front down
     LIP = 0.006  # half height of the bowl's side and back lips
     MIN_BEANS = 2  # success: at least this many beans lifted above the rim
+    FLOOR_Z = (0.015, 0.075)  # the floor's height above the table, drawn per episode
+    FRAGILE = ("pot_floor", 7.5, "the spoon cracked the container's floor")
 
     def bowl_frame(self) -> tuple[np.ndarray, Rotation]:
         """The bowl plate's centre and orientation in the home frame."""
@@ -348,7 +399,7 @@ class ScoopTask(Task):
     def randomize(self, rng: np.random.Generator) -> dict[str, float]:
         m, d = self.w.model, self.w.data
         x, y = 0.55 + rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02)
-        floor = rng.uniform(0.02, 0.06)
+        floor = rng.uniform(*self.FLOOR_Z)
         m.body_pos[self._pot] = (x, y, 0.0)
         m.body_pos[self._floor, 2] = floor - 0.04
         nx, ny = self.BEANS
@@ -368,6 +419,10 @@ class ScoopTask(Task):
     def floor_z(self) -> float:
         return float(self.w.data.xpos[self._floor, 2] + 0.04)
 
+    def mean_floor_z(self) -> float:
+        """floor_z() of the average episode: all a deaf operator knows of the floor's height."""
+        return float(np.mean(self.FLOOR_Z))
+
     def rim_z(self) -> float:
         return float(self.w.data.xpos[self._pot, 2] + self.RIM)
 
@@ -376,10 +431,10 @@ class ScoopTask(Task):
         z = self.w.data.xpos[self._beans, 2]
         return int(np.sum(z > self.rim_z() + 0.01))
 
-    def success(self) -> bool:
+    def achieved(self) -> bool:
         return self.beans_lifted() >= self.MIN_BEANS
 
-    def progress(self) -> float:
+    def advance(self) -> float:
         return float(min(1.0, self.beans_lifted() / self.MIN_BEANS))
 
 
