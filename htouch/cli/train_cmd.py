@@ -209,10 +209,70 @@ def pretrain_byol_a(
                   f"{result.losses[0]:.4g} -> {result.losses[-1]:.4g}")
 
 
+@pretrain_app.command("av")
+def pretrain_av(
+    dataset: Path = DatasetArgument,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write r3m.pt, avid.pt and pretrain-av.json into."),
+    preset: str = typer.Option("paper", "--preset", help=f"Encoder sizes of the policy preset they are for: {PRESETS_TEXT}."),
+    epochs: int = typer.Option(20, "--epochs", help="Passes over the recorded moments."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Moments per step; each is told apart from the "
+                                   "other B - 1 (chance: loss log B, retrieval 1/B)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    temperature: float = typer.Option(0.07, "--temperature", help="InfoNCE temperature (AVID's 0.07)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, order and augmentation."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu."),
+    stride: int = typer.Option(1, "--stride", help="Use the moment at every n-th camera frame (neighbours nearly "
+                               "coincide)."),
+    force: bool = typer.Option(False, "--force", help="Replace the files of an earlier run in --out."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core).",
+                                show_default=False),
+) -> None:
+    """Pretrain the policy's image and audio encoders on unlabelled recordings (AVID-style, in-domain).
+
+    Cross-modal instance discrimination: the ResNet18 embeds the frames of a moment, AVID's audio network the
+    2 s clip ending there (the policy's own inputs); a symmetric InfoNCE loss makes each clip find its frames
+    among the batch's and each frame stack its clip. Success labels are ignored (play data). Uses the training
+    episodes of `htouch split` (all if none) and checks retrieval on its validation episodes.
+
+    Writes R3M and AVID files in their released layouts: `htouch train --r3m OUT/r3m.pt --avid OUT/avid.pt`
+    then starts from them as from the real files, and the run records that they came from this command.
+
+    Example: [bold]htouch pretrain av play_data --out pretrained/ --preset tiny --epochs 10 --batch-size 32[/]
+    """
+    from htouch.training.av_pretrain import AvConfig, pretrain_av as run_pretrain
+
+    ds = find_dataset(dataset)
+    config = AvConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
+                      temperature=temperature, seed=seed, device=device, stride=stride, force=force, threads=threads)
+
+    def epoch_line(epoch: int, loss: float, top1: float) -> None:
+        console.print(f"epoch {epoch:>3}/{epochs}  InfoNCE {loss:.4g}  audio->frames top-1 {top1:.0%} (training "
+                      "batches)", highlight=False)
+
+    with _epoch_bar(None, "AV pretraining steps") as update:
+        result = run_pretrain(config, progress_bar=progress_bar, on_step=update, on_epoch=epoch_line)
+    r = result.record
+    ret = r["retrieval"]
+    console.print(f"[green]wrote[/] {fmt_path(result.r3m)}, {fmt_path(result.avid)} and "
+                  f"{fmt_path(result.record_path)}: {r['moments']} moments of {len(r['episodes'])} episode(s), "
+                  f"InfoNCE {result.losses[0]:.4g} -> {result.losses[-1]:.4g} (chance {r['chance_loss']:.3g})")
+    if ret["after"]:
+        b, a = ret["before"], ret["after"]
+        console.print(f"audio->frames top-1 in batches of {a['batch']} on the {ret['on']}: "
+                      f"{b['audio_to_video_top1']:.0%} before, {a['audio_to_video_top1']:.0%} after "
+                      f"(chance {a['chance_top1']:.0%})", highlight=False)
+
+
 @contextlib.contextmanager
-def _epoch_bar(epochs: int) -> Iterator[Callable[[int, float], None]]:
-    columns = (TextColumn("[bold]BYOL-A"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+def _epoch_bar(total: int | None, label: str = "BYOL-A") -> Iterator[Callable[..., None]]:
+    """A bar of epochs (or steps) with the loss; yields update(done, loss) or update(done, total, loss)."""
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as p:
-        task = p.add_task("", total=epochs, loss="-")
-        yield lambda epoch, loss: p.update(task, completed=epoch, loss=f"{loss:.4g}")
+        task = p.add_task("", total=total, loss="-")
+
+        def update(done: int, *rest: float) -> None:
+            *of, loss = rest
+            p.update(task, completed=done, loss=f"{loss:.4g}", **({"total": of[0]} if of else {}))
+
+        yield update
