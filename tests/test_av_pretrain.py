@@ -151,6 +151,11 @@ def test_cli_pretrain_then_train_records_the_initialisation(ds, tmp_path, cli):
             "--stride", "6", "--threads", "1")
     assert r.code == 0, r.err
     assert "wrote" in r.out and "chance" in r.out and (out / RECORD_FILE).is_file()
+    again = pretrain_av(AvConfig(dataset=ds.root, out=tmp_path / "again", preset="tiny", epochs=1, batch_size=8,
+                                 stride=6, threads=1))  # seeded: the same files again
+    first = torch.load(out / R3M_FILE, weights_only=True)["r3m"]
+    assert all(torch.equal(v, torch.load(again.r3m, weights_only=True)["r3m"][k]) for k, v in first.items())
+    assert again.losses == json.loads((out / RECORD_FILE).read_text())["losses"]
     run = tmp_path / "run"
     r = cli("train", ds.root, "--method", "frozen-audio", "--preset", "tiny", "--r3m", out / R3M_FILE, "--avid",
             out / AVID_FILE, "--run", run, "--epochs", "1", "--batch-size", "16", "--frozen-encoders",

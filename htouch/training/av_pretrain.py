@@ -242,7 +242,8 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
     selection = training_episodes(ds)
     train_eps, notes = audio_episodes(ds, selection.indices)
     split = ds.metadata.get(SPLIT_KEY)
-    val_eps = [i for i in (split.get("val", []) if isinstance(split, dict) else []) if i in ds.episode_indices()]
+    present = set(ds.episode_indices())
+    val_eps = [int(i) for i in (split.get("val", []) if isinstance(split, dict) else []) if int(i) in present]
     if val_eps:
         val_eps, _ = audio_episodes(ds, val_eps)
 
