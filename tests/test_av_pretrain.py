@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from htouch.errors import HtouchError
 from htouch.training.av_pretrain import (
     AVID_FILE,
@@ -183,6 +184,12 @@ def test_bad_input_gets_one_line(tmp_path, cli, ds):
     silent = tiny_dataset(tmp_path / "silent", n=2, seconds=3.0, audio_gaps=((0.0, 100.0),))
     r = cli("pretrain", "av", silent.root, "--out", tmp_path / "o", "--preset", "tiny")
     assert r.code == 2 and "has no audio" in r.err and len(r.err.strip().splitlines()) == 1
+    write_synthetic_episode(silent, SyntheticEpisode(duration_s=3.0, seed=7))  # one episode that has sound
+    r = cli("pretrain", "av", silent.root, "--out", tmp_path / "mixed", "--preset", "tiny", "--epochs", "1",
+            "--batch-size", "8", "--stride", "4", "--threads", "1")
+    assert r.code == 0, r.err
+    assert "2 episode(s) without audio left out" in r.out
+    assert json.loads((tmp_path / "mixed" / RECORD_FILE).read_text())["episodes"] == [2]
     r = cli("pretrain", "av", ds.root, "--out", tmp_path / "o", "--preset", "tiny", "--batch-size", "500")
     assert r.code == 2 and "do not fill one batch of 500" in r.err and len(r.err.strip().splitlines()) == 1
     r = cli("pretrain", "av", ds.root, "--out", tmp_path / "o", "--preset", "tiny", "--batch-size", "1")

@@ -219,7 +219,8 @@ def pretrain_byol_a(
 def pretrain_av(
     dataset: Path = DatasetArgument,
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write r3m.pt, avid.pt and pretrain-av.json into."),
-    preset: str = typer.Option("paper", "--preset", help=f"Encoder sizes of the policy preset they are for: {PRESETS_TEXT}."),
+    preset: str = typer.Option("paper", "--preset", help="Encoder sizes of the policy preset they are for: "
+                               f"{PRESETS_TEXT}."),
     epochs: int = typer.Option(20, "--epochs", help="Passes over the recorded moments."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Moments per step; each is told apart from the "
                                    "other B - 1 (chance: loss log B, retrieval 1/B)."),
@@ -262,6 +263,8 @@ def pretrain_av(
                           "when the pretraining has finished)")
         sys.exit(130)
     r = result.record
+    for note in r["notes"]:
+        console.print(f"[dim]{note}[/]", highlight=False)
     ret = r["retrieval"]
     console.print(f"[green]wrote[/] {fmt_path(result.r3m)}, {fmt_path(result.avid)} and "
                   f"{fmt_path(result.record_path)}: {r['moments']} moments of {len(r['episodes'])} episode(s), "

@@ -168,14 +168,9 @@ def info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float
 # ------------------------------------------------------------------------------------------ data
 
 
-def audio_episodes(ds: Dataset, episodes: list[int]) -> tuple[list[int], list[str]]:
-    """The episodes that recorded audio, and a note on those left out; refuses a dataset with none."""
-    with_audio = [i for i in episodes if ds.episode(i).array("audio/pcm").shape[0] > 0]
-    if not with_audio:
-        raise DatasetError(f"{ds.root} has no audio: none of its {len(episodes)} episode(s) used here recorded a "
-                           "contact-microphone sample, and audio-visual pretraining needs sound")
-    left = len(episodes) - len(with_audio)
-    return with_audio, ([f"{left} episode(s) without audio left out"] if left else [])
+def audio_episodes(ds: Dataset, episodes: list[int]) -> list[int]:
+    """The episodes that recorded at least one audio sample."""
+    return [i for i in episodes if ds.episode(i).array("audio/pcm").shape[0] > 0]
 
 
 def plain_batch(samples: PolicySamples, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -240,12 +235,17 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
     pc = policy_config(c.preset, METHOD)
     spec = DataSpec.from_policy(pc, stride=c.stride)
     selection = training_episodes(ds)
-    train_eps, notes = audio_episodes(ds, selection.indices)
+    train_eps = audio_episodes(ds, selection.indices)
+    if not train_eps:
+        raise DatasetError(f"{ds.root} has no audio: none of the {len(selection.indices)} episode(s) of its "
+                           f"{selection.source} recorded a contact-microphone sample, and audio-visual pretraining "
+                           "needs sound")
+    left = len(selection.indices) - len(train_eps)
+    notes = selection.notes + ([f"{left} episode(s) without audio left out"] if left else [])
     split = ds.metadata.get(SPLIT_KEY)
     present = set(ds.episode_indices())
-    val_eps = [int(i) for i in (split.get("val", []) if isinstance(split, dict) else []) if int(i) in present]
-    if val_eps:
-        val_eps, _ = audio_episodes(ds, val_eps)
+    val_eps = audio_episodes(ds, [int(i) for i in (split.get("val", []) if isinstance(split, dict) else [])
+                                  if int(i) in present])
 
     norm = ActionNormalization.identity(pc.action_dim)  # actions are not used
     train_set = PolicySamples(ds, train_eps, spec, norm, augment=True, seed=c.seed, preload_mb=0)

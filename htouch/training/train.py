@@ -567,8 +567,9 @@ class Session:
                 "epochs_done": len(history), "best_epoch": best_epoch,
                 "best_val_loss": best_val if math.isfinite(best_val) else None,
                 "encoders": self.encoder_origin, "encoder_pretraining": self.encoder_pretraining,
-                "random_init": self.random_encoders(), "data": self.data_record(), "processes": self.env.world_size, "device": str(self.device),
-                "torch": torch.__version__, "python": platform.python_version()}
+                "random_init": self.random_encoders(), "data": self.data_record(),
+                "processes": self.env.world_size, "device": str(self.device), "torch": torch.__version__,
+                "python": platform.python_version()}
 
     def random_encoders(self) -> list[str]:
         return sorted(k for k, v in self.encoder_origin.items() if v == "random")
