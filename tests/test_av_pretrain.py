@@ -200,3 +200,21 @@ def test_bad_input_gets_one_line(tmp_path, cli, ds):
     r = cli("pretrain", "av", ds.root, "--out", tmp_path / "file", "--preset", "tiny")
     assert r.code == 2 and "not a directory" in r.err
     assert not (tmp_path / "o").exists()  # nothing written by a refused run
+
+
+def test_byol_a_files_carry_their_record_too(tmp_path):
+    from htouch.training.byol_a import MADE_BY as BYOL_MADE_BY
+    from htouch.training.byol_a import save_encoder
+    from htouch.training.checkpoints import load_byol_a
+
+    policy = build_policy(policy_config("tiny", "byol-a"))
+    out = tmp_path / "byol.safetensors"
+    # as written before the record named its maker: only `htouch pretrain byol-a` writes this metadata
+    save_encoder(policy.audio_encoder, out, {"preset": "tiny", "dataset": "/data/demos", "epochs": 5, "seed": 0})
+    report = load_byol_a(out, policy.audio_encoder)
+    assert report.made_by["made_by"] == BYOL_MADE_BY
+    labels = describe_initialisation({"audio_encoder": f"byol-a: {out}"}, {"audio_encoder": report.made_by})
+    assert labels == {"audio_encoder": f"in-domain BYOL-A: `{BYOL_MADE_BY}` (tiny preset, 5 epochs on demos, seed 0)"}
+    plain = tmp_path / "byol.pth"  # BYOL-A's released layout: no record
+    torch.save(policy.audio_encoder.state_dict(), plain)
+    assert load_byol_a(plain, policy.audio_encoder).made_by is None

@@ -12,8 +12,9 @@ Pretrained files (layouts in /work/shared/reference/encoders-and-audio.md), each
 Inside the encoder's prefix the keys and shapes must match the encoder exactly, or the file is refused with
 one HtouchError naming the file and what is wrong; keys outside it are reported as ignored.
 R3M and AVID files that htouch made itself (`htouch pretrain av`) have the same layouts plus one top-level
-entry `htouch`: JSON text saying how they were made (`pretraining_record`), which the run records beside
-the file's path so that results can say which initialisation a policy had (`describe_initialisation`).
+entry `htouch`: JSON text saying how they were made (`pretraining_record`; `htouch pretrain byol-a` keeps
+the same in its safetensors metadata), which the run records beside the file's path so that results can say
+which initialisation a policy had (`describe_initialisation`).
 
 Nothing here can run code from a file: torch files are read with `weights_only=True` (tensors, numbers,
 strings, containers only), run checkpoints are safetensors + JSON.
@@ -168,8 +169,10 @@ def load_avid_audio(path: str | Path, module: nn.Module) -> LoadReport:
     return _load_recorded(module, obj, state, AVID_PREFIX, path, "AVID")
 
 
-def pretraining_record(obj: dict[str, Any], path: Path) -> dict[str, Any] | None:
-    """How an htouch-made file was made (its `htouch` entry, JSON text), None for a third-party file."""
+def pretraining_record(obj: dict[str, Any], path: Path, defaults: dict[str, str] | None = None
+                       ) -> dict[str, Any] | None:
+    """How an htouch-made file was made (its `htouch` entry, JSON text, completed by `defaults`), None for a
+    third-party file."""
     text = obj.get(PRETRAINING_KEY)
     if text is None:
         return None
@@ -177,16 +180,18 @@ def pretraining_record(obj: dict[str, Any], path: Path) -> dict[str, Any] | None
         record = json.loads(text) if isinstance(text, str) else None
     except json.JSONDecodeError:
         record = None
+    if isinstance(record, dict):
+        record = {**(defaults or {}), **record}
     if not isinstance(record, dict) or not isinstance(record.get("made_by"), str):
         raise HtouchError(f"{path}: its {PRETRAINING_KEY!r} entry is not the JSON record htouch writes (damaged?)")
     return record
 
 
 def _load_recorded(module: nn.Module, obj: dict[str, Any], state: dict[str, Any], prefix: str, path: Path,
-                   layout: str) -> LoadReport:
+                   layout: str, defaults: dict[str, str] | None = None) -> LoadReport:
     """load_encoder_weights, with the file's pretraining record attached (and named when the file is refused,
     since a size mismatch then usually means a file made for another preset)."""
-    record = pretraining_record(obj, path)
+    record = pretraining_record(obj, path, defaults)
     try:
         report = load_encoder_weights(module, state, prefix, path, layout)
     except HtouchError as e:
@@ -211,7 +216,14 @@ def load_byol_a(path: str | Path, module: nn.Module) -> LoadReport:
     """A BYOL-A AudioNTT2020 state dict (features.*, fc.*) into an `AudioNTT2020`."""
     path = Path(path)
     state = _state_dict(read_weights_file(path), path, "BYOL-A", "the file")
-    return load_encoder_weights(module, state, "", path, "BYOL-A")
+    meta = {}
+    if path.suffix == ".safetensors":  # `htouch pretrain byol-a` keeps its record in the metadata
+        with safetensors.safe_open(str(path), "pt") as f:
+            meta = {k: v for k, v in (f.metadata() or {}).items() if k == PRETRAINING_KEY}
+    from htouch.training.byol_a import LABEL, MADE_BY
+
+    # files written before the record named its maker: only that command writes this metadata
+    return _load_recorded(module, meta, state, "", path, "BYOL-A", defaults={"made_by": MADE_BY, "label": LABEL})
 
 
 # ------------------------------------------------------------------------------------------ per method
