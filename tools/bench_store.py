@@ -63,6 +63,30 @@ QUICK = Sizes(throughput_s=5, latency_s=1.5, quality_s=2, candidate_frames=6, re
 # ------------------------------------------------------------------------------------------------ setup
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for a report's conditions."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def elapsed_logger(console: Any) -> Callable[[str], None]:
+    """log(msg): msg printed on a rich console after the seconds since this call."""
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - t_start:6.1f} s[/]  {msg}")
+
+    return log
+
+
+def chosen_cpu(ap: argparse.ArgumentParser, requested: int | None) -> int:
+    """The core a benchmark pins itself to: --cpu, else the last one this process may use."""
+    allowed = os.sched_getaffinity(0)
+    cpu = requested if requested is not None else max(allowed)
+    if cpu not in allowed:
+        ap.error(f"--cpu {cpu} is not one of the cores this process may use ({sorted(allowed)})")
+    return cpu
+
+
 def pin_to_cpu(cpu: int) -> None:
     """Pin every thread of this process (numpy/BLAS start threads at import) and all future ones."""
     for tid in os.listdir("/proc/self/task"):
@@ -939,10 +963,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-child", choices=("paced", "unpaced"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    allowed = os.sched_getaffinity(0)
-    cpu = args.cpu if args.cpu is not None else max(allowed)
-    if cpu not in allowed:
-        ap.error(f"--cpu {cpu} is not one of the cores this process may use ({sorted(allowed)})")
+    cpu = chosen_cpu(ap, args.cpu)
     pin_to_cpu(cpu)
     width, height = args.frame_size
     sizes = QUICK if args.quick else FULL

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_store import machine_info, pin_to_cpu  # noqa: E402
+from bench_store import chosen_cpu, elapsed_logger, load_average, machine_info, pin_to_cpu  # noqa: E402
 
 # A paper-sized dataset for the epoch-time estimate: 50 demonstrations (the paper: 40-60) of 20 s, 4/5 training.
 PAPER_DEMOS, PAPER_DEMO_S, CAMERA_HZ, HORIZON = 50, 20.0, 30.0, 8
@@ -216,10 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu", type=int, default=None, help="core to pin to (default: the last allowed one)")
     ap.add_argument("--presets", default="tiny,paper", help="comma-separated presets to measure")
     args = ap.parse_args(argv)
-    allowed = os.sched_getaffinity(0)
-    cpu = args.cpu if args.cpu is not None else max(allowed)
-    if cpu not in allowed:
-        ap.error(f"--cpu {cpu} is not one of the cores this process may use ({sorted(allowed)})")
+    cpu = chosen_cpu(ap, args.cpu)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     pin_to_cpu(cpu)
     import torch
@@ -236,13 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         ap.error(f"unknown preset(s) {', '.join(bad)}; use {', '.join(PRESETS)}")
     plan = QUICK if args.quick else FULL
-    console = Console(stderr=True)
-    t_start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - t_start:6.1f} s[/]  {msg}")
-
-    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    log = elapsed_logger(Console(stderr=True))
+    load_start = load_average()
     results = []
     with tempfile.TemporaryDirectory(prefix="htouch-bench-train-") as tmp:
         tmp = Path(tmp)
@@ -257,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                                  else argv)]),
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load_start": load_start,
-            "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()), "episodes": plan.episodes,
+            "load_end": load_average(), "episodes": plan.episodes,
             "seconds": plan.seconds, "min_seconds": plan.min_seconds, "machine": machine_info(cpu)}
     table = Table(title="htouch training throughput (one core)")
     for c in ("preset", "mode", "batch", "samples/s", "per CPU-s", "CPU share"):

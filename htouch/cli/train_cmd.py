@@ -17,6 +17,11 @@ from htouch.training.model import METHOD_HELP, METHODS, PRESETS
 
 METHODS_TEXT = "; ".join(f"[bold]{m}[/]: {METHOD_HELP[m]}" for m in METHODS)
 PRESETS_TEXT = ", ".join(PRESETS)
+DeviceOption = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
+# shared by the pretraining commands
+PretrainSeedOption = typer.Option(0, "--seed", help="Seed of initialisation, order and augmentation.")
+PretrainThreadsOption = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core).",
+                                     show_default=False)
 
 
 class RichReporter:
@@ -105,14 +110,15 @@ def train(
     frozen_encoders: bool = typer.Option(False, "--frozen-encoders", help="Encode frames and audio once with frozen "
                                          "encoders and train only the head (minutes on a CPU; no image augmentation)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run from its last finished epoch."),
-    r3m: Path = typer.Option(None, "--r3m", help="R3M ResNet18 checkpoint file (image encoder).", show_default=False),
-    avid: Path = typer.Option(None, "--avid", help="AVID-CMA AudioSet checkpoint file (audio encoder).",
-                              show_default=False),
+    r3m: Path = typer.Option(None, "--r3m", help="R3M ResNet18 checkpoint file (image encoder), or the r3m.pt of "
+                             "`htouch pretrain av`.", show_default=False),
+    avid: Path = typer.Option(None, "--avid", help="AVID-CMA AudioSet checkpoint file (audio encoder), or the avid.pt "
+                              "of `htouch pretrain av`.", show_default=False),
     byol_a: Path = typer.Option(None, "--byol-a", help="BYOL-A encoder from `htouch pretrain byol-a` (method byol-a).",
                                 show_default=False),
     allow_random_init: bool = typer.Option(False, "--allow-random-init", help="Start encoders whose checkpoint file "
                                            "is not given from random weights (recorded in the run)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu."),
+    device: str = DeviceOption,
     workers: int = typer.Option(None, "--workers", help="Data loader processes (default: 0 on the CPU, a few "
                                 "per GPU).", show_default=False),
     horizon: int = typer.Option(None, "--horizon", help="Actions predicted per step (default: the preset's).",
@@ -131,7 +137,8 @@ def train(
     Uses the `htouch spectrogram` cache when its parameters match. Writes model.safetensors + config.json
     (the best validation model), metrics.csv, TensorBoard events, loss_curves.png and last.pt for --resume.
 
-    Pretrained encoders are files you supply (--r3m, --avid, --byol-a); nothing is downloaded.
+    Pretrained encoders are files you supply (--r3m, --avid, --byol-a; `htouch pretrain av` and
+    `htouch pretrain byol-a` make in-domain ones); nothing is downloaded.
     Several GPUs or machines: start it with torchrun (torchrun --nproc_per_node 2 -m htouch train DATA --run-dir R).
 
     Example: [bold]htouch train demo_data --method ours --preset tiny --run runs/tiny --allow-random-init[/]
@@ -167,8 +174,8 @@ def train(
 # ------------------------------------------------------------------------------------------ pretrain
 
 pretrain_app = typer.Typer(
-    help="Pretrain an encoder in-domain on a dataset's own data.\n\n"
-         "Example: [bold]htouch pretrain byol-a demo_data --out byol_a.safetensors --preset tiny[/]",
+    help="Pretrain encoders in-domain on a dataset's own data.\n\n"
+         "Example: [bold]htouch pretrain av play_data --out pretrained/ --preset tiny[/]",
     no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(pretrain_app, name="pretrain")
 
@@ -181,13 +188,12 @@ def pretrain_byol_a(
     epochs: int = typer.Option(100, "--epochs", help="Passes over the training spectrograms (the paper: 100)."),
     batch_size: int = typer.Option(1024, "--batch-size", "-b", help="Spectrograms per step (the paper: 1024)."),
     lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate (the paper: 3e-4)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, order and augmentation."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu."),
+    seed: int = PretrainSeedOption,
+    device: str = DeviceOption,
     stride: int = typer.Option(1, "--stride", help="Use the window at every n-th camera frame (neighbours overlap "
                                "by all but 1/30 s)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core).",
-                                show_default=False),
+    threads: int = PretrainThreadsOption,
 ) -> None:
     """Pretrain BYOL-A's audio encoder on the dataset's own byol-a log-mel spectrograms (the BYOL-A baseline).
 
@@ -209,10 +215,77 @@ def pretrain_byol_a(
                   f"{result.losses[0]:.4g} -> {result.losses[-1]:.4g}")
 
 
+@pretrain_app.command("av")
+def pretrain_av(
+    dataset: Path = DatasetArgument,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write r3m.pt, avid.pt and pretrain-av.json into."),
+    preset: str = typer.Option("paper", "--preset", help="Encoder sizes of the policy preset they are for: "
+                               f"{PRESETS_TEXT}."),
+    epochs: int = typer.Option(20, "--epochs", help="Passes over the recorded moments."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Moments per step; each is told apart from the "
+                                   "other B - 1 (chance: loss log B, retrieval 1/B)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    temperature: float = typer.Option(0.07, "--temperature", help="InfoNCE temperature (AVID's 0.07)."),
+    seed: int = PretrainSeedOption,
+    device: str = DeviceOption,
+    stride: int = typer.Option(1, "--stride", help="Use the moment at every n-th camera frame (neighbours nearly "
+                               "coincide)."),
+    force: bool = typer.Option(False, "--force", help="Replace the files of an earlier run in --out."),
+    threads: int = PretrainThreadsOption,
+) -> None:
+    """Pretrain the policy's image and audio encoders on unlabelled recordings (AVID-style, in-domain).
+
+    Cross-modal instance discrimination: the ResNet18 embeds the frames of a moment, AVID's audio network the
+    2 s clip ending there (the policy's own inputs); a symmetric InfoNCE loss makes each clip find its frames
+    among the batch's and each frame stack its clip. Success labels are ignored (play data). Uses the training
+    episodes of `htouch split` (all if none) and checks retrieval on its validation episodes.
+
+    Writes R3M and AVID files in their released layouts: `htouch train --r3m OUT/r3m.pt --avid OUT/avid.pt`
+    then starts from them as from the real files, and the run records that they came from this command.
+
+    Example: [bold]htouch pretrain av play_data --out pretrained/ --preset tiny --epochs 10 --batch-size 32[/]
+    """
+    from htouch.training.av_pretrain import AvConfig, pretrain_av as run_pretrain
+
+    ds = find_dataset(dataset)
+    config = AvConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
+                      temperature=temperature, seed=seed, device=device, stride=stride, force=force, threads=threads)
+
+    def epoch_line(epoch: int, loss: float, top1: float) -> None:
+        console.print(f"epoch {epoch:>3}/{epochs}  InfoNCE {loss:.4g}  audio->frames top-1 {top1:.0%} (training "
+                      "batches)", highlight=False)
+
+    try:
+        with _epoch_bar(None, "AV pretraining steps") as update:
+            result = run_pretrain(config, progress_bar=progress_bar, on_step=update, on_epoch=epoch_line)
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]; nothing was written to {fmt_path(out)} (the files appear only "
+                          "when the pretraining has finished)")
+        sys.exit(130)
+    r = result.record
+    for note in r["notes"]:
+        console.print(f"[dim]{note}[/]", highlight=False)
+    ret = r["retrieval"]
+    console.print(f"[green]wrote[/] {fmt_path(result.r3m)}, {fmt_path(result.avid)} and "
+                  f"{fmt_path(result.record_path)}: {r['moments']} moments of {len(r['episodes'])} episode(s), "
+                  f"InfoNCE {result.losses[0]:.4g} -> {result.losses[-1]:.4g} (chance {r['chance_loss']:.3g})")
+    if ret["after"]:
+        b, a = ret["before"], ret["after"]
+        console.print(f"audio->frames top-1 in batches of {a['batch']} on the {ret['on']}: "
+                      f"{b['audio_to_video_top1']:.0%} before, {a['audio_to_video_top1']:.0%} after "
+                      f"(chance {a['chance_top1']:.0%})", highlight=False)
+
+
 @contextlib.contextmanager
-def _epoch_bar(epochs: int) -> Iterator[Callable[[int, float], None]]:
-    columns = (TextColumn("[bold]BYOL-A"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+def _epoch_bar(total: int | None, label: str = "BYOL-A") -> Iterator[Callable[..., None]]:
+    """A bar of epochs (or steps) with the loss; yields update(done, loss) or update(done, total, loss)."""
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as p:
-        task = p.add_task("", total=epochs, loss="-")
-        yield lambda epoch, loss: p.update(task, completed=epoch, loss=f"{loss:.4g}")
+        task = p.add_task("", total=total, loss="-")
+
+        def update(done: int, *rest: float) -> None:
+            *of, loss = rest
+            p.update(task, completed=done, loss=f"{loss:.4g}", **({"total": of[0]} if of else {}))
+
+        yield update

@@ -11,7 +11,8 @@ BYOL-A (Niizumi et al. 2021, nttcslab/byol-a) with its default settings, on the 
   exponential moving average (0.99) of the online encoder and projector; loss 2 - 2 cos, symmetrised;
 - Adam, lr 3e-4; the paper: 100 epochs, batch 1024.
 The file written holds the online encoder's state dict (AudioNTT2020: features.*, fc.*): BYOL-A's own layout,
-which checkpoints.load_byol_a reads. Safetensors for a .safetensors name, else a plain torch state dict.
+which checkpoints.load_byol_a reads. Safetensors for a .safetensors name (with how it was made as JSON
+metadata `htouch`, which a training run records), else a plain torch state dict.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from htouch.training.encoders import AudioNTT2020
 from htouch.training.model import PRESETS, policy_config
 
 KIND = "byol-a"
+MADE_BY = "htouch pretrain byol-a"
+LABEL = "in-domain BYOL-A"  # how results name this initialisation (checkpoints.describe_initialisation)
 
 
 @dataclass
@@ -266,7 +269,8 @@ def _pretrain(config: ByolaConfig, progress_bar: Any, on_epoch: Callable[[int, f
         if on_epoch:
             on_epoch(epoch + 1, losses[-1])
     encoder = model.encoder.cpu().eval()
-    meta = {"format": "byol-a AudioNTT2020 state dict", "n_mels": params.n_mels, "d": pc.byol_dim,
+    meta = {"format": "byol-a AudioNTT2020 state dict", "made_by": MADE_BY, "label": LABEL, "n_mels": params.n_mels,
+            "d": pc.byol_dim,
             "channels": pc.byol_channels, "preset": config.preset, "spectrogram": KIND,
             "spectrogram_key": params_key(DEFAULT_CLIP, params), "dataset": str(ds.root.resolve()),
             "episodes": selection.indices, "windows": n, "epochs": config.epochs, "batch_size": batch,

@@ -11,6 +11,10 @@ Pretrained files (layouts in /work/shared/reference/encoders-and-audio.md), each
   safetensors (what `htouch pretrain byol-a` writes).
 Inside the encoder's prefix the keys and shapes must match the encoder exactly, or the file is refused with
 one HtouchError naming the file and what is wrong; keys outside it are reported as ignored.
+R3M and AVID files that htouch made itself (`htouch pretrain av`) have the same layouts plus one top-level
+entry `htouch`: JSON text saying how they were made (`pretraining_record`; `htouch pretrain byol-a` keeps
+the same in its safetensors metadata), which the run records beside the file's path so that results can say
+which initialisation a policy had (`describe_initialisation`).
 
 Nothing here can run code from a file: torch files are read with `weights_only=True` (tensors, numbers,
 strings, containers only), run checkpoints are safetensors + JSON.
@@ -47,6 +51,7 @@ DEFAULT_NAME = "model"
 
 R3M_PREFIX = "module.convnet."
 AVID_PREFIX = "module.audio_model."
+PRETRAINING_KEY = "htouch"  # top-level entry of an htouch-made R3M / AVID file: JSON text, how it was made
 
 
 @dataclass
@@ -57,10 +62,14 @@ class LoadReport:
     layout: str  # "r3m", "avid", "byol-a"
     loaded: int  # tensors copied into the encoder
     ignored: dict[str, int] = field(default_factory=dict)  # key group -> count, outside the encoder's prefix
+    made_by: dict[str, Any] | None = None  # the file's pretraining record (htouch-made files), else None
+    encoder: str = ""  # the policy attribute it initialised (set by load_pretrained)
 
     def summary(self) -> str:
         ignored = ", ".join(f"{n} under {g}" for g, n in sorted(self.ignored.items()))
-        return f"{self.layout}: {self.loaded} tensors from {self.path}" + (f" (ignored {ignored})" if ignored else "")
+        made = f", made by {describe_pretraining(self.made_by)}" if self.made_by else ""
+        return (f"{self.layout}: {self.loaded} tensors from {self.path}{made}" +
+                (f" (ignored {ignored})" if ignored else ""))
 
 
 # ------------------------------------------------------------------------------------------ reading files
@@ -146,7 +155,7 @@ def load_r3m_encoder(path: str | Path, module: nn.Module) -> LoadReport:
         keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
         raise HtouchError(f"{path}: not an R3M checkpoint: expected a dict with an 'r3m' entry, found {keys}")
     state = _state_dict(obj["r3m"], path, "R3M", "'r3m'")
-    return load_encoder_weights(module, state, R3M_PREFIX, path, "R3M")
+    return _load_recorded(module, obj, state, R3M_PREFIX, path, "R3M")
 
 
 def load_avid_audio(path: str | Path, module: nn.Module) -> LoadReport:
@@ -157,14 +166,64 @@ def load_avid_audio(path: str | Path, module: nn.Module) -> LoadReport:
         keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
         raise HtouchError(f"{path}: not an AVID checkpoint: expected a dict with a 'model' entry, found {keys}")
     state = _state_dict(obj["model"], path, "AVID", "'model'")
-    return load_encoder_weights(module, state, AVID_PREFIX, path, "AVID")
+    return _load_recorded(module, obj, state, AVID_PREFIX, path, "AVID")
+
+
+def pretraining_record(obj: dict[str, Any], path: Path, defaults: dict[str, str] | None = None
+                       ) -> dict[str, Any] | None:
+    """How an htouch-made file was made (its `htouch` entry, JSON text, completed by `defaults`), None for a
+    third-party file."""
+    text = obj.get(PRETRAINING_KEY)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        record = None
+    if isinstance(record, dict):
+        record = {**(defaults or {}), **record}
+    if not isinstance(record, dict) or not isinstance(record.get("made_by"), str):
+        raise HtouchError(f"{path}: its {PRETRAINING_KEY!r} entry is not the JSON record htouch writes (damaged?)")
+    return record
+
+
+def _load_recorded(module: nn.Module, obj: dict[str, Any], state: dict[str, Any], prefix: str, path: Path,
+                   layout: str, defaults: dict[str, str] | None = None) -> LoadReport:
+    """load_encoder_weights, with the file's pretraining record attached (and named when the file is refused,
+    since a size mismatch then usually means a file made for another preset)."""
+    record = pretraining_record(obj, path, defaults)
+    try:
+        report = load_encoder_weights(module, state, prefix, path, layout)
+    except HtouchError as e:
+        if record is None:
+            raise
+        raise HtouchError(f"{e}; the file was made by {describe_pretraining(record)}") from None
+    report.made_by = record
+    return report
+
+
+def describe_pretraining(record: dict[str, Any]) -> str:
+    """One phrase for a pretraining record: `htouch pretrain av` (tiny preset, 5 epochs on play-zip, seed 0)."""
+    parts = [f"{record.get('preset')} preset" if record.get("preset") else None,
+             f"{record['epochs']} epochs on {Path(str(record['dataset'])).name}"
+             if record.get("epochs") is not None and record.get("dataset") else None,
+             f"seed {record['seed']}" if record.get("seed") is not None else None]
+    inside = ", ".join(p for p in parts if p)
+    return f"`{record['made_by']}`" + (f" ({inside})" if inside else "")
 
 
 def load_byol_a(path: str | Path, module: nn.Module) -> LoadReport:
     """A BYOL-A AudioNTT2020 state dict (features.*, fc.*) into an `AudioNTT2020`."""
     path = Path(path)
     state = _state_dict(read_weights_file(path), path, "BYOL-A", "the file")
-    return load_encoder_weights(module, state, "", path, "BYOL-A")
+    meta = {}
+    if path.suffix == ".safetensors":  # `htouch pretrain byol-a` keeps its record in the metadata
+        with safetensors.safe_open(str(path), "pt") as f:
+            meta = {k: v for k, v in (f.metadata() or {}).items() if k == PRETRAINING_KEY}
+    from htouch.training.byol_a import LABEL, MADE_BY
+
+    # files written before the record named its maker: only that command writes this metadata
+    return _load_recorded(module, meta, state, "", path, "BYOL-A", defaults={"made_by": MADE_BY, "label": LABEL})
 
 
 # ------------------------------------------------------------------------------------------ per method
@@ -202,9 +261,38 @@ def load_pretrained(model: AudioVisualPolicy, files: dict[str, str | Path | None
     for kind in wanted:
         if kind in given:
             attr, loader = PRETRAINED[kind]
-            reports.append(loader(given[kind], getattr(model, attr)))
+            report = loader(given[kind], getattr(model, attr))
+            report.encoder = attr
+            reports.append(report)
             origin[attr] = f"{kind}: {Path(given[kind]).resolve()}"
     return reports, origin
+
+
+def pretraining_of(reports: list[LoadReport]) -> dict[str, dict[str, Any]]:
+    """Per encoder, the pretraining record of the file that initialised it (htouch-made files only): what a
+    run stores as `encoder_pretraining` beside `encoders`."""
+    return {r.encoder: r.made_by for r in reports if r.made_by}
+
+
+FILE_LABELS = {"r3m": "R3M file", "avid": "AVID file", "byol-a": "BYOL-A file"}
+
+
+def describe_initialisation(encoders: dict[str, str], pretraining: dict[str, dict[str, Any]] | None = None
+                            ) -> dict[str, str]:
+    """Per encoder, a phrase for a results table from a run's `encoders` ("r3m: /path", "random", "none")
+    and `encoder_pretraining` entries (config.json and run.json hold both): "random", "none (no audio)",
+    "R3M file (r3m.pt)", or "in-domain AV: `htouch pretrain av` (tiny preset, 5 epochs on play-zip, seed 0)"."""
+    out = {}
+    for name, origin in encoders.items():
+        record = (pretraining or {}).get(name)
+        if origin in ("random", "none"):
+            out[name] = "none (no audio)" if origin == "none" else "random"
+        elif record:
+            out[name] = f"{record.get('label', 'pretrained')}: {describe_pretraining(record)}"
+        else:
+            kind, _, path = str(origin).partition(": ")
+            out[name] = f"{FILE_LABELS.get(kind, kind)} ({Path(path).name})"
+    return out
 
 
 # ------------------------------------------------------------------------------------------ run checkpoints

@@ -16,7 +16,8 @@ A run directory holds:
     model.safetensors, config.json   the best-validation policy and what it needs (checkpoints.py)
     last.pt                          the state after the last finished epoch, for --resume
                                      (tensors, numbers and lists only: read with weights_only=True)
-    run.json                         the training settings, where the encoders came from, progress
+    run.json                         the training settings, where the encoders came from (`encoders`: file or
+                                     random; `encoder_pretraining`: how an htouch-made file was made), progress
     metrics.csv, tensorboard/        per-epoch losses, learning rate and throughput
     loss_curves.png                  training and validation loss per epoch
 Several processes (torchrun) train one policy with DistributedDataParallel: see ddp.py.
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from htouch.dataset.store import Dataset, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training import ddp
-from htouch.training.checkpoints import METHOD_PRETRAINED, load_pretrained, save_run_checkpoint
+from htouch.training.checkpoints import METHOD_PRETRAINED, load_pretrained, pretraining_of, save_run_checkpoint
 from htouch.training.data import (
     DEFAULT_PRELOAD_MB,
     DataSpec,
@@ -425,8 +426,10 @@ class Session:
         _seed_everything(c.seed)
         self.model = build_policy(self.policy_config)
         self.encoder_origin: dict[str, str] = {}
+        self.encoder_pretraining: dict[str, dict[str, Any]] = {}  # encoder -> record of an htouch-made file
         if not self.resume_state:
             reports, self.encoder_origin = load_pretrained(self.model, c.pretrained_files(), c.allow_random_init)
+            self.encoder_pretraining = pretraining_of(reports)
             for r in reports:
                 self.reporter.note(f"pretrained {r.summary()}")
         self.model.set_spectrogram_stats(self.plan.spectrogram_stats(self.policy_config.audio_kind) or {})
@@ -489,7 +492,8 @@ class Session:
                 "epoch": len(history), "history": [m.row() for m in history], "best_epoch": best_epoch,
                 "best_val_loss": best_val, "bad_epochs": bad_epochs, "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "encoder_origin": json.dumps(self.encoder_origin)}
+                "encoder_origin": json.dumps(self.encoder_origin),
+                "encoder_pretraining": json.dumps(self.encoder_pretraining)}
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -497,6 +501,7 @@ class Session:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.encoder_origin = json.loads(state.get("encoder_origin", "{}"))
+            self.encoder_pretraining = json.loads(state.get("encoder_pretraining", "{}"))
         except (KeyError, RuntimeError, ValueError) as e:
             raise HtouchError(f"{self.config.run_dir / STATE_FILE}: does not fit this run's model "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
@@ -561,9 +566,10 @@ class Session:
         return {"config": self.config.to_dict(), "policy": self.policy_config.to_dict(), "status": status,
                 "epochs_done": len(history), "best_epoch": best_epoch,
                 "best_val_loss": best_val if math.isfinite(best_val) else None,
-                "encoders": self.encoder_origin, "random_init": self.random_encoders(),
-                "data": self.data_record(), "processes": self.env.world_size, "device": str(self.device),
-                "torch": torch.__version__, "python": platform.python_version()}
+                "encoders": self.encoder_origin, "encoder_pretraining": self.encoder_pretraining,
+                "random_init": self.random_encoders(), "data": self.data_record(),
+                "processes": self.env.world_size, "device": str(self.device), "torch": torch.__version__,
+                "python": platform.python_version()}
 
     def random_encoders(self) -> list[str]:
         return sorted(k for k, v in self.encoder_origin.items() if v == "random")
@@ -577,7 +583,8 @@ class Session:
             "rig": ds.rig.to_dict(),
             "dataset": {"root": str(ds.root.resolve()), "task": ds.task, "train_episodes": self.plan.train,
                         "val_episodes": self.plan.val, "stats_computed": self.plan.stats.get("computed")},
-            "encoders": self.encoder_origin, "random_init": self.random_encoders(),
+            "encoders": self.encoder_origin, "encoder_pretraining": self.encoder_pretraining,
+            "random_init": self.random_encoders(),
             "training": {"method": self.config.method, "preset": self.config.preset, "seed": self.config.seed,
                          "frozen_encoders": self.config.frozen_encoders, "best_epoch": best_epoch,
                          "best_val_loss": best_val},
