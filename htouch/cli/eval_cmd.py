@@ -62,23 +62,31 @@ def eval_(
                                       show_default=False),
     record: Path = typer.Option(None, "--record", help="Keep the rollouts as episodes in this dataset.",
                                 show_default=False),
-    out: Path = typer.Option(None, "--out", "-o", help="Results file (default: RUN/eval-TASK-VARIATION.json).",
+    out: Path = typer.Option(None, "--out", "-o", help="Results file (default: RUN/eval-TASK-VARIATION.json, "
+                             "with -AUDIO appended for an audio ablation).",
                              show_default=False),
     force: bool = typer.Option(False, "--force", help="Run the policy on a task it was not trained on."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for the policy (default: one per core).",
                                 show_default=False),
+    audio: str = typer.Option("real", "--audio", help="What the policy hears: real, silent (digital silence) or "
+                              "shuffled (another episode's audio at another time); the rollouts record the real "
+                              "audio."),
+    audio_from: Path = typer.Option(None, "--audio-from", help="Dataset that --audio shuffled takes its audio from "
+                                    "(default: the run's training dataset).", show_default=False),
 ) -> None:
     """Evaluate a policy closed-loop on the simulated rig: success rate with a Wilson 95 % interval, reward.
 
     The simulated rig gets the camera and audio the policy was trained on; each episode ends when the task
-    succeeds or at the time limit. Writes the summary and every episode to a JSON file.
+    succeeds or at the time limit. Writes the summary and every episode to a JSON file. --audio silent or
+    shuffled ablates what the policy hears (docs/eval.md) and names the results file after it.
 
-    Example: [bold]htouch eval runs/zip-ours --episodes 50 --variation test[/]
+    Example: [bold]htouch eval runs/zip-ours --episodes 50 --variation test --audio shuffled[/]
     """
     from htouch.training.evaluate import EvalConfig, default_output, evaluate
 
     config = EvalConfig(run_dir=run, task=task, episodes=episodes, variation=variation, seed=seed, execute=execute,
-                        max_seconds=max_seconds, record=record, force=force, threads=threads)
+                        max_seconds=max_seconds, record=record, force=force, threads=threads, audio=audio,
+                        audio_from=audio_from)
     with _episode_bar(episodes, f"eval {variation}") as advance:
         try:
             result = evaluate(config, on_episode=lambda e: advance(e.success))
@@ -88,7 +96,10 @@ def eval_(
     console.print(_episode_table(result))
     for note in result.notes:
         console.print(f"[dim]{note}[/]", highlight=False)
-    path = out or default_output(run, result.task, variation)
+    if "heard" in result.audio:
+        console.print(f"[dim]audio {result.audio['condition']}: the policy heard {result.audio['heard']}[/]",
+                      highlight=False)
+    path = out or default_output(run, result.task, variation, result.audio["condition"])
     result.write(path)
     console.print(f"[bold]{result.describe()}[/]; {fmt_path(path)}", highlight=False, soft_wrap=True)
     if record is not None:

@@ -122,7 +122,7 @@ def strip_frame_indices(camera_times: np.ndarray, start_ns: int, span_s: float, 
 # ------------------------------------------------------------------------------------------------- figure
 
 
-def _check_out_path(out: Path, canvas: FigureCanvasAgg) -> str:
+def check_out_path(out: Path, canvas: FigureCanvasAgg) -> str:
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in canvas.get_supported_filetypes():
         raise HtouchError(f"cannot write a plot to {out}: use a file name ending in .png (or .pdf, .svg)")
@@ -150,7 +150,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     tick = progress or (lambda: None)
     fig = Figure(dpi=100)
     canvas = FigureCanvasAgg(fig)
-    fmt = _check_out_path(out, canvas)
+    fmt = check_out_path(out, canvas)
     summary = summary or summarize(ep)
     start_ns = summary.start_ns
     span = max([summary.duration_s, *(e.t_s for e in summary.events)], default=0.0) or 1.0

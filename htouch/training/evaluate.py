@@ -8,6 +8,9 @@ trained on (camera size and rate, audio rate and channels, control rate: the run
 
 Episodes go into a dataset when asked (`record`), otherwise into a temporary one that is deleted: the
 loop records every rollout, so what is evaluated is exactly what a recorded rollout would hold.
+
+`audio` ablates what the policy hears (real, silent, shuffled: htouch.training.diagnostics); the rollouts
+still record the rig's real audio.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class EvalConfig:
     record: Path | None = None  # a dataset to keep the rollouts in
     force: bool = False  # run a policy on a task it was not trained on
     threads: int | None = None  # torch threads for the policy (None: torch's default)
+    audio: str = "real"  # what the policy hears: real, silent or shuffled (htouch.training.diagnostics)
+    audio_from: Path | None = None  # shuffled audio's dataset (None: the run's training dataset)
 
     def check(self) -> None:
         if self.episodes < 1:
@@ -100,6 +105,7 @@ class EvalResult:
     episodes: list[EpisodeResult]
     wall_s: float
     notes: list[str] = field(default_factory=list)
+    audio: dict[str, Any] = field(default_factory=lambda: {"condition": "real"})  # what the policy heard
 
     @property
     def n(self) -> int:
@@ -139,10 +145,12 @@ class EvalResult:
     def describe(self) -> str:
         low, high = self.ci
         return (f"success {self.successes}/{self.n} = {self.rate:.0%} (95% CI {low:.0%}-{high:.0%}), "
-                f"reward {self.reward_mean:.2f} ± {self.reward_std:.2f}, mean length {self.length_mean_s:.1f} s")
+                f"reward {self.reward_mean:.2f} ± {self.reward_std:.2f}, mean length {self.length_mean_s:.1f} s, "
+                f"audio {self.audio['condition']}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "variation": self.variation, **self.summary(), "time_limit_s": self.time_limit_s,
+        return {"task": self.task, "variation": self.variation, "audio": self.audio["condition"], **self.summary(),
+                "time_limit_s": self.time_limit_s, "audio_condition": self.audio,
                 "wall_s": round(self.wall_s, 1), "run": self.run, "settings": self.config, "notes": self.notes,
                 "per_episode": [dataclasses.asdict(e) for e in self.episodes],
                 "host": {"python": platform.python_version(), "torch": torch.__version__,
@@ -152,8 +160,9 @@ class EvalResult:
         write_json_atomic(path, self.to_dict())
 
 
-def default_output(run_dir: Path, task: str, variation: str) -> Path:
-    return Path(run_dir) / f"eval-{task}-{variation}.json"
+def default_output(run_dir: Path, task: str, variation: str, audio: str = "real") -> Path:
+    """RUN/eval-TASK-VARIATION.json; an audio ablation adds its condition (eval-zip-train-silent.json)."""
+    return Path(run_dir) / f"eval-{task}-{variation}{'' if audio == 'real' else '-' + audio}.json"
 
 
 def default_time_limit(run: RunInfo) -> tuple[float, str]:
@@ -213,10 +222,12 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
     """Run the policy for config.episodes episodes on the simulated rig; see the module docstring."""
     from htouch.collector.loop import Recorder
     from htouch.collector.rigs import NO_OPERATOR, build_rig
+    from htouch.training.diagnostics import audio_condition, describe_condition
 
     config.check()
     run = RunInfo.read(config.run_dir)
     task, limit, limit_note = task_and_time_limit(run, config.task, config.max_seconds, config.force)
+    hearing = audio_condition(config.audio, run, config.seed, config.audio_from)
     rig_config = sim_rig_config(run, limit)
     threads = torch.get_num_threads()
     start = time.perf_counter()
@@ -233,7 +244,7 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
             notes = [f"time limit {limit:g} s: {limit_note}"] + [f"rig differs: {n}" for n in
                                                                   check_rig_matches(run, rig.spec)]
             source = PolicySource.from_run(config.run_dir, rig_config.safety, rig.spec.audio, config.execute,
-                                           operator=False, task_success=rig.task_success,
+                                           hearing=hearing, operator=False, task_success=rig.task_success,
                                            task_progress=rig.task_progress)
             with _dataset_dir(config.record) as root:
                 ds = Dataset.open_or_create(root, task, rig.spec)
@@ -262,9 +273,10 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
                 "record": str(config.record.resolve()) if config.record else None,
                 "camera": f"{rig.spec.camera.width}x{rig.spec.camera.height}@{rig.spec.camera.rate_hz:g}",
                 "audio": f"{rig.spec.audio.channels}x{rig.spec.audio.rate_hz:g}",
-                "control_rate_hz": rig_config.control.rate_hz}
+                "control_rate_hz": rig_config.control.rate_hz,
+                "audio_from": str(config.audio_from.resolve()) if config.audio_from else None}
     return EvalResult(settings, run.summary(), task, config.variation, limit, episodes,
-                      time.perf_counter() - start, notes)
+                      time.perf_counter() - start, notes, describe_condition(hearing))
 
 
 @contextlib.contextmanager

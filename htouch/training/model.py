@@ -283,14 +283,19 @@ class AudioVisualPolicy(nn.Module):
         x = (x - self.spec_mean.view(shape)) / self.spec_std.view(shape)
         return self.audio_proj(self.audio_encoder(x))
 
-    def head(self, frame_emb: torch.Tensor, audio_emb: torch.Tensor | None) -> torch.Tensor:
-        """(B, n_frames, width) and (B, width) | None -> (B, horizon, action_dim) normalised actions."""
+    def fuse(self, frame_emb: torch.Tensor, audio_emb: torch.Tensor | None) -> torch.Tensor:
+        """(B, n_frames, width) and (B, width) | None -> the fused tokens (B, n_tokens, width), frames first,
+        the audio token last: what the action head reads (and what the embedding diagnostics look at)."""
         c = self.config
         tokens = frame_emb if audio_emb is None else torch.cat([frame_emb, audio_emb.unsqueeze(1)], dim=1)
         if tokens.shape[1:] != (c.n_tokens, c.width):
             raise ValueError(f"expected {c.n_tokens} tokens of width {c.width}, got {tuple(tokens.shape[1:])}")
-        tokens = self.fusion(tokens + self.pos_embedding)
-        return self.mlp(tokens.flatten(1)).view(-1, c.horizon, c.action_dim)
+        return self.fusion(tokens + self.pos_embedding)
+
+    def head(self, frame_emb: torch.Tensor, audio_emb: torch.Tensor | None) -> torch.Tensor:
+        """(B, n_frames, width) and (B, width) | None -> (B, horizon, action_dim) normalised actions."""
+        c = self.config
+        return self.mlp(self.fuse(frame_emb, audio_emb).flatten(1)).view(-1, c.horizon, c.action_dim)
 
     def forward(self, frames: torch.Tensor, spec: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_frames, 3, S, S) frames and (B, ...) spectrograms -> (B, horizon, action_dim)."""

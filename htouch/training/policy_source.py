@@ -30,7 +30,7 @@ from htouch.dataset.schema import AudioSpec, RigSpec
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import read_run_config
 from htouch.training.model import PolicyConfig
-from htouch.training.runner import PolicyRunner, RunnerCounters
+from htouch.training.runner import Hearing, PolicyRunner, RunnerCounters
 
 
 @dataclass
@@ -90,10 +90,11 @@ class PolicySource:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, safety: SafetyLimits, audio: AudioSpec, execute: int = 2,
-                 **kwargs: Any) -> "PolicySource":
-        """The policy of a run directory, for a rig with these safety limits and this audio spec."""
+                 hearing: Hearing | None = None, **kwargs: Any) -> "PolicySource":
+        """The policy of a run directory, for a rig with these safety limits and this audio spec (`hearing`:
+        what the policy hears instead of the rig's audio, see PolicyRunner)."""
         run = RunInfo.read(run_dir)
-        runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio)
+        runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio, hearing=hearing)
         return cls(runner, run, **kwargs)
 
     # ---------------------------------------------------------------- streams (reader threads)
@@ -151,7 +152,7 @@ class PolicySource:
                 if not self._frames:
                     return SourceCommand(None)  # no frame of this episode yet: hold until there is one
                 frames = self.runner.buffer.frames(now_ns)
-                clip = self.runner.buffer.clip(now_ns) if self.runner.config.uses_audio else None
+                clip = self.runner.heard_clip(now_ns) if self.runner.config.uses_audio else None
             action = self.runner.act(position, frames, clip)
         else:
             action = self.runner.act(position)

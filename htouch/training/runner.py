@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -96,6 +97,18 @@ class ObservationBuffer:
                                  self.sample.clip, "live audio")
 
 
+class Hearing(Protocol):
+    """What a policy hears instead of the live audio: the evaluation's audio ablation
+    (htouch.training.diagnostics.audio_condition: silent, shuffled). Only the policy's input changes; the
+    loop still records the real audio."""
+
+    def reset(self) -> None:
+        """A new episode starts."""
+
+    def clip(self, real: np.ndarray, t_ns: int) -> np.ndarray:
+        """The mono normalised clip at the clip rate to hear at time t instead of `real` (same shape)."""
+
+
 @dataclass
 class RunnerCounters:
     steps: int = 0  # actions returned
@@ -109,10 +122,11 @@ class RunnerCounters:
 class PolicyRunner:
     def __init__(self, policy: AudioVisualPolicy, config: PolicyConfig, normalization: ActionNormalization,
                  safety: SafetyFilter, execute: int = 2, sample: SampleParams | None = None,
-                 audio: AudioSpec | None = None, cache: bool = True):
+                 audio: AudioSpec | None = None, cache: bool = True, hearing: Hearing | None = None):
         """`execute` = h, the actions run per model call (1 <= h <= H). `sample` fixes the observation window
         (default: the config's n_frames over 2 s, a 2 s clip); `audio` is the rig's audio spec, used to
-        normalise live PCM in `buffer`. `cache=False` encodes every frame at every re-plan (for comparison)."""
+        normalise live PCM in `buffer`. `cache=False` encodes every frame at every re-plan (for comparison).
+        `hearing` replaces the live audio the policy hears (`heard_clip`); None: the real audio."""
         if not 1 <= execute <= config.horizon:
             raise HtouchError(f"execute must be between 1 and the horizon {config.horizon}, got {execute}")
         if len(normalization.mean) != config.action_dim:
@@ -127,6 +141,7 @@ class PolicyRunner:
         self.safety = safety
         self.execute = execute
         self.use_cache = cache
+        self.hearing = hearing
         self.spec_params = audio_params.spectrogram_params(config.audio_kind) if config.uses_audio else None
         self.buffer = ObservationBuffer(audio or AudioSpec(), self.sample)
         self.counters = RunnerCounters()
@@ -136,7 +151,7 @@ class PolicyRunner:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, safety: SafetyFilter, execute: int = 2, audio: AudioSpec | None = None,
-                 name: str = DEFAULT_NAME) -> "PolicyRunner":
+                 name: str = DEFAULT_NAME, hearing: Hearing | None = None) -> "PolicyRunner":
         """A runner for a trained policy: the weights, config, action normalization and observation window of a
         run directory (as `htouch train` writes it). `audio` is the live rig's audio spec, which normalises its
         PCM; by default the training rig's."""
@@ -147,7 +162,7 @@ class PolicyRunner:
         sample = DataSpec.from_dict(extra["data"]).sample_params if isinstance(extra.get("data"), dict) else None
         if audio is None and isinstance(extra.get("rig"), dict):
             audio = RigSpec.from_dict(extra["rig"]).audio
-        return cls(model, config, norm, safety, execute=execute, sample=sample, audio=audio)
+        return cls(model, config, norm, safety, execute=execute, sample=sample, audio=audio, hearing=hearing)
 
     @property
     def needs_observation(self) -> bool:
@@ -159,11 +174,19 @@ class PolicyRunner:
         self._plan.clear()
         self._cache.clear()
         self.buffer.clear()
+        if self.hearing is not None:
+            self.hearing.reset()
+
+    def heard_clip(self, t_ns: int) -> np.ndarray:
+        """The audio clip the policy hears at time t: the live buffer's, or what `hearing` puts in its place.
+        Every live re-plan takes its audio from here."""
+        real = self.buffer.clip(t_ns)
+        return real if self.hearing is None else self.hearing.clip(real, t_ns)
 
     def step(self, t_ns: int, ee_position: np.ndarray) -> Action:
         """One control step at time t from the live `buffer`."""
         if not self._plan:
-            clip = self.buffer.clip(t_ns) if self.config.uses_audio else None
+            clip = self.heard_clip(t_ns) if self.config.uses_audio else None
             return self.act(ee_position, self.buffer.frames(t_ns), clip)
         return self.act(ee_position)
 
