@@ -185,3 +185,11 @@ def test_kill_during_repair(ds, full, kind, point):
         assert not (ds.root / INCOMING / NAME / FLUSHED_FILE).exists()
     ep = repair_and_check(ds, before)
     check_scenario(kind, ep, full)
+
+
+def test_cli_reports_the_completed_commit(cli, ds):
+    crash_commit(ds, "commit.manifest")
+    r = cli("validate", ds.root, "--repair")
+    assert r.code == 0, r.out
+    assert f"committed {NAME}: its commit was interrupted" in r.out and "(success)" in r.out
+    assert Dataset(ds.root).episode(NAME).attrs["status"] == "committed"
