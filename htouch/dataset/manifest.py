@@ -128,14 +128,14 @@ def verify_files(episode_dir: Path, manifest: dict[str, Any], *, contents: bool 
         entry, path = listed[rel], episode_dir / rel
         try:
             size = path.stat().st_size
+            if size != entry["size"]:
+                problems.append(FileProblem(SIZE, rel, f"{size} bytes, the manifest says {entry['size']}"))
+            elif contents and file_hash(path) != entry["hash"]:
+                problems.append(FileProblem(CONTENT, rel, f"content differs from the manifest ({ALGORITHM})"))
         except FileNotFoundError:
             problems.append(FileProblem(MISSING, rel, "listed in the manifest but missing"))
-            continue
-        if size != entry["size"]:
-            problems.append(FileProblem(SIZE, rel, f"{size} bytes, the manifest says {entry['size']}"))
-        elif contents:
-            if file_hash(path) != entry["hash"]:
-                problems.append(FileProblem(CONTENT, rel, f"content differs from the manifest ({ALGORITHM})"))
+        except OSError as e:  # a read error is damage too
+            problems.append(FileProblem(CONTENT, rel, f"cannot be read ({e.strerror or e})"))
         if contents and progress is not None:
             progress(entry["size"])
     for rel in episode_files(episode_dir):

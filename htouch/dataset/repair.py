@@ -81,6 +81,7 @@ def repair_episode(ds: Dataset, path: Path) -> RepairResult:
 def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
     name = path.name
     final = ds.root / name
+    _remove_partial_writes(path)
     try:
         group, attrs, lengths, manifest_ok = _salvage_plan(path)
     except _Unsalvageable as e:
@@ -150,9 +151,11 @@ def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int
         recorded = attrs.get("lengths")
         if attrs.get("status") not in ("committed", "salvaged") or not isinstance(recorded, dict):
             raise _Unsalvageable(_NEVER_FLUSHED)
-        flushed = {str(k): int(v) for k, v in recorded.items()}
+        try:
+            flushed = {str(k): int(v) for k, v in recorded.items()}
+        except (TypeError, ValueError) as e:
+            raise _Unsalvageable(f"the lengths in the episode attributes are malformed ({e})") from None
 
-    _remove_partial_writes(path)
     damaged, manifest_ok = _damaged_chunks(path, specs)
     n: dict[str, int] = {}
     for spec in specs:  # flushed rows that are on disk, decode and match the manifest, chunk by chunk

@@ -73,6 +73,7 @@ class ChecksumOptions:
     contents: bool = True  # hash every file; False (`validate --quick`) checks presence and sizes only
     progress: Callable[[int], None] | None = None  # called with the bytes of each file hashed
 
+
 # Check ids and what they mean (the ids are stable: scripts may filter on them).
 CHECKS = {
     "dataset.incomplete": "an episode left in .incoming by a crashed or aborted writer",
@@ -87,7 +88,7 @@ CHECKS = {
     "checksum.none": "the episode has no checksum manifest (committed by an htouch without checksums)",
     "checksum.manifest": "the checksum manifest is missing (the episode was committed with one) or damaged",
     "checksum.missing": "a file listed in the manifest is missing",
-    "checksum.mismatch": "a file's size or content differs from the manifest (the file is damaged)",
+    "checksum.mismatch": "a file's size or content differs from the manifest, or it cannot be read (damaged)",
     "checksum.extra": "a file the manifest does not list (not part of the recording; htouch does not read it)",
     "array.missing": "a schema array is missing",
     "array.dtype": "an array has the wrong dtype",
