@@ -238,12 +238,15 @@ def test_salvage_writes_a_manifest_that_verifies(guarded):  # noqa: F811
     for i in range(40):
         w.camera(5_000_000_000 + i * 33_333_333, i, np.full((48, 64, 3), i, np.uint8))
     w.abort()
-    (w.path / "camera/rgb/3.0.0.0.deadbeef.partial").write_bytes(b"half a chunk")  # a write the crash cut
+    # what writes a crash interrupted leave: a chunk, the progress file, a manifest
+    (w.path / "camera/rgb/3.0.0.deadbeef.partial").write_bytes(b"half a chunk")
+    (w.path / ".flushed.json.tmp4242").write_text('{"lengths": ')
+    (w.path / ".manifest.json.tmp4242").write_text('{"format": ')
     (res,) = repair_incoming(guarded)
     assert res.action == "salvaged"
     report = validate_dataset(Dataset(guarded.root), [res.path])
     assert not [f for f in report.findings if f.check.startswith("checksum.")]
-    assert not list(res.path.rglob("*.partial"))
+    assert not list(res.path.rglob("*.partial")) and not list(res.path.glob(".*.tmp*"))
     assert json.loads((res.path / MANIFEST_FILE).read_text())["files"].keys() == set(episode_files(res.path))
 
 

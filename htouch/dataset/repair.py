@@ -35,7 +35,7 @@ from htouch.dataset import crashpoints
 from htouch.dataset.episode import NS
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, ManifestError, read_manifest, verify_files, write_manifest
 from htouch.dataset.schema import ATTR_FORMAT, ArraySpec, RigSpec, episode_arrays
-from htouch.dataset.store import QUARANTINE, Dataset, write_json_atomic
+from htouch.dataset.store import QUARANTINE, Dataset, is_replacing_leftover, write_json_atomic
 from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of, first_bad_chunk, stored_chunks
 from htouch.dataset.writer import FLUSHED_FILE, _fsync_dir, lock_path
 
@@ -81,7 +81,7 @@ def repair_episode(ds: Dataset, path: Path) -> RepairResult:
 def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
     name = path.name
     final = ds.root / name
-    _remove_partial_writes(path)
+    _remove_interrupted_writes(path)
     try:
         group, attrs, lengths, manifest_ok = _salvage_plan(path)
     except _Unsalvageable as e:
@@ -192,11 +192,13 @@ def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int
     return group, attrs, n, manifest_ok
 
 
-def _remove_partial_writes(path: Path) -> None:
-    """Delete the temporary files of chunk writes a crash interrupted (zarr writes `*.partial`, then renames)."""
+def _remove_interrupted_writes(path: Path) -> None:
+    """Delete the temporary files of writes a crash interrupted: zarr's chunk and metadata writes
+    (`NAME.<hex>.partial`) and htouch's atomic replacements (`.NAME.tmp<pid>`: progress file, manifest).
+    None of them holds data the episode keeps."""
     for folder, _, names in os.walk(path):
         for name in names:
-            if name.endswith(PARTIAL_SUFFIX):
+            if name.endswith(PARTIAL_SUFFIX) or is_replacing_leftover(name):
                 os.unlink(os.path.join(folder, name))
 
 

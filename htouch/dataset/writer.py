@@ -44,7 +44,7 @@ from htouch.dataset.schema import (
     episode_arrays,
     episode_name,
 )
-from htouch.dataset.store import INCOMING
+from htouch.dataset.store import INCOMING, replacing
 from htouch.errors import WriterError
 
 if TYPE_CHECKING:
@@ -254,9 +254,8 @@ class EpisodeWriter:
                 self._append(spec, rows)
         progress = {"lengths": self._lengths, "audio_samples": self._audio_samples,
                     "dropped": dict(self._dropped)}
-        tmp = self.path / (FLUSHED_FILE + ".tmp")
-        tmp.write_text(json.dumps(progress))
-        os.replace(tmp, self.path / FLUSHED_FILE)
+        with replacing(self.path / FLUSHED_FILE) as tmp:
+            tmp.write_text(json.dumps(progress))
 
     def _append(self, spec: ArraySpec, rows: list[Any]) -> None:
         if spec.name == "pcm":
