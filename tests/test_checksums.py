@@ -61,7 +61,7 @@ def test_commit_writes_a_manifest_of_every_file(tiny_ds):
 
 def test_a_reader_without_htouch_can_verify_it_as_documented(tiny_ds):
     """docs/format.md: each file's XXH3-128 (what `xxh128sum` prints), and the digest of the lines
-    `<hash>  <path>` sorted by path; uses only json and xxhash."""
+    `<hash> <size> <path>` sorted by path; uses only json and xxhash."""
     path = ep0(tiny_ds)
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     lines = ""
@@ -69,7 +69,7 @@ def test_a_reader_without_htouch_can_verify_it_as_documented(tiny_ds):
         entry = manifest["files"][rel]
         data = (path / rel).read_bytes()
         assert len(data) == entry["size"] and xxhash.xxh3_128_hexdigest(data) == entry["hash"], rel
-        lines += f"{entry['hash']}  {rel}\n"
+        lines += f"{entry['hash']} {entry['size']} {rel}\n"
     assert xxhash.xxh3_128_hexdigest(lines.encode()) == manifest["digest"]
 
 
@@ -184,20 +184,34 @@ def test_quick_checks_presence_and_sizes_but_does_not_hash(cli, guarded):  # noq
 # ----------------------------------------------------------------------------------------- the manifest itself
 
 
-def test_damaged_manifest_is_an_error_not_a_damaged_file(cli, guarded):  # noqa: F811
+def flip_hex(text: str) -> str:
+    return text[:-1] + ("0" if text[-1] != "0" else "1")
+
+
+MANIFEST_DAMAGE = {  # each from the intact manifest; what validate must say
+    "hash digit": (lambda m: m["files"][FRAME].update(hash=flip_hex(m["files"][FRAME]["hash"])), "digest"),
+    "size": (lambda m: m["files"][FRAME].update(size=m["files"][FRAME]["size"] + 1), "digest"),
+    "listed path": (lambda m: m["files"].update({FRAME + "x": m["files"].pop(FRAME)}), "digest"),
+    "digest": (lambda m: m.update(digest=flip_hex(m["digest"])), "digest"),
+    "algorithm": (lambda m: m.update(algorithm="md5"), "not supported"),
+}
+
+
+@pytest.mark.parametrize("kind", [*MANIFEST_DAMAGE, "truncated"])
+def test_damaged_manifest_is_an_error_not_a_damaged_file(cli, guarded, kind):  # noqa: F811
     f = ep0(guarded) / MANIFEST_FILE
-    manifest = json.loads(f.read_text())
-    entry = manifest["files"][FRAME]
-    entry["hash"] = entry["hash"][:-1] + ("0" if entry["hash"][-1] != "0" else "1")  # one flipped digit
-    f.write_text(json.dumps(manifest))
+    if kind == "truncated":
+        f.write_text(f.read_text()[:100])
+        said = "not valid JSON"
+    else:
+        manifest = json.loads(f.read_text())
+        damage, said = MANIFEST_DAMAGE[kind]
+        damage(manifest)
+        f.write_text(json.dumps(manifest))
     r, items = validate_json(cli, guarded.root)
-    assert r.code == 1
-    (finding,) = checksum_findings(items).values()
-    assert finding["check"] == "checksum.manifest" and "digest" in finding["message"]
-    f.write_text(f.read_text()[:100])
-    r, items = validate_json(cli, guarded.root)
-    (finding,) = checksum_findings(items).values()
-    assert r.code == 1 and finding["check"] == "checksum.manifest" and "not valid JSON" in finding["message"]
+    (finding,) = checksum_findings(items).values()  # no data file is blamed
+    assert r.code == 1 and finding["check"] == "checksum.manifest" and finding["path"] == MANIFEST_FILE
+    assert said in finding["message"] and "cannot be verified" in finding["message"]
 
 
 def test_deleted_manifest_is_an_error(cli, guarded):  # noqa: F811

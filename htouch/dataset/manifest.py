@@ -5,7 +5,7 @@ flipped bit in entropy-coded data or in a Blosc block). So the writer lists ever
 so when it salvages an episode) and `htouch validate` compares the files with the list: it names each file
 that is missing, has another size or other content, and each file that is not listed. The manifest carries a
 digest of its own list, so a damaged manifest is told apart from damaged data. docs/format.md describes the
-file for readers without htouch (the lines hashed are exactly what `xxh128sum -c` reads).
+file for readers without htouch (each hash is what `xxh128sum` prints).
 
 The hash is XXH3-128 (the `xxhash` package): fast enough to check a recording at disk speed; it detects
 accidental damage, not deliberate tampering.
@@ -67,8 +67,8 @@ def episode_files(episode_dir: Path) -> list[str]:
 
 
 def files_digest(files: dict[str, dict[str, Any]]) -> str:
-    """The manifest's own check: XXH3-128 of the lines `<hash>  <path>\\n` of every file, sorted by path."""
-    lines = "".join(f"{files[p]['hash']}  {p}\n" for p in sorted(files))
+    """The manifest's own check: XXH3-128 of the lines `<hash> <size> <path>\\n` of every file, sorted by path."""
+    lines = "".join(f"{files[p]['hash']} {files[p]['size']} {p}\n" for p in sorted(files))
     return xxhash.xxh3_128_hexdigest(lines.encode())
 
 
