@@ -43,3 +43,15 @@ def test_bad_frame_size_is_a_usage_error(tmp_path):
     assert r.returncode == 2
     assert "frame size must look like 640x480" in r.stderr
     assert not (tmp_path / "b.md").exists()
+
+
+def test_checksum_bench_runs_and_writes_its_report(tmp_path):
+    out = tmp_path / "bench-checksums.md"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_checksums.py"), "--quick", "--seconds", "1",
+                        "--frame-size", "64x48", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "TMPDIR": str(tmp_path)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert "| commit() per minute of recording |" in text and "| validate per minute of recording |" in text
+    assert "--quick --seconds 1 --frame-size 64x48" in text
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the benchmark's data is gone

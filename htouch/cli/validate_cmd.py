@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from itertools import groupby
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.common import DatasetOption, console, err_console, fmt_path, progress_bar
+from htouch.cli.common import DatasetOption, console, err_console, fmt_path
+from htouch.dataset.manifest import manifest_bytes
 from htouch.dataset.repair import repair_incoming
-from htouch.dataset.validate import ERROR, Report, resolve_target, validate_dataset
+from htouch.dataset.validate import ERROR, ChecksumOptions, Report, resolve_target, validate_dataset
 
-REPAIR_STYLE = {"salvaged": "green", "quarantined": "yellow", "skipped": "dim", "refused": "red"}
+REPAIR_STYLE = {"committed": "green", "salvaged": "green", "quarantined": "yellow", "skipped": "dim", "refused": "red"}
 
 
 @app.command()
@@ -26,11 +30,13 @@ def validate(
     repair: bool = typer.Option(False, "--repair", help="First salvage (or quarantine) incomplete episodes "
                                 "left in .incoming by a crash."),
     strict: bool = typer.Option(False, "--strict", help="Warnings fail too (exit 1)."),
+    quick: bool = typer.Option(False, "--quick", help="Do not hash the files against the episode's checksum "
+                               "manifest (only check that they are there, with the listed sizes)."),
     dataset: Path = DatasetOption,
 ) -> None:
-    """Check episodes against the schema and for bad data: unreadable chunks, time stamps, gaps, drift,
-    dead microphones, NaN, frozen camera, too-short episodes. Exit 0 if clean, 1 on errors (--strict:
-    also on warnings), 2 if the input cannot be read at all.
+    """Check episodes against the schema and for bad data: files against the checksum manifest, unreadable
+    chunks, time stamps, gaps, drift, dead microphones, NaN, frozen camera, too-short episodes. Exit 0 if
+    clean, 1 on errors (--strict: also on warnings), 2 if the input cannot be read at all.
 
     Example: [bold]htouch validate demo_data --repair[/]
     """
@@ -43,15 +49,43 @@ def validate(
             out.print(f"[{style}]{r.action}[/] {r.episode}: {r.message}", highlight=False, soft_wrap=True)
         if not results:
             out.print("nothing to repair in .incoming")
-    n = len(episodes) if episodes is not None else len(ds.episode_indices())
-    with progress_bar(f"validating {n} episode(s)", n) as advance:
-        report = validate_dataset(ds, episodes, progress=advance)
+    paths = episodes if episodes is not None else [ds.episode_path(i) for i in ds.episode_indices()]
+    with _progress(paths, hashing=not quick) as (advance, hashed):
+        report = validate_dataset(ds, episodes, progress=advance,
+                                  checksums=ChecksumOptions(contents=not quick, progress=hashed))
     if as_json:
         typer.echo(json.dumps([f.to_dict() for f in report.findings], indent=2))
     else:
         _print_report(report, strict)
     if report.failed(strict):
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress(paths: list[Path], hashing: bool) -> Iterator[tuple[Callable[[], None], Callable[[int], None]]]:
+    """Bars for the episodes checked and, when files are hashed, the bytes verified against the manifests
+    (hidden when stderr is not a terminal); yields (advance one episode, advance n bytes hashed)."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TextColumn("{task.fields[done]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                  console=err_console, disable=not err_console.is_terminal) as p:
+        episodes = p.add_task(f"validating {len(paths)} episode(s)", total=len(paths), done="")
+        p.update(episodes, done=f"0/{len(paths)}")
+
+        def advance() -> None:
+            p.advance(episodes)
+            p.update(episodes, done=f"{int(p.tasks[episodes].completed)}/{len(paths)}")
+
+        if not hashing:
+            yield advance, lambda n: None
+            return
+        total = sum(manifest_bytes(path) for path in paths)
+        files = p.add_task("verifying checksums", total=total, done="")
+
+        def hashed(n: int) -> None:
+            p.advance(files, n)
+            p.update(files, done=f"{p.tasks[files].completed / 1e6:.0f}/{total / 1e6:.0f} MB")
+
+        yield advance, hashed
 
 
 def _print_report(report: Report, strict: bool) -> None:

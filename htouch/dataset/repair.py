@@ -3,8 +3,14 @@
 The writer records after every flush how many rows of each array are safely on disk (`.flushed.json`).
 Salvage keeps exactly that much, and less where it must: arrays sharing a time axis are cut to the shortest,
 audio blocks to the PCM they cover (and the PCM to the blocks kept), and every chunk kept is decoded first,
-cutting before any that is missing or does not decode. The episode is then committed under its own name
-with status "salvaged" and no success label. What cannot be salvaged goes to .quarantine/ with a note.
+cutting before any that is missing, does not decode or differs from the episode's manifest. The episode is
+then committed under its own name with status "salvaged", the success label it had (the writer stores the
+label before its final flush) and a new checksum manifest. What cannot be salvaged goes to .quarantine/ with
+a note.
+
+A commit that a crash interrupted after the final flush (the attributes say "committed") is completed as it
+was meant: nothing cut, status and label kept. Every step of a repair is safe to be killed too: the lengths
+are in the attributes before `.flushed.json` goes, so the next repair finds the same plan (see crashpoints.py).
 
 Only .incoming is touched, and only episodes whose lock no live writer holds (the lock is held during the
 repair, so a writer cannot start on it meanwhile). Committed episodes are never opened for writing.
@@ -25,19 +31,23 @@ import numpy as np
 import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
+from htouch.dataset import crashpoints
 from htouch.dataset.episode import NS
-from htouch.dataset.schema import ATTR_FORMAT, RigSpec, episode_arrays
-from htouch.dataset.store import QUARANTINE, Dataset, write_json_atomic
-from htouch.dataset.validate import first_bad_chunk, stored_chunks
+from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, ManifestError, read_manifest, verify_files, write_manifest
+from htouch.dataset.schema import ATTR_FORMAT, ArraySpec, RigSpec, episode_arrays
+from htouch.dataset.store import QUARANTINE, Dataset, is_replacing_leftover, write_json_atomic
+from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of, first_bad_chunk, stored_chunks
 from htouch.dataset.writer import FLUSHED_FILE, _fsync_dir, lock_path
 
 QUARANTINE_NOTE = "quarantine.json"
+_NEVER_FLUSHED = "no progress file (.flushed.json): the writer never flushed any data"
 
 
 @dataclass
 class RepairResult:
     episode: str
-    action: str  # "salvaged", "quarantined", "skipped" (a live writer holds it) or "refused"
+    action: str  # "committed" (a commit a crash interrupted), "salvaged", "quarantined", "skipped" (a live
+    # writer holds it) or "refused"
     message: str
     path: Path  # where the episode is now
 
@@ -63,7 +73,7 @@ def repair_episode(ds: Dataset, path: Path) -> RepairResult:
             result = _repair_locked(ds, path)
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-    if result.action in ("salvaged", "quarantined"):
+    if result.action in ("committed", "salvaged", "quarantined"):
         lock.unlink(missing_ok=True)
     return result
 
@@ -71,38 +81,60 @@ def repair_episode(ds: Dataset, path: Path) -> RepairResult:
 def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
     name = path.name
     final = ds.root / name
+    _remove_interrupted_writes(path)
     try:
-        group, attrs, lengths = _salvage_plan(path)
+        group, attrs, lengths, manifest_ok = _salvage_plan(path)
     except _Unsalvageable as e:
         dest = _quarantine(ds, path, str(e))
         return RepairResult(name, "quarantined", f"moved to {QUARANTINE}/: {e}", dest)
     if final.exists():
         return RepairResult(name, "refused", f"{final} already exists; left in .incoming", path)
 
-    for spec in episode_arrays(RigSpec.from_dict(attrs["rig"])):
-        arr = group[spec.path]
-        if arr.shape[0] != lengths[spec.path]:
-            arr.resize((lengths[spec.path], *spec.shape))
-    times = group["camera/timestamp_ns"][: lengths["camera/timestamp_ns"]]
-    seconds = (int(times[-1]) - int(times[0])) / NS if len(times) else 0.0
-    attrs.update(status="salvaged", salvaged=True, success=None, lengths=lengths,
-                 salvaged_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    group.attrs[ATTR_FORMAT] = attrs
+    # An episode whose commit (or an earlier repair) got as far as its final attributes keeps them as they
+    # are, label included, when nothing more has to be cut; any other is cut and marked salvaged.
+    finished = attrs.get("status") in ("committed", "salvaged") and attrs.get("lengths") == lengths
+    if not finished:
+        for spec in episode_arrays(RigSpec.from_dict(attrs["rig"])):
+            arr = group[spec.path]
+            if arr.shape[0] != lengths[spec.path]:
+                arr.resize((lengths[spec.path], *spec.shape))
+        crashpoints.reached("repair.resized")
+        # The success label stays as recorded: the writer stores it before its final flush.
+        attrs.update(status="salvaged", salvaged=True, lengths=lengths, manifest=MANIFEST_FILE,
+                     salvaged_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        group.attrs[ATTR_FORMAT] = attrs
+        crashpoints.reached("repair.attributes")
+    (path / FLUSHED_FILE).unlink(missing_ok=True)
+    crashpoints.reached("repair.progress_removed")
+    if not (finished and manifest_ok):
+        write_manifest(path)
+    crashpoints.reached("repair.manifest")
     os.replace(path, final)
-    (final / FLUSHED_FILE).unlink(missing_ok=True)
+    crashpoints.reached("repair.renamed")
     _fsync_dir(ds.root)
     frames = lengths["camera/rgb"]
+    if finished and attrs.get("status") == "committed":
+        return RepairResult(name, "committed", f"its commit was interrupted; committed with {frames} frames "
+                            f"and its label ({_label(attrs.get('success'))})", final)
+    times = zarr.open_array(str(final / "camera/timestamp_ns"), mode="r", zarr_format=2)[:frames]
+    seconds = (int(times[-1]) - int(times[0])) / NS if len(times) else 0.0
     return RepairResult(name, "salvaged", f"committed with {frames} frames ({seconds:.1f} s), "
-                        f"{lengths['audio/pcm']} audio samples, up to the writer's last flush", final)
+                        f"{lengths['audio/pcm']} audio samples, up to the writer's last flush; "
+                        f"label {_label(attrs.get('success'))}", final)
 
 
-def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int]]:
-    """The group, its attributes and the row count to keep for every array; raises _Unsalvageable."""
+def _label(success: Any) -> str:
+    return {True: "success", False: "failure"}.get(success, "none")
+
+
+def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int], bool]:
+    """The group, its attributes, the row count to keep for every array, and whether the episode's manifest
+    (if any) matches every file; raises _Unsalvageable."""
     try:
         progress = json.loads((path / FLUSHED_FILE).read_text())
-        flushed = {str(k): int(v) for k, v in progress["lengths"].items()}
+        flushed: dict[str, int] | None = {str(k): int(v) for k, v in progress["lengths"].items()}
     except FileNotFoundError:
-        raise _Unsalvageable("no progress file (.flushed.json): the writer never flushed any data") from None
+        flushed = None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise _Unsalvageable(f"progress file {FLUSHED_FILE} is unreadable ({type(e).__name__}: {e})") from None
     try:
@@ -111,15 +143,28 @@ def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int
         specs = episode_arrays(RigSpec.from_dict(attrs["rig"]))
         arrays = {s.path: group[s.path] for s in specs}
     except Exception as e:  # noqa: BLE001 - any unreadable part of the group
+        if flushed is None:
+            raise _Unsalvageable(_NEVER_FLUSHED) from None
         raise _Unsalvageable(f"episode group is unreadable ({type(e).__name__}: {e})") from None
+    if flushed is None:
+        # A commit (or repair) removes the progress file only after recording the lengths in the attributes.
+        recorded = attrs.get("lengths")
+        if attrs.get("status") not in ("committed", "salvaged") or not isinstance(recorded, dict):
+            raise _Unsalvageable(_NEVER_FLUSHED)
+        try:
+            flushed = {str(k): int(v) for k, v in recorded.items()}
+        except (TypeError, ValueError) as e:
+            raise _Unsalvageable(f"the lengths in the episode attributes are malformed ({e})") from None
 
+    damaged, manifest_ok = _damaged_chunks(path, specs)
     n: dict[str, int] = {}
-    for spec in specs:  # flushed rows that are on disk and decode, chunk by chunk
+    for spec in specs:  # flushed rows that are on disk, decode and match the manifest, chunk by chunk
         arr = arrays[spec.path]
         keep = min(flushed.get(spec.path, 0), arr.shape[0])
         separator = getattr(arr.metadata, "dimension_separator", ".") or "."
         chunk_len = arr.chunks[0]
-        bad = first_bad_chunk(arr, keep, chunk_len, stored_chunks(path / spec.path, separator))
+        present = stored_chunks(path / spec.path, separator) - damaged.get(spec.path, set())
+        bad = first_bad_chunk(arr, keep, chunk_len, present)
         n[spec.path] = min(keep, bad[0] * chunk_len) if bad else keep
 
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -144,7 +189,35 @@ def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int
             break
     if n["camera/rgb"] == 0:
         raise _Unsalvageable("no camera frames were flushed")
-    return group, attrs, n
+    return group, attrs, n, manifest_ok
+
+
+def _remove_interrupted_writes(path: Path) -> None:
+    """Delete the temporary files of writes a crash interrupted: zarr's chunk and metadata writes
+    (`NAME.<hex>.partial`) and htouch's atomic replacements (`.NAME.tmp<pid>`: progress file, manifest).
+    None of them holds data the episode keeps."""
+    for folder, _, names in os.walk(path):
+        for name in names:
+            if name.endswith(PARTIAL_SUFFIX) or is_replacing_leftover(name):
+                os.unlink(os.path.join(folder, name))
+
+
+def _damaged_chunks(path: Path, specs: list[ArraySpec]) -> tuple[dict[str, set[int]], bool]:
+    """Chunks whose files differ from the episode's manifest, by array (a crash after the manifest was
+    written, then damage), and whether every file matches it. Without a readable manifest: none, False."""
+    try:
+        manifest = read_manifest(path)
+    except ManifestError:
+        return {}, False
+    if manifest is None:
+        return {}, False
+    problems = verify_files(path, manifest)
+    damaged: dict[str, set[int]] = defaultdict(set)
+    for p in problems:
+        found = chunk_of(p.file, specs)
+        if found is not None and p.kind != EXTRA:
+            damaged[found[0].path].add(found[1])
+    return damaged, not problems
 
 
 def _quarantine(ds: Dataset, path: Path, reason: str) -> Path:

@@ -49,12 +49,21 @@ def replacing(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; it replaces `path` when the block ends without an error
     (and is removed otherwise), so a reader (or a crash) sees the old file or the new one, never a mix."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_REPLACING}{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_REPLACING = ".tmp"
+
+
+def is_replacing_leftover(name: str) -> bool:
+    """True for the name of a temporary file `replacing` leaves when a crash interrupts it (`.NAME.tmp<pid>`)."""
+    head, sep, pid = name.rpartition(_REPLACING)
+    return name.startswith(".") and bool(sep) and len(head) > 1 and pid.isdigit()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 from htouch.dataset.episode import NS, Episode, SampleParams
+from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files
 from htouch.dataset.schema import (
     EVENT_KINDS,
     SCHEMA_VERSION,
@@ -41,6 +42,7 @@ WARNING = "warning"
 INT16_EXTREMES = (np.iinfo(np.int16).min, np.iinfo(np.int16).max)
 GAUSS_MAD = 1.4826  # MAD -> standard deviation for normal data
 GAUSS_90 = 3.29  # width of the central 90 % of a normal distribution, in standard deviations
+PARTIAL_SUFFIX = ".partial"  # zarr writes a chunk to NAME.<hex>.partial, then renames it to NAME
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,15 @@ class ValidationLimits:
 
 DEFAULT_LIMITS = ValidationLimits()
 
+
+@dataclass(frozen=True)
+class ChecksumOptions:
+    """How files are checked against the episode's manifest."""
+
+    contents: bool = True  # hash every file; False (`validate --quick`) checks presence and sizes only
+    progress: Callable[[int], None] | None = None  # called with the bytes of each file hashed
+
+
 # Check ids and what they mean (the ids are stable: scripts may filter on them).
 CHECKS = {
     "dataset.incomplete": "an episode left in .incoming by a crashed or aborted writer",
@@ -74,6 +85,11 @@ CHECKS = {
     "episode.short": "no training sample fits in the episode",
     "episode.empty": "the episode holds no rows at all",
     "label.missing": "no success label",
+    "checksum.none": "the episode has no checksum manifest (committed by an htouch without checksums)",
+    "checksum.manifest": "the checksum manifest is missing (the episode was committed with one) or damaged",
+    "checksum.missing": "a file listed in the manifest is missing",
+    "checksum.mismatch": "a file's size or content differs from the manifest, or it cannot be read (damaged)",
+    "checksum.extra": "a file the manifest does not list (not part of the recording; htouch does not read it)",
     "array.missing": "a schema array is missing",
     "array.dtype": "an array has the wrong dtype",
     "array.shape": "an array has the wrong trailing shape",
@@ -104,7 +120,7 @@ class Finding:
     check: str
     severity: str  # ERROR or WARNING
     episode: str  # episode name, "" for the dataset itself
-    path: str  # stream or array path, "" when the finding is about the whole episode
+    path: str  # stream or array path, or a file of the episode (checksum.*); "" for the whole episode
     time_s: float | None  # seconds since the episode start, when the finding has a place in time
     message: str
 
@@ -134,18 +150,32 @@ class Report:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def chunk_index(name: str, separator: str = ".") -> int | None:
+    """The index along the time axis of a chunk file's name (`12.0.0.0`); None for any other file, such as
+    `.zarray` or the `12.0.0.<hex>.partial` a write interrupted by a crash leaves (it is not the chunk)."""
+    parts = name.split(separator)
+    return int(parts[0]) if all(p.isdigit() for p in parts) else None
+
+
 def stored_chunks(array_dir: Path, separator: str = ".") -> set[int]:
     """Indices along the time axis of the chunk files present (trailing dimensions are one chunk each)."""
     try:
         names = os.listdir(array_dir)
     except OSError:
         return set()
-    out = set()
-    for name in names:
-        head = name.split(separator)[0]
-        if head.isdigit():
-            out.add(int(head))
-    return out
+    return {i for name in names if (i := chunk_index(name, separator)) is not None}
+
+
+def chunk_of(file: str, specs: list[ArraySpec]) -> tuple[ArraySpec, int] | None:
+    """The schema array and chunk index (along time) of a file given relative to the episode directory
+    (`camera/rgb/12.0.0.0`, or `camera/rgb/12/0/0/0` with "/" separators); None for any other file."""
+    for spec in specs:
+        prefix = spec.path + "/"
+        if file.startswith(prefix):
+            rest = file[len(prefix):]
+            i = chunk_index(rest, "/" if "/" in rest else ".")
+            return (spec, i) if i is not None else None
+    return None
 
 
 def first_bad_chunk(arr: Any, length: int, chunk_len: int, present: set[int] | None = None) -> tuple[int, str] | None:
@@ -190,10 +220,12 @@ def timestamp_spec(specs: list[ArraySpec], stream: str) -> ArraySpec | None:
 
 
 class _EpisodeCheck:
-    def __init__(self, ep: Episode, dataset_rig: RigSpec | None, limits: ValidationLimits):
+    def __init__(self, ep: Episode, dataset_rig: RigSpec | None, limits: ValidationLimits,
+                 checksums: ChecksumOptions):
         self.ep = ep
         self.dataset_rig = dataset_rig
         self.limits = limits
+        self.checksums = checksums
         self.specs = episode_arrays(ep.rig)
         self.by_path = {s.path: s for s in self.specs}
         self.findings: list[Finding] = []
@@ -201,13 +233,14 @@ class _EpisodeCheck:
         self.data: dict[str, np.ndarray] = {}  # fully read arrays (all but the frames)
         self.unusable: set[str] = set()  # arrays present but with lost chunks
         self.t0: int | None = None
-        self.chunk_rows: list[tuple[Finding, int]] = []  # chunk findings whose time is known once t0 is
+        self.chunk_rows: list[tuple[Finding, str, int]] = []  # (finding, array, row): time known once t0 is
 
     def add(self, check: str, severity: str, path: str, message: str, t_ns: int | None = None) -> None:
         time_s = None if t_ns is None or self.t0 is None else round((int(t_ns) - self.t0) / NS, 3)
         self.findings.append(Finding(check, severity, self.ep.name, path, time_s, message))
 
     def run(self) -> list[Finding]:
+        self.check_checksums()
         self.check_attrs()
         self.load_arrays()
         self.check_lengths()
@@ -222,6 +255,17 @@ class _EpisodeCheck:
         self.check_events()
         self.check_sample_fits()
         return self.findings
+
+    # ---------------------------------------------------------------- files against the manifest
+
+    def check_checksums(self) -> None:
+        expected = self.ep.attrs.get("manifest") == MANIFEST_FILE
+        for f in checksum_findings(self.ep.path, expected, self.checksums):
+            self.findings.append(f)
+            found = chunk_of(f.path, self.specs)
+            if found is not None:
+                spec, chunk = found
+                self.chunk_rows.append((f, spec.path, chunk * spec.chunk_len))
 
     # ---------------------------------------------------------------- metadata
 
@@ -292,7 +336,7 @@ class _EpisodeCheck:
     def chunk_finding(self, spec: ArraySpec, row: int | None, message: str) -> None:
         self.add("array.chunk", ERROR, spec.path, message)
         if row is not None:  # its time is known once the stream's time stamps are read
-            self.chunk_rows.append((self.findings[-1], row))
+            self.chunk_rows.append((self.findings[-1], spec.path, row))
 
     def check_lengths(self) -> None:
         groups: dict[tuple[str, str], list[ArraySpec]] = defaultdict(list)
@@ -313,8 +357,8 @@ class _EpisodeCheck:
         firsts = [int(t[0]) for s in ("camera", "audio", "state", "action") if (t := self.times(s)) is not None
                   and len(t)]
         self.t0 = min(firsts) if firsts else None
-        for f, row in self.chunk_rows:
-            t = self.row_time(f.path, row)
+        for f, path, row in self.chunk_rows:
+            t = self.row_time(path, row)
             if t is not None and self.t0 is not None:
                 f.time_s = round((t - self.t0) / NS, 3)
 
@@ -599,17 +643,44 @@ class _EpisodeCheck:
                      f"{len(act)} actions; a sample needs {p.horizon} actions from its frame on")
 
 
+def checksum_findings(path: Path, expected: bool, options: ChecksumOptions = ChecksumOptions()) -> list[Finding]:
+    """The episode's files against its manifest: one finding per damaged, missing or unlisted file.
+    expected: the episode's attributes say it was committed with a manifest (so a missing one is an error;
+    otherwise the episode predates checksums and that is a warning)."""
+    name = Path(path).name
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as e:
+        return [Finding("checksum.manifest", ERROR, name, MANIFEST_FILE, None, f"{e}; the files cannot be verified")]
+    except OSError as e:
+        return [Finding("checksum.manifest", ERROR, name, MANIFEST_FILE, None, f"cannot be read ({e})")]
+    if manifest is None:
+        if expected:
+            return [Finding("checksum.manifest", ERROR, name, MANIFEST_FILE, None,
+                            "missing, though the episode was committed with one; the files cannot be verified")]
+        return [Finding("checksum.none", WARNING, name, "", None, "no checksums (committed by an htouch without "
+                        "them): damage that still decodes cannot be detected")]
+    out = []
+    for p in verify_files(path, manifest, contents=options.contents, progress=options.progress):
+        check, severity = {MISSING: ("checksum.missing", ERROR), EXTRA: ("checksum.extra", WARNING)}.get(
+            p.kind, ("checksum.mismatch", ERROR))
+        out.append(Finding(check, severity, name, p.file, None, p.message))
+    return out
+
+
 def validate_episode(path: str | os.PathLike[str], dataset_rig: RigSpec | None = None,
-                     limits: ValidationLimits = DEFAULT_LIMITS) -> list[Finding]:
+                     limits: ValidationLimits = DEFAULT_LIMITS,
+                     checksums: ChecksumOptions = ChecksumOptions()) -> list[Finding]:
     """All findings for one episode directory (committed or not); never raises for bad data."""
     path = Path(path)
     try:
         ep = Episode(path)
     except Exception as e:  # noqa: BLE001 - an unreadable episode is a finding, not a crash
         message = str(e) if str(e) else type(e).__name__
-        return [Finding("episode.unreadable", ERROR, path.name, "", None, message)]
+        return [*checksum_findings(path, False, checksums),
+                Finding("episode.unreadable", ERROR, path.name, "", None, message)]
     try:
-        return _EpisodeCheck(ep, dataset_rig, limits).run()
+        return _EpisodeCheck(ep, dataset_rig, limits, checksums).run()
     except Exception as e:  # noqa: BLE001 - corruption no check foresaw: still a finding
         return [Finding("episode.unreadable", ERROR, path.name, "", None,
                         f"validation stopped: {type(e).__name__}: {e}")]
@@ -641,13 +712,15 @@ def incomplete_findings(ds: Dataset, report: Report) -> None:
 
 
 def validate_dataset(ds: Dataset, episodes: list[Path] | None = None, limits: ValidationLimits = DEFAULT_LIMITS,
-                     progress: Callable[[], None] | None = None) -> Report:
-    """Validate the given episode directories, or every committed episode plus the incoming ones."""
+                     progress: Callable[[], None] | None = None,
+                     checksums: ChecksumOptions = ChecksumOptions()) -> Report:
+    """Validate the given episode directories, or every committed episode plus the incoming ones.
+    progress() is called after each episode."""
     report = Report(dataset=ds.root)
     paths = episodes if episodes is not None else [ds.episode_path(i) for i in ds.episode_indices()]
     for path in paths:
         report.episodes.append(path.name)
-        report.findings.extend(validate_episode(path, ds.rig, limits))
+        report.findings.extend(validate_episode(path, ds.rig, limits, checksums))
         if progress is not None:
             progress()
     if episodes is None:

@@ -9,6 +9,10 @@ The episode lives in `.incoming/episode_N/` until `commit()` renames it into pla
 sees a half-written episode. After every flush the writer records the flushed length of each array in
 `.flushed.json` (replaced atomically): after a crash, `htouch validate --repair` salvages the episode up
 to that point (see repair.py). A lock file held while writing tells repair the episode is still live.
+
+Commit writes the label first, then flushes, records "committed" and the final lengths in the attributes,
+removes `.flushed.json`, writes the checksum manifest and renames. A kill between any two of these steps
+leaves an episode that repair commits with its label (see crashpoints.py for the steps).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from htouch.dataset import crashpoints
 from htouch.dataset.codecs import compressor_for
+from htouch.dataset.manifest import MANIFEST_FILE, write_manifest
 from htouch.dataset.schema import (
     ATTR_FORMAT,
     EVENT_DETAIL_LEN,
@@ -38,7 +44,7 @@ from htouch.dataset.schema import (
     episode_arrays,
     episode_name,
 )
-from htouch.dataset.store import INCOMING
+from htouch.dataset.store import INCOMING, replacing
 from htouch.errors import WriterError
 
 if TYPE_CHECKING:
@@ -78,10 +84,12 @@ def encode_event(kind: str, detail: dict[str, Any]) -> tuple[str, str]:
 class EpisodeWriter:
     def __init__(self, dataset: "Dataset", index: int, *, variation: str = "default",
                  info: dict[str, Any] | None = None, queue_size: int = 256, flush_interval_s: float = 1.0,
-                 blocking: bool = False):
+                 blocking: bool = False, checksums: bool = True):
         """blocking=False (a live recording): a full queue drops the row and records an event.
-        blocking=True (an offline producer such as a generator or converter): the caller waits instead."""
+        blocking=True (an offline producer such as a generator or converter): the caller waits instead.
+        checksums=False commits without a manifest, as htouch did before manifests (to measure their cost)."""
         self.dataset = dataset
+        self.checksums = checksums
         self.index = index
         self.name = episode_name(index)
         self.path = dataset.root / INCOMING / self.name
@@ -246,9 +254,8 @@ class EpisodeWriter:
                 self._append(spec, rows)
         progress = {"lengths": self._lengths, "audio_samples": self._audio_samples,
                     "dropped": dict(self._dropped)}
-        tmp = self.path / (FLUSHED_FILE + ".tmp")
-        tmp.write_text(json.dumps(progress))
-        os.replace(tmp, self.path / FLUSHED_FILE)
+        with replacing(self.path / FLUSHED_FILE) as tmp:
+            tmp.write_text(json.dumps(progress))
 
     def _append(self, spec: ArraySpec, rows: list[Any]) -> None:
         if spec.name == "pcm":
@@ -271,20 +278,32 @@ class EpisodeWriter:
         self._thread.join()
 
     def commit(self, success: bool | None, **info: Any) -> Path:
-        """Flush everything and make the episode visible under its final name."""
+        """Flush everything, write the checksum manifest and make the episode visible under its final name.
+        Each step leaves the disk in a state that `htouch validate --repair` completes (see the module doc)."""
         if self._closed:
             raise WriterError(f"episode writer for {self.name} is closed")
+        self._attrs["success"] = success
+        self._attrs["info"].update(info)
+        self._group.attrs[ATTR_FORMAT] = self._attrs  # the label survives a crash in the final flush
+        crashpoints.reached("commit.labelled")
         self._stop()
         if self._error is not None:
             raise WriterError(f"episode {self.name} could not be written: {self._error}; "
                               "what was flushed stays in .incoming for `htouch validate --repair`")
-        self._attrs.update(status="committed", success=success, dropped_rows=dict(self._dropped),
-                           lengths=dict(self._lengths),
+        crashpoints.reached("commit.flushed")
+        self._attrs.update(status="committed", dropped_rows=dict(self._dropped), lengths=dict(self._lengths),
                            committed=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        self._attrs["info"].update(info)
+        if self.checksums:
+            self._attrs["manifest"] = MANIFEST_FILE
         self._group.attrs[ATTR_FORMAT] = self._attrs
+        crashpoints.reached("commit.attributes")
         (self.path / FLUSHED_FILE).unlink(missing_ok=True)
+        crashpoints.reached("commit.progress_removed")
+        if self.checksums:
+            write_manifest(self.path)
+            crashpoints.reached("commit.manifest")
         os.replace(self.path, self.final_path)
+        crashpoints.reached("commit.renamed")
         _fsync_dir(self.dataset.root)
         self._release()
         return self.final_path
