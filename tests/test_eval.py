@@ -185,6 +185,25 @@ def test_policy_source_ends_an_episode_when_the_task_succeeds(tmp_path):
     assert [e["detail"] for e in ep.events() if e["kind"] == "success"] == [{"by": "task"}]
 
 
+def test_policy_source_ends_an_episode_as_a_failure_when_the_task_breaks(tmp_path):
+    """A simulated part that broke: success is out of reach, the rollout ends at once as a failure."""
+    model, config = tiny_policy("vision-only")
+    runner = PolicyRunner(model, config, NORM, SafetyFilter(), execute=2, audio=TEST_SPEC.audio)
+    broke = [False]
+    source = PolicySource(runner, run_info(tmp_path, config, TEST_SPEC), operator=False,
+                          task_success=lambda: False, task_progress=lambda: 0.0, task_failed=lambda: broke[0])
+    world = PlannedWorld([Plan(end_button=None, callback_at=(1.0, lambda: broke.__setitem__(0, True)))])
+    rig = world.rig()
+    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", TEST_SPEC)
+    try:
+        result = Recorder(rig, ds, ControlConfig(max_episode_s=5.0), source=source).run(1)
+    finally:
+        rig.close()
+    ep = ds.episode(0)
+    assert result.committed == [0] and ep.success is False and ep.duration_s < 1.5
+    assert [e["detail"] for e in ep.events() if e["kind"] == "failure"] == [{"by": "task"}]
+
+
 @pytest.mark.parametrize("k, n, low, high", [
     (0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (1, 20, 0.0089, 0.2361),
     (37, 50, 0.6045, 0.8413), (0, 0, 0.0, 1.0)])

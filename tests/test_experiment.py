@@ -1,6 +1,6 @@
-"""`htouch experiment` end to end at a minuscule scale (one task, two methods, two demonstrations, one epoch, two
-evaluation episodes per variation, a 64x48 camera): every stage runs, the results table holds what the
-evaluations measured, and running it again skips every finished stage."""
+"""`htouch experiment` end to end at a minuscule scale (one task, two methods, one operator scene, two play episodes,
+two demonstrations, one epoch, two evaluation episodes per variation and audio condition, a 64x48 camera): every
+stage runs, the results table holds what the stages measured, and running it again skips every finished stage."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     out, work = tmp_path / "results.md", tmp_path / "work"
     args = ("experiment", "--tasks", "zip", "--methods", "ours,byol-a", "--episodes-per-task", "2",
-            "--eval-episodes", "2", "--epochs", "1", "--byol-epochs", "1", "--max-seconds", "2", "--out", out,
-            "--work", work)
+            "--eval-episodes", "2", "--epochs", "1", "--byol-epochs", "1", "--max-seconds", "2",
+            "--operator-episodes", "1", "--play-episodes", "2", "--av-epochs", "1", "--out", out, "--work", work)
     r = cli(*args)
     assert r.code == 0, r.err
-    for stage in ("2 demonstrations", "split and statistics", "BYOL-A pretraining", "train ours", "train byol-a",
-                  "evaluate ours on train", "evaluate ours on test", "evaluate byol-a on test"):
+    stages = ("scripted operator, hearing and deaf (1 scenes each)", "2 play episodes",
+              "audio-visual pretraining on play", "2 demonstrations", "split and statistics", "BYOL-A pretraining",
+              "train ours", "train byol-a", "evaluate ours on train", "evaluate ours on test",
+              "evaluate ours on train, silent audio", "evaluate ours on train, shuffled audio", "contact probe of ours",
+              "evaluate byol-a on test", "evaluate byol-a on train, shuffled audio", "contact probe of byol-a")
+    for stage in stages:
         assert f"[run] zip: {stage}" in r.out, stage
 
     demos = Dataset(work / "zip" / "demos")
@@ -28,12 +32,29 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     assert set(demos.metadata["stats"]["spectrogram"]) == {"avid", "byol-a"}
     assert (work / "zip" / "byol_a.safetensors").is_file()
 
+    play = Dataset(work / "zip" / "play")
+    assert len(play.episode_indices()) == 2  # kept whatever their outcome
+    assert (work / "zip" / "av" / "r3m.pt").is_file() and (work / "zip" / "av" / "avid.pt").is_file()
+    operators = json.loads((work / "zip" / "operators.json").read_text())
+    assert operators["seed"] == 1000 and [len(operators[k]["scenes"]) for k in ("hearing", "deaf")] == [1, 1]
+
     text = out.read_text()
     assert "htouch experiment --tasks zip --methods ours,byol-a --episodes-per-task 2 --eval-episodes 2" in text
     assert "64x48 camera" in text and "1 epochs" in text and "time limit 2 s" in text
-    assert "no R3M or AVID checkpoint was given" in text
-    assert "| byol-a | random | BYOL-A, pretrained in-domain on the task's demonstrations |" in text
-    assert "| ours | random | random |" in text
+    assert "their stand-in is `htouch pretrain av`" in text
+    av = "in-domain AV: `htouch pretrain av` (tiny preset, 1 epochs on play, seed 0)"
+    assert f"| ours | {av} | {av} |" in text
+    assert f"| byol-a | {av} | in-domain BYOL-A: `htouch pretrain byol-a`" in text
+    hearing = operators["hearing"]["scenes"][0]["success"]
+    row = next(line for line in text.split("## What hearing is worth")[1].splitlines() if line.startswith("| zip |"))
+    assert row.startswith(f"| zip | {int(hearing)}/1 = {int(hearing):.0%}")
+    for method in ("ours", "byol-a"):
+        assert f"| zip | {method} | " in text.split("## Audio ablation")[1].split("## Contact probes")[0]
+        probe = json.loads((work / "zip" / "runs" / method / "probe-demos.json").read_text())
+        assert {p["features"] for p in probe["probes"]} >= {"audio", "image", "fused"}
+        assert (work / "zip" / "runs" / method / "probe-demos.png").stat().st_size > 1000
+        silent = json.loads((work / "zip" / "runs" / method / "eval-zip-train-silent.json").read_text())
+        assert silent["audio"] == "silent" and silent["episodes"] == 2
     for method in ("ours", "byol-a"):
         for variation in ("train", "test"):
             doc = json.loads((work / "zip" / "runs" / method / f"eval-zip-{variation}.json").read_text())
@@ -49,7 +70,7 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     # Again: everything is there, nothing runs; the table is written again from the same evaluations.
     r = cli(*args)
     assert r.code == 0, r.err
-    assert "[run]" not in r.out and r.out.count("[skip]") == 9
+    assert "[run]" not in r.out and r.out.count("[skip]") == len(stages) + 2  # and byol-a on train, silent
     assert out.read_text().split("## Success rate")[1].split("## Stages")[0] == \
         text.split("## Success rate")[1].split("## Stages")[0]
     # Other training settings in the same work directory are refused, not mixed into one table.

@@ -174,7 +174,7 @@ def rollout(
         source = PolicySource.from_run(run, cfg.safety, the_rig.spec.audio, execute,
                                        operator=the_rig.operator != NO_OPERATOR, start_on_clutch=the_rig.human,
                                        mapping=cfg.mapping, task_success=the_rig.task_success,
-                                       task_progress=the_rig.task_progress)
+                                       task_progress=the_rig.task_progress, task_failed=the_rig.task_failed)
         ds = Dataset.open_or_create(root, task, the_rig.spec)
         if the_rig.kind == "real" and not yes:
             typer.confirm(f"The robot will move on its own, driven by the {info.config.method} policy of "
@@ -233,13 +233,25 @@ def experiment(
                              "weights, said in the results).", show_default=False),
     avid: Path = typer.Option(None, "--avid", help="AVID checkpoint (else random weights, said in the results).",
                               show_default=False),
+    operator_episodes: int = typer.Option(50, "--operator-episodes", help="Scenes per task for the hearing and "
+                                          "the deaf scripted operator (0: skip that comparison)."),
+    play_episodes: int = typer.Option(0, "--play-episodes", help="Unlabelled play episodes per task for in-domain "
+                                      "audio-visual pretraining, the R3M/AVID stand-in (0: none)."),
+    av_epochs: int = typer.Option(10, "--av-epochs", help="Epochs of the audio-visual pretraining."),
+    frozen_encoders: bool = typer.Option(False, "--frozen-encoders", help="Train only fusion and head, on "
+                                         "embeddings cached once (much faster on a CPU)."),
+    ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="Also evaluate audio methods with "
+                                   "silent and shuffled audio (train looks)."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Contact probes and a t-SNE picture per run."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for the networks."),
 ) -> None:
     """Run the paper's comparison end to end on the simulated rig and write the results table.
 
-    Per task: scripted demonstrations, split and statistics, BYOL-A pretraining in-domain (if byol-a is a
-    method), training of every method, closed-loop evaluation on the train and test variations. Stages
-    whose outputs exist are skipped, so running the same command again continues.
+    Per task: the scripted operator hearing and deaf (what hearing is worth), play data and audio-visual
+    pretraining (with --play-episodes), scripted demonstrations, split and statistics, BYOL-A pretraining
+    in-domain (if byol-a is a method), training of every method, closed-loop evaluation on the train and
+    test variations, audio ablations and contact probes. Stages whose outputs exist are skipped, so running
+    the same command again continues.
 
     Example: [bold]htouch experiment --tasks zip --methods ours,vision-only --episodes-per-task 8 --out results.md[/]
     """
@@ -253,11 +265,16 @@ def experiment(
                + f"--width {width} --height {height} --seed {seed} --eval-seed {eval_seed} --execute {execute} "
                + (f"--max-seconds {max_seconds:g} " if max_seconds is not None else "")
                + (f"--r3m {r3m} " if r3m else "") + (f"--avid {avid} " if avid else "")
-               + f"--threads {threads} --work {work} --out {out}")
+               + f"--operator-episodes {operator_episodes} "
+               + (f"--play-episodes {play_episodes} --av-epochs {av_epochs} " if play_episodes else "")
+               + ("--frozen-encoders " if frozen_encoders else "") + ("" if ablations else "--no-ablations ")
+               + ("" if probe else "--no-probe ") + f"--threads {threads} --work {work} --out {out}")
     config = ExperimentConfig(out=out, work=work, tasks=_csv(tasks, "--tasks"), methods=_csv(methods, "--methods"),
                               demos=demos, eval_episodes=eval_episodes, preset=preset, epochs=epochs,
                               batch_size=batch_size, stride=stride, dropout=dropout, byol_epochs=byol_epochs, width=width,
                               height=height, seed=seed, eval_seed=eval_seed, execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
+                              operator_episodes=operator_episodes, play_episodes=play_episodes, av_epochs=av_epochs,
+                              frozen_encoders=frozen_encoders, ablations=ablations, probe=probe,
                               threads=threads, command=command)
     if width < 16 or height < 16:
         raise HtouchError("--width and --height must be at least 16 pixels")

@@ -45,6 +45,7 @@ class Rig:
     description: str = ""  # one line for the user: what is driven by what
     event_sources: list[Any] = field(default_factory=list)  # objects with pop_events() (sim contacts, ...)
     task_success: Callable[[], bool] | None = None  # ground truth of the task (simulated rig)
+    task_failed: Callable[[], bool] | None = None  # the task can no longer succeed (a simulated part broke)
     task_progress: Callable[[], float] | None = None  # the task's reward in [0, 1] (simulated rig)
     info: dict[str, Any] = field(default_factory=dict)  # stored with every episode
     episode_info: Callable[[], dict[str, Any]] | None = None  # per-episode facts, asked after homing
@@ -134,6 +135,7 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
                            + ("with no operator" if operator == NO_OPERATOR else f"driven by the {operator} operator")
                            + ("" if realtime else ", faster than real time"),
                event_sources=sources, task_success=sim.task.success, task_progress=sim.task.progress,
+               task_failed=lambda: sim.task.damage is not None,
                info={"rig": "sim", "seed": seed, "sim_variation": variation},
                episode_info=lambda: {"sim_episode": sim.episode_index}, help=help_text,
                resume=lambda dataset: _continue_scenes(sim, seed, dataset), closers=[sim.close])

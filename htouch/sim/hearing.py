@@ -79,3 +79,13 @@ def run_operator(task: str, episodes: int, seed: int, deaf: bool, variation: str
             if on_scene is not None:
                 on_scene(scene)
     return OperatorResult(task, deaf, seed, scenes)
+
+
+def compare(task: str, episodes: int, seed: int,
+            on_scene: Callable[[bool, SceneResult], None] | None = None) -> tuple[OperatorResult, OperatorResult]:
+    """The hearing and the deaf operator on scenes 1..episodes of `seed`: (hearing, deaf)."""
+    results = []
+    for deaf in (False, True):
+        report = None if on_scene is None else (lambda s, d=deaf: on_scene(d, s))
+        results.append(run_operator(task, episodes, seed, deaf, on_scene=report))
+    return results[0], results[1]

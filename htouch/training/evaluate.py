@@ -245,7 +245,7 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
                                                                   check_rig_matches(run, rig.spec)]
             source = PolicySource.from_run(config.run_dir, rig_config.safety, rig.spec.audio, config.execute,
                                            hearing=hearing, operator=False, task_success=rig.task_success,
-                                           task_progress=rig.task_progress)
+                                           task_progress=rig.task_progress, task_failed=rig.task_failed)
             with _dataset_dir(config.record) as root:
                 ds = Dataset.open_or_create(root, task, rig.spec)
                 recorder = Recorder(rig, ds, rig_config.control, rig_config.mapping, rig_config.safety,

@@ -1,10 +1,13 @@
 """The paper's comparison, end to end on the simulated rig: methods x tasks x variations.
 
-For each task: record demonstrations with the scripted operator (the recording loop and the simulated rig
+For each task: measure what hearing is worth to the scripted operator (hearing vs deaf on the evaluation
+scenes, `htouch.sim.hearing`), record unlabelled play data and pretrain the encoders on it in-domain
+(`htouch pretrain av`, the stand-in for R3M and AVID), record demonstrations with the scripted operator (the recording loop and the simulated rig
 `htouch collect` uses; a demonstration the operator labels a failure is discarded and recorded again), split
 them and compute their statistics, pretrain BYOL-A in-domain if a method needs it, train every method, and
 evaluate each policy closed-loop on the train and the test variation (scenes of a seed the demonstrations
-did not use). The results table goes to a Markdown file with the scale it was run at.
+did not use), evaluate the policies that hear with their audio silenced and shuffled, and probe their
+embeddings for the contact state (`htouch.training.diagnostics`). The results table goes to a Markdown file with the scale it was run at.
 
 Everything lives in a work directory; a stage whose output is there and complete is skipped, so an
 interrupted experiment continues where it stopped (a training run resumes from its last finished epoch).
@@ -29,13 +32,16 @@ from htouch.collector.sources import SourceCommand, TeleopSource
 from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import METHOD_PRETRAINED, read_run_config
+from htouch.training.checkpoints import METHOD_PRETRAINED, describe_initialisation, read_run_config
 from htouch.training.evaluate import (DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, check_time_limit, default_output,
                                       evaluate)
 from htouch.training.model import METHODS, PRESETS, PolicyConfig, policy_config
 
 VARIATIONS = ("train", "test")
 STATE_FILE = "experiment.json"
+OPERATORS_FILE = "operators.json"  # per task: the hearing and the deaf scripted operator
+PLAY_SEED_OFFSET = 500  # play data's scenes: seed + 500 (neither the demonstrations' nor the evaluation's)
+ABLATIONS = ("silent", "shuffled")  # what a policy that hears is also evaluated with (on the train looks)
 MAX_ATTEMPTS_FACTOR = 3  # give up on a task's demonstrations after this many attempts per demonstration
 FINISHED = ("max epochs", "early stopping", "already finished")
 
@@ -63,6 +69,12 @@ class ExperimentConfig:
     max_seconds: float | None = None  # evaluation time limit (None: evaluate's default)
     r3m: Path | None = None
     avid: Path | None = None
+    operator_episodes: int = 50  # scenes per task for the hearing and the deaf operator (0: skip)
+    play_episodes: int = 0  # unlabelled play episodes per task for in-domain AV pretraining (0: none)
+    av_epochs: int = 10
+    frozen_encoders: bool = False  # train only the fusion and head on cached embeddings
+    ablations: bool = True  # evaluate audio methods with silent and shuffled audio too
+    probe: bool = True  # contact probes of each run's embeddings on its demonstrations
     threads: int | None = 1  # torch threads (one is fastest on a busy shared machine)
     command: str = ""  # how it was started, for the results file
 
@@ -81,9 +93,15 @@ class ExperimentConfig:
             raise HtouchError(f"unknown preset {self.preset!r} (presets: {', '.join(PRESETS)})")
         if self.demos < 2:
             raise HtouchError(f"--episodes-per-task must be at least 2 (one of them validates), got {self.demos}")
-        for name in ("eval_episodes", "epochs", "batch_size", "byol_epochs", "stride"):
+        for name in ("eval_episodes", "epochs", "batch_size", "byol_epochs", "stride", "av_epochs"):
             if getattr(self, name) < 1:
                 raise HtouchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("operator_episodes", "play_episodes"):
+            if getattr(self, name) < 0:
+                raise HtouchError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.play_episodes and (self.r3m or self.avid):
+            raise HtouchError("--play-episodes pretrains the R3M/AVID stand-ins in-domain: do not also pass "
+                              "--r3m / --avid")
         check_time_limit(self.max_seconds)  # before the demonstrations and training, not after
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise HtouchError(f"--dropout must be in [0, 1), got {self.dropout}")
@@ -129,6 +147,9 @@ class Experiment:
         self.results: dict[tuple[str, str, str], dict[str, Any]] = {}  # eval-*.json contents
         self.demo_notes: dict[str, str] = {}
         self.encoders: dict[str, dict[str, str]] = {}  # method -> encoder -> where its initial weights came from
+        self.operators: dict[str, dict[str, Any]] = {}  # task -> operators.json
+        self.ablations: dict[tuple[str, str, str], dict[str, Any]] = {}  # (task, method, audio) -> eval on train
+        self.probes: dict[tuple[str, str], dict[str, Any]] = {}  # (task, method) -> probe report
         self.state_path = config.work / STATE_FILE
         self.state = read_json(self.state_path, "experiment state") if self.state_path.is_file() else {}
 
@@ -178,7 +199,21 @@ class Experiment:
         c = self.c
         root = c.work / task
         demos = root / "demos"
-        self._stage(f"{task}: {c.demos} demonstrations", self._have_demos(demos), lambda: self._collect(task, demos))
+        if c.operator_episodes:
+            path = root / OPERATORS_FILE
+            self._stage(f"{task}: scripted operator, hearing and deaf ({c.operator_episodes} scenes each)",
+                        self._have_operators(path), lambda: self._operators(task, path))
+            self.operators[task] = read_json(path, "operator comparison")
+        av = root / "av"
+        if c.play_episodes:
+            play = root / "play"
+            self._stage(f"{task}: {c.play_episodes} play episodes", self._have_play(play),
+                        lambda: self._collect(task, play, c.play_episodes, seed=c.seed + PLAY_SEED_OFFSET,
+                                              keep_all=True))
+            self._stage(f"{task}: audio-visual pretraining on play ({c.av_epochs} epochs)",
+                        (av / "pretrain-av.json").is_file(), lambda: self._pretrain_av(play, av))
+        self._stage(f"{task}: {c.demos} demonstrations", self._have_demos(demos),
+                    lambda: self._collect(task, demos, c.demos, seed=c.seed))
         self._count_demos(task, demos)
         self._stage(f"{task}: split and statistics", self._have_stats(demos), lambda: self._prepare(demos))
         byol = root / "byol_a.safetensors"
@@ -188,15 +223,27 @@ class Experiment:
         for method in c.methods:
             run_dir = root / "runs" / method
             self._stage(f"{task}: train {method} ({c.epochs} epochs)", self._trained(run_dir, method),
-                        lambda m=method, r=run_dir: self._train(demos, m, r, byol))
+                        lambda m=method, r=run_dir: self._train(demos, m, r, byol, av))
             self._record_encoders(method, run_dir)
-            for variation in VARIATIONS:
-                ev = self._eval_config(task, run_dir, variation)
-                path = default_output(run_dir, task, variation)
+            hears = c.policy(method).uses_audio
+            conditions = [(v, "real") for v in VARIATIONS] + [("train", a) for a in ABLATIONS if hears and c.ablations]
+            for variation, audio in conditions:
+                ev = self._eval_config(task, run_dir, variation, audio)
+                path = default_output(run_dir, task, variation, audio)
                 done = self._evaluated(path, ev)
-                self._stage(f"{task}: evaluate {method} on {variation} ({c.eval_episodes} episodes)", done,
+                heard = "" if audio == "real" else f", {audio} audio"
+                self._stage(f"{task}: evaluate {method} on {variation}{heard} ({c.eval_episodes} episodes)", done,
                             lambda e=ev, p=path, m=method: self._evaluate(e, p, m))
-                self.results[(task, method, variation)] = read_json(path, "evaluation")
+                result = read_json(path, "evaluation")
+                if audio == "real":
+                    self.results[(task, method, variation)] = result
+                else:
+                    self.ablations[(task, method, audio)] = result
+            if c.probe:
+                path = run_dir / f"probe-{demos.name}.json"
+                self._stage(f"{task}: contact probe of {method}", self._probed(path, run_dir),
+                            lambda r=run_dir, p=path: self._probe(r, demos, p))
+                self.probes[(task, method)] = read_json(path, "probe")
 
     # ---------------------------------------------------------------- demonstrations
 
@@ -210,42 +257,70 @@ class Experiment:
                               f"{self.c.height}: use another --work directory")
         return sum(bool(ep.success) for ep in ds.episodes()) >= self.c.demos
 
-    def _collect(self, task: str, root: Path) -> None:
+    def _have_play(self, play: Path) -> bool:
+        return (play / METADATA_FILE).is_file() and len(Dataset(play).episode_indices()) >= self.c.play_episodes
+
+    def _collect(self, task: str, root: Path, wanted: int, seed: int, keep_all: bool = False) -> None:
+        """Record `wanted` episodes of the scripted operator on the train looks: successful demonstrations
+        (failures discarded and recorded again), or, with keep_all, play data whatever its outcome."""
         from htouch.collector.loop import Recorder
         from htouch.collector.rigs import build_rig
 
         c = self.c
+        what = "play episode" if keep_all else "demonstration"
         cfg = RigConfig()
         cfg.camera = dataclasses.replace(cfg.camera, width=c.width, height=c.height)
         try:
-            rig = build_rig(cfg, task, "scripted", seed=c.seed, variation="train", realtime=False)
+            rig = build_rig(cfg, task, "scripted", seed=seed, variation="train", realtime=False)
         except DeviceError as e:
             raise HtouchError(f"cannot build the simulated rig: {e}") from None
         try:
             ds = Dataset.open_or_create(root, task, rig.spec)
-            have = sum(bool(ep.success) for ep in ds.episodes())
+            have = len(ds.episode_indices()) if keep_all else sum(bool(ep.success) for ep in ds.episodes())
             if ds.episode_indices() and rig.resume is not None:
                 rig.resume(ds)
-            recorder = Recorder(rig, ds, cfg.control, cfg.mapping, cfg.safety, variation="train",
-                                source=SuccessfulDemos(cfg.mapping))
-            cap = MAX_ATTEMPTS_FACTOR * c.demos
+            source = TeleopSource(cfg.mapping) if keep_all else SuccessfulDemos(cfg.mapping)
+            recorder = Recorder(rig, ds, cfg.control, cfg.mapping, cfg.safety, variation="train", source=source)
+            cap = MAX_ATTEMPTS_FACTOR * wanted
 
             def outcome(o) -> None:
-                self.say(f"  demonstration {o.index}: {o.result} ({o.duration_s:.1f} s)")
+                self.say(f"  {what} {o.index}: {o.result} ({o.duration_s:.1f} s)")
                 if recorder.attempt >= cap:
                     recorder.request_stop()
 
             recorder.on_outcome = outcome
-            result = recorder.run(c.demos - have)
+            result = recorder.run(wanted - have)
         finally:
             rig.close()
         if result.error:
-            raise HtouchError(f"{task}: recording demonstrations failed: {result.error}")
+            raise HtouchError(f"{task}: recording {what}s failed: {result.error}")
+        if keep_all:
+            return
         if not self._have_demos(root):
             raise HtouchError(f"{task}: the scripted operator succeeded in only {len(result.committed) + have} of "
                               f"{cap} attempts; not enough demonstrations")
         self.state.setdefault("discarded_demos", {})[task] = (self.state.get("discarded_demos", {}).get(task, 0)
                                                               + len(result.discarded))
+
+    # ---------------------------------------------------------------- what hearing is worth, before learning
+
+    def _have_operators(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        saved = read_json(path, "operator comparison")
+        return saved.get("episodes") == self.c.operator_episodes and saved.get("seed") == self.c.eval_seed
+
+    def _operators(self, task: str, path: Path) -> None:
+        from htouch.sim.hearing import compare
+
+        def scene(deaf: bool, s) -> None:
+            self.say(f"  {'deaf' if deaf else 'hearing'} operator, scene {s.episode}: "
+                     f"{'success' if s.success else 'damage' if s.damaged else 'failure'}")
+
+        hearing, deaf = compare(task, self.c.operator_episodes, self.c.eval_seed, on_scene=scene)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"episodes": self.c.operator_episodes, "seed": self.c.eval_seed,
+                                 "hearing": hearing.to_dict(), "deaf": deaf.to_dict()})
 
     def _count_demos(self, task: str, root: Path) -> None:
         ds = Dataset(root)
@@ -288,6 +363,14 @@ class Experiment:
                                              batch_size=256, seed=c.seed, device="cpu", threads=c.threads))
         self.say(f"  BYOL loss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} on {result.n_windows} windows")
 
+    def _pretrain_av(self, play: Path, out: Path) -> None:
+        from htouch.training.av_pretrain import AvConfig, pretrain_av
+
+        c = self.c
+        result = pretrain_av(AvConfig(dataset=play, out=out, preset=c.preset, epochs=c.av_epochs, batch_size=64,
+                                      seed=c.seed, stride=c.stride, device="cpu", threads=c.threads, force=True))
+        self.say(f"  cross-modal loss {result.losses[0]:.4g} -> {result.losses[-1]:.4g}")
+
     def _trained(self, run_dir: Path, method: str) -> bool:
         path = run_dir / "run.json"
         if not path.is_file() or not (run_dir / "model.safetensors").is_file():
@@ -295,7 +378,7 @@ class Experiment:
         record = read_json(path, "training run")
         saved = record.get("config") or {}
         wanted = {"preset": self.c.preset, "batch_size": self.c.batch_size, "lr": self.c.lr, "seed": self.c.seed,
-                  "stride": self.c.stride}
+                  "stride": self.c.stride, "frozen_encoders": self.c.frozen_encoders}
         changed = [k for k, v in wanted.items() if saved.get(k) != v]
         if read_run_config(run_dir)[0].dropout != self.c.policy(method).dropout:  # the effective value
             changed.append("dropout")
@@ -306,17 +389,18 @@ class Experiment:
             return True
         return record.get("status") in FINISHED and int(record.get("epochs_done", 0)) >= self.c.epochs
 
-    def _train(self, demos: Path, method: str, run_dir: Path, byol: Path) -> None:
+    def _train(self, demos: Path, method: str, run_dir: Path, byol: Path, av: Path) -> None:
         from htouch.training.train import STATE_FILE as TRAIN_STATE
         from htouch.training.train import TrainConfig, train
 
         c = self.c
         wanted = METHOD_PRETRAINED[method]
+        r3m, avid = (av / "r3m.pt", av / "avid.pt") if c.play_episodes else (c.r3m, c.avid)
         config = TrainConfig(dataset=demos, run_dir=run_dir, method=method, preset=c.preset, epochs=c.epochs,
                              batch_size=c.batch_size, lr=c.lr, patience=c.epochs, seed=c.seed, device="cpu",
-                             stride=c.stride, dropout=c.dropout,
+                             stride=c.stride, dropout=c.dropout, frozen_encoders=c.frozen_encoders,
                              resume=(run_dir / TRAIN_STATE).is_file(),
-                             r3m=c.r3m if "r3m" in wanted else None, avid=c.avid if "avid" in wanted else None,
+                             r3m=r3m if "r3m" in wanted else None, avid=avid if "avid" in wanted else None,
                              byol_a=byol if "byol-a" in wanted else None, allow_random_init=True,
                              threads=c.threads)
         result = train(config)
@@ -325,31 +409,25 @@ class Experiment:
 
     def _record_encoders(self, method: str, run_dir: Path) -> None:
         _, extra = read_run_config(run_dir)
-        for name, origin in (extra.get("encoders") or {}).items():
-            if origin == "random":
-                text = "random"
-            elif origin == "none":
-                text = "none (no audio)"
-            elif str(origin).startswith("byol-a"):
-                text = "BYOL-A, pretrained in-domain on the task's demonstrations"
-            else:
-                text = f"pretrained ({Path(str(origin).split(': ', 1)[-1]).name})"
-            self.encoders.setdefault(method, {})[name] = text
+        self.encoders[method] = describe_initialisation(extra.get("encoders") or {}, extra.get("encoder_pretraining"))
 
     # ---------------------------------------------------------------- evaluation
 
-    def _eval_config(self, task: str, run_dir: Path, variation: str) -> EvalConfig:
+    def _eval_config(self, task: str, run_dir: Path, variation: str, audio: str = "real") -> EvalConfig:
         c = self.c
         return EvalConfig(run_dir=run_dir, task=task, episodes=c.eval_episodes, variation=variation,
-                          seed=c.eval_seed, execute=c.execute, max_seconds=c.max_seconds, threads=c.threads)
+                          seed=c.eval_seed, execute=c.execute, max_seconds=c.max_seconds, threads=c.threads,
+                          audio=audio)
 
     def _evaluated(self, path: Path, ev: EvalConfig) -> bool:
         """The evaluation exists with these settings, and the model it evaluated is the run's current one."""
         if not path.is_file():
             return False
-        saved = read_json(path, "evaluation").get("settings", {})
+        result = read_json(path, "evaluation")
+        saved = result.get("settings", {})
         same = all(saved.get(k) == getattr(ev, k) for k in ("episodes", "variation", "seed", "execute",
                                                              "max_seconds", "task"))
+        same = same and result.get("audio", "real") == ev.audio
         return same and path.stat().st_mtime >= (ev.run_dir / "model.safetensors").stat().st_mtime
 
     def _evaluate(self, ev: EvalConfig, path: Path, method: str) -> None:
@@ -360,6 +438,19 @@ class Experiment:
         result = evaluate(ev, on_episode=episode)
         result.write(path)
         self.say(f"  {result.describe()}")
+
+    def _probed(self, path: Path, run_dir: Path) -> bool:
+        return path.is_file() and path.stat().st_mtime >= (run_dir / "model.safetensors").stat().st_mtime
+
+    def _probe(self, run_dir: Path, demos: Path, path: Path) -> None:
+        from htouch.training.diagnostics import contact_probe, embedding_plot, policy_embeddings
+
+        embeddings = policy_embeddings(run_dir, demos, stride=max(self.c.stride, 2))
+        report = contact_probe(embeddings, seed=self.c.seed)
+        embedding_plot(embeddings, path.with_suffix(".png"), seed=self.c.seed)
+        report.write(path)
+        for p in report.probes:
+            self.say(f"  {p.describe()}")
 
     # ---------------------------------------------------------------- the results file
 
@@ -397,24 +488,84 @@ class Experiment:
             enc = self.encoders.get(method, {})
             lines.append(f"| {method} | {enc.get('image_encoder', '-')} | {enc.get('audio_encoder', 'none')} |")
         missing = [name for name, path in (("R3M", c.r3m), ("AVID", c.avid)) if path is None]
-        if missing:
+        if c.play_episodes:
+            lines += ["", f"R3M and AVID cannot be downloaded here: their stand-in is `htouch pretrain av`, "
+                      f"cross-modal (AVID-style) pretraining of both encoders on {c.play_episodes} unlabelled play "
+                      f"episodes per task (scripted operator, scenes of seed {c.seed + PLAY_SEED_OFFSET}, labels "
+                      "ignored), written in the R3M and AVID layouts and loaded exactly as those files are."]
+        elif missing:
             lines += ["", f"**Note:** no {' or '.join(missing)} checkpoint was given (--r3m / --avid; nothing is "
                       "downloaded), so the encoders that start from them in the paper started from random weights "
                       "here: `ours` is the paper's architecture and audio input, not its pretrained initialisation."]
+        lines += self._operator_lines()
         lines += ["", "## Success rate (95 % Wilson interval) and reward", "",
                   "Reward: the task's progress in [0, 1] at the end of the episode (mean ± std over episodes).", ""]
         lines += self._table(["success", "reward"], lambda r: [
-            f"{r['successes']}/{r['episodes']} = {r['success_rate']:.0%} ({r['ci_low']:.0%}-{r['ci_high']:.0%})",
+            _rate(r["successes"], r["episodes"], (r["ci_low"], r["ci_high"])),
             f"{r['reward_mean']:.2f} ± {r['reward_std']:.2f}"])
         lines += ["", "Mean episode length (s) and model calls per episode:", ""]
         lines += self._table([], lambda r: [
             f"{r['length_mean_s']:.1f} s, "
             f"{sum(e['model_calls'] for e in r['per_episode']) / max(len(r['per_episode']), 1):.0f} calls"])
+        lines += self._ablation_lines() + self._probe_lines()
         lines += ["", "## Stages", "", "| stage | minutes | |", "|---|---:|---|"]
         for s in self.stages:
             lines.append(f"| {s.name} | {s.seconds / 60:.2f} | {'earlier invocation' if s.skipped else ''} |")
         lines += ["", f"Work directory: `{c.work}` (demonstrations, runs with their `eval-*.json`)."]
         return "\n".join(lines) + "\n"
+
+    def _operator_lines(self) -> list[str]:
+        from htouch.sim.hearing import OperatorResult
+
+        if not self.operators:
+            return []
+        lines = ["", "## What hearing is worth to the scripted operator", "",
+                 "Before any learning: the scripted operator (it stops when it hears the decisive contact) and the "
+                 "same operator deaf (it stops where that contact is in the average episode), each on the same "
+                 "scenes (the evaluation's scenes of the train looks), without recording. Success with a 95 % "
+                 "Wilson interval; a deaf failure is either damage (the fragile part pushed past its force limit) "
+                 "or stopping short.", "",
+                 "| task | hearing | deaf | hearing - deaf | deaf: damaged | deaf: short |", "|---|---:|---:|---:|---:|---:|"]
+        for task, saved in self.operators.items():
+            hearing, deaf = OperatorResult.from_dict(saved["hearing"]), OperatorResult.from_dict(saved["deaf"])
+            short = len(deaf.scenes) - deaf.successes - deaf.damaged
+            lines.append(f"| {task} | {_rate(hearing.successes, len(hearing.scenes), hearing.interval())} | "
+                         f"{_rate(deaf.successes, len(deaf.scenes), deaf.interval())} | "
+                         f"{(hearing.rate - deaf.rate) * 100:+.0f} points | {deaf.damaged} | {short} |")
+        return lines
+
+    def _ablation_lines(self) -> list[str]:
+        if not self.ablations:
+            return []
+        lines = ["", "## Audio ablation (train looks)", "",
+                 "The same policy and scenes, hearing its real audio, silence, or audio shuffled from another time "
+                 "of another demonstration (`htouch eval --audio`); the recorded episodes keep the real audio.", "",
+                 "| task | method | real | silent | shuffled |", "|---|---|---:|---:|---:|"]
+        for (task, method) in dict.fromkeys((t, m) for t, m, _ in self.ablations):
+            cells = []
+            for audio in ("real", *ABLATIONS):
+                r = (self.results if audio == "real" else self.ablations).get(
+                    (task, method, "train") if audio == "real" else (task, method, audio))
+                cells.append("-" if r is None else _rate(r["successes"], r["episodes"], (r["ci_low"], r["ci_high"])))
+            lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
+        return lines
+
+    def _probe_lines(self) -> list[str]:
+        if not self.probes:
+            return []
+        lines = ["", "## Contact probes", "",
+                 "A logistic probe from each embedding of a trained policy to the ground-truth contact state of "
+                 "its demonstrations' samples (a contact began within the last 0.5 s), episodes held out; AUC with "
+                 "a 95 % bootstrap interval over episodes (`htouch probe`; the t-SNE pictures are "
+                 "`runs/METHOD/probe-demos.png`). The control is the probe on permuted labels.", "",
+                 "| task | method | audio | image | fused | control |", "|---|---|---:|---:|---:|---:|"]
+        for (task, method), report in self.probes.items():
+            by = {p["features"].split(",")[0] if "shuffled" not in p["features"] else "control": p
+                  for p in report["probes"]}
+            cells = [f"{by[k]['auc']:.2f} ({by[k]['ci_low']:.2f}-{by[k]['ci_high']:.2f})" if k in by else "-"
+                     for k in ("audio", "image", "fused", "control")]
+            lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
+        return lines
 
     def _table(self, columns: list[str], cells: Callable[[dict], list[str]]) -> list[str]:
         """A Markdown table: a row per method, a column per task x variation (x column name), "-" where no
@@ -446,3 +597,9 @@ def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = lambda
 
 def _ordinal(n: int) -> str:
     return f"{n}{'tsnrhtdd'[(n // 10 % 10 != 1) * (n % 10 < 4) * n % 10::4]}"
+
+
+def _rate(successes: int, n: int, interval: tuple[float, float]) -> str:
+    """"7/10 = 70% (40%-89%)": a success count with its rate and 95 % interval."""
+    low, high = interval
+    return f"{successes}/{n} = {successes / max(n, 1):.0%} ({low:.0%}-{high:.0%})"

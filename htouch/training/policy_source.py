@@ -64,14 +64,16 @@ class RunInfo:
 class PolicySource:
     """See the module docstring. `operator`: a person watches with a teleop (its silence holds the robot,
     its buttons end episodes); `start_on_clutch`: each episode starts when that person holds the grip (time
-    to reset the scene). `task_success` / `task_progress`: a simulated rig's ground truth and reward."""
+    to reset the scene). `task_success` / `task_progress`: a simulated rig's ground truth and reward;
+    `task_failed`: the simulated task can no longer succeed (ends the episode as a failure)."""
 
     kind = "policy"
     exact_observation = True
 
     def __init__(self, runner: PolicyRunner, run: RunInfo, *, operator: bool, start_on_clutch: bool = False,
                  mapping: MappingConfig | None = None, task_success: Callable[[], bool] | None = None,
-                 task_progress: Callable[[], float] | None = None):
+                 task_progress: Callable[[], float] | None = None,
+                 task_failed: Callable[[], bool] | None = None):
         self.runner = runner
         self.run = run
         self.needs_teleop = operator
@@ -79,6 +81,7 @@ class PolicySource:
         self.mapping = ClutchMapping(mapping)  # only its buttons (and the grip that starts an episode)
         self.task_success = task_success
         self.task_progress = task_progress
+        self.task_failed = task_failed
         self.ready_hint = ("hold the grip to start the policy" if self.start_on_clutch
                            else "waiting for the streams" + (" and the teleop" if operator else ""))
         self.engaged = False
@@ -146,6 +149,9 @@ class PolicySource:
         if self.task_success is not None and self.task_success():
             self._ended_by = "task"
             return SourceCommand(None, "success")
+        if self.task_failed is not None and self.task_failed():
+            self._ended_by = "task"
+            return SourceCommand(None, "failure")
         position = state.ee_pose[:3]
         if self.runner.needs_observation:
             with self._lock:
