@@ -41,10 +41,10 @@ class OperatorStyle:
     """How the simulated person moves. Ranges are drawn uniformly per use."""
 
     reach_speed_m_s: tuple[float, float] = (0.08, 0.14)  # peak speed of a free reach
-    approach_speed_m_s: tuple[float, float] = (0.015, 0.03)  # feeling for a contact
+    approach_speed_m_s: tuple[float, float] = (0.012, 0.025)  # feeling for a contact
     work_speed_m_s: tuple[float, float] = (0.035, 0.06)  # pulling, sliding, dragging in contact
     lift_speed_m_s: tuple[float, float] = (0.05, 0.09)  # lifting away after the work
-    reaction_s: tuple[float, float] = (0.12, 0.30)  # from hearing a contact to acting on it
+    reaction_s: tuple[float, float] = (0.12, 0.25)  # from hearing a contact to acting on it
     tremor_m: float = 0.0006  # RMS of the fast hand tremor ...
     tremor_tau_s: float = 0.05  # ... correlated over this long
     drift_m: float = 0.0015  # RMS of the slow hand drift
