@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The CLI first, as `htouch` loads it: torch's CUDA build imports triton (through torchvision -> torch._dynamo),
+# and triton's LLVM crashes the process when Mesa's offscreen renderer was loaded before it (docs/sim.md, Limits).
+import htouch.cli  # noqa: F401, E402
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
