@@ -211,8 +211,8 @@ def test_probe_finds_the_known_contacts_in_a_trained_policy(runs):
     probes = {p.features: p for p in report.probes}
     assert set(probes) == {"audio", "image", "fused", "audio, shuffled labels"}
     assert probes["audio"].auc > 0.75 and probes["audio"].ci_low > 0.5  # synthetic contacts are loud
-    control = probes["audio, shuffled labels"]
-    assert control.ci_low < 0.5 < control.ci_high
+    control = probes["audio, shuffled labels"]  # chance, far below the real labels' probe (4 episodes: its
+    assert 0.3 < control.auc < 0.7 and control.auc < probes["audio"].ci_low  # interval is too coarse to test)
 
 
 def test_probe_command_writes_json_and_a_tsne_picture(cli, runs, tmp_path):

@@ -40,6 +40,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from htouch.dataset.manifest import file_hash
 from htouch.dataset.store import replacing
 from htouch.errors import HtouchError
 from htouch.training.model import AudioVisualPolicy, PolicyConfig, build_policy
@@ -316,6 +317,13 @@ def save_run_checkpoint(run_dir: str | Path, model: AudioVisualPolicy, config: P
     with replacing(run_dir / CONFIG_FILE) as tmp:
         tmp.write_text(text + "\n")
     return weights
+
+
+def model_digest(run_dir: str | Path, name: str = DEFAULT_NAME) -> str | None:
+    """XXH3-128 of the run's weights file (None if there is none): names the model an evaluation or a probe
+    used, so a result can be matched to the model it measured (file times do not survive a git checkout)."""
+    weights = Path(run_dir) / f"{name}.safetensors"
+    return file_hash(weights) if weights.is_file() else None
 
 
 def read_run_config(run_dir: str | Path) -> tuple[PolicyConfig, dict[str, Any]]:

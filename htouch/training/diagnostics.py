@@ -45,7 +45,7 @@ from htouch.dataset.audio import DEFAULT_CLIP, ClipParams
 from htouch.dataset.episode import NS, Episode
 from htouch.dataset.store import Dataset, write_json_atomic
 from htouch.errors import DatasetError, HtouchError
-from htouch.training.checkpoints import load_run_checkpoint, read_run_config
+from htouch.training.checkpoints import load_run_checkpoint, model_digest, read_run_config
 from htouch.training.data import DataSpec, PolicySamples, collate, to_float
 from htouch.training.model import ActionNormalization
 from htouch.training.policy_source import RunInfo
@@ -203,6 +203,7 @@ class Embeddings:
     """A policy's embeddings of dataset samples, one row per sample (see the module docstring)."""
 
     run: str
+    model_xxh3: str | None  # the weights' digest (checkpoints.model_digest)
     method: str
     dataset: str
     event: str
@@ -267,7 +268,7 @@ def policy_embeddings(run_dir: str | Path, dataset: str | Path | None = None, *,
         t_s.append((e.times - first) / NS)
         phase.append(np.clip((e.times - first) / length, 0.0, 1.0))
         contact.append(contact_labels(e.ep, e.times, event, window_s))
-    return Embeddings(str(Path(run_dir).resolve()), config.method, str(ds.root.resolve()), event, window_s, stride,
+    return Embeddings(str(Path(run_dir).resolve()), model_digest(run_dir), config.method, str(ds.root.resolve()), event, window_s, stride,
                       np.concatenate(ep_index), np.concatenate(t_s), np.concatenate(phase), np.concatenate(contact),
                       np.concatenate(image), np.concatenate(audio) if audio else None, np.concatenate(fused))
 
@@ -365,7 +366,7 @@ class ProbeReport:
 
     def to_dict(self) -> dict[str, Any]:
         e = self.embeddings
-        return {"run": e.run, "method": e.method, "dataset": e.dataset, "event": e.event, "window_s": e.window_s,
+        return {"run": e.run, "model_xxh3": e.model_xxh3, "method": e.method, "dataset": e.dataset, "event": e.event, "window_s": e.window_s,
                 "stride": e.stride, "samples": len(e), "positives": int(e.contact.sum()),
                 "episodes": len(np.unique(e.episode)), "confidence": CONFIDENCE, "ci_method": "bootstrap over episodes",
                 "probe": {"model": f"standardised features, logistic regression (C={PROBE_C})",

@@ -32,7 +32,7 @@ from htouch.collector.sources import SourceCommand, TeleopSource
 from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import METHOD_PRETRAINED, describe_initialisation, read_run_config
+from htouch.training.checkpoints import METHOD_PRETRAINED, describe_initialisation, model_digest, read_run_config
 from htouch.training.evaluate import (DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, check_time_limit, default_output,
                                       evaluate)
 from htouch.training.model import METHODS, PRESETS, PolicyConfig, policy_config
@@ -169,7 +169,13 @@ class Experiment:
         self._save_state()
 
     def _save_state(self) -> None:
+        """Write the state, keeping what another invocation on other tasks in the same work directory wrote
+        meanwhile (its stage times and discarded demonstrations)."""
         self.c.work.mkdir(parents=True, exist_ok=True)
+        if self.state_path.is_file():
+            other = read_json(self.state_path, "experiment state")
+            for key in ("stage_seconds", "discarded_demos"):
+                self.state[key] = {**other.get(key, {}), **self.state.get(key, {})}
         write_json_atomic(self.state_path, self.state)
 
     def run(self) -> Path:
@@ -373,7 +379,7 @@ class Experiment:
 
     def _trained(self, run_dir: Path, method: str) -> bool:
         path = run_dir / "run.json"
-        if not path.is_file() or not (run_dir / "model.safetensors").is_file():
+        if not path.is_file() or model_digest(run_dir) is None:
             return False
         record = read_json(path, "training run")
         saved = record.get("config") or {}
@@ -428,7 +434,7 @@ class Experiment:
         same = all(saved.get(k) == getattr(ev, k) for k in ("episodes", "variation", "seed", "execute",
                                                              "max_seconds", "task"))
         same = same and result.get("audio", "real") == ev.audio
-        return same and path.stat().st_mtime >= (ev.run_dir / "model.safetensors").stat().st_mtime
+        return same and result.get("run", {}).get("model_xxh3") == model_digest(ev.run_dir)
 
     def _evaluate(self, ev: EvalConfig, path: Path, method: str) -> None:
         def episode(e) -> None:
@@ -440,7 +446,7 @@ class Experiment:
         self.say(f"  {result.describe()}")
 
     def _probed(self, path: Path, run_dir: Path) -> bool:
-        return path.is_file() and path.stat().st_mtime >= (run_dir / "model.safetensors").stat().st_mtime
+        return path.is_file() and read_json(path, "probe").get("model_xxh3") == model_digest(run_dir)
 
     def _probe(self, run_dir: Path, demos: Path, path: Path) -> None:
         from htouch.training.diagnostics import contact_probe, embedding_plot, policy_embeddings

@@ -28,7 +28,7 @@ from htouch.collector.safety import SafetyFilter, SafetyLimits
 from htouch.collector.sources import Outcome, SourceCommand, end_label
 from htouch.dataset.schema import AudioSpec, RigSpec
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import read_run_config
+from htouch.training.checkpoints import model_digest, read_run_config
 from htouch.training.model import PolicyConfig
 from htouch.training.runner import Hearing, PolicyRunner, RunnerCounters
 
@@ -58,7 +58,8 @@ class RunInfo:
         """For an episode's info and eval.json."""
         return {"run": str(self.run_dir.resolve()), "method": self.config.method, "preset": self.config.preset,
                 "horizon": self.config.horizon, "trained_task": self.task, "random_init": self.random_init,
-                "best_epoch": self.training.get("best_epoch")}
+                "best_epoch": self.training.get("best_epoch"),
+                "model_xxh3": model_digest(self.run_dir)}
 
 
 class PolicySource:
