@@ -205,6 +205,27 @@ def test_cli_one_line_errors(ds, tmp_path, cli):
     assert r.code == 2 and "htouch split" in r.err
 
 
+def test_episodes_trains_on_the_first_train_episodes_of_the_split(ds, tmp_path, cli):
+    split = Dataset(ds.root).metadata["split"]
+    assert len(split["train"]) >= 2
+    stats_before = Dataset(ds.root).metadata["stats"]
+    run = tmp_path / "first"
+    r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "1",
+            "--batch-size", "16", "--allow-random-init", "--threads", "1", "--stride", "4", "--episodes", "1")
+    assert r.code == 0, r.err
+    assert f"first 1 of the split's {len(split['train'])} train episodes" in r.out
+    record = json.loads((run / RUN_FILE).read_text())
+    assert record["config"]["episodes"] == 1
+    assert record["data"]["train_episodes"] == sorted(split["train"])[:1]
+    assert record["data"]["val_episodes"] == split["val"]  # validation: the whole split's
+    assert Dataset(ds.root).metadata["stats"] == stats_before  # the stored statistics are untouched
+    for bad, message in (("0", "--episodes must be at least 1, got 0"),
+                         ("99", f"--episodes 99: the split of {ds.root} has only {len(split['train'])} train")):
+        r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", tmp_path / f"e{bad}",
+                "--allow-random-init", "--episodes", bad)
+        assert r.code == 2 and message in r.err and "Traceback" not in r.err + r.out
+
+
 @pytest.mark.parametrize("method", ["scratch", "frozen-audio", "mlp-fusion"])
 def test_every_baseline_trains_end_to_end(ds, tmp_path, method):
     from htouch.training.model import build_policy, policy_config

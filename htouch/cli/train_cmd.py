@@ -126,6 +126,9 @@ def train(
     dropout: float = typer.Option(None, "--dropout", help="Dropout in the head and fusion block (default: the "
                                   "preset's; the paper's 0.5).", show_default=False),
     stride: int = typer.Option(1, "--stride", help="Use every n-th camera frame as a sample."),
+    episodes: int = typer.Option(None, "--episodes", help="Train on only the first N train episodes of the split "
+                                 "(the demonstration-count ablation; validation stays the whole split's).",
+                                 show_default=False),
     preload_mb: float = typer.Option(4096, "--preload-mb", help="Memory for decoded frames and spectrograms; "
                                      "beyond it samples are read from disk each time."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core; "
@@ -152,7 +155,7 @@ def train(
                          batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                          frozen_encoders=frozen_encoders, num_workers=workers, resume=resume, r3m=r3m, avid=avid,
                          byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout, stride=stride,
-                         preload_mb=preload_mb, threads=threads)
+                         episodes=episodes, preload_mb=preload_mb, threads=threads)
     main_rank = DistEnv.from_environ().is_main
     reporter = RichReporter()
     try:

@@ -193,12 +193,21 @@ def ensure_stats(ds: Dataset, kinds: list[str], clip: ClipParams, episodes: list
     return stats, "computed", [f"{why}: computed them{' and stored them in htouch.json' if write else ''}", *notes]
 
 
-def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: bool = True) -> DatasetPlan:
-    """Episodes from the split; statistics as `ensure_stats` gives them."""
+def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: bool = True,
+                 episodes: int | None = None) -> DatasetPlan:
+    """Episodes from the split; statistics as `ensure_stats` gives them. `episodes`: train on only the first
+    that many train episodes (by index; the demonstration-count ablation). The validation episodes and the
+    normalisation statistics stay the whole split's, so runs on different counts are compared alike."""
     train, val, notes = dataset_split(ds)
     kinds = [spec.audio_kind] if spec.audio_kind else []
     stats, source, stat_notes = ensure_stats(ds, kinds, spec.clip, train, progress_bar, write)
     notes = stat_notes[:1] + notes + [n for n in stat_notes[1:] if n not in notes]
+    if episodes is not None:
+        if episodes > len(train):
+            raise DatasetError(f"--episodes {episodes}: the split of {ds.root} has only {len(train)} train episodes")
+        notes.append(f"training on the first {episodes} of the split's {len(train)} train episodes (--episodes); "
+                     "validation and normalisation statistics from the whole split")
+        train = sorted(train)[:episodes]
     return DatasetPlan(train, val, stats, source, notes)
 
 

@@ -67,7 +67,7 @@ METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "train_samples", "trai
                  "val_seconds", "best")
 # Settings a resumed run must share with the run it continues (epochs and patience may change).
 RESUME_KEYS = ("dataset", "method", "preset", "seed", "batch_size", "lr", "frozen_encoders", "horizon", "dropout",
-               "stride")
+               "stride", "episodes")
 PRETRAINED_FLAGS = {"r3m": "--r3m", "avid": "--avid", "byol-a": "--byol-a"}
 
 
@@ -93,12 +93,15 @@ class TrainConfig:
     horizon: int | None = None  # None: the preset's
     dropout: float | None = None  # None: the preset's
     stride: int = 1
+    episodes: int | None = None  # train on the first N train episodes of the split (None: all)
     preload_mb: float = DEFAULT_PRELOAD_MB
     threads: int | None = None  # CPU threads for the model (None: torch's default, one per core)
 
     def check(self) -> None:
         if self.method not in METHODS:
             raise HtouchError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.episodes is not None and self.episodes < 1:
+            raise HtouchError(f"--episodes must be at least 1, got {self.episodes}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 1), ("stride", 1)):
             if getattr(self, name) < low:
                 raise HtouchError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
@@ -402,14 +405,14 @@ class Session:
         failure: HtouchError | None = None
         if env.is_main:
             try:
-                self.plan = plan_dataset(ds, self.spec, progress_bar=self.reporter.phase)
+                self.plan = plan_dataset(ds, self.spec, progress_bar=self.reporter.phase, episodes=c.episodes)
             except HtouchError as e:
                 failure = e
         # stats computed by rank 0 are stored before the others read them; its failure stops them all
         if ddp.agree(failure is not None, env):
             raise failure or HtouchError("rank 0 could not prepare the dataset (see its error)")
         if not env.is_main:
-            self.plan = plan_dataset(Dataset(c.dataset), self.spec, write=False)
+            self.plan = plan_dataset(Dataset(c.dataset), self.spec, write=False, episodes=c.episodes)
         self.dataset = ds
         for note in self.plan.notes:
             self.reporter.note(note)
