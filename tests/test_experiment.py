@@ -92,3 +92,31 @@ def test_experiment_refuses_bad_settings(cli, tmp_path):
     r = cli("experiment", "--tasks", "zip", "--max-seconds", "0", "--out", tmp_path / "r.md")
     assert r.code == 2 and "--max-seconds must be a positive number" in r.err
     assert not (tmp_path / "r-work").exists()  # refused before any demonstration was recorded
+
+
+def test_goal_section_applies_the_yardstick_to_what_was_measured(tmp_path):
+    from htouch.training.evaluate import wilson_interval
+    from htouch.training.experiment import Experiment, ExperimentConfig
+
+    def result(successes: int, n: int = 50) -> dict:
+        low, high = wilson_interval(successes, n)
+        return {"successes": successes, "episodes": n, "success_rate": successes / n, "ci_low": low, "ci_high": high}
+
+    exp = Experiment(ExperimentConfig(out=tmp_path / "r.md", work=tmp_path / "w", tasks=["zip", "flip", "scoop"],
+                                      methods=["ours", "vision-only"]))
+    measured = {"zip": (40, 10), "flip": (30, 25), "scoop": (45, 20)}  # ours, vision-only successes of 50
+    for task, (ours, vision) in measured.items():
+        for variation in ("train", "test"):
+            exp.results[(task, "ours", variation)] = result(ours)
+            exp.results[(task, "vision-only", variation)] = result(vision if variation == "train" else ours)
+    exp.ablations[("zip", "ours", "silent")] = result(15)
+    exp.ablations[("zip", "ours", "shuffled")] = result(35)
+    text = "\n".join(exp._goal_lines())
+    assert "| zip | train | 80% | 20% | +60 points | apart |" in text
+    assert "| flip | train | 60% | 50% | +10 points | overlap |" in text
+    assert "- train looks: the goal holds on 2 task(s) (zip, scoop): met." in text
+    assert "- test looks: the goal holds on 0 task(s): not met." in text
+    assert "- zip, train looks: silent audio costs `ours` +50 points (40/50 -> 15/50): at least 20." in text
+    assert "- zip, train looks: shuffled audio costs `ours` +10 points (40/50 -> 35/50): less than 20." in text
+    assert Experiment(ExperimentConfig(out=tmp_path / "r.md", work=tmp_path / "w",
+                                       methods=["ours", "byol-a"]))._goal_lines() == []
