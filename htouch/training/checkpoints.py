@@ -229,13 +229,10 @@ def load_byol_a(path: str | Path, module: nn.Module) -> LoadReport:
 
 # ------------------------------------------------------------------------------------------ per method
 
-# Which pretrained file each method starts from (the paper, section IV-C): name -> (encoder, loader).
+# The pretrained files (the paper, section IV-C): name -> (encoder, loader). Which ones a method starts
+# from is its MethodSpec.pretrained (model.METHOD_SPECS).
 PRETRAINED = {"r3m": ("image_encoder", load_r3m_encoder), "avid": ("audio_encoder", load_avid_audio),
               "byol-a": ("audio_encoder", load_byol_a)}
-METHOD_PRETRAINED = {
-    "ours": ("r3m", "avid"), "frozen-audio": ("r3m", "avid"), "mlp-fusion": ("r3m", "avid"),
-    "scratch": ("r3m",), "vision-only": ("r3m",), "byol-a": ("r3m", "byol-a"),
-}
 
 
 def load_pretrained(model: AudioVisualPolicy, files: dict[str, str | Path | None],
@@ -245,7 +242,7 @@ def load_pretrained(model: AudioVisualPolicy, files: dict[str, str | Path | None
     needs but lacks is refused unless `allow_random`. Returns the reports and, per encoder, where its initial
     weights came from (for the run's config.json)."""
     method = model.config.method
-    wanted = METHOD_PRETRAINED[method]
+    wanted = model.config.spec.pretrained
     given = {k: v for k, v in files.items() if v is not None}
     unknown = sorted(set(given) - set(PRETRAINED))
     if unknown:

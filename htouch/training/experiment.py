@@ -32,10 +32,10 @@ from htouch.collector.sources import SourceCommand, TeleopSource
 from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import METHOD_PRETRAINED, describe_initialisation, model_digest, read_run_config
+from htouch.training.checkpoints import describe_initialisation, model_digest, read_run_config
 from htouch.training.evaluate import (DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, check_time_limit, default_output,
                                       evaluate)
-from htouch.training.model import METHODS, PRESETS, PolicyConfig, policy_config
+from htouch.training.model import METHOD_SPECS, METHODS, PRESETS, PolicyConfig, policy_config
 
 VARIATIONS = ("train", "test")
 STATE_FILE = "experiment.json"
@@ -401,7 +401,7 @@ class Experiment:
         from htouch.training.train import TrainConfig, train
 
         c = self.c
-        wanted = METHOD_PRETRAINED[method]
+        wanted = METHOD_SPECS[method].pretrained
         r3m, avid = (av / "r3m.pt", av / "avid.pt") if c.play_episodes else (c.r3m, c.avid)
         config = TrainConfig(dataset=demos, run_dir=run_dir, method=method, preset=c.preset, epochs=c.epochs,
                              batch_size=c.batch_size, lr=c.lr, patience=c.epochs, seed=c.seed, device="cpu",

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from htouch.dataset.store import Dataset, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training import ddp
-from htouch.training.checkpoints import METHOD_PRETRAINED, load_pretrained, pretraining_of, save_run_checkpoint
+from htouch.training.checkpoints import load_pretrained, pretraining_of, save_run_checkpoint
 from htouch.training.data import (
     DEFAULT_PRELOAD_MB,
     DataSpec,
@@ -56,7 +56,7 @@ from htouch.training.data import (
     plan_dataset,
     to_float,
 )
-from htouch.training.model import METHODS, AudioVisualPolicy, PolicyConfig, build_policy, policy_config
+from htouch.training.model import METHOD_SPECS, METHODS, AudioVisualPolicy, PolicyConfig, build_policy, policy_config
 
 RUN_FILE = "run.json"
 STATE_FILE = "last.pt"
@@ -326,7 +326,7 @@ def _seed_everything(seed: int) -> None:
 def _check_pretrained(config: TrainConfig, resuming: bool) -> None:
     """Refuse at once (before any data is read) a method whose pretrained files are missing."""
     files = config.pretrained_files()
-    wanted = METHOD_PRETRAINED[config.method]
+    wanted = METHOD_SPECS[config.method].pretrained
     for kind, path in files.items():
         if path is not None and kind in wanted and not Path(path).is_file():
             raise HtouchError(f"{PRETRAINED_FLAGS[kind]} {path}: no such file")
