@@ -82,7 +82,8 @@ def eval_(
 
     Example: [bold]htouch eval runs/zip-ours --episodes 50 --variation test --audio shuffled[/]
     """
-    from htouch.training.evaluate import EvalConfig, default_output, evaluate
+    from htouch.training.evaluate import EvalConfig, evaluate
+    from htouch.training.run_dir import RunDir
 
     config = EvalConfig(run_dir=run, task=task, episodes=episodes, variation=variation, seed=seed, execute=execute,
                         max_seconds=max_seconds, record=record, force=force, threads=threads, audio=audio,
@@ -99,7 +100,7 @@ def eval_(
     if "heard" in result.audio:
         console.print(f"[dim]audio {result.audio['condition']}: the policy heard {result.audio['heard']}[/]",
                       highlight=False)
-    path = out or default_output(run, result.task, variation, result.audio["condition"])
+    path = out or RunDir(run).evaluation(result.task, variation, result.audio["condition"])
     result.write(path)
     console.print(f"[bold]{result.describe()}[/]; {fmt_path(path)}", highlight=False, soft_wrap=True)
     if record is not None:

@@ -160,11 +160,6 @@ class EvalResult:
         write_json_atomic(path, self.to_dict())
 
 
-def default_output(run_dir: Path, task: str, variation: str, audio: str = "real") -> Path:
-    """RUN/eval-TASK-VARIATION.json; an audio ablation adds its condition (eval-zip-train-silent.json)."""
-    return Path(run_dir) / f"eval-{task}-{variation}{'' if audio == 'real' else '-' + audio}.json"
-
-
 def default_time_limit(run: RunInfo) -> tuple[float, str]:
     """TIME_LIMIT_FACTOR x the longest training demonstration, and where the figure came from."""
     if run.dataset_root:
