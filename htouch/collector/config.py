@@ -132,7 +132,7 @@ class RigConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     source: str = ""  # the file it was read from
 
-    def rig_spec(self, n_joints: int = 7) -> RigSpec:
+    def rig_spec(self, n_joints: int = 7, joint_unit: str = "rad") -> RigSpec:
         """The stream specs stored in the dataset. State, actions and teleop are recorded once per
         control step, so their nominal rate is the control rate."""
         cam, mic, rate = self.camera, self.microphones, self.control.rate_hz
@@ -143,7 +143,7 @@ class RigConfig:
             audio=AudioSpec(rate_hz=float(mic.rate_hz), channels=mic.channels,
                             channel_names=[f"mic{i}" for i in range(mic.channels)], center=mic.center,
                             scale=mic.scale, latency_ns=int(mic.latency_ms * 1e6), device=mic.device),
-            state=StateSpec(rate_hz=rate, n_joints=n_joints),
+            state=StateSpec(rate_hz=rate, n_joints=n_joints, joint_unit=joint_unit),
             action=ActionSpec(rate_hz=rate),
             teleop=TeleopSpec(rate_hz=rate),
         )

@@ -70,13 +70,14 @@ class AudioSpec:
 class StateSpec:
     rate_hz: float = 100.0
     n_joints: int = 7
+    joint_unit: str = "rad"  # an arm's joint angles; the simulated rig records its two finger joints, in m
     pose_format: str = "x y z qx qy qz qw (m, unit quaternion, robot base frame)"
 
 
 @dataclass
 class ActionSpec:
     rate_hz: float = 30.0
-    delta_ee_format: str = "dx dy dz droll dpitch dyaw (m, rad; per control step, base frame)"
+    delta_ee_format: str = "dx dy dz rx ry rz (m; rotation vector, rad; per control step, base frame)"
     gripper_format: str = "target opening in [0, 1] (0 closed, 1 open)"
 
 
@@ -163,7 +164,7 @@ def episode_arrays(rig: RigSpec) -> list[ArraySpec]:
                   "capture time of each block's first sample"),
         ArraySpec("state", "ee_pose", "float64", (7,), 4096, "lossless", "rows", "m, quaternion xyzw",
                   "end-effector pose in the robot base frame"),
-        ArraySpec("state", "joints", "float64", (st.n_joints,), 4096, "lossless", "rows", "rad",
+        ArraySpec("state", "joints", "float64", (st.n_joints,), 4096, "lossless", "rows", st.joint_unit,
                   "joint positions"),
         ArraySpec("state", "gripper_width", "float64", (), 4096, "lossless", "rows", "m", "gripper opening"),
         ArraySpec("state", "timestamp_ns", "int64", (), 4096, "lossless", "rows", ns, "time of each state"),

@@ -1,6 +1,6 @@
 """Pretrained encoder files the user supplies, and the run checkpoints training writes.
 
-Pretrained files (layouts in /work/shared/reference/encoders-and-audio.md), each loaded into one encoder:
+Pretrained files (the layouts their upstream projects release), each loaded into one encoder:
 - R3M (`load_r3m_encoder`): `{'r3m': state_dict}` of a DataParallel R3M; the ResNet18 sits under
   `module.convnet.` (120 keys, no fc); `module.lang_rew.*`, `module.lang_enc.*` and other heads are ignored.
 - AVID (`load_avid_audio`): `{'epoch', 'model', 'optimizer', 'train_criterion'}`; only `model`'s

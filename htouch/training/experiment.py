@@ -43,7 +43,7 @@ STATE_FILE = "experiment.json"
 OPERATORS_FILE = "operators.json"  # per task: the hearing and the deaf scripted operator
 PLAY_SEED_OFFSET = 500  # play data's scenes: seed + 500 (neither the demonstrations' nor the evaluation's)
 ABLATIONS = ("silent", "shuffled")  # what a policy that hears is also evaluated with (on the train looks)
-GOAL_POINTS = 20  # issue 10's yardstick: the success-rate difference (points) that counts as hearing helping
+GOAL_POINTS = 20  # the success-rate difference (points) the report counts as hearing helping
 MAX_ATTEMPTS_FACTOR = 3  # give up on a task's demonstrations after this many attempts per demonstration
 
 
