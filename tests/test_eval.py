@@ -288,3 +288,23 @@ def test_rollout_on_the_real_rig_without_a_robot_fails_fast(cli, tiny_run, tmp_p
     assert len(r.err.strip().splitlines()) == 1
     r = cli("rollout", tiny_run, "--rig", "real", "--config", config, "--operator", "none")
     assert r.code == 2 and "needs an operator" in r.err
+
+
+def test_a_run_moved_with_its_dataset_still_finds_it(tiny_run, tmp_path):
+    import shutil
+
+    from htouch.training.evaluate import default_time_limit
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_run.parent, moved)  # the run and its demos, side by side, as an experiment keeps them
+    original = RunInfo.read(tiny_run)
+    shutil.move(str(tiny_run.parent / "demos"), str(tmp_path / "demos-away"))  # the recorded path is gone
+    try:
+        info = RunInfo.read(moved / "run")
+        assert info.dataset_root == str((moved / "demos").resolve())
+        limit, why = default_time_limit(info)
+        assert "longest training demonstration" in why
+        shutil.rmtree(moved / "demos")  # gone from both places: the recorded path, as before
+        assert RunInfo.read(moved / "run").dataset_root == original.dataset_root
+    finally:
+        shutil.move(str(tmp_path / "demos-away"), str(tiny_run.parent / "demos"))
