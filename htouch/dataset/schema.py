@@ -146,7 +146,7 @@ class RigSpec:
 
 _SPECS = {"camera": CameraSpec, "audio": AudioSpec, "state": StateSpec, "action": ActionSpec, "teleop": TeleopSpec}
 # Values a reader divides by or allocates with: they must be positive.
-_POSITIVE = {"rate_hz", "width", "height", "channels", "n_joints", "quality", "scale"}
+_POSITIVE = {"rate_hz", "width", "height", "channels", "n_joints", "scale"}
 
 
 def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
