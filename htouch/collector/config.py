@@ -27,7 +27,8 @@ from htouch.errors import HtouchError
 # The allowed range of every number in a rig file, inclusive, in one place: (table, key) -> (low, high).
 # A list's items each obey their key's range, and every number must be finite (TOML allows inf and nan).
 # The loader refuses a value outside its range with the file, table, key and range named; the config
-# dataclasses below check the same ranges when code builds them.
+# dataclasses of this module check the same ranges when code builds them (SafetyLimits and MappingConfig,
+# defined beside their code, keep their own structural checks).
 BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("camera", "width"): (16, 8192),
     ("camera", "height"): (16, 8192),
