@@ -262,6 +262,8 @@ def test_eval_refuses_a_policy_on_another_task_and_bad_options(cli, tiny_run):
     for command in ("eval", "rollout"):
         r = cli(command, tiny_run, "--max-seconds", "-1")
         assert r.code == 2 and "--max-seconds must be a positive number, got -1" in r.err
+        r = cli(command, tiny_run, "--max-seconds", "1e9")  # beyond [control] max_episode_s's range
+        assert r.code == 2 and "got 1e+09 (allowed: 0.1..86400 s)" in r.err and len(r.err.strip().splitlines()) == 1
 
 
 def test_rollout_on_the_simulated_rig_records_episodes_that_validate(cli, tiny_run, tmp_path):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -171,7 +172,7 @@ def rollout(
         raise HtouchError(f"cannot open the {cfg.kind} rig: {e}") from None
     try:
         for note in check_rig_matches(info, the_rig.spec):
-            err_console.print(f"[yellow]note:[/] this rig's {note}", highlight=False)
+            err_console.print(f"[yellow]note:[/] this rig's {escape(note)}", highlight=False)
         source = PolicySource.from_run(run, cfg.safety, the_rig.spec.audio, execute,
                                        operator=the_rig.operator != NO_OPERATOR, start_on_clutch=the_rig.human,
                                        mapping=cfg.mapping, task_success=the_rig.task_success,
