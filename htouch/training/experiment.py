@@ -43,6 +43,7 @@ STATE_FILE = "experiment.json"
 OPERATORS_FILE = "operators.json"  # per task: the hearing and the deaf scripted operator
 PLAY_SEED_OFFSET = 500  # play data's scenes: seed + 500 (neither the demonstrations' nor the evaluation's)
 ABLATIONS = ("silent", "shuffled")  # what a policy that hears is also evaluated with (on the train looks)
+READING_HEADING = "## Reading (hand-written"  # a results file's part that is kept when it is written again
 GOAL_POINTS = 20  # the success-rate difference (points) the report counts as hearing helping
 MAX_ATTEMPTS_FACTOR = 3  # give up on a task's demonstrations after this many attempts per demonstration
 
@@ -196,7 +197,7 @@ class Experiment:
         wall = time.perf_counter() - start
         self.state["last_invocation_s"] = round(wall, 1)
         self._save_state()
-        text = self.markdown(wall)
+        text = self.markdown(wall) + self._kept_reading()
         c.out.parent.mkdir(parents=True, exist_ok=True)
         with replacing(c.out) as tmp:
             tmp.write_text(text)
@@ -519,6 +520,14 @@ class Experiment:
             lines.append(f"| {s.name} | {s.seconds / 60:.2f} | {'earlier invocation' if s.skipped else ''} |")
         lines += ["", f"Work directory: `{c.work}` (demonstrations, runs with their `eval-*.json`)."]
         return "\n".join(lines) + "\n"
+
+    def _kept_reading(self) -> str:
+        """The hand-written part of an earlier results file (from READING_HEADING on), kept as it is."""
+        if not self.c.out.is_file():
+            return ""
+        old = self.c.out.read_text(errors="replace")
+        at = old.find(READING_HEADING)
+        return "" if at < 0 else "\n" + old[at:]
 
     def _operator_lines(self) -> list[str]:
         from htouch.sim.hearing import OperatorResult
