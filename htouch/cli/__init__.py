@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from htouch.cli.common import console, err_console, state
 from htouch.errors import HtouchError
@@ -47,7 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     except HtouchError as e:
         if state.debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # the disk or the file system said no (full, read-only, ...): the user's to fix
+        if state.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(2)
     except Exception as e:  # a bug, not the user's fault: still one line unless --debug
         if state.debug:

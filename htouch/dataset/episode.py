@@ -96,6 +96,12 @@ def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndar
     return resample(mono, rate, clip.rate_hz)
 
 
+# Episode attributes readers use, with their JSON types (a bool is a JSON true/false, never an index).
+_ATTR_TYPES = (("index", int, "an integer"), ("success", (bool, type(None)), "true, false or null"),
+               ("variation", str, "a string"), ("rig", dict, "a JSON object"), ("info", dict, "a JSON object"),
+               ("lengths", dict, "a JSON object"))
+
+
 class Episode:
     def __init__(self, path: str | Path, dataset: "Dataset | None" = None):
         self.path = Path(path)
@@ -107,10 +113,18 @@ class Episode:
             raise DatasetError(f"{self.path} is not an episode store (no Zarr group)") from None
         except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DatasetError(f"{self.path}: episode metadata is unreadable ({e})") from None
+        except Exception as e:  # noqa: BLE001 - any other damage of the group's metadata files
+            raise DatasetError(f"{self.path}: episode metadata is unreadable ({type(e).__name__}: {e})") from None
         if ATTR_FORMAT not in attrs or not isinstance(attrs[ATTR_FORMAT], dict):
             raise DatasetError(f"{self.path}: not an htouch episode (no {ATTR_FORMAT!r} attribute)")
         self.attrs: dict[str, Any] = attrs[ATTR_FORMAT]
-        self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
+        for key, types, what in _ATTR_TYPES:
+            if key in self.attrs and not isinstance(self.attrs[key], types):
+                raise DatasetError(f"{self.path}: episode attribute {key!r} must be {what}, got {self.attrs[key]!r}")
+        try:
+            self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
+        except DatasetError as e:
+            raise DatasetError(f"{self.path}: episode attributes: {e}") from None
 
     # ---------------------------------------------------------------- metadata
 
@@ -196,6 +210,8 @@ class Episode:
                 detail = json.loads(str(d)) if d else {}
             except json.JSONDecodeError:
                 detail = {"unparsed": str(d)}
+            if not isinstance(detail, dict):  # the schema says an object; keep what is there, as text
+                detail = {"unparsed": str(d)}
             out.append({"t_ns": int(t), "kind": str(k), **({"detail": detail} if detail else {})})
         return sorted(out, key=lambda e: e["t_ns"])
 
@@ -253,7 +269,10 @@ class Episode:
         fi = self.frame_indices(t_ns, params)
         rgb = self.array("camera/rgb")
         uniq, inverse = np.unique(fi, return_inverse=True)
-        frames = np.stack([rgb[int(i)] for i in uniq])[inverse]
+        try:
+            frames = np.stack([rgb[int(i)] for i in uniq])[inverse]
+        except Exception as e:  # a frame that does not decode
+            raise DatasetError(f"{self.name}: camera/rgb cannot be read ({type(e).__name__}: {e})") from None
         si = max(int(np.searchsorted(self.state_times, t_ns, side="right")) - 1, 0)
         state = self._state[si] if len(self.state_times) else np.zeros(self._state.shape[1])
         actions, mask = self.action_chunk(t_ns, params.horizon)

@@ -102,8 +102,11 @@ class RigSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RigSpec":
+        """The rig of a stored description (htouch.json, episode attributes); DatasetError naming the key when
+        a value has the wrong JSON type, or a rate, size or scale that no reader can divide by."""
         sub = {"camera": CameraSpec, "audio": AudioSpec, "state": StateSpec, "action": ActionSpec,
                "teleop": TeleopSpec}
+        _check_types("rig", cls, d, sub)
         try:
             kw = {k: sub[k](**v) if k in sub else v for k, v in d.items()}
             return cls(**kw)
@@ -112,6 +115,34 @@ class RigSpec:
 
     def nominal_rate(self, stream: str) -> float:
         return float(getattr(self, stream).rate_hz)
+
+
+_JSON_TYPES = {"int": "an integer", "float": "a number", "str": "a string", "list[str]": "a list of strings"}
+_POSITIVE = {"rate_hz", "width", "height", "channels", "n_joints"}  # readers divide by these or size arrays
+
+
+def _check_types(where: str, spec: type, d: Any, sub: dict[str, type] | None = None) -> None:
+    """Each known key of a stored spec has its field's JSON type (unknown keys are left to the constructor)."""
+    if not isinstance(d, dict):
+        raise DatasetError(f"{where} must be a JSON object, got {type(d).__name__}")
+    for f in dataclasses.fields(spec):
+        if f.name not in d:
+            continue
+        v, key = d[f.name], f"{where}.{f.name}"
+        if sub and f.name in sub:
+            _check_types(key, sub[f.name], v)
+            continue
+        kind = str(f.type)
+        ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+              "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": isinstance(v, str),
+              "list[str]": isinstance(v, list) and all(isinstance(x, str) for x in v)}.get(kind, True)
+        if not ok:
+            raise DatasetError(f"{key} must be {_JSON_TYPES[kind]}, got {v!r}")
+        if f.name in _POSITIVE and not (0 < v < float("inf")):
+            raise DatasetError(f"{key} must be a positive finite number, got {v!r}")
+        if f.name == "scale" and not (v != 0 and abs(v) < float("inf")):
+            raise DatasetError(f"{key} must be a finite number other than 0, got {v!r}")
 
 
 # --------------------------------------------------------------------------------------------------
