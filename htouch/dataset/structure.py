@@ -10,10 +10,11 @@ Before `ls`, `inspect`, `train`, `eval`, `stats`, `spectrogram`, `split` or `rep
 - every chunk file the length needs is present and no larger than such a chunk can be compressed
   (`max_chunk_file_bytes`), so a `.zarray` claiming 10^12 rows is refused after one directory listing,
   and nothing is ever read as zeros for a missing chunk;
-- arrays sharing a time axis have equal lengths, time stamps strictly increase, and audio blocks lie
-  inside the PCM.
+- arrays sharing a time axis have equal lengths, time stamps strictly increase, audio blocks lie inside
+  the PCM, and the values of state, action and teleop are finite.
 
-That costs listing the episode's files and decoding its time stamps (8 bytes a row). A damaged episode is
+That costs listing the episode's files and decoding the time stamps and the small state, action and teleop
+arrays (well under 1 % of an episode's bytes); frames and PCM are not decoded. A damaged episode is
 refused with `DamagedEpisodeError`, one line naming the episode and its first problem. `htouch validate`
 runs the same checks (`validate._EpisodeCheck` extends `StructureCheck`), then hashes files and decodes
 everything.
@@ -43,6 +44,7 @@ ERROR = "error"
 WARNING = "warning"
 METADATA_NAMES = (".zarray", ".zattrs", ".zgroup", ".zmetadata", "manifest.json", ".flushed.json")
 METADATA_MAX_BYTES = 1 << 20  # a metadata file larger than this is not one htouch wrote
+FINITE_STREAMS = ("state", "action", "teleop")  # their float values must be finite
 CHUNK_MAX_BYTES = 256 << 20  # uncompressed bytes of one chunk (a 4K RGB frame is 25 MB)
 
 
@@ -164,8 +166,10 @@ class StructureCheck:
         self.findings.append(Finding(check, severity, self.ep.name, path, time_s, message))
 
     def read_fully(self, spec: ArraySpec) -> bool:
-        """Which arrays the check decodes: the time stamps and the audio block offsets (cheap)."""
-        return spec.name.endswith("timestamp_ns") or spec.path == "audio/block_offset"
+        """Which arrays the check decodes: the time stamps, the audio block offsets and the float values of
+        state, action and teleop (small next to frames and PCM)."""
+        return (spec.name.endswith("timestamp_ns") or spec.path == "audio/block_offset"
+                or (spec.stream in FINITE_STREAMS and np.dtype(spec.dtype).kind == "f"))
 
     def run_structure(self) -> list[Finding]:
         self.check_schema_version()
@@ -174,6 +178,7 @@ class StructureCheck:
         self.set_start()
         self.check_time_order()
         self.check_blocks()
+        self.check_finite()
         return self.findings
 
     def check_schema_version(self) -> None:
@@ -320,6 +325,18 @@ class StructureCheck:
                 self.add("time.order", ERROR, timestamp_spec(self.specs, stream).path,
                          f"not strictly increasing at row {i + 1} ({int(d[i]) / 1e6:+.3f} ms after row {i}); "
                          f"{len(bad)} place(s)", int(t[i]))
+
+    def check_finite(self) -> None:
+        """No NaN or Inf in the values of state, action and teleop (what a policy learns from)."""
+        for spec in self.specs:
+            x = self.data.get(spec.path)
+            if x is None or spec.stream not in FINITE_STREAMS or x.dtype.kind != "f" or not len(x):
+                continue
+            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                self.add("values.nonfinite", ERROR, spec.path,
+                         f"{int(bad.sum())} row(s) with NaN or Inf, first row {i}", self.time_of(spec.stream, i))
 
     def check_blocks(self) -> None:
         """Audio block offsets start at 0, increase and stay inside the PCM (sets blocks_ok)."""

@@ -429,17 +429,6 @@ class _EpisodeCheck(StructureCheck):
 
     # ---------------------------------------------------------------- values
 
-    def check_finite(self) -> None:
-        for spec in self.specs:
-            x = self.data.get(spec.path)
-            if x is None or spec.stream not in ("state", "action", "teleop") or x.dtype.kind != "f" or not len(x):
-                continue
-            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                self.add("values.nonfinite", ERROR, spec.path,
-                         f"{int(bad.sum())} row(s) with NaN or Inf, first row {i}", self.time_of(spec.stream, i))
-
     def check_action_jumps(self) -> None:
         """delta_ee is the motion of one control step; a value far from the episode's usual steps is a jump
         (a teleop tracking glitch, say). The gripper target is left out: it switches legitimately."""
