@@ -308,7 +308,11 @@ def test_malformed_event_details_are_shown_not_a_crash(cli, ds):
     (lambda m: m["rig"]["audio"].update(rate_hz=0), "rig.audio.rate_hz must be a positive finite number"),
     (lambda m: m["rig"]["camera"].update(width="64"), "rig.camera.width must be an integer"),
     (lambda m: m["rig"].update(audio=None), "rig.audio must be a JSON object"),
-], ids=["rig not an object", "zero rate", "width a string", "audio null"])
+    (lambda m: m.update(split={"train": ["a"], "val": [1]}), "split.train must be a list of episode indices"),
+    (lambda m: m.update(split="all"), "split must be a JSON object"),
+    (lambda m: m.update(next_episode_index="3"), "next_episode_index must be a whole number"),
+], ids=["rig not an object", "zero rate", "width a string", "audio null", "split indices strings", "split a string",
+        "next index a string"])
 def test_dataset_metadata_of_the_wrong_type(cli, ds, tmp_path, change, words):
     edit_json(ds.root / "htouch.json", change)
     for args in (("validate", ds.root), ("ls", ds.root), ("inspect", EP0, "--dataset", ds.root),

@@ -166,6 +166,27 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def _check_metadata(meta: dict[str, Any]) -> None:
+    """The JSON types of the htouch.json keys that commands read (rig: RigSpec.from_dict); DatasetError naming
+    the key otherwise."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta.get("task", ""), str):
+        raise DatasetError(f"task must be a string, got {meta['task']!r}")
+    if "next_episode_index" in meta and not (is_int(meta["next_episode_index"]) and meta["next_episode_index"] >= 0):
+        raise DatasetError(f"next_episode_index must be a whole number >= 0, got {meta['next_episode_index']!r}")
+    split = meta.get("split")
+    if split is not None:
+        if not isinstance(split, dict):
+            raise DatasetError(f"split must be a JSON object, got {split!r}; re-run `htouch split`")
+        for key in ("train", "val"):
+            if key in split and not (isinstance(split[key], list) and all(is_int(i) for i in split[key])):
+                raise DatasetError(f"split.{key} must be a list of episode indices; re-run `htouch split`")
+    if not isinstance(meta.get("stats", {}), dict):
+        raise DatasetError(f"stats must be a JSON object, got {meta['stats']!r}; re-run `htouch stats`")
+
+
 class Dataset:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -182,6 +203,7 @@ class Dataset:
             raise DatasetError(f"{meta_path}: schema version {version!r} is not supported "
                                f"(this htouch reads up to {SCHEMA_VERSION}); upgrade htouch")
         try:
+            _check_metadata(self.metadata)
             self.rig = RigSpec.from_dict(self.metadata.get("rig", {}))
         except DatasetError as e:
             raise DatasetError(f"{meta_path}: {e}") from None
@@ -293,8 +315,8 @@ class Dataset:
         """Open a committed episode by index or name (`12`, `episode_12`, `episode_000012`) for reading.
         check=True (every reader) first runs the cheap structural checks of structure.py once per episode and
         raises DamagedEpisodeError (a DatasetError: one line naming the episode and the problem) if it fails.
-        check=False opens it as it is (for code that reports damage itself, like validate)."""
-        from htouch.dataset.episode import Episode
+        check=False skips the array checks but not the file checks (no link, FIFO or device is ever opened): for
+        code that only needs the attributes."""
         from htouch.dataset.structure import open_episode
 
         index = ref if isinstance(ref, int) else parse_episode_name(str(ref))
@@ -304,7 +326,7 @@ class Dataset:
         if not path.is_dir() and not path.is_symlink():
             raise DatasetError(f"episode {index} not found in {self.root}")
         if not check or path.name in self._checked:
-            return Episode(contained(self.root, path), dataset=self)
+            return open_episode(contained(self.root, path), dataset=self, structure=False)
         ep = open_episode(path, dataset=self)
         self._checked.add(path.name)
         return ep

@@ -6,8 +6,10 @@ episode start) where it applies, and one line of explanation. Errors make an epi
 normal on real rigs (a dropped frame, clock drift, a missing label). The synthetic generator's planted frame
 drops and 20 ppm audio drift are warnings at most, so a fresh `htouch synth` dataset validates cleanly.
 
-Each array is read once; frames are decoded in batches so that memory stays bounded for long episodes.
-All thresholds live in `ValidationLimits`.
+It starts with the structural checks every reader runs (structure.py: no links or special files, arrays as the
+schema says, chunk files present and bounded, time order), on every array read fully, then hashes the files
+against the manifest and checks the data. Each array is read once; frames are decoded in batches so that memory
+stays bounded for long episodes. All thresholds live in `ValidationLimits`.
 """
 
 from __future__ import annotations
