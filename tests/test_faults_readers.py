@@ -25,6 +25,7 @@ import zarr
 import htouch.dataset.codecs  # noqa: F401 - image codecs, for opening frames with zarr directly
 from htouch.dataset.store import INCOMING, QUARANTINE, Dataset
 from htouch.dataset.writer import lock_path
+from htouch.errors import DatasetError
 from tests.test_faults import EP0, EP1, one_line, snapshot
 from tests.training_helpers import copy_dataset, make_training_dataset
 
@@ -227,6 +228,10 @@ def test_damage_is_found_and_refused(cli, ds, tmp_path, damage):
     r = cli("inspect", EP0, "--dataset", ds.root)
     assert r.code == 2 and one_line(r.err) and f"{EP0} is damaged" in r.err, r.err
     assert cli("inspect", EP1, "--dataset", ds.root, "--json").code == 0
+
+    for command in ("split", "spectrogram"):  # they read every episode
+        r = cli(command, ds.root)
+        assert r.code == 2 and one_line(r.err) and f"{EP0} is damaged" in r.err, (command, r.err)
 
     run = tmp_path / "run"
     r = cli("train", ds.root, "--run", run, *TRAIN)
@@ -431,6 +436,16 @@ def test_symlinked_lock_files_create_nothing_elsewhere(cli, ds, tmp_path, lock):
     assert not target.exists()
 
 
+def test_no_episode_is_written_through_a_symlinked_incoming(ds, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ds.root / INCOMING).rmdir()  # empty: the writers of the template committed
+    (ds.root / INCOMING).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DatasetError, match="symbolic link"):
+        ds.new_episode()
+    assert list(outside.iterdir()) == []
+
+
 def test_symlinked_metadata_file_is_refused(cli, ds, tmp_path):
     outside = tmp_path / "htouch.json"
     shutil.move(ds.root / "htouch.json", outside)
@@ -496,6 +511,11 @@ def test_unbounded_reads_end_at_once(_template, tmp_path):
         damage.apply(root / EP0)
         commands += [["validate", str(root), "--json"], ["ls", str(root)],
                      ["inspect", EP0, "--dataset", str(root)], ["validate", str(root), "--repair", "--json"]]
+    fifo_metadata = tmp_path / "fifo"
+    shutil.copytree(_template, fifo_metadata)
+    (fifo_metadata / "htouch.json").unlink()
+    os.mkfifo(fifo_metadata / "htouch.json")
+    commands += [["validate", str(fifo_metadata)], ["ls", str(fifo_metadata)]]
     proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands)], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -509,6 +529,8 @@ def test_unbounded_reads_end_at_once(_template, tmp_path):
         for r in (ls, inspect):
             assert r["code"] == 2 and one_line(r["err"]) and f"{EP0} is damaged" in r["err"], (damage.name, r)
         assert repair["code"] == 1 and "Traceback" not in repair["err"], (damage.name, repair)
+    for r in results[4 * len(UNBOUNDED):]:  # htouch.json is a FIFO
+        assert r["code"] == 2 and one_line(r["err"]) and "htouch.json is not a regular file" in r["err"], r
 
 
 # ----------------------------------------------------------------------------------------- read-only datasets

@@ -195,7 +195,9 @@ class Dataset:
             raise DatasetError(f"no dataset at {self.root}: directory not found")
         if not meta_path.exists() and not meta_path.is_symlink():
             raise DatasetError(f"{self.root} is not an htouch dataset: {METADATA_FILE} not found")
-        self.metadata = read_json(contained(self.root, meta_path), "dataset metadata")
+        if not contained(self.root, meta_path).is_file():  # a FIFO would block, a device never end
+            raise DatasetError(f"{meta_path} is not a regular file")
+        self.metadata = read_json(meta_path, "dataset metadata")
         if self.metadata.get("format") != DATASET_FORMAT:
             raise DatasetError(f"{meta_path}: not an htouch dataset file (format is {self.metadata.get('format')!r})")
         version = self.metadata.get("schema_version")
