@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
@@ -29,20 +27,17 @@ from htouch.dataset.episode import NS, Episode, SampleParams
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files
 from htouch.dataset.schema import (
     EVENT_KINDS,
-    SCHEMA_VERSION,
     TIMED_AXES,
     ArraySpec,
     RigSpec,
-    episode_arrays,
 )
 from htouch.dataset.store import METADATA_FILE, Dataset, dataset_links, find_dataset, resolve_episode_path
-from htouch.dataset.structure import (  # noqa: F401 - chunk_index, stored_chunks, first_bad_chunk: used by repair
+from htouch.dataset.structure import (  # noqa: F401 - stored_chunks: kept importable from here
     ERROR,
     WARNING,
     Finding,
     StructureCheck,
     chunk_index,
-    first_bad_chunk,
     stored_chunks,
     timestamp_spec,
     unsafe_files,
