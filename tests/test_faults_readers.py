@@ -229,9 +229,11 @@ def test_damage_is_found_and_refused(cli, ds, tmp_path, damage):
     assert r.code == 2 and one_line(r.err) and f"{EP0} is damaged" in r.err, r.err
     assert cli("inspect", EP1, "--dataset", ds.root, "--json").code == 0
 
-    for command in ("split", "spectrogram"):  # they read every episode
-        r = cli(command, ds.root)
-        assert r.code == 2 and one_line(r.err) and f"{EP0} is damaged" in r.err, (command, r.err)
+    for args in (("split", ds.root), ("spectrogram", ds.root),  # they read every episode
+                 ("replay", EP0, "--dataset", ds.root, "--to", "video", tmp_path / "ep.mp4")):
+        r = cli(*args)
+        assert r.code == 2 and one_line(r.err) and f"{EP0} is damaged" in r.err, (args, r.err)
+    assert not (tmp_path / "ep.mp4").exists()
 
     run = tmp_path / "run"
     r = cli("train", ds.root, "--run", run, *TRAIN)
