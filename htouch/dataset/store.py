@@ -179,12 +179,14 @@ def _check_metadata(meta: dict[str, Any]) -> None:
     split = meta.get("split")
     if split is not None:
         if not isinstance(split, dict):
-            raise DatasetError(f"split must be a JSON object, got {split!r}; re-run `htouch split`")
+            raise DatasetError(f"split must be a JSON object, got {split!r}; remove the key and run `htouch split`")
         for key in ("train", "val"):
             if key in split and not (isinstance(split[key], list) and all(is_int(i) for i in split[key])):
-                raise DatasetError(f"split.{key} must be a list of episode indices; re-run `htouch split`")
+                raise DatasetError(f"split.{key} must be a list of episode indices; remove the split key and run "
+                                   "`htouch split`")
     if not isinstance(meta.get("stats", {}), dict):
-        raise DatasetError(f"stats must be a JSON object, got {meta['stats']!r}; re-run `htouch stats`")
+        raise DatasetError(f"stats must be a JSON object, got {meta['stats']!r}; remove the key and run "
+                           "`htouch stats`")
 
 
 class Dataset:
