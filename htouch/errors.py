@@ -11,3 +11,12 @@ class DatasetError(HtouchError):
 
 class WriterError(HtouchError):
     """The episode writer failed (disk full, closed writer, ...); data flushed so far stays on disk."""
+
+
+class DamagedEpisodeError(DatasetError):
+    """An episode failed the structural checks readers run before using it (see dataset/structure.py)."""
+
+    def __init__(self, episode: str, problem: str):
+        self.episode = episode
+        self.problem = problem
+        super().__init__(f"{episode} is damaged: {problem} (`htouch validate` lists every problem)")

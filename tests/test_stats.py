@@ -102,7 +102,9 @@ def _poison(ds: Dataset, index: int, path: str, row: int) -> None:
 
 def test_nan_names_episode_and_array(tiny_ds, cli):
     _poison(tiny_ds, 1, "action/delta_ee", 7)
-    with pytest.raises(DatasetError, match=r"episode_000001: action/delta_ee holds NaN .*first at row 7"):
+    # refused when the episode is opened (the structural checks every reader runs), before any stats
+    with pytest.raises(DatasetError, match=r"episode_000001 is damaged: action/delta_ee: 1 row\(s\) with NaN or Inf, "
+                       r"first row 7"):
         compute_stats(tiny_ds, kinds=())
     r = cli("stats", tiny_ds.root, "--kind", "logmel")
     assert r.code == 2 and r.err.strip().count("\n") == 0

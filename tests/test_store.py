@@ -187,7 +187,8 @@ def test_find_and_resolve(tiny_ds, tmp_path, monkeypatch):
         resolve_episode("../etc/passwd", dataset=tiny_ds.root)
     with pytest.raises(DatasetError, match="not an episode directory"):
         resolve_episode(str(tiny_ds.root / "episode_000000" / "camera"), dataset=tiny_ds.root)
-    monkeypatch.chdir(tmp_path.parent)
+    (tmp_path / "empty").mkdir()  # not tmp_path.parent: other tests' datasets lie there
+    monkeypatch.chdir(tmp_path / "empty")
     with pytest.raises(DatasetError, match="no htouch dataset"):
         find_dataset()
 

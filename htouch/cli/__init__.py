@@ -48,8 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     except HtouchError as e:
         if state.debug:
             raise
-        # The message is text, not markup: "[camera]" in it must print as written.
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # the disk or the file system said no (full, read-only, ...): the user's to fix
+        if state.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(2)
     except Exception as e:  # a bug, not the user's fault: still one line unless --debug
         if state.debug:

@@ -8,12 +8,14 @@ import typer
 from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, fmt_path, progress_bar
+from rich.markup import escape
+
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import find_dataset
 from htouch.dataset.summary import episode_row
 from htouch.dataset.synthetic import write_synthetic_dataset
-from htouch.errors import HtouchError
+from htouch.errors import DatasetError, HtouchError
 
 
 @app.command()
@@ -56,8 +58,13 @@ def ls(dataset: Path = DatasetArgument) -> None:
                          ("audio s", "right"), ("variation", "left"), ("success", "left"), ("split", "left"),
                          ("flags", "left")]:
         table.add_column(col, justify=justify)
-    for ep in ds.episodes():
-        row = episode_row(ep)
+    refused = []
+    for i in ds.episode_indices():
+        try:  # a damaged episode is refused (not listed with made-up numbers); the others are still listed
+            row = episode_row(ds.episode(i))
+        except DatasetError as e:
+            refused.append(str(e))
+            continue
         ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]?[/]"}[row.success]
         table.add_row(str(row.index), f"{row.duration_s:.1f}", str(row.frames), f"{row.fps:.1f}",
                       f"{row.audio_s:.1f}", row.variation, ok, split_of.get(row.index, ""), ", ".join(row.flags))
@@ -66,3 +73,7 @@ def ls(dataset: Path = DatasetArgument) -> None:
     if incoming:
         console.print(f"[yellow]{len(incoming)} incomplete episode(s) in .incoming[/] "
                       "(being recorded, or left by a crash: `htouch validate --repair`)")
+    for line in refused:
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if refused:
+        raise typer.Exit(2)

@@ -133,12 +133,17 @@ def train(
                                      "beyond it samples are read from disk each time."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for the network (default: one per core; "
                                 "on a busy shared machine 1 can be several times faster).", show_default=False),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave out episodes that fail the structural "
+                                      "checks (named, one line each) instead of stopping at the first."),
 ) -> None:
     """Train an audio-visual policy by behaviour cloning (the paper's recipe) into a run directory.
 
     Needs `htouch split` (the validation set decides early stopping); computes `htouch stats` if missing.
     Uses the `htouch spectrogram` cache when its parameters match. Writes model.safetensors + config.json
     (the best validation model), metrics.csv, TensorBoard events, loss_curves.png and last.pt for --resume.
+
+    A damaged episode (see `htouch validate`) stops training with a line naming it; --skip-invalid leaves
+    such episodes out and names them.
 
     Pretrained encoders are files you supply (--r3m, --avid, --byol-a; `htouch pretrain av` and
     `htouch pretrain byol-a` make in-domain ones); nothing is downloaded.
@@ -155,7 +160,7 @@ def train(
                          batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                          frozen_encoders=frozen_encoders, num_workers=workers, resume=resume, r3m=r3m, avid=avid,
                          byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout, stride=stride,
-                         episodes=episodes, preload_mb=preload_mb, threads=threads)
+                         episodes=episodes, preload_mb=preload_mb, threads=threads, skip_invalid=skip_invalid)
     main_rank = DistEnv.from_environ().is_main
     reporter = RichReporter()
     try:

@@ -34,8 +34,8 @@ def validate(
                                "manifest (only check that they are there, with the listed sizes)."),
     dataset: Path = DatasetOption,
 ) -> None:
-    """Check episodes against the schema and for bad data: files against the checksum manifest, unreadable
-    chunks, time stamps, gaps, drift, dead microphones, NaN, frozen camera, too-short episodes. Exit 0 if
+    """Check episodes against the schema and for bad data: files against the checksum manifest, symbolic links
+    and special files, unreadable chunks, time stamps, gaps, drift, dead microphones, NaN, frozen camera, too-short episodes. Exit 0 if
     clean, 1 on errors (--strict: also on warnings), 2 if the input cannot be read at all.
 
     Example: [bold]htouch validate demo_data --repair[/]

@@ -23,7 +23,7 @@ from htouch.collector.devices import (
     TeleopReading,
 )
 from htouch.dataset.schema import RigSpec
-from htouch.errors import HtouchError
+from htouch.errors import DatasetError, HtouchError
 
 SIM_OPERATORS = ("scripted", "keyboard")
 REAL_OPERATORS = ("quest", "keyboard")
@@ -144,9 +144,14 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
 def _continue_scenes(sim: Any, seed: int, dataset: Any) -> None:
     """Resuming a dataset with the same seed: go on with the next scenes instead of recording the first
     ones again (near-duplicate episodes)."""
-    done = [ep.attrs.get("info", {}).get("sim_episode") for ep in dataset.episodes()
-            if ep.attrs.get("info", {}).get("seed") == seed]
-    done = [int(i) for i in done if isinstance(i, int)]
+    done = []
+    for index in dataset.episode_indices():
+        try:  # only the attributes are needed; a damaged episode is validate's to report, not a reason to stop
+            info = dataset.episode(index, check=False).attrs.get("info", {})
+        except DatasetError:
+            continue
+        if info.get("seed") == seed and isinstance(info.get("sim_episode"), int):
+            done.append(info["sim_episode"])
     if done and max(done) > sim.episode_index:
         sim.episode_index = max(done)  # the next home() draws scene max(done) + 1
 

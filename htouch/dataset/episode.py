@@ -103,6 +103,8 @@ _ATTR_TYPES = [
     ("variation", (str,), "a string"),
     ("task", (str,), "a string"),
     ("info", (dict,), "an object"),
+    ("rig", (dict,), "an object"),
+    ("lengths", (dict,), "an object"),
 ]
 
 
@@ -117,6 +119,8 @@ class Episode:
             raise DatasetError(f"{self.path} is not an episode store (no Zarr group)") from None
         except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DatasetError(f"{self.path}: episode metadata is unreadable ({e})") from None
+        except Exception as e:  # noqa: BLE001 - any other damage of the group's metadata files
+            raise DatasetError(f"{self.path}: episode metadata is unreadable ({type(e).__name__}: {e})") from None
         if ATTR_FORMAT not in attrs or not isinstance(attrs[ATTR_FORMAT], dict):
             raise DatasetError(f"{self.path}: not an htouch episode (no {ATTR_FORMAT!r} attribute)")
         self.attrs: dict[str, Any] = attrs[ATTR_FORMAT]
@@ -214,6 +218,8 @@ class Episode:
                 detail = json.loads(str(d)) if d else {}
             except json.JSONDecodeError:
                 detail = {"unparsed": str(d)}
+            if not isinstance(detail, dict):  # the schema says an object; keep what is there, as text
+                detail = {"unparsed": str(d)}
             out.append({"t_ns": int(t), "kind": str(k), **({"detail": detail} if detail else {})})
         return sorted(out, key=lambda e: e["t_ns"])
 
@@ -271,7 +277,10 @@ class Episode:
         fi = self.frame_indices(t_ns, params)
         rgb = self.array("camera/rgb")
         uniq, inverse = np.unique(fi, return_inverse=True)
-        frames = np.stack([rgb[int(i)] for i in uniq])[inverse]
+        try:
+            frames = np.stack([rgb[int(i)] for i in uniq])[inverse]
+        except Exception as e:  # a frame that does not decode
+            raise DatasetError(f"{self.name}: camera/rgb cannot be read ({type(e).__name__}: {e})") from None
         si = max(int(np.searchsorted(self.state_times, t_ns, side="right")) - 1, 0)
         state = self._state[si] if len(self.state_times) else np.zeros(self._state.shape[1])
         actions, mask = self.action_chunk(t_ns, params.horizon)

@@ -35,8 +35,10 @@ from htouch.dataset import crashpoints
 from htouch.dataset.episode import NS
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, ManifestError, read_manifest, verify_files, write_manifest
 from htouch.dataset.schema import ATTR_FORMAT, ArraySpec, RigSpec, episode_arrays
-from htouch.dataset.store import QUARANTINE, Dataset, is_replacing_leftover, write_json_atomic
-from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of, first_bad_chunk, stored_chunks
+from htouch.dataset.store import QUARANTINE, Dataset, contained, is_replacing_leftover, open_lock, write_json_atomic
+from htouch.dataset.structure import first_bad_chunk, stored_chunks, unsafe_files
+from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of
+from htouch.errors import DatasetError
 from htouch.dataset.writer import FLUSHED_FILE, _fsync_dir, lock_path
 
 QUARANTINE_NOTE = "quarantine.json"
@@ -64,15 +66,24 @@ def repair_incoming(ds: Dataset) -> list[RepairResult]:
 def repair_episode(ds: Dataset, path: Path) -> RepairResult:
     name = path.name
     lock = lock_path(path)
-    with open(lock, "a") as f:
+    try:  # nothing is read or written through a symbolic link: not the episode, its files or its lock
+        contained(ds.root, path)
+        contained(ds.root, lock)
+        unsafe = unsafe_files(path)
+        if unsafe:
+            rel, why = unsafe[0]
+            raise DatasetError(f"{rel + ' ' if rel else ''}{why}")
+        fd = open_lock(lock)
+    except DatasetError as e:
+        return RepairResult(name, "refused", f"{e}; left as it is", path)
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return RepairResult(name, "skipped", "a live writer is still writing it", path)
-        try:
-            result = _repair_locked(ds, path)
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        result = _repair_locked(ds, path)
+    finally:
+        os.close(fd)
     if result.action in ("committed", "salvaged", "quarantined"):
         lock.unlink(missing_ok=True)
     return result
@@ -85,7 +96,10 @@ def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
     try:
         group, attrs, lengths, manifest_ok = _salvage_plan(path)
     except _Unsalvageable as e:
-        dest = _quarantine(ds, path, str(e))
+        try:
+            dest = _quarantine(ds, path, str(e))
+        except DatasetError as refused:
+            return RepairResult(name, "refused", f"{e}, but it cannot be quarantined: {refused}", path)
         return RepairResult(name, "quarantined", f"moved to {QUARANTINE}/: {e}", dest)
     if final.exists():
         return RepairResult(name, "refused", f"{final} already exists; left in .incoming", path)
@@ -221,7 +235,7 @@ def _damaged_chunks(path: Path, specs: list[ArraySpec]) -> tuple[dict[str, set[i
 
 
 def _quarantine(ds: Dataset, path: Path, reason: str) -> Path:
-    folder = ds.root / QUARANTINE
+    folder = ds.path(QUARANTINE)  # refused if it is a symbolic link: nothing is moved out of the dataset
     folder.mkdir(exist_ok=True)
     dest = folder / path.name
     k = 1

@@ -38,7 +38,8 @@ import zarr
 from htouch.dataset import audio
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode
-from htouch.dataset.store import DERIVED, Dataset, write_json_atomic
+from htouch.dataset.store import DERIVED, Dataset, contained, write_json_atomic
+from htouch.dataset.structure import unsafe_files
 from htouch.errors import DatasetError
 
 SPECTROGRAM_DIR = "spectrograms"
@@ -59,13 +60,14 @@ def spec_shape(params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> tu
 
 
 def key_dir(root: Path, params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> Path:
-    return Path(root) / DERIVED / SPECTROGRAM_DIR / audio.params_key(clip, params)
+    """The folder of the caches of these parameters; DatasetError if any part of it is a symbolic link."""
+    return contained(Path(root), Path(root) / DERIVED / SPECTROGRAM_DIR / audio.params_key(clip, params))
 
 
 def cache_path(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> Path:
     if episode.dataset is None:
         raise DatasetError(f"{episode.name} was not opened from a dataset, so it has no spectrogram cache")
-    return key_dir(episode.dataset.root, params, clip) / episode.name
+    return contained(episode.dataset.root, key_dir(episode.dataset.root, params, clip) / episode.name)
 
 
 def fingerprint(episode: Episode) -> str:
@@ -91,6 +93,8 @@ def cache_status(episode: Episode, params: SpectrogramParams, clip: ClipParams =
     path = cache_path(episode, params, clip)
     if not path.exists():
         return "missing"
+    if unsafe_files(path):  # rebuilt (the links themselves are removed), never read through
+        return "stale: holds a symbolic link or special file"
     try:
         arr = zarr.open_array(str(path), mode="r", zarr_format=2)
         attrs = arr.attrs.asdict().get(ATTR, {})

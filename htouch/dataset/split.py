@@ -127,7 +127,7 @@ def training_episodes(ds: Dataset) -> EpisodeSelection:
     in_split = train | {int(i) for i in split.get("val", [])}
     chosen = [i for i in present if i in train]
     notes = []
-    missing = sorted(train - set(present))
+    missing = sorted(train - set(present) - set(ds.left_out))
     if missing:
         notes.append(f"{len(missing)} train episode(s) of the split no longer exist (e.g. {missing[0]})")
     new = [i for i in present if i not in in_split]

@@ -9,12 +9,19 @@
 
 One small class owns the directory; everything that changes htouch.json goes through `update_metadata`,
 which holds a file lock and replaces the file atomically.
+
+Containment: htouch never follows a symbolic link below the dataset root, for reading or writing. Every path
+of the dataset is checked with `contained` before it is opened, listed or written (lock files are also opened
+with O_NOFOLLOW); `dataset_links` lists the links `htouch validate` reports. Episodes are opened for reading
+through `Dataset.episode`, which runs the structural checks of structure.py (no links, FIFOs or devices inside,
+shapes and chunks as the schema says) and refuses a damaged episode with one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -46,17 +53,87 @@ DERIVED = "derived"
 LOCK_FILE = ".htouch.lock"
 
 
+def contained(root: Path, path: Path) -> Path:
+    """`path` (root or below it) after checking that neither it nor any folder between the root and it is a
+    symbolic link; DatasetError otherwise. The one rule of containment: call it before reading, listing or
+    writing a path of a dataset. The root itself may be a link (it is the directory the user named)."""
+    root, path = Path(root), Path(path)
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        raise DatasetError(f"{path} is not inside the dataset at {root}") from None
+    p = root
+    for part in rel.parts:
+        p = p / part
+        if part == ".." or p.is_symlink():
+            target = os.path.realpath(p)
+            raise DatasetError(f"{p.relative_to(root)} in {root} is a symbolic link (to {target}); htouch does not "
+                               "follow links inside a dataset, so that nothing outside it is read or written: "
+                               "replace the link with the directory or file itself")
+    return path
+
+
+def dataset_links(root: Path) -> list[tuple[str, str]]:
+    """(path relative to the root, target) of every symbolic link among the dataset's own entries: htouch.json,
+    the lock file, .incoming (and the episodes and locks in it), .quarantine (and its entries), derived/ (all
+    of it) and the committed episode directories. Links inside an episode are structure.unsafe_files'."""
+    root = Path(root)
+    out = []
+
+    def note(p: Path) -> bool:
+        if p.is_symlink():
+            out.append((p.relative_to(root).as_posix(), os.path.realpath(p)))
+            return True
+        return False
+
+    for name in (METADATA_FILE, LOCK_FILE):
+        note(root / name)
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if p.name.startswith(EPISODE_PREFIX):
+            note(p)
+    for folder in (INCOMING, QUARANTINE):
+        if not note(root / folder) and (root / folder).is_dir():
+            for p in sorted((root / folder).iterdir()):
+                note(p)
+    if not note(root / DERIVED) and (root / DERIVED).is_dir():
+        for folder, dirs, files in os.walk(root / DERIVED):
+            for name in sorted(dirs + files):
+                note(Path(folder) / name)
+    return out
+
+
+def open_lock(path: Path, create: bool = True) -> int:
+    """A file descriptor of a lock file for flock: created if need be, never through a symbolic link
+    (O_NOFOLLOW: a link planted in its place is refused, not followed). create=False opens it read-only
+    (a read-only dataset) and raises FileNotFoundError when it is not there."""
+    flags = (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DatasetError(f"lock file {path} is a symbolic link (to {os.path.realpath(path)}); htouch does "
+                               "not follow links inside a dataset: remove the link") from None
+        if isinstance(e, FileNotFoundError) and not create:
+            raise
+        raise DatasetError(f"cannot open the lock file {path} ({e.strerror})") from None
+
+
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; it replaces `path` when the block ends without an error
-    (and is removed otherwise), so a reader (or a crash) sees the old file or the new one, never a mix."""
+    (and is removed otherwise), so a reader (or a crash) sees the old file or the new one, never a mix.
+    A full disk or a read-only directory is a DatasetError naming the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{_REPLACING}{os.getpid()}")
     try:
+        tmp.unlink(missing_ok=True)  # a link planted under the temporary name is removed, not followed
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise DatasetError(f"cannot write {path} ({e.strerror or e}); it is unchanged") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 _REPLACING = ".tmp"
@@ -94,6 +171,8 @@ def read_json(path: Path, what: str, strict: bool = False) -> dict[str, Any]:
         raise DatasetError(f"{what} not found: {path}") from None
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise DatasetError(f"{what} is not valid JSON: {path} ({e})") from None
+    except OSError as e:
+        raise DatasetError(f"{what} cannot be read: {path} ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{what} is not a JSON object: {path}")
     return data
@@ -104,8 +183,30 @@ def next_index(meta: dict[str, Any], path: Path) -> int:
     non-negative integer."""
     value = meta.get("next_episode_index", 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DatasetError(f"{path}: next_episode_index is {value!r}, expected a non-negative integer")
+        raise DatasetError(f"{path}: next_episode_index must be a whole number (a non-negative integer), got "
+                           f"{value!r}")
     return value
+
+
+def _check_metadata(meta: dict[str, Any]) -> None:
+    """The JSON types of the htouch.json keys that commands read (rig: RigSpec.from_dict; next_episode_index:
+    next_index); DatasetError naming the key otherwise."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta.get("task", ""), str):
+        raise DatasetError(f"task is {meta['task']!r}, expected a string")
+    split = meta.get("split")
+    if split is not None:
+        if not isinstance(split, dict):
+            raise DatasetError(f"split must be a JSON object, got {split!r}; remove the key and run `htouch split`")
+        for key in ("train", "val"):
+            if key in split and not (isinstance(split[key], list) and all(is_int(i) for i in split[key])):
+                raise DatasetError(f"split.{key} must be a list of episode indices; remove the split key and run "
+                                   "`htouch split`")
+    if not isinstance(meta.get("stats", {}), dict):
+        raise DatasetError(f"stats must be a JSON object, got {meta['stats']!r}; remove the key and run "
+                           "`htouch stats`")
 
 
 class Dataset:
@@ -114,8 +215,10 @@ class Dataset:
         meta_path = self.root / METADATA_FILE
         if not self.root.is_dir():
             raise DatasetError(f"no dataset at {self.root}: directory not found")
-        if not meta_path.exists():
+        if not meta_path.exists() and not meta_path.is_symlink():
             raise DatasetError(f"{self.root} is not an htouch dataset: {METADATA_FILE} not found")
+        if not contained(self.root, meta_path).is_file():  # a FIFO would block, a device never end
+            raise DatasetError(f"{meta_path} is not a regular file")
         self.metadata = read_json(meta_path, "dataset metadata", strict=True)
         if self.metadata.get("format") != DATASET_FORMAT:
             raise DatasetError(f"{meta_path}: not an htouch dataset file (format is {self.metadata.get('format')!r})")
@@ -123,13 +226,18 @@ class Dataset:
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise DatasetError(f"{meta_path}: schema version {version!r} is not supported "
                                f"(this htouch reads up to {SCHEMA_VERSION}); upgrade htouch")
-        if not isinstance(self.metadata.get("task", ""), str):
-            raise DatasetError(f"{meta_path}: task is {self.metadata['task']!r}, expected a string")
-        next_index(self.metadata, meta_path)
         try:
+            _check_metadata(self.metadata)
             self.rig = RigSpec.from_dict(self.metadata.get("rig", {}))
         except DatasetError as e:
             raise DatasetError(f"{meta_path}: {e}") from None
+        next_index(self.metadata, meta_path)
+        self._checked: set[str] = set()  # episodes that passed the structural checks
+        self.left_out: dict[int, str] = {}  # damaged episodes `leave_out_damaged` hides, with why
+
+    def path(self, *parts: str) -> Path:
+        """ROOT/parts, after checking that no part of it is a symbolic link (see `contained`)."""
+        return contained(self.root, self.root.joinpath(*parts))
 
     # ---------------------------------------------------------------- creation and metadata
 
@@ -174,12 +282,12 @@ class Dataset:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive lock for read-modify-write of the dataset metadata (across processes)."""
-        with open(self.root / LOCK_FILE, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        fd = open_lock(self.path(LOCK_FILE))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def update_metadata(self, **changes: Any) -> dict[str, Any]:
         """Set top-level metadata keys (None deletes one) atomically; returns the new metadata."""
@@ -214,7 +322,7 @@ class Dataset:
         return index
 
     def _indices_on_disk(self) -> Iterator[int]:
-        for folder in (self.root, self.root / INCOMING, self.root / QUARANTINE):
+        for folder in (self.root, self.path(INCOMING), self.path(QUARANTINE)):
             if folder.is_dir():
                 for p in folder.iterdir():
                     if p.name.startswith(EPISODE_PREFIX):
@@ -228,34 +336,60 @@ class Dataset:
         for p in self.root.iterdir():
             if p.is_dir() and p.name.startswith(EPISODE_PREFIX):
                 i = parse_episode_name(p.name)
-                if i is not None and p.name == episode_name(i):
+                if i is not None and p.name == episode_name(i) and i not in self.left_out:
                     out.append(i)
         return sorted(out)
 
     def episode_path(self, index: int) -> Path:
         return self.root / episode_name(index)
 
-    def episode(self, ref: int | str) -> "Episode":
-        """Open a committed episode by index or name (`12`, `episode_12`, `episode_000012`)."""
-        from htouch.dataset.episode import Episode
+    def episode(self, ref: int | str, check: bool = True) -> "Episode":
+        """Open a committed episode by index or name (`12`, `episode_12`, `episode_000012`) for reading.
+        check=True (every reader) first runs the cheap structural checks of structure.py once per episode and
+        raises DamagedEpisodeError (a DatasetError: one line naming the episode and the problem) if it fails.
+        check=False skips the array checks but not the file checks (no link, FIFO or device is ever opened): for
+        code that only needs the attributes."""
+        from htouch.dataset.structure import open_episode
 
         index = ref if isinstance(ref, int) else parse_episode_name(str(ref))
         if index is None:
             raise DatasetError(f"{ref!r} is not an episode name (expected e.g. episode_12 or 12)")
         path = self.episode_path(index)
-        if not path.is_dir():
+        if not path.is_dir() and not path.is_symlink():
             raise DatasetError(f"episode {index} not found in {self.root}")
-        return Episode(path, dataset=self)
+        if not check or path.name in self._checked:
+            return open_episode(contained(self.root, path), dataset=self, structure=False)
+        ep = open_episode(path, dataset=self)
+        self._checked.add(path.name)
+        return ep
 
-    def episodes(self) -> Iterator["Episode"]:
+    def episodes(self, check: bool = True) -> Iterator["Episode"]:
         for i in self.episode_indices():
-            yield self.episode(i)
+            yield self.episode(i, check=check)
+
+    def leave_out_damaged(self, indices: list[int] | None = None) -> list[str]:
+        """Check the given committed episodes (all by default) and hide those that fail the structural checks
+        from `episode_indices` (and so from splits, stats and training); returns one line per episode left
+        out. For `htouch train --skip-invalid`: nothing is left out without a word."""
+        from htouch.errors import DamagedEpisodeError
+
+        lines = []
+        for i in self.episode_indices() if indices is None else indices:
+            try:
+                self.episode(i)
+            except DamagedEpisodeError as e:
+                self.left_out[i] = e.problem
+                lines.append(f"left out {e}")
+        return lines
 
     def incoming_paths(self) -> list[Path]:
-        folder = self.root / INCOMING
+        """The episodes in .incoming (symbolic links among them too, so that repair can refuse them)."""
+        folder = self.path(INCOMING)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(EPISODE_PREFIX))
+        return sorted(p for p in folder.iterdir()
+                      if (p.is_dir() or p.is_symlink()) and p.name.startswith(EPISODE_PREFIX)
+                      and not p.name.endswith(".lock"))
 
     def new_episode(self, **kwargs: Any) -> "EpisodeWriter":
         """Start writing the next episode. Keyword arguments go to EpisodeWriter."""
@@ -268,7 +402,8 @@ class Dataset:
         path = self.episode_path(index)
         if not path.is_dir():
             raise DatasetError(f"episode {index} not found in {self.root}")
-        trash = self.root / INCOMING / f".deleting-{path.name}"
+        contained(self.root, path)
+        trash = self.path(INCOMING, f".deleting-{path.name}")
         trash.parent.mkdir(exist_ok=True)
         os.replace(path, trash)  # atomic: the episode is gone from the listing at once
         shutil.rmtree(trash)

@@ -6,19 +6,19 @@ episode start) where it applies, and one line of explanation. Errors make an epi
 normal on real rigs (a dropped frame, clock drift, a missing label). The synthetic generator's planted frame
 drops and 20 ppm audio drift are warnings at most, so a fresh `htouch synth` dataset validates cleanly.
 
-Each array is read once; frames are decoded in batches so that memory stays bounded for long episodes.
-All thresholds live in `ValidationLimits`.
+It starts with the structural checks every reader runs (structure.py: no links or special files, arrays as the
+schema says, chunk files present and bounded, time order), on every array read fully, then hashes the files
+against the manifest and checks the data. Each array is read once; frames are decoded in batches so that memory
+stays bounded for long episodes. All thresholds live in `ValidationLimits`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
@@ -27,18 +27,24 @@ from htouch.dataset.episode import NS, Episode, SampleParams
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files
 from htouch.dataset.schema import (
     EVENT_KINDS,
-    SCHEMA_VERSION,
     TIMED_AXES,
     ArraySpec,
     RigSpec,
-    episode_arrays,
 )
-from htouch.dataset.store import METADATA_FILE, Dataset, find_dataset, resolve_episode_path
+from htouch.dataset.store import METADATA_FILE, Dataset, dataset_links, find_dataset, resolve_episode_path
+from htouch.dataset.structure import (  # noqa: F401 - stored_chunks: kept importable from here
+    ERROR,
+    WARNING,
+    Finding,
+    StructureCheck,
+    chunk_index,
+    stored_chunks,
+    timestamp_spec,
+    unsafe_files,
+)
 from htouch.dataset.summary import dropped_frames, measured_rate_hz
-from htouch.dataset.writer import is_being_written
+from htouch.dataset.writer import is_being_written, lock_path
 
-ERROR = "error"
-WARNING = "warning"
 INT16_EXTREMES = (np.iinfo(np.int16).min, np.iinfo(np.int16).max)
 GAUSS_MAD = 1.4826  # MAD -> standard deviation for normal data
 GAUSS_90 = 3.29  # width of the central 90 % of a normal distribution, in standard deviations
@@ -85,6 +91,9 @@ CHECKS = {
     "episode.short": "no training sample fits in the episode",
     "episode.empty": "the episode holds no rows at all",
     "label.missing": "no success label",
+    "dataset.link": "a symbolic link among the dataset's own folders and files (.incoming, .quarantine, derived, "
+                    "lock files): htouch neither reads nor writes through it",
+    "episode.files": "a symbolic link, FIFO, device or oversized metadata file in an episode (it is not read)",
     "checksum.none": "the episode has no checksum manifest (committed by an htouch without checksums)",
     "checksum.manifest": "the checksum manifest is missing (the episode was committed with one) or damaged",
     "checksum.missing": "a file listed in the manifest is missing",
@@ -92,8 +101,9 @@ CHECKS = {
     "checksum.extra": "a file the manifest does not list (not part of the recording; htouch does not read it)",
     "array.missing": "a schema array is missing",
     "array.dtype": "an array has the wrong dtype",
-    "array.shape": "an array has the wrong trailing shape",
-    "array.chunk": "a chunk file is missing or does not decode",
+    "array.shape": "an array has the wrong trailing shape (frame size, audio channels, ... as the rig says)",
+    "array.layout": "an array's chunks are not whole rows, or larger than the schema allows",
+    "array.chunk": "a chunk file is missing, larger than a chunk can be, or does not decode",
     "array.length": "arrays sharing a time axis have different lengths",
     "stream.empty": "a stream has no rows",
     "time.order": "time stamps not strictly increasing",
@@ -113,19 +123,6 @@ CHECKS = {
     "action.jump": "an action step far outside the episode's usual steps",
     "events.unknown": "event kinds htouch does not know",
 }
-
-
-@dataclass
-class Finding:
-    check: str
-    severity: str  # ERROR or WARNING
-    episode: str  # episode name, "" for the dataset itself
-    path: str  # stream or array path, or a file of the episode (checksum.*); "" for the whole episode
-    time_s: float | None  # seconds since the episode start, when the finding has a place in time
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -150,22 +147,6 @@ class Report:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def chunk_index(name: str, separator: str = ".") -> int | None:
-    """The index along the time axis of a chunk file's name (`12.0.0.0`); None for any other file, such as
-    `.zarray` or the `12.0.0.<hex>.partial` a write interrupted by a crash leaves (it is not the chunk)."""
-    parts = name.split(separator)
-    return int(parts[0]) if all(p.isdigit() for p in parts) else None
-
-
-def stored_chunks(array_dir: Path, separator: str = ".") -> set[int]:
-    """Indices along the time axis of the chunk files present (trailing dimensions are one chunk each)."""
-    try:
-        names = os.listdir(array_dir)
-    except OSError:
-        return set()
-    return {i for name in names if (i := chunk_index(name, separator)) is not None}
-
-
 def chunk_of(file: str, specs: list[ArraySpec]) -> tuple[ArraySpec, int] | None:
     """The schema array and chunk index (along time) of a file given relative to the episode directory
     (`camera/rgb/12.0.0.0`, or `camera/rgb/12/0/0/0` with "/" separators); None for any other file."""
@@ -175,18 +156,6 @@ def chunk_of(file: str, specs: list[ArraySpec]) -> tuple[ArraySpec, int] | None:
             rest = file[len(prefix):]
             i = chunk_index(rest, "/" if "/" in rest else ".")
             return (spec, i) if i is not None else None
-    return None
-
-
-def first_bad_chunk(arr: Any, length: int, chunk_len: int, present: set[int] | None = None) -> tuple[int, str] | None:
-    """The first chunk (in [0, length)) that is missing or does not decode, with the reason; None if all do."""
-    for c in range((length + chunk_len - 1) // chunk_len):
-        if present is not None and c not in present:
-            return c, "chunk file missing"
-        try:
-            arr[c * chunk_len: min((c + 1) * chunk_len, length)]
-        except Exception as e:  # noqa: BLE001 - any codec or I/O failure means the chunk is lost
-            return c, f"does not decode ({type(e).__name__}: {e})"
     return None
 
 
@@ -208,47 +177,35 @@ def _segment_slope(x: np.ndarray, y: np.ndarray, segment: np.ndarray) -> float |
     return float(np.dot(dx, dy)) / sxx if sxx > 0 else None
 
 
-def timestamp_spec(specs: list[ArraySpec], stream: str) -> ArraySpec | None:
-    """The time stamp array of a timed stream (on the stream's main axis)."""
-    for s in specs:
-        if s.stream == stream and s.axis == TIMED_AXES.get(stream) and s.name.endswith("timestamp_ns"):
-            return s
-    return None
-
-
 # ------------------------------------------------------------------------------------------------ one episode
 
 
-class _EpisodeCheck:
+class _EpisodeCheck(StructureCheck):
+    """The structural checks readers run too (structure.py), on every array read fully, then the rest."""
+
     def __init__(self, ep: Episode, dataset_rig: RigSpec | None, limits: ValidationLimits,
                  checksums: ChecksumOptions):
-        self.ep = ep
+        super().__init__(ep)
         self.dataset_rig = dataset_rig
         self.limits = limits
         self.checksums = checksums
-        self.specs = episode_arrays(ep.rig)
-        self.by_path = {s.path: s for s in self.specs}
-        self.findings: list[Finding] = []
-        self.arrays: dict[str, Any] = {}  # zarr arrays that exist with the right dtype and shape
-        self.data: dict[str, np.ndarray] = {}  # fully read arrays (all but the frames)
-        self.unusable: set[str] = set()  # arrays present but with lost chunks
-        self.t0: int | None = None
-        self.chunk_rows: list[tuple[Finding, str, int]] = []  # (finding, array, row): time known once t0 is
 
-    def add(self, check: str, severity: str, path: str, message: str, t_ns: int | None = None) -> None:
-        time_s = None if t_ns is None or self.t0 is None else round((int(t_ns) - self.t0) / NS, 3)
-        self.findings.append(Finding(check, severity, self.ep.name, path, time_s, message))
+    def read_fully(self, spec: ArraySpec) -> bool:
+        return spec.codec != "image"  # frames are decoded in batches by check_frames
 
     def run(self) -> list[Finding]:
         self.check_checksums()
+        self.check_schema_version()
         self.check_attrs()
         self.load_arrays()
         self.check_lengths()
         self.set_start()
         if self.check_empty():
             return self.findings
+        self.check_time_order()
         self.check_times()
         self.check_frames()
+        self.check_blocks()
         self.check_audio()
         self.check_finite()
         self.check_action_jumps()
@@ -271,12 +228,6 @@ class _EpisodeCheck:
 
     def check_attrs(self) -> None:
         a = self.ep.attrs
-        version = a.get("schema_version")
-        if not isinstance(version, int):
-            self.add("episode.schema", ERROR, "", f"no schema version in the episode attributes (got {version!r})")
-        elif version != SCHEMA_VERSION:
-            self.add("episode.schema", ERROR, "", f"schema version {version} is not supported "
-                     f"(this htouch reads {SCHEMA_VERSION})")
         status = a.get("status")
         if a.get("salvaged"):
             self.add("episode.salvaged", WARNING, "", "salvaged after a crash: it ends at the writer's last flush")
@@ -289,98 +240,6 @@ class _EpisodeCheck:
             diff = sorted(k for k, v in mine.items() if theirs.get(k) != v)
             self.add("episode.rig", WARNING, "",
                      f"recorded with a rig different from the dataset's ({', '.join(diff)})")
-
-    # ---------------------------------------------------------------- arrays: presence, dtype, shape, chunks
-
-    def load_arrays(self) -> None:
-        for spec in self.specs:
-            try:
-                arr = self.ep.group[spec.path]
-            except KeyError:
-                self.add("array.missing", ERROR, spec.path, "array is missing")
-                continue
-            except Exception as e:  # noqa: BLE001 - broken array metadata
-                self.add("array.missing", ERROR, spec.path, f"array metadata unreadable ({type(e).__name__}: {e})")
-                continue
-            if not isinstance(arr, zarr.Array):
-                self.add("array.missing", ERROR, spec.path, "is a group, not an array")
-                continue
-            if np.dtype(arr.dtype) != np.dtype(spec.dtype):
-                self.add("array.dtype", ERROR, spec.path, f"dtype is {np.dtype(arr.dtype)}, expected {spec.dtype}")
-                continue
-            if tuple(arr.shape[1:]) != spec.shape:
-                self.add("array.shape", ERROR, spec.path,
-                         f"rows have shape {tuple(arr.shape[1:])}, expected {spec.shape}")
-                continue
-            self.arrays[spec.path] = arr
-            n = arr.shape[0]
-            chunk_len = arr.chunks[0]
-            separator = getattr(arr.metadata, "dimension_separator", ".") or "."
-            present = stored_chunks(self.ep.path / spec.path, separator)
-            missing = sorted(set(range((n + chunk_len - 1) // chunk_len)) - present)
-            if missing:
-                self.chunk_finding(spec, missing[0] * chunk_len, f"{len(missing)} chunk file(s) missing, first "
-                                   f"chunk {missing[0]} (rows {missing[0] * chunk_len}..)")
-                self.unusable.add(spec.path)
-                continue
-            if spec.codec == "image":
-                continue  # frames are decoded in batches by check_frames
-            try:
-                self.data[spec.path] = arr[...]
-            except Exception:  # noqa: BLE001 - locate the chunk for the message
-                bad = first_bad_chunk(arr, n, chunk_len)
-                where = f"chunk {bad[0]} (rows {bad[0] * chunk_len}..) {bad[1]}" if bad else "cannot be read"
-                self.chunk_finding(spec, bad[0] * chunk_len if bad else None, where)
-                self.unusable.add(spec.path)
-
-    def chunk_finding(self, spec: ArraySpec, row: int | None, message: str) -> None:
-        self.add("array.chunk", ERROR, spec.path, message)
-        if row is not None:  # its time is known once the stream's time stamps are read
-            self.chunk_rows.append((self.findings[-1], spec.path, row))
-
-    def check_lengths(self) -> None:
-        groups: dict[tuple[str, str], list[ArraySpec]] = defaultdict(list)
-        for s in self.specs:
-            groups[(s.stream, s.axis)].append(s)
-        for (stream, axis), specs in groups.items():
-            lengths = {s.name: self.arrays[s.path].shape[0] for s in specs if s.path in self.arrays}
-            if len(set(lengths.values())) > 1:
-                shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
-                self.add("array.length", ERROR, stream, f"arrays on the {axis} axis differ in length: {shown}")
-
-    def times(self, stream: str) -> np.ndarray | None:
-        spec = timestamp_spec(self.specs, stream)
-        return self.data.get(spec.path) if spec else None
-
-    def set_start(self) -> None:
-        """The episode start: the earliest first time stamp of the timed streams (as Episode.time_range_ns)."""
-        firsts = [int(t[0]) for s in ("camera", "audio", "state", "action") if (t := self.times(s)) is not None
-                  and len(t)]
-        self.t0 = min(firsts) if firsts else None
-        for f, path, row in self.chunk_rows:
-            t = self.row_time(path, row)
-            if t is not None and self.t0 is not None:
-                f.time_s = round((t - self.t0) / NS, 3)
-
-    def time_of(self, stream: str, row: int) -> int | None:
-        t = self.times(stream)
-        if t is None or row >= len(t):
-            return None
-        return int(t[row])
-
-    def row_time(self, path: str, row: int) -> int | None:
-        """The time of a row of any array: PCM rows are placed by their block's time stamp."""
-        spec = self.by_path[path]
-        if spec.stream == "events":
-            t = self.data.get("events/timestamp_ns")
-            return int(t[row]) if t is not None and row < len(t) else None
-        if spec.axis == TIMED_AXES.get(spec.stream):
-            return self.time_of(spec.stream, row)
-        offsets, times = self.data.get("audio/block_offset"), self.times("audio")
-        if path != "audio/pcm" or offsets is None or times is None or len(offsets) != len(times) or not len(times):
-            return None
-        block = max(int(np.searchsorted(offsets, row, side="right")) - 1, 0)
-        return int(times[block] + (row - int(offsets[block])) * NS / self.ep.rig.audio.rate_hz)
 
     def check_empty(self) -> bool:
         lengths = {s: self.arrays[sp.path].shape[0] for s in TIMED_AXES
@@ -403,15 +262,10 @@ class _EpisodeCheck:
             t = self.times(stream)
             if t is None or len(t) == 0:
                 continue
-            spec = timestamp_spec(self.specs, stream)
             spans[stream] = (int(t.min()), int(t.max()))
-            d = np.diff(t)
-            bad = np.flatnonzero(d <= 0)
-            if len(bad):
-                i = int(bad[0])
-                self.add("time.order", ERROR, spec.path, f"not strictly increasing at row {i + 1} "
-                         f"({int(d[i]) / 1e6:+.3f} ms after row {i}); {len(bad)} place(s)", int(t[i]))
+            if stream in self.disordered:  # reported by check_time_order
                 continue
+            d = np.diff(t)
             if stream != "audio":
                 nominal = self.ep.rig.nominal_rate(stream)
                 rate = measured_rate_hz(t)
@@ -514,18 +368,9 @@ class _EpisodeCheck:
         overflow = self.data.get("audio/block_overflow")
         if pcm is not None and len(pcm):
             self.check_channels(pcm)
-        if pcm is None or offsets is None or times is None or len(times) != len(offsets):
-            return  # unreadable or unequal arrays are reported already
+        if pcm is None or not self.blocks_ok:
+            return  # unreadable or inconsistent arrays are reported already
         n = len(pcm)
-        if len(offsets) == 0:
-            if n:
-                self.add("audio.blocks", ERROR, "audio/block_offset", f"{n} samples but no blocks")
-            return
-        steps = np.diff(offsets)
-        if offsets[0] != 0 or (steps <= 0).any() or offsets[-1] >= n:
-            self.add("audio.blocks", ERROR, "audio/block_offset", "block offsets must start at 0, increase and "
-                     f"stay below the {n} samples (first {int(offsets[0])}, last {int(offsets[-1])})")
-            return
         if overflow is not None and overflow.any():
             i = int(np.flatnonzero(overflow)[0])
             self.add("audio.overflow", WARNING, "audio/block_overflow",
@@ -580,17 +425,6 @@ class _EpisodeCheck:
                          f"centre {spec.center:g} (scale {spec.scale:g})")
 
     # ---------------------------------------------------------------- values
-
-    def check_finite(self) -> None:
-        for spec in self.specs:
-            x = self.data.get(spec.path)
-            if x is None or spec.stream not in ("state", "action", "teleop") or x.dtype.kind != "f" or not len(x):
-                continue
-            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                self.add("values.nonfinite", ERROR, spec.path,
-                         f"{int(bad.sum())} row(s) with NaN or Inf, first row {i}", self.time_of(spec.stream, i))
 
     def check_action_jumps(self) -> None:
         """delta_ee is the motion of one control step; a value far from the episode's usual steps is a jump
@@ -673,6 +507,10 @@ def validate_episode(path: str | os.PathLike[str], dataset_rig: RigSpec | None =
                      checksums: ChecksumOptions = ChecksumOptions()) -> list[Finding]:
     """All findings for one episode directory (committed or not); never raises for bad data."""
     path = Path(path)
+    unsafe = unsafe_files(path)
+    if unsafe:  # nothing of it is opened: a link could lead out of the dataset, a FIFO block, /dev/zero never end
+        return [Finding("episode.files", ERROR, path.name, rel, None, f"{why}; the episode is not read")
+                for rel, why in unsafe]
     try:
         ep = Episode(path)
     except Exception as e:  # noqa: BLE001 - an unreadable episode is a finding, not a crash
@@ -703,6 +541,8 @@ def resolve_target(target: str | None,
 
 def incomplete_findings(ds: Dataset, report: Report) -> None:
     for path in ds.incoming_paths():
+        if path.is_symlink() or lock_path(path).is_symlink():
+            continue  # reported by dataset_links
         if is_being_written(path):
             report.live.append(path.name)
             continue
@@ -724,5 +564,8 @@ def validate_dataset(ds: Dataset, episodes: list[Path] | None = None, limits: Va
         if progress is not None:
             progress()
     if episodes is None:
+        for rel, target in dataset_links(ds.root):
+            report.findings.append(Finding("dataset.link", ERROR, "", rel, None, f"is a symbolic link (to {target}); "
+                                           "htouch neither reads nor writes through it: replace it with a directory"))
         incomplete_findings(ds, report)
     return report

@@ -45,7 +45,7 @@ from htouch.dataset.schema import (
     episode_arrays,
     episode_name,
 )
-from htouch.dataset.store import INCOMING, replacing
+from htouch.dataset.store import INCOMING, contained, open_lock, replacing
 from htouch.errors import WriterError
 
 if TYPE_CHECKING:
@@ -60,17 +60,19 @@ def lock_path(incoming_dir: Path) -> Path:
 
 
 def is_being_written(incoming_dir: Path) -> bool:
-    """True while a live writer holds the episode's lock (a crashed writer's lock is released by the OS)."""
+    """True while a live writer holds the episode's lock (a crashed writer's lock is released by the OS).
+    Writes nothing (the lock file is opened read-only), so it works on a read-only dataset."""
     try:
-        with open(lock_path(incoming_dir), "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
+        fd = open_lock(lock_path(incoming_dir), create=False)
     except FileNotFoundError:
-        return False
+        return False  # a writer creates its lock before anything else
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def encode_event(kind: str, detail: dict[str, Any]) -> tuple[str, str]:
@@ -93,16 +95,16 @@ class EpisodeWriter:
         self.checksums = checksums
         self.index = index
         self.name = episode_name(index)
-        self.path = dataset.root / INCOMING / self.name
-        self.final_path = dataset.root / self.name
+        self.path = dataset.path(INCOMING, self.name)
+        self.final_path = dataset.path(self.name)
         self.flush_interval_s = flush_interval_s
         self.blocking = blocking
         self.specs = {s.path: s for s in episode_arrays(dataset.rig)}
         check_strict_json(info or {}, f"episode {self.name}: info")  # before anything is created
         self.path.parent.mkdir(exist_ok=True)
 
-        self._lock_file = open(lock_path(self.path), "a")
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd: int | None = open_lock(contained(dataset.root, lock_path(self.path)))
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._group = zarr.open_group(str(self.path), mode="w-", zarr_format=2)
         self._arrays: dict[str, zarr.Array] = {}
         for spec in self.specs.values():
@@ -328,9 +330,10 @@ class EpisodeWriter:
         self._release()
 
     def _release(self) -> None:
-        if not self._lock_file.closed:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
             lock_path(self.path).unlink(missing_ok=True)
 
     def __enter__(self) -> "EpisodeWriter":

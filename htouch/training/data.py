@@ -151,7 +151,7 @@ def dataset_split(ds: Dataset) -> tuple[list[int], list[int], list[str]]:
     train = [int(i) for i in split["train"] if int(i) in present]
     val = [int(i) for i in split.get("val", []) if int(i) in present]
     notes = list(training_episodes(ds).notes)
-    missing = len(split.get("val", [])) - len(val)
+    missing = len([i for i in split.get("val", []) if int(i) not in present and int(i) not in ds.left_out])
     if missing:
         notes.append(f"{missing} validation episode(s) of the split no longer exist")
     if not train:
@@ -188,9 +188,14 @@ def ensure_stats(ds: Dataset, kinds: list[str], clip: ClipParams, episodes: list
         return stats, "stored", []
     old_kinds = (stats.get("spectrogram") or {}) if isinstance(stats, dict) else {}
     stats, notes = compute_stats(ds, sorted({*old_kinds, *kinds}), clip, progress_bar=progress_bar)
+    stored = ""
     if write:
-        store_stats(ds, stats)
-    return stats, "computed", [f"{why}: computed them{' and stored them in htouch.json' if write else ''}", *notes]
+        try:
+            store_stats(ds, stats)
+            stored = " and stored them in htouch.json"
+        except DatasetError as e:  # a read-only dataset trains all the same
+            stored = f" (not stored: {e})"
+    return stats, "computed", [f"{why}: computed them{stored}", *notes]
 
 
 def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: bool = True,

@@ -85,6 +85,7 @@ class TrainConfig:
     episodes: int | None = None  # train on the first N train episodes of the split (None: all)
     preload_mb: float = DEFAULT_PRELOAD_MB
     threads: int | None = None  # CPU threads for the model (None: torch's default, one per core)
+    skip_invalid: bool = False  # leave out (and name) episodes that fail the structural checks, instead of stopping
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -383,20 +384,21 @@ class Session:
 
         # data
         self.spec = DataSpec.from_policy(self.policy_config, stride=c.stride)
-        ds = Dataset(c.dataset)
+        ds, left_out = _open_dataset(c)
         failure: HtouchError | None = None
         if env.is_main:
-            try:
-                self.plan = plan_dataset(ds, self.spec, progress_bar=self.reporter.phase, episodes=c.episodes)
+            try:  # stats made without the left-out episodes are used, not stored as the dataset's
+                self.plan = plan_dataset(ds, self.spec, progress_bar=self.reporter.phase, write=not left_out,
+                                         episodes=c.episodes)
             except HtouchError as e:
                 failure = e
         # stats computed by rank 0 are stored before the others read them; its failure stops them all
         if ddp.agree(failure is not None, env):
             raise failure or HtouchError("rank 0 could not prepare the dataset (see its error)")
         if not env.is_main:
-            self.plan = plan_dataset(Dataset(c.dataset), self.spec, write=False, episodes=c.episodes)
+            self.plan = plan_dataset(_open_dataset(c)[0], self.spec, write=False, episodes=c.episodes)
         self.dataset = ds
-        for note in self.plan.notes:
+        for note in left_out + self.plan.notes:
             self.reporter.note(note)
         self.normalization = self.plan.action_normalization(self.policy_config.action_dim)
         if self.resume_state:
@@ -606,6 +608,13 @@ def plot_losses(path: Path, history: list[EpochMetrics], title: str) -> None:
     with replacing(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _open_dataset(c: TrainConfig) -> tuple[Dataset, list[str]]:
+    """The dataset and, with --skip-invalid, one line per damaged episode left out. Without it a damaged
+    episode stops training with its line when it is opened (Dataset.episode checks it)."""
+    ds = Dataset(c.dataset)
+    return ds, (ds.leave_out_damaged() if c.skip_invalid else [])
 
 
 def _history_from_state(rows: list[dict[str, Any]]) -> list[EpochMetrics]:
