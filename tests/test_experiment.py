@@ -73,6 +73,11 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     assert "[run]" not in r.out and r.out.count("[skip]") == len(stages) + 2  # and byol-a on train, silent
     assert out.read_text().split("## Success rate")[1].split("## Stages")[0] == \
         text.split("## Success rate")[1].split("## Stages")[0]
+    # --report-only on a finished experiment writes the same table and runs nothing.
+    r = cli(*args, "--report-only")
+    assert r.code == 0 and "[run]" not in r.out and "[pending]" not in r.out
+    assert out.read_text().split("## Success rate")[1].split("## Stages")[0] == \
+        text.split("## Success rate")[1].split("## Stages")[0]
     # Other training settings in the same work directory are refused, not mixed into one table.
     r = cli(*args, "--dropout", "0.3")
     assert r.code == 2 and "trained with other settings (dropout)" in r.err
@@ -131,3 +136,16 @@ def test_rewriting_the_report_keeps_its_hand_written_reading(tmp_path):
     assert exp._kept_reading() == "\n## Reading (hand-written; kept when the file is written again)\n\nWhy.\n"
     out.write_text("# a file without one\n")
     assert exp._kept_reading() == ""
+
+
+def test_report_only_runs_nothing_and_lists_what_is_left(cli, tmp_path):
+    out, work = tmp_path / "r.md", tmp_path / "work"
+    r = cli("experiment", "--tasks", "zip", "--methods", "ours,vision-only", "--episodes-per-task", "2",
+            "--operator-episodes", "1", "--out", out, "--work", work, "--report-only")
+    assert r.code == 0, r.err
+    assert "[run]" not in r.out and "[pending] zip: 2 demonstrations" in r.out
+    assert "[pending] zip: train ours" in r.out and "[pending] zip: train vision-only" in r.out
+    assert not (work / "zip").exists()  # nothing recorded
+    text = out.read_text()
+    assert "| zip: 2 demonstrations | - | not run yet |" in text
+    assert "--report-only" not in text  # the command that continues the experiment

@@ -246,6 +246,9 @@ def experiment(
                                    "silent and shuffled audio (train looks)."),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Contact probes and a t-SNE picture per run."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for the networks."),
+    report_only: bool = typer.Option(False, "--report-only", help="Write the results file from the stages that "
+                                     "are done (the rest listed as not run yet); run nothing. The file gives the "
+                                     "command without this flag, the one that continues the experiment."),
 ) -> None:
     """Run the paper's comparison end to end on the simulated rig and write the results table.
 
@@ -277,7 +280,7 @@ def experiment(
                               height=height, seed=seed, eval_seed=eval_seed, execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
                               operator_episodes=operator_episodes, play_episodes=play_episodes, av_epochs=av_epochs,
                               frozen_encoders=frozen_encoders, ablations=ablations, probe=probe,
-                              threads=threads, command=command)
+                              threads=threads, report_only=report_only, command=command)
     if width < 16 or height < 16:
         raise HtouchError("--width and --height must be at least 16 pixels")
     experiment_ = Experiment(config, say=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))

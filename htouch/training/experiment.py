@@ -77,6 +77,7 @@ class ExperimentConfig:
     frozen_encoders: bool = False  # train only the fusion and head on cached embeddings
     ablations: bool = True  # evaluate audio methods with silent and shuffled audio too
     probe: bool = True  # contact probes of each run's embeddings on its demonstrations
+    report_only: bool = False  # write the results file from what is there; run no stage
     threads: int | None = 1  # torch threads (one is fastest on a busy shared machine)
     command: str = ""  # how it was started, for the results file
 
@@ -133,7 +134,8 @@ class SuccessfulDemos(TeleopSource):
 class Stage:
     name: str
     seconds: float
-    skipped: bool = False
+    skipped: bool = False  # its output was there already
+    pending: bool = False  # not run: --report-only
 
 
 class Experiment:
@@ -157,11 +159,17 @@ class Experiment:
 
     # ---------------------------------------------------------------- stages
 
-    def _stage(self, name: str, done: bool, run: Callable[[], None]) -> None:
+    def _stage(self, name: str, done: bool, run: Callable[[], None]) -> bool:
+        """Run a stage unless its output is there. Returns whether its output is there now (False only for a
+        stage that --report-only leaves for later)."""
         if done:
             self.stages.append(Stage(name, float(self.state.get("stage_seconds", {}).get(name, 0.0)), True))
             self.say(f"[skip] {name}: already done")
-            return
+            return True
+        if self.c.report_only:
+            self.stages.append(Stage(name, 0.0, pending=True))
+            self.say(f"[pending] {name}")
+            return False
         self.say(f"[run] {name}")
         t0 = time.perf_counter()
         run()
@@ -169,6 +177,7 @@ class Experiment:
         self.stages.append(Stage(name, seconds))
         self.state.setdefault("stage_seconds", {})[name] = round(seconds, 1)
         self._save_state()
+        return True
 
     def _save_state(self) -> None:
         """Write the state, keeping what another invocation on other tasks in the same work directory wrote
@@ -209,9 +218,9 @@ class Experiment:
         demos = root / "demos"
         if c.operator_episodes:
             path = root / OPERATORS_FILE
-            self._stage(f"{task}: scripted operator, hearing and deaf ({c.operator_episodes} scenes each)",
-                        self._have_operators(path), lambda: self._operators(task, path))
-            self.operators[task] = read_json(path, "operator comparison")
+            if self._stage(f"{task}: scripted operator, hearing and deaf ({c.operator_episodes} scenes each)",
+                           self._have_operators(path), lambda: self._operators(task, path)):
+                self.operators[task] = read_json(path, "operator comparison")
         av = root / "av"
         if c.play_episodes:
             play = root / "play"
@@ -220,18 +229,21 @@ class Experiment:
                                               keep_all=True))
             self._stage(f"{task}: audio-visual pretraining on play ({c.av_epochs} epochs)",
                         (av / "pretrain-av.json").is_file(), lambda: self._pretrain_av(play, av))
-        self._stage(f"{task}: {c.demos} demonstrations", self._have_demos(demos),
-                    lambda: self._collect(task, demos, c.demos, seed=c.seed))
-        self._count_demos(task, demos)
-        self._stage(f"{task}: split and statistics", self._have_stats(demos), lambda: self._prepare(demos))
+        have_demos = self._stage(f"{task}: {c.demos} demonstrations", self._have_demos(demos),
+                                 lambda: self._collect(task, demos, c.demos, seed=c.seed))
+        if have_demos:
+            self._count_demos(task, demos)
+        self._stage(f"{task}: split and statistics", have_demos and self._have_stats(demos),
+                    lambda: self._prepare(demos))
         byol = root / "byol_a.safetensors"
         if "byol-a" in c.methods:
             self._stage(f"{task}: BYOL-A pretraining ({c.byol_epochs} epochs)", byol.is_file(),
                         lambda: self._pretrain(demos, byol))
         for method in c.methods:
             run_dir = root / "runs" / method
-            self._stage(f"{task}: train {method} ({c.epochs} epochs)", self._trained(run_dir, method),
-                        lambda m=method, r=run_dir: self._train(demos, m, r, byol, av))
+            if not self._stage(f"{task}: train {method} ({c.epochs} epochs)", self._trained(run_dir, method),
+                               lambda m=method, r=run_dir: self._train(demos, m, r, byol, av)):
+                continue  # --report-only: nothing of this method to report yet
             self._record_encoders(method, run_dir)
             hears = c.policy(method).uses_audio
             conditions = [(v, "real") for v in VARIATIONS] + [("train", a) for a in ABLATIONS if hears and c.ablations]
@@ -240,8 +252,9 @@ class Experiment:
                 path = RunDir(run_dir).evaluation(task, variation, audio)
                 done = self._evaluated(path, ev)
                 heard = "" if audio == "real" else f", {audio} audio"
-                self._stage(f"{task}: evaluate {method} on {variation}{heard} ({c.eval_episodes} episodes)", done,
-                            lambda e=ev, p=path, m=method: self._evaluate(e, p, m))
+                if not self._stage(f"{task}: evaluate {method} on {variation}{heard} ({c.eval_episodes} episodes)",
+                                   done, lambda e=ev, p=path, m=method: self._evaluate(e, p, m)):
+                    continue
                 result = read_json(path, "evaluation")
                 if audio == "real":
                     self.results[(task, method, variation)] = result
@@ -249,9 +262,9 @@ class Experiment:
                     self.ablations[(task, method, audio)] = result
             if c.probe:
                 path = RunDir(run_dir).probe(demos)
-                self._stage(f"{task}: contact probe of {method}", self._probed(path, run_dir),
-                            lambda r=run_dir, p=path: self._probe(r, demos, p))
-                self.probes[(task, method)] = read_json(path, "probe")
+                if self._stage(f"{task}: contact probe of {method}", self._probed(path, run_dir),
+                               lambda r=run_dir, p=path: self._probe(r, demos, p)):
+                    self.probes[(task, method)] = read_json(path, "probe")
 
     # ---------------------------------------------------------------- demonstrations
 
@@ -517,7 +530,8 @@ class Experiment:
         lines += self._ablation_lines() + self._probe_lines() + self._goal_lines()
         lines += ["", "## Stages", "", "| stage | minutes | |", "|---|---:|---|"]
         for s in self.stages:
-            lines.append(f"| {s.name} | {s.seconds / 60:.2f} | {'earlier invocation' if s.skipped else ''} |")
+            note = "earlier invocation" if s.skipped else "not run yet" if s.pending else ""
+            lines.append(f"| {s.name} | {'-' if s.pending else f'{s.seconds / 60:.2f}'} | {note} |")
         lines += ["", f"Work directory: `{c.work}` (demonstrations, runs with their `eval-*.json`)."]
         return "\n".join(lines) + "\n"
 
