@@ -21,7 +21,7 @@ from htouch.dataset.schema import episode_arrays
 from htouch.dataset.store import INCOMING, QUARANTINE, Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from htouch.dataset.writer import FLUSHED_FILE, lock_path
-from tests.conftest import TINY_RIG
+from tests.conftest import TINY_RIG, wait_until
 
 NS = 1_000_000_000
 EP0, EP1 = "episode_000000", "episode_000001"
@@ -213,6 +213,12 @@ def test_salvage_cuts_before_a_chunk_that_does_not_decode(cli, guarded):
         w.audio(t, np.random.default_rng(i).normal(0, 300, (1067, 4)).astype(np.int16))
         w.state(t, np.r_[np.zeros(6), 1.0], np.zeros(7), 0.05)
         w.action(t + 4_000_000, np.zeros(6), 1.0)
+
+    def all_flushed() -> bool:  # the writer thread's pace depends on the machine's load: wait for it
+        progress = w.path / FLUSHED_FILE
+        return progress.is_file() and json.loads(progress.read_text())["lengths"].get("camera/rgb") == 90
+
+    wait_until(all_flushed, timeout=60.0)
     w.abort()
     (w.path / "camera/rgb/70.0.0.0").write_bytes(b"\xff\xd8 broken")
     flushed = json.loads((w.path / FLUSHED_FILE).read_text())["lengths"]
