@@ -1,0 +1,134 @@
+"""What every export shares: the validation gate, the temporary output renamed into place, and the frame grid.
+
+Formats such as LeRobot's and Diffusion Policy's store one row per frame on a fixed grid (row k is at k / fps),
+while htouch stores every stream with its own measured time stamps. `frame_grid` is the one place that decides
+which recorded frame, state and action each grid row holds, so that every export maps time the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from htouch.dataset.episode import NS, Episode
+from htouch.dataset.store import Dataset
+from htouch.dataset.validate import ERROR, Report, validate_dataset
+from htouch.errors import DatasetError, HtouchError
+
+
+def check_exportable(ds: Dataset) -> Report:
+    """Validate the whole dataset (files against their checksums included); a dataset with any error is refused,
+    because an export must not carry damaged data out where no validator looks at it again. Warnings (a dropped
+    frame, clock drift) are normal and do not stop an export. Raises DatasetError (one line) on errors."""
+    report = validate_dataset(ds)
+    errors = [f for f in report.findings if f.severity == ERROR]
+    if errors:
+        f = errors[0]
+        where = " ".join(p for p in (f.episode, f.path) if p)
+        raise DatasetError(f"{ds.root} fails validation ({len(errors)} error(s)); the first: {where}: {f.check}: "
+                           f"{f.message} (run htouch validate {ds.root})")
+    if not report.episodes:
+        raise DatasetError(f"{ds.root} has no committed episodes to export")
+    return report
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, directory: bool = True) -> Iterator[Path]:
+    """A temporary path beside `out` (`.NAME.partial-<pid>`) to write the export into; it is renamed to `out`
+    when the block ends without an error and removed otherwise, so `out` is either complete or absent.
+    Refuses an `out` that exists (HtouchError). directory: the temporary path is created as a directory."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise HtouchError(f"{out} already exists; export into a new path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HtouchError(f"cannot create {out.parent}: {e.strerror}") from None
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    _remove(tmp)  # left by a killed export of this process id
+    if directory:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists() or out.is_symlink():
+            raise HtouchError(f"{out} appeared while the export ran; the export is not written")
+        os.rename(tmp, out)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def export_fps(ds: Dataset) -> int:
+    """The grid rate: the camera's nominal rate as a whole number of frames per second (the formats store an
+    integer fps); the measured time stamps decide which frame each row shows, so a camera slightly off its
+    nominal rate shows up as repeated or skipped frames in the report, not as a shifted time line."""
+    rate = ds.rig.camera.rate_hz
+    fps = int(round(rate))
+    if fps < 1:
+        raise DatasetError(f"{ds.root}: camera rate {rate} Hz cannot be exported on a whole-frame grid")
+    return fps
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One episode's rows on the grid t_k = t0 + k / fps (t0 = the first frame's capture time), ns on the
+    recording's clock. Index arrays point into the episode's camera, state and action arrays."""
+
+    fps: int
+    t0_ns: int
+    times_ns: np.ndarray  # (n,) int64 t_k
+    frame: np.ndarray  # (n,) the latest frame captured by t_k + half a period
+    repeated: np.ndarray  # (n,) bool: the row repeats the previous row's frame (its own frame was dropped)
+    state: np.ndarray  # (n,) the latest state at or before t_k (the first state before it exists)
+    action: np.ndarray  # (n,) the first action commanded at or after t_k
+    skipped_frames: int  # recorded frames no row shows (two captured within one period)
+    trimmed_rows: int  # rows after the last action, left out (no action to go with them)
+
+    def __len__(self) -> int:
+        return len(self.times_ns)
+
+
+def frame_grid(ep: Episode, fps: int) -> Grid:
+    """Map the episode onto the grid: row k shows the latest frame captured by t_k + half a period (a dropped
+    frame repeats the previous one), with the state at or before t_k and the action at or after t_k (htouch's
+    own sampling rule, as in `Episode.sample`). Rows after the last action are left out and counted."""
+    cam, states, actions = ep.camera_times, ep.state_times, ep.action_times
+    if len(cam) == 0 or len(states) == 0 or len(actions) == 0:
+        raise DatasetError(f"{ep.name}: needs camera frames, states and actions to export "
+                           f"({len(cam)}, {len(states)}, {len(actions)})")
+    t0 = int(cam[0])
+    period = NS / fps
+    n_all = int(np.floor((int(cam[-1]) - t0) / period + 0.5)) + 1
+    times = t0 + np.round(np.arange(n_all) * period).astype(np.int64)
+    keep = times <= int(actions[-1])
+    times = times[keep]
+    if len(times) == 0:
+        raise DatasetError(f"{ep.name}: no action is commanded at or after its first frame; nothing to export")
+    frame = np.searchsorted(cam, times + int(period // 2), side="right") - 1
+    repeated = np.zeros(len(times), dtype=bool)
+    repeated[1:] = frame[1:] == frame[:-1]
+    state = np.clip(np.searchsorted(states, times, side="right") - 1, 0, None)
+    action = np.searchsorted(actions, times, side="left")
+    skipped = int(frame[-1] + 1 - len(np.unique(frame)))
+    return Grid(fps, t0, times, frame, repeated, state, action, skipped, int(n_all - len(times)))
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files below `path` (or of the file itself)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
