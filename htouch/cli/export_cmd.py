@@ -24,8 +24,7 @@ def export(
     crf: int = typer.Option(30, "--crf", min=0, max=63, help="lerobot: video quality (lower is better, larger)."),
 ) -> None:
     """Export a dataset for other tools: [bold]lerobot[/] (a LeRobot v3.0 dataset: parquet, AV1 MP4, the contact
-    audio as a per-frame feature plus a lossless sidecar) or [bold]dp[/] (a Diffusion Policy / ManiWAV replay
-    buffer, .zarr.zip).
+    audio as a per-frame feature plus a lossless sidecar).
 
     The dataset must pass `htouch validate` (warnings are fine). Frames are put on the format's fixed grid
     (frame_index / fps); a dropped frame repeats the previous one and is counted in the report. OUT is written
@@ -41,16 +40,10 @@ def export(
         raise HtouchError(f"{out} already exists; export into a new path")
     ds = Dataset(dataset)
     n = len(ds.episode_indices())
-    if format == "lerobot":
-        from htouch.interop.lerobot import export_lerobot
+    from htouch.interop.lerobot import export_lerobot
 
-        with progress_bar(f"exporting {n} episode(s) to LeRobot v3.0", n) as advance:
-            report = export_lerobot(ds, out, vcodec=vcodec, crf=crf, progress=advance)
-    else:
-        from htouch.interop.dp import export_dp
-
-        with progress_bar(f"exporting {n} episode(s) to a replay buffer", n) as advance:
-            report = export_dp(ds, out, progress=advance)
+    with progress_bar(f"exporting {n} episode(s) to LeRobot v3.0", n) as advance:
+        report = export_lerobot(ds, out, vcodec=vcodec, crf=crf, progress=advance)
     _print_report(report)
 
 
