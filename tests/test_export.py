@@ -21,7 +21,7 @@ from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from htouch.dataset.video import audio_track
 from htouch.errors import HtouchError
-from htouch.interop.common import frame_grid, staged_output
+from htouch.interop.common import audio_rate_for, frame_grid, staged_output
 from htouch.interop.lerobot import (
     AUDIO_KEY,
     CAMERA_KEY,
@@ -31,7 +31,6 @@ from htouch.interop.lerobot import (
     STATS_PATH,
     TASKS_PATH,
     VIDEO_PATH,
-    audio_rate_for,
     export_lerobot,
 )
 
@@ -283,3 +282,74 @@ def test_export_cli_reports(cli, tiny_ds, tmp_path):
     assert "dropped frames" in r.out and "2 row(s) repeat" in r.out
     assert (tmp_path / "lr" / INFO_PATH).is_file()
     assert sorted(os.listdir(tmp_path)) == ["ds", "lr"]
+
+
+# ------------------------------------------------------------------------------------------------ --format dp
+
+
+def test_dp_replay_buffer_layout(exported, tmp_path):
+    import zipfile
+
+    import zarr
+    from scipy.spatial.transform import Rotation
+
+    from htouch.interop.common import episode_rows
+    from htouch.interop.dp import DP_JPEG_KEYS, export_dp
+
+    ds, _, _ = exported
+    out = tmp_path / "replay.zarr.zip"
+    report = export_dp(ds, out)
+    with zipfile.ZipFile(out) as z:
+        names = z.namelist()
+        assert len(names) == len(set(names)), "duplicate ZIP entries"
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+        config = json.loads(z.read("data/camera0_rgb/.zarray"))["compressor"]
+    # Diffusion Policy's Jpeg codec is built from these keys; any other key would fail in its from_config.
+    assert config["id"] == "imagecodecs_jpeg" and set(config) <= set(DP_JPEG_KEYS)
+    assert sum(n.startswith("data/camera0_rgb/") and not n.endswith((".zarray", ".zattrs")) for n in names) \
+        == report.rows  # every frame's chunk is stored
+    with zarr.storage.ZipStore(out, mode="r") as store:
+        root = zarr.open_group(store, mode="r", zarr_format=2)
+        data = root["data"]
+        assert set(data.keys()) == {"camera0_rgb", "robot0_eef_pos", "robot0_eef_rot_axis_angle",
+                                    "robot0_gripper_width", "robot0_joint_pos", "mic_0", "mic_1", "mic_2", "mic_3",
+                                    "action", "timestamp", "frame_repeated"}
+        ends = root["meta/episode_ends"][:]
+        attrs = root.attrs["htouch"]
+        assert ends.dtype == np.int64 and list(ends) == list(np.cumsum([e["rows"] for e in attrs["episodes"]]))
+        assert all(data[k].shape[0] == ends[-1] for k in data.keys())
+        assert data["camera0_rgb"].shape[1:] == (48, 64, 3) and data["robot0_gripper_width"].shape[1:] == (1,)
+        assert data["mic_0"].shape[1:] == (1600,) and data["action"].shape[1:] == (7,)
+        e = 1
+        name = attrs["episodes"][e]["htouch_episode"]
+        assert attrs["episodes"][e]["success"] is ds.episode(name).success
+        assert attrs["episodes"][e]["split"] in ("train", "val")
+        lo, hi = int(ends[e - 1]), int(ends[e])
+        rows = episode_rows(ds.episode(name), 30, 48000)
+        for c in range(4):
+            assert np.array_equal(data[f"mic_{c}"][lo:hi], rows.audio[:, :, c])
+        assert np.array_equal(data["robot0_eef_pos"][lo:hi], rows.state[:, :3])
+        assert np.array_equal(data["action"][lo:hi], rows.action)
+        quat = Rotation.from_rotvec(data["robot0_eef_rot_axis_angle"][lo:hi].astype(np.float64)).as_quat()
+        ref = rows.state[:, 3:7] / np.linalg.norm(rows.state[:, 3:7], axis=1, keepdims=True)
+        assert np.allclose(np.abs(np.sum(quat * ref, axis=1)), 1.0, atol=1e-5)
+        frames = data["camera0_rgb"][lo:hi]
+        src = ds.episode(name).read("camera/rgb")[rows.grid.frame]
+        mse = np.mean((frames.astype(float) - src) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 35
+        assert int(data["frame_repeated"][lo:hi].sum()) == 1
+    assert not list(tmp_path.glob(".replay.zarr.zip.*"))
+
+
+def test_dp_needs_a_zarr_zip_name(cli, tiny_ds, tmp_path):
+    r = cli("export", tiny_ds.root, tmp_path / "replay.zarr", "--format", "dp")
+    assert r.code == 2 and ".zarr.zip" in r.err and len(r.err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_dp_cli(cli, tiny_ds, tmp_path):
+    r = cli("export", tiny_ds.root, tmp_path / "r.zarr.zip", "--format", "dp")
+    assert r.code == 0, r.err
+    assert "2 row(s) repeat" in r.out and sorted(os.listdir(tmp_path)) == ["ds", "r.zarr.zip"]
+    r = cli("export", tiny_ds.root, tmp_path / "r.zarr.zip", "--format", "dp")
+    assert r.code == 2 and "already exists" in r.err

@@ -22,15 +22,18 @@ def export(
     vcodec: str = typer.Option(None, "--vcodec", help="lerobot: video encoder (default libsvtav1, AV1 as LeRobot "
                                "records; libx264 where PyAV has no SVT-AV1).", show_default=False),
     crf: int = typer.Option(30, "--crf", min=0, max=63, help="lerobot: video quality (lower is better, larger)."),
+    quality: int = typer.Option(90, "--quality", min=1, max=100, help="dp: JPEG quality of the frames."),
 ) -> None:
     """Export a dataset for other tools: [bold]lerobot[/] (a LeRobot v3.0 dataset: parquet, AV1 MP4, the contact
-    audio as a per-frame feature plus a lossless sidecar).
+    audio as a per-frame feature plus a lossless sidecar) or [bold]dp[/] (a Diffusion Policy / ManiWAV replay
+    buffer: OUT.zarr.zip with camera0_rgb, robot0_*, mic_0.., action and meta/episode_ends).
 
     The dataset must pass `htouch validate` (warnings are fine). Frames are put on the format's fixed grid
     (frame_index / fps); a dropped frame repeats the previous one and is counted in the report. OUT is written
     into a temporary path beside it and renamed when complete. See docs/interop.md.
 
     Example: [bold]htouch export zip-demos zip-lerobot --format lerobot[/]
+    or [bold]htouch export zip-demos zip.zarr.zip --format dp[/]
     """
     from htouch.dataset.store import Dataset
 
@@ -40,10 +43,16 @@ def export(
         raise HtouchError(f"{out} already exists; export into a new path")
     ds = Dataset(dataset)
     n = len(ds.episode_indices())
-    from htouch.interop.lerobot import export_lerobot
+    if format == "lerobot":
+        from htouch.interop.lerobot import export_lerobot
 
-    with progress_bar(f"exporting {n} episode(s) to LeRobot v3.0", n) as advance:
-        report = export_lerobot(ds, out, vcodec=vcodec, crf=crf, progress=advance)
+        with progress_bar(f"exporting {n} episode(s) to LeRobot v3.0", n) as advance:
+            report = export_lerobot(ds, out, vcodec=vcodec, crf=crf, progress=advance)
+    else:
+        from htouch.interop.dp import export_dp
+
+        with progress_bar(f"exporting {n} episode(s) to a replay buffer", n) as advance:
+            report = export_dp(ds, out, quality=quality, progress=advance)
     _print_report(report)
 
 

@@ -9,4 +9,4 @@ This package reads htouch datasets through `htouch.dataset`; nothing in `htouch.
 docs/interop.md describes the layouts and how they were checked with the real libraries.
 """
 
-FORMATS = ("lerobot",)
+FORMATS = ("lerobot", "dp")

@@ -2,7 +2,7 @@
 
 Formats such as LeRobot's and Diffusion Policy's store one row per frame on a fixed grid (row k is at k / fps),
 while htouch stores every stream with its own measured time stamps. `frame_grid` is the one place that decides
-which recorded frame, state and action each grid row holds, so that every export maps time the same way.
+which recorded frame, state and action each grid row holds, so that every export maps time the same way; `episode_rows` fills the rows (state, action, audio window).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from htouch.dataset.audio import resample
 from htouch.dataset.episode import NS, Episode
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import ERROR, Report, validate_dataset
+from htouch.dataset.video import MAX_GAIN_DB, TARGET_PEAK_DBFS, audio_track
 from htouch.errors import DatasetError, HtouchError
 
 
@@ -124,6 +126,55 @@ def frame_grid(ep: Episode, fps: int) -> Grid:
     action = np.searchsorted(actions, times, side="left")
     skipped = int(frame[-1] + 1 - len(np.unique(frame)))
     return Grid(fps, t0, times, frame, repeated, state, action, skipped, int(n_all - len(times)))
+
+
+AUDIO_RATES = (16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+
+
+def audio_rate_for(native_hz: float, fps: int) -> int:
+    """The per-frame audio rate: the first common rate at or above the native one that gives a whole number of
+    samples per frame (32 kHz at 30 fps -> 44.1 kHz, 1470 a frame; 48 kHz -> 1600); else the native rate rounded
+    up to a multiple of fps."""
+    native = int(np.ceil(native_hz))
+    for rate in AUDIO_RATES:
+        if rate >= native and rate % fps == 0:
+            return rate
+    return -(-native // fps) * fps
+
+
+@dataclass
+class EpisodeRows:
+    """One episode on the grid: what every row holds, ready for any format."""
+
+    grid: Grid
+    state: np.ndarray  # (n, S) float32
+    action: np.ndarray  # (n, 7) float32
+    audio: np.ndarray  # (n, m, C) float32
+    listen: np.ndarray  # (n * m,) mono track for the video's audio stream, raised for listening
+    gain_db: float
+
+
+def episode_rows(ep: Episode, fps: int, audio_rate: int) -> EpisodeRows:
+    """The episode's rows: frame_grid's choice of state and action, and each row's audio window (t_k - 1/fps, t_k]
+    at `audio_rate` (all channels, normalised); plus a mono listening track for a video's audio stream."""
+    grid = frame_grid(ep, fps)
+    n = len(grid)
+    state = ep._state[grid.state].astype(np.float32)
+    action = ep._actions[grid.action].astype(np.float32)
+    m = audio_rate // fps
+    period = int(round(NS / fps))
+    # (t_k - 1/fps, t_k] for every row: one track from t_0 - 1/fps to t_{n-1}, cut into n windows.
+    track, native = audio_track(ep, grid.t0_ns - period, int(grid.times_ns[-1]))
+    track = resample(track.T, native, audio_rate).T if len(track) else np.zeros((0, ep.rig.audio.channels))
+    windows = np.zeros((n * m, ep.rig.audio.channels), dtype=np.float32)
+    windows[:min(len(track), n * m)] = track[:n * m]
+    audio = windows.reshape(n, m, -1)
+    # What plays while frame k is on screen ([k, k+1) / fps) was recorded in (t_k, t_k+1]: row k+1's window.
+    listen = np.concatenate([windows[m:].mean(axis=1), np.zeros(m, dtype=np.float32)])
+    peak = float(np.max(np.abs(listen))) if len(listen) else 0.0
+    gain_db = float(min(TARGET_PEAK_DBFS - 20 * np.log10(peak), MAX_GAIN_DB)) if peak > 0 else 0.0
+    listen = np.clip(listen * np.float32(10 ** (gain_db / 20)), -1.0, 1.0)
+    return EpisodeRows(grid, state, action, audio, listen, gain_db)
 
 
 def tree_bytes(path: Path) -> int:

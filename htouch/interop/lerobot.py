@@ -35,12 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from htouch.dataset.audio import resample
-from htouch.dataset.episode import NS, Episode
 from htouch.dataset.store import Dataset
-from htouch.dataset.video import MAX_GAIN_DB, TARGET_PEAK_DBFS, audio_track
 from htouch.errors import DatasetError, HtouchError
-from htouch.interop.common import Grid, check_exportable, export_fps, frame_grid, staged_output, tree_bytes
+from htouch.interop.common import audio_rate_for, check_exportable, episode_rows, export_fps, staged_output, tree_bytes
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -65,7 +62,6 @@ TIME_KEY = "htouch.time_ns"  # the row's time t_k on the recording's clock
 REPEATED_KEY = "htouch.frame_repeated"  # the row repeats the previous frame (its own was dropped)
 
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot's DEFAULT_QUANTILES
-AUDIO_RATES = (16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 IMAGE_STATS_FRAMES = 100  # frames per episode sampled for the image statistics
 FRAME_BATCH = 32
 VIDEO_CODECS = ("libsvtav1", "libx264")  # AV1 as LeRobot records; H.264 where SVT-AV1 is missing
@@ -100,16 +96,6 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rows_per_s": self.rows_per_s}
-
-
-def audio_rate_for(native_hz: float, fps: int) -> int:
-    """The per-frame audio rate: the first common rate at or above the native one that gives a whole number of
-    samples per frame (32 kHz at 30 fps -> 48 kHz, 1600 a frame); else the native rate rounded up to one."""
-    native = int(np.ceil(native_hz))
-    for rate in AUDIO_RATES:
-        if rate >= native and rate % fps == 0:
-            return rate
-    return -(-native // fps) * fps
 
 
 def pick_video_codec(requested: str | None) -> str:
@@ -173,39 +159,6 @@ def _json_stats(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ episodes
-
-
-@dataclass
-class _Rows:
-    """One episode on the grid, ready to write."""
-
-    grid: Grid
-    state: np.ndarray  # (n, S) float32
-    action: np.ndarray  # (n, 7) float32
-    audio: np.ndarray  # (n, m, C) float32
-    listen: np.ndarray  # (n * m,) mono track for the video's audio stream, raised for listening
-    gain_db: float
-
-
-def _episode_rows(ep: Episode, fps: int, audio_rate: int) -> _Rows:
-    grid = frame_grid(ep, fps)
-    n = len(grid)
-    state = ep._state[grid.state].astype(np.float32)
-    action = ep._actions[grid.action].astype(np.float32)
-    m = audio_rate // fps
-    period = int(round(NS / fps))
-    # (t_k - 1/fps, t_k] for every row: one track from t_0 - 1/fps to t_{n-1}, cut into n windows.
-    track, native = audio_track(ep, grid.t0_ns - period, int(grid.times_ns[-1]))
-    track = resample(track.T, native, audio_rate).T if len(track) else np.zeros((0, ep.rig.audio.channels))
-    windows = np.zeros((n * m, ep.rig.audio.channels), dtype=np.float32)
-    windows[:min(len(track), n * m)] = track[:n * m]
-    audio = windows.reshape(n, m, -1)
-    # What plays while frame k is on screen ([k, k+1) / fps) was recorded in (t_k, t_k+1]: row k+1's window.
-    listen = np.concatenate([windows[m:].mean(axis=1), np.zeros(m, dtype=np.float32)])
-    peak = float(np.max(np.abs(listen))) if len(listen) else 0.0
-    gain_db = float(min(TARGET_PEAK_DBFS - 20 * np.log10(peak), MAX_GAIN_DB)) if peak > 0 else 0.0
-    listen = np.clip(listen * np.float32(10 ** (gain_db / 20)), -1.0, 1.0)
-    return _Rows(grid, state, action, audio, listen, gain_db)
 
 
 def _order(ds: Dataset, indices: list[int]) -> tuple[list[int], dict[str, str], dict[int, str]]:
@@ -379,12 +332,12 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
         data_path = data_files.next_path()
         writer = None
         video = _Video(tmp, fps, codec, crf, gop, audio_rate)
-        episode_rows: list[dict[str, Any]] = []
+        episode_table: list[dict[str, Any]] = []
         ep_stats: list[dict[str, dict[str, np.ndarray]]] = []
         index = 0
         try:
             for e, ep in enumerate(episodes):
-                rows = _episode_rows(ep, fps, audio_rate)
+                rows = episode_rows(ep, fps, audio_rate)
                 g = rows.grid
                 n = len(g)
                 rgb = ep.array("camera/rgb")
@@ -451,7 +404,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                     event_detail=np.array([json.dumps(ev.get("detail", {})) for ev in events], dtype=str))
 
                 repeated = int(g.repeated.sum())
-                episode_rows.append({
+                episode_table.append({
                     "episode_index": e, "tasks": [task], "length": n,
                     "data/chunk_index": data_files.chunk, "data/file_index": data_files.file,
                     "dataset_from_index": index, "dataset_to_index": index + n,
@@ -483,7 +436,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                 writer.close()
             video.close()
 
-        _write_episodes(tmp, episode_rows, ep_stats, pa, pq)
+        _write_episodes(tmp, episode_table, ep_stats, pa, pq)
         pq.write_table(pa.table({"task_index": pa.array([0], type=pa.int64()),
                                  "__index_level_0__": pa.array([task])}).replace_schema_metadata(
             {b"pandas": json.dumps(_PANDAS_INDEX).encode()}), tmp / TASKS_PATH)

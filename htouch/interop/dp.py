@@ -1,0 +1,174 @@
+"""Export an htouch dataset as a Diffusion Policy / ManiWAV replay buffer: one `.zarr.zip` that DP's `ReplayBuffer`
+(diffusion_policy/common/replay_buffer.py) and ManiWAV's `UmiManiWAVDataset` open with `zarr.ZipStore(path, 'r')`.
+
+    OUT.zarr.zip  (a Zarr format-2 group in a ZIP, entries stored uncompressed as zarr 2's ZipStore writes them)
+      data/camera0_rgb                 uint8 (T, H, W, 3), one JPEG chunk per frame (codec id imagecodecs_jpeg,
+                                       configured with only the keys DP's own Jpeg codec class accepts)
+      data/robot0_eef_pos              float32 (T, 3)   m, robot base frame
+      data/robot0_eef_rot_axis_angle   float32 (T, 3)   rad, rotation vector of the end-effector orientation
+      data/robot0_gripper_width        float32 (T, 1)   m
+      data/robot0_joint_pos            float32 (T, n_joints) rad
+      data/mic_0 .. mic_{C-1}          float32 (T, samples per frame) the audio window (t_k - 1/fps, t_k] of each
+                                       microphone, normalised, as ManiWAV keeps one array per microphone
+      data/action                      float32 (T, 7)   htouch's command: dx dy dz droll dpitch dyaw, gripper 0..1
+      data/timestamp                   float64 (T,)     t_k on the recording's clock, s
+      data/frame_repeated              bool (T,)        the row's own frame was dropped: it repeats the previous one
+      meta/episode_ends                int64 (E,)       end (exclusive) of each episode's rows
+      attrs["htouch"]                  the export report, the episodes (names, labels, split), the rig
+
+Rows are the frame grid of `htouch.interop.common.frame_grid` (the same rows as the LeRobot export). ManiWAV reads
+`action` as absolute poses (pos, axis-angle, gripper) when the array exists and builds that from robot0_* when it
+does not; htouch records commands, so `action` holds the command as recorded: for ManiWAV's pose actions, delete
+`data/action` after loading (`del replay_buffer.data['action']` before sampling) and its sampler derives them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import imagecodecs.numcodecs
+import numcodecs
+import numpy as np
+import zarr
+from scipy.spatial.transform import Rotation
+
+from htouch.dataset.store import Dataset
+from htouch.errors import DatasetError, HtouchError
+from htouch.interop.common import (
+    audio_rate_for,
+    check_exportable,
+    episode_rows,
+    export_fps,
+    frame_grid,
+    staged_output,
+    tree_bytes,
+)
+from htouch.interop.lerobot import ExportReport
+
+FRAME_BATCH = 32
+# The constructor arguments of Diffusion Policy's Jpeg codec (diffusion_policy/codecs/imagecodecs_numcodecs.py):
+# its `from_config` passes the stored configuration to it, so no other key may be stored.
+DP_JPEG_KEYS = ("id", "level", "tables", "header", "bitspersample", "colorspace_data", "colorspace_jpeg",
+                "subsampling", "optimize", "smoothing")
+
+
+class DPJpeg(imagecodecs.numcodecs.Jpeg):
+    """imagecodecs' JPEG codec, stored with the configuration Diffusion Policy's own Jpeg class accepts."""
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        return {k: config[k] for k in DP_JPEG_KEYS if k in config}
+
+
+def _lowdim(name: str, data: np.ndarray, group: zarr.Group) -> None:
+    arr = group.create_array(name, shape=data.shape, dtype=data.dtype,
+                             chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
+                             compressors=numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE),
+                             config={"write_empty_chunks": True})
+    if len(data):
+        arr[...] = data
+
+
+def _zip_dir(src: Path, dst: Path) -> None:
+    """Every file below `src` as an uncompressed ZIP entry named by its relative path (what zarr's ZipStore reads)."""
+    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            z.write(path, path.relative_to(src).as_posix())
+
+
+def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
+              progress: Callable[[], None] | None = None) -> ExportReport:
+    """Write `ds` as a Diffusion Policy / ManiWAV replay buffer at `out` (a new `.zarr.zip` file, complete or
+    absent). quality: JPEG quality of the frames. progress() is called after each episode. Raises DatasetError if
+    the dataset fails validation, HtouchError for an unusable OUT."""
+    start = time.perf_counter()
+    out = Path(out)
+    if not out.name.endswith(".zarr.zip"):
+        raise HtouchError(f"{out}: a replay buffer is a .zarr.zip file; name it NAME.zarr.zip")
+    check_exportable(ds)
+    fps = export_fps(ds)
+    audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps)
+    split = ds.metadata.get("split") if isinstance(ds.metadata.get("split"), dict) else {}
+    split_of = {i: name for name in ("train", "val") for i in split.get(name, [])}
+    episodes = [ds.episode(i) for i in ds.episode_indices()]
+    grids = [frame_grid(ep, fps) for ep in episodes]
+    total = sum(len(g) for g in grids)
+    rgb0 = episodes[0].array("camera/rgb")
+    _, height, width, _ = rgb0.shape
+    channels = ds.rig.audio.channels
+    m = audio_rate // fps
+    report = ExportReport(format="dp", out=str(out), fps=fps, video_codec=f"jpeg q{quality}",
+                          audio_rate_hz=audio_rate, audio_samples_per_frame=m)
+
+    with staged_output(out, directory=False) as tmp_zip, \
+            tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as build:
+        root = zarr.open_group(zarr.storage.LocalStore(build), mode="w", zarr_format=2)
+        data, meta = root.create_group("data"), root.create_group("meta")
+        frames = data.create_array("camera0_rgb", shape=(total, height, width, 3), dtype="uint8",
+                                   chunks=(1, height, width, 3), compressors=DPJpeg(level=quality),
+                                   config={"write_empty_chunks": True})
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in (
+            "robot0_eef_pos", "robot0_eef_rot_axis_angle", "robot0_gripper_width", "robot0_joint_pos", "action",
+            "timestamp", "frame_repeated", *[f"mic_{c}" for c in range(channels)])}
+        ends, at, listing = [], 0, []
+        for ep, g in zip(episodes, grids):
+            rgb = ep.array("camera/rgb")
+            if rgb.shape[1:] != rgb0.shape[1:]:
+                raise DatasetError(f"{ep.name}: frames of {rgb.shape[2]}x{rgb.shape[1]}, the first episode's are "
+                                   f"{width}x{height}; one camera0_rgb array needs one size")
+            rows = episode_rows(ep, fps, audio_rate)
+            n = len(g)
+            for b in range(0, n, FRAME_BATCH):
+                idx = g.frame[b:b + FRAME_BATCH]
+                try:
+                    images = rgb[int(idx[0]):int(idx[-1]) + 1][idx - idx[0]]
+                except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
+                    raise DatasetError(f"{ep.name}: camera/rgb cannot be read ({type(exc).__name__}: {exc})") \
+                        from None
+                frames[at + b: at + b + len(idx)] = images
+            pose = rows.state[:, :7].astype(np.float64)
+            cols["robot0_eef_pos"].append(pose[:, :3].astype(np.float32))
+            cols["robot0_eef_rot_axis_angle"].append(Rotation.from_quat(pose[:, 3:7]).as_rotvec().astype(np.float32))
+            cols["robot0_joint_pos"].append(rows.state[:, 7:-1])
+            cols["robot0_gripper_width"].append(rows.state[:, -1:])
+            cols["action"].append(rows.action)
+            cols["timestamp"].append(g.times_ns / 1e9)
+            cols["frame_repeated"].append(g.repeated)
+            for c in range(channels):
+                cols[f"mic_{c}"].append(np.ascontiguousarray(rows.audio[:, :, c]))
+            at += n
+            ends.append(at)
+            repeated = int(g.repeated.sum())
+            listing.append({"htouch_episode": ep.name, "rows": n, "t0_ns": g.t0_ns, "success": ep.success,
+                            "variation": ep.variation, "split": split_of.get(ep.index, ""),
+                            "repeated_frames": repeated, "skipped_frames": g.skipped_frames,
+                            "trimmed_rows": g.trimmed_rows})
+            report.episodes += 1
+            report.rows += n
+            report.recorded_frames += len(ep.camera_times)
+            report.repeated_frames += repeated
+            report.skipped_frames += g.skipped_frames
+            report.trimmed_rows += g.trimmed_rows
+            report.bytes_in += tree_bytes(ep.path)
+            if progress is not None:
+                progress()
+        for name, parts in cols.items():
+            _lowdim(name, np.concatenate(parts), data)
+        _lowdim("episode_ends", np.array(ends, dtype=np.int64), meta)
+        report.episode_map = listing
+        root.attrs["htouch"] = {
+            "format": "htouch-dp-export", "version": 1, "source": str(ds.root.resolve()), "task": ds.task,
+            "fps": fps, "rig": ds.rig.to_dict(), "episodes": listing,
+            "audio": {"rate_hz": audio_rate, "samples_per_frame": m, "window": "(t_k - 1/fps, t_k]",
+                      "normalised": "(x - center) / scale of rig.audio", "channels": list(ds.rig.audio.channel_names)},
+            "action": "dx dy dz droll dpitch dyaw (m, rad, per control step) and gripper opening 0..1",
+        }
+        _zip_dir(Path(build), tmp_zip)
+        report.seconds = time.perf_counter() - start
+        report.bytes_out = tmp_zip.stat().st_size
+    return report
