@@ -83,17 +83,12 @@ def test_layout_and_info(exported):
     assert stats["frame_index"]["count"] == [data.num_rows]
     assert stats["action"]["min"] == pytest.approx(data["action"].combine_chunks().flatten().to_numpy()
                                                    .reshape(-1, 7).min(axis=0), rel=1e-6)
-    tasks = pq.read_table(out / TASKS_PATH).to_pandas() if _has_pandas() else None
-    if tasks is not None:
-        assert list(tasks.index) == ["zip"] and list(tasks["task_index"]) == [0]
-
-
-def _has_pandas() -> bool:
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # LeRobot reads the tasks with pandas.read_parquet and looks tasks up by the frame's index: the task text,
+    # stored as pandas stores an index (a column named in the pandas metadata's index_columns).
+    tasks = pq.read_table(out / TASKS_PATH)
+    pandas_meta = json.loads(tasks.schema.metadata[b"pandas"])
+    assert pandas_meta["index_columns"] == ["__index_level_0__"]
+    assert tasks.to_pydict() == {"task_index": [0], "__index_level_0__": ["zip"]}
 
 
 def test_rows_on_the_grid_and_episode_boundaries(exported):
@@ -221,6 +216,40 @@ def test_av1_by_default(tiny_ds, tmp_path):
     info = _info(tmp_path / "lr")["features"][CAMERA_KEY]["info"]
     assert report.video_codec == "libsvtav1" and info["video.codec"] == "av1"
     assert report.rows_per_s > 0 and report.bytes_out > 0
+
+
+def test_rolls_over_into_several_files(tiny_ds, tmp_path):
+    """Past the size limits a new data and video file starts at the next episode (LeRobot's chunk-XXX/file-XXX):
+    with limits of 0 MB every episode gets its own files, and the episode table points into them."""
+    out = tmp_path / "lr"
+    report = export_lerobot(tiny_ds, out, vcodec="libx264", data_file_mb=0, video_file_mb=0)
+    eps = pq.read_table(out / _file(EPISODES_PATH)).to_pydict()
+    assert eps["data/file_index"] == [0, 1] and eps[f"videos/{CAMERA_KEY}/file_index"] == [0, 1]
+    assert eps[f"videos/{CAMERA_KEY}/from_timestamp"] == [0.0, 0.0]
+    for e in range(2):
+        data = pq.read_table(out / DATA_PATH.format(chunk_index=0, file_index=e)).to_pydict()
+        assert set(data["episode_index"]) == {e} and len(data["index"]) == eps["length"][e]
+        assert data["index"][0] == eps["dataset_from_index"][e]
+        video = out / VIDEO_PATH.format(video_key=CAMERA_KEY, chunk_index=0, file_index=e)
+        with av.open(str(video)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == eps["length"][e]
+    assert report.rows == sum(eps["length"])
+
+
+def test_episode_of_another_rig_is_refused(tiny_ds, tmp_path):
+    rig = tiny_ds.rig.to_dict()
+    rig["audio"]["channels"] = 2
+    rig["audio"]["channel_names"] = ["a", "b"]
+    tiny_ds.update_metadata(rig=rig)  # the episodes keep the rig they were recorded with: a validation warning
+    with pytest.raises(HtouchError, match=r"episode_000000 differs from the dataset's rig \(audio channels 4 "
+                                          r"\(dataset: 2\)\)"):
+        export_lerobot(Dataset(tiny_ds.root), tmp_path / "lr")
+    assert _no_leftovers(tmp_path, "lr")
+
+
+def test_unknown_encoder_is_refused(cli, tiny_ds, tmp_path):
+    r = cli("export", tiny_ds.root, tmp_path / "x", "--format", "lerobot", "--vcodec", "nosuchcodec")
+    assert r.code == 2 and "no nosuchcodec encoder" in r.err and _no_leftovers(tmp_path, "x")
 
 
 # ------------------------------------------------------------------------------------------------ bad input

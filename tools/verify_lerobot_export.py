@@ -241,7 +241,8 @@ def verify_lerobot(args, work: Path) -> tuple[str, str]:
     ds, source = describe(args, work)
     out = work / "lerobot"
     t = time.perf_counter()
-    report = export_lerobot(ds, out, vcodec=args.vcodec)
+    sizes = {} if args.file_mb is None else {"data_file_mb": args.file_mb, "video_file_mb": args.file_mb}
+    report = export_lerobot(ds, out, vcodec=args.vcodec, **sizes)
     wall = time.perf_counter() - t
     ref = work / "ref"
     ref.mkdir()
@@ -251,8 +252,9 @@ def verify_lerobot(args, work: Path) -> tuple[str, str]:
     audio_mb = sum(p.stat().st_size for p in (out / "htouch").rglob("*.npz")) / 1e6
     data_mb = sum(p.stat().st_size for p in (out / "data").rglob("*.parquet")) / 1e6
     video_mb = sum(p.stat().st_size for p in (out / "videos").rglob("*.mp4")) / 1e6
+    n_files = len(list((out / "data").rglob("*.parquet"))), len(list((out / "videos").rglob("*.mp4")))
     lines = [
-        f"- source: {source}",
+        f"- source: {source}; {n_files[0]} data file(s), {n_files[1]} video file(s)",
         f"- LeRobot {result['lerobot']} (torch {result['torch']}, torchvision {result['torchvision']}, "
         f"torchcodec {result['torchcodec']}; decoder `{result['backend']}`), HF_HUB_OFFLINE=1",
         f"- loaded every item ({result['items']} of {report.rows} rows, {report.episodes} episodes) through "
@@ -477,6 +479,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--vcodec", default=None, help="lerobot: video encoder of the export (default: htouch's)")
+    ap.add_argument("--file-mb", type=int, help="lerobot: start new data and video files past this size (0: one "
+                    "file per episode, to check that LeRobot follows an episode into its own files)")
     ap.add_argument("--write-doc", action="store_true", help=f"put the figures into {DOC.relative_to(ROOT)}")
     args = ap.parse_args()
     if args.venv is None:
@@ -496,9 +500,11 @@ def main() -> None:
             flags = " ".join(f for f in (
                 "--format dp" if args.format == "dp" else "", "--dp-repo DP_CLONE" if args.dp_repo else "",
                 "--maniwav-repo MANIWAV_CLONE" if args.maniwav_repo else "",
-                f"--dataset {args.dataset}" if args.dataset else "") if f)
+                f"--dataset {args.dataset}" if args.dataset else "",
+                f"--file-mb {args.file_mb}" if args.file_mb is not None else "") if f)
             command = f"    .venv/bin/python tools/verify_lerobot_export.py --write-doc {flags}".rstrip()
-            write_doc(marker, "synthetic" if args.dataset is None else args.dataset.name,
+            write_doc(marker, ("synthetic" if args.dataset is None else args.dataset.name) + (
+                f"-files-{args.file_mb}mb" if args.file_mb is not None else ""),
                       f"Measured {time.strftime('%Y-%m-%d')} with:\n\n{command}\n\n{text}\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -73,6 +73,20 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def check_uniform(ep: Episode, ds: Dataset) -> None:
+    """The formats hold one shape per array across episodes: an episode recorded with another camera size, audio
+    rate or channel count, or joint count than the dataset's rig is refused (DatasetError naming it)."""
+    a, b = ep.rig, ds.rig
+    rgb = ep.array("camera/rgb").shape
+    mine = (rgb[2], rgb[1], a.audio.rate_hz, a.audio.channels, a.state.n_joints)
+    want = (b.camera.width, b.camera.height, b.audio.rate_hz, b.audio.channels, b.state.n_joints)
+    if mine != want:
+        names = ("camera width", "camera height", "audio rate", "audio channels", "joints")
+        diff = ", ".join(f"{n} {x} (dataset: {y})" for n, x, y in zip(names, mine, want) if x != y)
+        raise DatasetError(f"{ep.name} differs from the dataset's rig ({diff}); an export holds one shape per array: "
+                           "export the episodes of each rig separately")
+
+
 def export_fps(ds: Dataset) -> int:
     """The grid rate: the camera's nominal rate as a whole number of frames per second (the formats store an
     integer fps); the measured time stamps decide which frame each row shows, so a camera slightly off its

@@ -42,6 +42,7 @@ from htouch.errors import DatasetError, HtouchError
 from htouch.interop.common import (
     audio_rate_for,
     check_exportable,
+    check_uniform,
     episode_rows,
     export_fps,
     frame_grid,
@@ -96,6 +97,8 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
     split = ds.metadata.get("split") if isinstance(ds.metadata.get("split"), dict) else {}
     split_of = {i: name for name in ("train", "val") for i in split.get(name, [])}
     episodes = [ds.episode(i) for i in ds.episode_indices()]
+    for ep in episodes:
+        check_uniform(ep, ds)
     grids = [frame_grid(ep, fps) for ep in episodes]
     total = sum(len(g) for g in grids)
     rgb0 = episodes[0].array("camera/rgb")
@@ -118,9 +121,6 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
         ends, at, listing = [], 0, []
         for ep, g in zip(episodes, grids):
             rgb = ep.array("camera/rgb")
-            if rgb.shape[1:] != rgb0.shape[1:]:
-                raise DatasetError(f"{ep.name}: frames of {rgb.shape[2]}x{rgb.shape[1]}, the first episode's are "
-                                   f"{width}x{height}; one camera0_rgb array needs one size")
             rows = episode_rows(ep, fps, audio_rate)
             n = len(g)
             for b in range(0, n, FRAME_BATCH):

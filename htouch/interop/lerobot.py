@@ -37,7 +37,15 @@ import numpy as np
 
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
-from htouch.interop.common import audio_rate_for, check_exportable, episode_rows, export_fps, staged_output, tree_bytes
+from htouch.interop.common import (
+    audio_rate_for,
+    check_exportable,
+    check_uniform,
+    episode_rows,
+    export_fps,
+    staged_output,
+    tree_bytes,
+)
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -202,10 +210,10 @@ class _RollingFiles:
 
 class _Video:
     """The episodes' frames one after another in MP4 files (frame k of the file at pts k, time base 1/fps), with
-    the mono listening track as an AAC stream; rolls to a new file at VIDEO_FILE_MB."""
+    the mono listening track as an AAC stream; rolls to a new file once one reaches file_mb."""
 
-    def __init__(self, root: Path, fps: int, codec: str, crf: int, gop: int, audio_rate: int):
-        self.files = _RollingFiles(root, VIDEO_PATH, VIDEO_FILE_MB, video_key=CAMERA_KEY)
+    def __init__(self, root: Path, fps: int, codec: str, crf: int, gop: int, audio_rate: int, file_mb: int):
+        self.files = _RollingFiles(root, VIDEO_PATH, file_mb, video_key=CAMERA_KEY)
         self.fps, self.codec, self.crf, self.gop, self.audio_rate = fps, codec, crf, gop, audio_rate
         self.container = None
         self.path: Path | None = None
@@ -297,10 +305,13 @@ def _fixed_list(values: np.ndarray, pa: Any) -> Any:
 
 
 def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | None = None, crf: int = 30,
-                   gop: int = 2, progress: Callable[[], None] | None = None) -> ExportReport:
+                   gop: int = 2, data_file_mb: int = DATA_FILE_MB, video_file_mb: int = VIDEO_FILE_MB,
+                   progress: Callable[[], None] | None = None) -> ExportReport:
     """Write `ds` as a LeRobot v3.0 dataset at `out` (which must not exist; it appears complete or not at all).
     vcodec: encoder (default libsvtav1, AV1 as LeRobot records, else libx264); crf and gop (keyframe interval)
-    as LeRobot's defaults. progress() is called after each episode. Raises DatasetError if the dataset fails validation, HtouchError for an unusable OUT."""
+    as LeRobot's defaults; data_file_mb / video_file_mb: start a new data / video file (chunk-XXX/file-XXX) at
+    an episode boundary once the current one reaches this size (LeRobot's defaults). progress() is called after each
+    episode. Raises DatasetError if the dataset fails validation, HtouchError for an unusable OUT."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -312,6 +323,8 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
     audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps)
     order, splits, split_of = _order(ds, ds.episode_indices())
     episodes = [ds.episode(i) for i in order]
+    for ep in episodes:
+        check_uniform(ep, ds)
     report = ExportReport(format="lerobot", out=str(out), fps=fps, video_codec=codec, audio_rate_hz=audio_rate,
                           audio_samples_per_frame=audio_rate // fps)
     if abs(ds.rig.camera.rate_hz - fps) > 1e-9:
@@ -328,10 +341,10 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
     task = ds.task or "task"
 
     with staged_output(out) as tmp:
-        data_files = _RollingFiles(tmp, DATA_PATH, DATA_FILE_MB)
+        data_files = _RollingFiles(tmp, DATA_PATH, data_file_mb)
         data_path = data_files.next_path()
         writer = None
-        video = _Video(tmp, fps, codec, crf, gop, audio_rate)
+        video = _Video(tmp, fps, codec, crf, gop, audio_rate, video_file_mb)
         episode_table: list[dict[str, Any]] = []
         ep_stats: list[dict[str, dict[str, np.ndarray]]] = []
         index = 0
@@ -341,9 +354,6 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                 g = rows.grid
                 n = len(g)
                 rgb = ep.array("camera/rgb")
-                if rgb.shape[1:] != rgb_shape[1:]:
-                    raise DatasetError(f"{ep.name}: frames of {rgb.shape[2]}x{rgb.shape[1]}, the first episode's "
-                                       f"are {rgb_shape[2]}x{rgb_shape[1]}; one video stream needs one size")
                 v_chunk, v_file, from_ts = video.begin_episode(width, height)
                 stride = max(1, n // IMAGE_STATS_FRAMES)
                 sampled = []
@@ -447,7 +457,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
         _write_json(tmp / INFO_PATH, {
             "codebase_version": CODEBASE_VERSION, "robot_type": ds.rig.name, "total_episodes": report.episodes,
             "total_frames": report.rows, "total_tasks": 1, "chunks_size": CHUNKS_SIZE,
-            "data_files_size_in_mb": DATA_FILE_MB, "video_files_size_in_mb": VIDEO_FILE_MB, "fps": fps,
+            "data_files_size_in_mb": data_file_mb, "video_files_size_in_mb": video_file_mb, "fps": fps,
             "splits": splits, "data_path": DATA_PATH, "video_path": VIDEO_PATH, "features": features,
         })
         report.seconds = time.perf_counter() - start
