@@ -11,8 +11,9 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -189,6 +190,53 @@ def episode_rows(ep: Episode, fps: int, audio_rate: int) -> EpisodeRows:
     gain_db = float(min(TARGET_PEAK_DBFS - 20 * np.log10(peak), MAX_GAIN_DB)) if peak > 0 else 0.0
     listen = np.clip(listen * np.float32(10 ** (gain_db / 20)), -1.0, 1.0)
     return EpisodeRows(grid, state, action, audio, listen, gain_db)
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how the recording's time stamps were mapped onto the grid."""
+
+    format: str
+    out: str
+    fps: int
+    episodes: int = 0
+    rows: int = 0  # frames of the export (one per grid row)
+    recorded_frames: int = 0  # frames in the htouch episodes
+    repeated_frames: int = 0  # rows whose own frame was dropped: they repeat the previous frame
+    skipped_frames: int = 0  # recorded frames no row shows (two within one period)
+    trimmed_rows: int = 0  # grid rows after an episode's last action, left out
+    video_codec: str = ""
+    audio_rate_hz: int = 0
+    audio_samples_per_frame: int = 0
+    seconds: float = 0.0
+    bytes_in: int = 0  # the htouch episodes exported
+    bytes_out: int = 0
+    notes: list[str] = field(default_factory=list)
+    episode_map: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rows_per_s": self.rows_per_s}
+
+    def add_episode(self, ep: Episode, grid: Grid, **details: Any) -> dict[str, Any]:
+        """Count an exported episode; returns (and keeps in episode_map) its line: name, rows, t0, frame counts,
+        label and `details`."""
+        line = {"htouch_episode": ep.name, "rows": len(grid), "t0_ns": grid.t0_ns,
+                "recorded_frames": len(ep.camera_times), "repeated_frames": int(grid.repeated.sum()),
+                "skipped_frames": grid.skipped_frames, "trimmed_rows": grid.trimmed_rows, "success": ep.success,
+                "variation": ep.variation, **details}
+        self.episode_map.append(line)
+        self.episodes += 1
+        self.rows += len(grid)
+        self.recorded_frames += line["recorded_frames"]
+        self.repeated_frames += line["repeated_frames"]
+        self.skipped_frames += grid.skipped_frames
+        self.trimmed_rows += grid.trimmed_rows
+        self.bytes_in += tree_bytes(ep.path)
+        return line
 
 
 def tree_bytes(path: Path) -> int:

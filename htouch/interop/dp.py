@@ -40,6 +40,7 @@ from scipy.spatial.transform import Rotation
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
 from htouch.interop.common import (
+    ExportReport,
     audio_rate_for,
     check_exportable,
     check_uniform,
@@ -47,9 +48,7 @@ from htouch.interop.common import (
     export_fps,
     frame_grid,
     staged_output,
-    tree_bytes,
 )
-from htouch.interop.lerobot import ExportReport
 
 FRAME_BATCH = 32
 # The constructor arguments of Diffusion Policy's Jpeg codec (diffusion_policy/codecs/imagecodecs_numcodecs.py):
@@ -118,7 +117,7 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
         cols: dict[str, list[np.ndarray]] = {k: [] for k in (
             "robot0_eef_pos", "robot0_eef_rot_axis_angle", "robot0_gripper_width", "robot0_joint_pos", "action",
             "timestamp", "frame_repeated", *[f"mic_{c}" for c in range(channels)])}
-        ends, at, listing = [], 0, []
+        ends, at = [], 0
         for ep, g in zip(episodes, grids):
             rgb = ep.array("camera/rgb")
             rows = episode_rows(ep, fps, audio_rate)
@@ -143,27 +142,15 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
                 cols[f"mic_{c}"].append(np.ascontiguousarray(rows.audio[:, :, c]))
             at += n
             ends.append(at)
-            repeated = int(g.repeated.sum())
-            listing.append({"htouch_episode": ep.name, "rows": n, "t0_ns": g.t0_ns, "success": ep.success,
-                            "variation": ep.variation, "split": split_of.get(ep.index, ""),
-                            "repeated_frames": repeated, "skipped_frames": g.skipped_frames,
-                            "trimmed_rows": g.trimmed_rows})
-            report.episodes += 1
-            report.rows += n
-            report.recorded_frames += len(ep.camera_times)
-            report.repeated_frames += repeated
-            report.skipped_frames += g.skipped_frames
-            report.trimmed_rows += g.trimmed_rows
-            report.bytes_in += tree_bytes(ep.path)
+            report.add_episode(ep, g, split=split_of.get(ep.index, ""))
             if progress is not None:
                 progress()
         for name, parts in cols.items():
             _lowdim(name, np.concatenate(parts), data)
         _lowdim("episode_ends", np.array(ends, dtype=np.int64), meta)
-        report.episode_map = listing
         root.attrs["htouch"] = {
             "format": "htouch-dp-export", "version": 1, "source": str(ds.root.resolve()), "task": ds.task,
-            "fps": fps, "rig": ds.rig.to_dict(), "episodes": listing,
+            "fps": fps, "rig": ds.rig.to_dict(), "episodes": report.episode_map,
             "audio": {"rate_hz": audio_rate, "samples_per_frame": m, "window": "(t_k - 1/fps, t_k]",
                       "normalised": "(x - center) / scale of rig.audio", "channels": list(ds.rig.audio.channel_names)},
             "action": "dx dy dz droll dpitch dyaw (m, rad, per control step) and gripper opening 0..1",

@@ -28,16 +28,18 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from htouch.dataset.episode import Episode
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
 from htouch.interop.common import (
+    EpisodeRows,
+    ExportReport,
     audio_rate_for,
     check_exportable,
     check_uniform,
@@ -58,7 +60,6 @@ VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 CHUNKS_SIZE = 1000  # files per chunk directory
 DATA_FILE_MB = 100  # a new data file once one reaches this size
 VIDEO_FILE_MB = 200  # a new video file once one reaches this size
-SIDECAR_DIR = "htouch"
 EXPORT_REPORT = "htouch/export.json"
 AUDIO_SIDECAR = "htouch/audio/episode-{episode_index:06d}.npz"
 
@@ -74,36 +75,6 @@ IMAGE_STATS_FRAMES = 100  # frames per episode sampled for the image statistics
 FRAME_BATCH = 32
 VIDEO_CODECS = ("libsvtav1", "libx264")  # AV1 as LeRobot records; H.264 where SVT-AV1 is missing
 AUDIO_CODEC = "aac"
-
-
-@dataclass
-class ExportReport:
-    """What an export wrote and how the recording's time stamps were mapped onto the grid."""
-
-    format: str
-    out: str
-    fps: int
-    episodes: int = 0
-    rows: int = 0  # frames of the export (one per grid row)
-    recorded_frames: int = 0  # frames in the htouch episodes
-    repeated_frames: int = 0  # rows whose own frame was dropped: they repeat the previous frame
-    skipped_frames: int = 0  # recorded frames no row shows (two within one period)
-    trimmed_rows: int = 0  # grid rows after an episode's last action, left out
-    video_codec: str = ""
-    audio_rate_hz: int = 0
-    audio_samples_per_frame: int = 0
-    seconds: float = 0.0
-    bytes_in: int = 0  # the htouch episodes exported
-    bytes_out: int = 0
-    notes: list[str] = field(default_factory=list)
-    episode_map: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_s": self.rows_per_s}
 
 
 def pick_video_codec(requested: str | None) -> str:
@@ -361,7 +332,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                     idx = g.frame[b:b + FRAME_BATCH]
                     try:
                         images = rgb[int(idx[0]):int(idx[-1]) + 1][idx - idx[0], :height, :width]
-                    except Exception as exc:  # a chunk that does not decode (validation hashes, but a race...)
+                    except Exception as exc:  # noqa: BLE001 - a chunk damaged since the validation
                         raise DatasetError(f"{ep.name}: camera/rgb cannot be read ({type(exc).__name__}: {exc})") \
                             from None
                     video.add_frames(images)
@@ -392,28 +363,13 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                     writer = pq.ParquetWriter(data_path, table.schema, compression="snappy")
                 writer.write_table(table)
 
-                numeric = {k: columns[k].to_numpy(zero_copy_only=False) for k in
-                           ("timestamp", "frame_index", "episode_index", "index", "task_index")}
-                stats = {STATE_KEY: feature_stats(rows.state), ACTION_KEY: feature_stats(rows.action),
-                         AUDIO_KEY: feature_stats(rows.audio), CAMERA_KEY: image_stats(np.concatenate(sampled)),
-                         **{k: feature_stats(v) for k, v in numeric.items()},
-                         "next.done": feature_stats((t == n - 1).astype(np.float64)),
-                         "next.success": feature_stats(((t == n - 1) & bool(success)).astype(np.float64))}
-                ep_stats.append(stats)
+                ep_stats.append(_episode_stats(rows, columns, np.concatenate(sampled)))
 
                 sidecar = AUDIO_SIDECAR.format(episode_index=e)
-                (tmp / sidecar).parent.mkdir(parents=True, exist_ok=True)
-                events = ep.events()
-                np.savez_compressed(
-                    tmp / sidecar, pcm=ep.read("audio/pcm"), block_offset=ep.audio_block_offsets,
-                    block_timestamp_ns=ep.audio_block_times, block_overflow=ep.read("audio/block_overflow"),
-                    t0_ns=np.int64(g.t0_ns), rate_hz=np.float64(ep.rig.audio.rate_hz),
-                    channel_names=np.array(ep.rig.audio.channel_names, dtype=str),
-                    event_timestamp_ns=np.array([ev["t_ns"] for ev in events], dtype=np.int64),
-                    event_kind=np.array([ev["kind"] for ev in events], dtype=str),
-                    event_detail=np.array([json.dumps(ev.get("detail", {})) for ev in events], dtype=str))
+                _write_sidecar(tmp / sidecar, ep, g.t0_ns)
 
-                repeated = int(g.repeated.sum())
+                line = report.add_episode(ep, g, episode_index=e, audio_gain_db=rows.gain_db,
+                                          split=split_of[ep.index])
                 episode_table.append({
                     "episode_index": e, "tasks": [task], "length": n,
                     "data/chunk_index": data_files.chunk, "data/file_index": data_files.file,
@@ -424,20 +380,8 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                     "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
                     "htouch/episode": ep.name, "htouch/success": success, "htouch/variation": ep.variation,
                     "htouch/split": split_of[ep.index], "htouch/t0_ns": g.t0_ns,
-                    "htouch/repeated_frames": repeated, "htouch/audio_sidecar": sidecar,
+                    "htouch/repeated_frames": line["repeated_frames"], "htouch/audio_sidecar": sidecar,
                 })
-                report.episode_map.append({"episode_index": e, "htouch_episode": ep.name, "t0_ns": g.t0_ns,
-                                           "rows": n, "recorded_frames": len(ep.camera_times),
-                                           "repeated_frames": repeated, "skipped_frames": g.skipped_frames,
-                                           "trimmed_rows": g.trimmed_rows, "audio_gain_db": rows.gain_db,
-                                           "success": success, "split": split_of[ep.index]})
-                report.episodes += 1
-                report.rows += n
-                report.recorded_frames += len(ep.camera_times)
-                report.repeated_frames += repeated
-                report.skipped_frames += g.skipped_frames
-                report.trimmed_rows += g.trimmed_rows
-                report.bytes_in += tree_bytes(ep.path)
                 index += n
                 if progress is not None:
                     progress()
@@ -477,6 +421,29 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
         })
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _episode_stats(rows: EpisodeRows, columns: dict[str, Any], frames: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """One episode's statistics of every feature (LeRobot keeps them per episode in meta/episodes)."""
+    stats = {STATE_KEY: feature_stats(rows.state), ACTION_KEY: feature_stats(rows.action),
+             AUDIO_KEY: feature_stats(rows.audio), CAMERA_KEY: image_stats(frames)}
+    for key in ("timestamp", "frame_index", "episode_index", "index", "task_index", "next.done", "next.success"):
+        stats[key] = feature_stats(columns[key].to_numpy(zero_copy_only=False).astype(np.float64))
+    return stats
+
+
+def _write_sidecar(path: Path, ep: Episode, t0_ns: int) -> None:
+    """The episode's audio as recorded (int16 PCM, block offsets, time stamps and overflow flags) and its events."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    events = ep.events()
+    np.savez_compressed(
+        path, pcm=ep.read("audio/pcm"), block_offset=ep.audio_block_offsets,
+        block_timestamp_ns=ep.audio_block_times, block_overflow=ep.read("audio/block_overflow"),
+        t0_ns=np.int64(t0_ns), rate_hz=np.float64(ep.rig.audio.rate_hz),
+        channel_names=np.array(ep.rig.audio.channel_names, dtype=str),
+        event_timestamp_ns=np.array([ev["t_ns"] for ev in events], dtype=np.int64),
+        event_kind=np.array([ev["kind"] for ev in events], dtype=str),
+        event_detail=np.array([json.dumps(ev.get("detail", {})) for ev in events], dtype=str))
 
 
 # pandas' own description of a one-level index named None (what `DataFrame.to_parquet` writes), so that
