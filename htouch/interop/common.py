@@ -143,6 +143,19 @@ def frame_grid(ep: Episode, fps: int) -> Grid:
     return Grid(fps, t0, times, frame, repeated, state, action, skipped, int(n_all - len(times)))
 
 
+def grid_frames(ep: Episode, grid: Grid, batch: int = 32) -> Iterator[tuple[int, np.ndarray]]:
+    """The frames the grid's rows show, `batch` rows at a time: (first row, (rows, H, W, 3) uint8), each recorded
+    frame decoded once per batch. A chunk that no longer decodes raises DatasetError naming the episode."""
+    rgb = ep.array("camera/rgb")
+    for b in range(0, len(grid), batch):
+        idx = grid.frame[b:b + batch]
+        try:
+            block = rgb[int(idx[0]):int(idx[-1]) + 1]
+        except Exception as exc:  # noqa: BLE001 - a chunk damaged since the validation
+            raise DatasetError(f"{ep.name}: camera/rgb cannot be read ({type(exc).__name__}: {exc})") from None
+        yield b, block[idx - idx[0]]
+
+
 AUDIO_RATES = (16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 
 

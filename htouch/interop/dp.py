@@ -38,7 +38,7 @@ import zarr
 from scipy.spatial.transform import Rotation
 
 from htouch.dataset.store import Dataset
-from htouch.errors import DatasetError, HtouchError
+from htouch.errors import HtouchError
 from htouch.interop.common import (
     ExportReport,
     audio_rate_for,
@@ -47,6 +47,7 @@ from htouch.interop.common import (
     episode_rows,
     export_fps,
     frame_grid,
+    grid_frames,
     staged_output,
 )
 
@@ -65,13 +66,12 @@ class DPJpeg(imagecodecs.numcodecs.Jpeg):
         return {k: config[k] for k in DP_JPEG_KEYS if k in config}
 
 
-def _lowdim(name: str, data: np.ndarray, group: zarr.Group) -> None:
-    arr = group.create_array(name, shape=data.shape, dtype=data.dtype,
-                             chunks=(max(1, min(len(data), 4096)),) + data.shape[1:],
-                             compressors=numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE),
-                             config={"write_empty_chunks": True})
-    if len(data):
-        arr[...] = data
+def _array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: str, chunk_rows: int = 4096) -> zarr.Array:
+    """A low-dimensional array chunked along time only (as DP's ReplayBuffer assumes), Blosc-compressed, every chunk
+    written (an all-zero chunk too, so a missing chunk file is always damage)."""
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=(max(1, min(shape[0], chunk_rows)),) + shape[1:],
+                              compressors=numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE),
+                              config={"write_empty_chunks": True})
 
 
 def _zip_dir(src: Path, dst: Path) -> None:
@@ -98,10 +98,8 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
     episodes = [ds.episode(i) for i in ds.episode_indices()]
     for ep in episodes:
         check_uniform(ep, ds)
-    grids = [frame_grid(ep, fps) for ep in episodes]
-    total = sum(len(g) for g in grids)
-    rgb0 = episodes[0].array("camera/rgb")
-    _, height, width, _ = rgb0.shape
+    total = sum(len(frame_grid(ep, fps)) for ep in episodes)  # time stamps only: cheap
+    _, height, width, _ = episodes[0].array("camera/rgb").shape
     channels = ds.rig.audio.channels
     m = audio_rate // fps
     report = ExportReport(format="dp", out=str(out), fps=fps, video_codec=f"jpeg q{quality}",
@@ -114,40 +112,34 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
         frames = data.create_array("camera0_rgb", shape=(total, height, width, 3), dtype="uint8",
                                    chunks=(1, height, width, 3), compressors=DPJpeg(level=quality),
                                    config={"write_empty_chunks": True})
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in (
-            "robot0_eef_pos", "robot0_eef_rot_axis_angle", "robot0_gripper_width", "robot0_joint_pos", "action",
-            "timestamp", "frame_repeated", *[f"mic_{c}" for c in range(channels)])}
+        shapes = {"robot0_eef_pos": (3,), "robot0_eef_rot_axis_angle": (3,), "robot0_gripper_width": (1,),
+                  "robot0_joint_pos": (ds.rig.state.n_joints,), "action": (7,)}
+        arrays = {k: _array(data, k, (total, *shape), "float32") for k, shape in shapes.items()}
+        arrays["timestamp"] = _array(data, "timestamp", (total,), "float64")
+        arrays["frame_repeated"] = _array(data, "frame_repeated", (total,), "bool")
+        for c in range(channels):  # about 1 MB a chunk
+            arrays[f"mic_{c}"] = _array(data, f"mic_{c}", (total, m), "float32", chunk_rows=max(1, 2 ** 18 // m))
         ends, at = [], 0
-        for ep, g in zip(episodes, grids):
-            rgb = ep.array("camera/rgb")
+        for ep in episodes:
             rows = episode_rows(ep, fps, audio_rate)
-            n = len(g)
-            for b in range(0, n, FRAME_BATCH):
-                idx = g.frame[b:b + FRAME_BATCH]
-                try:
-                    images = rgb[int(idx[0]):int(idx[-1]) + 1][idx - idx[0]]
-                except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
-                    raise DatasetError(f"{ep.name}: camera/rgb cannot be read ({type(exc).__name__}: {exc})") \
-                        from None
-                frames[at + b: at + b + len(idx)] = images
-            pose = rows.state[:, :7].astype(np.float64)
-            cols["robot0_eef_pos"].append(pose[:, :3].astype(np.float32))
-            cols["robot0_eef_rot_axis_angle"].append(Rotation.from_quat(pose[:, 3:7]).as_rotvec().astype(np.float32))
-            cols["robot0_joint_pos"].append(rows.state[:, 7:-1])
-            cols["robot0_gripper_width"].append(rows.state[:, -1:])
-            cols["action"].append(rows.action)
-            cols["timestamp"].append(g.times_ns / 1e9)
-            cols["frame_repeated"].append(g.repeated)
-            for c in range(channels):
-                cols[f"mic_{c}"].append(np.ascontiguousarray(rows.audio[:, :, c]))
+            g, n = rows.grid, len(rows.grid)
+            for b, images in grid_frames(ep, g, FRAME_BATCH):
+                frames[at + b: at + b + len(images)] = images
+            quat = rows.state[:, 3:7].astype(np.float64)
+            values = {"robot0_eef_pos": rows.state[:, :3],
+                      "robot0_eef_rot_axis_angle": Rotation.from_quat(quat).as_rotvec().astype(np.float32),
+                      "robot0_gripper_width": rows.state[:, -1:], "robot0_joint_pos": rows.state[:, 7:-1],
+                      "action": rows.action, "timestamp": g.times_ns / 1e9, "frame_repeated": g.repeated,
+                      **{f"mic_{c}": rows.audio[:, :, c] for c in range(channels)}}
+            for key, value in values.items():
+                arrays[key][at:at + n] = value
             at += n
             ends.append(at)
             report.add_episode(ep, g, split=split_of.get(ep.index, ""))
             if progress is not None:
                 progress()
-        for name, parts in cols.items():
-            _lowdim(name, np.concatenate(parts), data)
-        _lowdim("episode_ends", np.array(ends, dtype=np.int64), meta)
+        episode_ends = _array(meta, "episode_ends", (len(ends),), "int64")
+        episode_ends[:] = np.array(ends, dtype=np.int64)
         root.attrs["htouch"] = {
             "format": "htouch-dp-export", "version": 1, "source": str(ds.root.resolve()), "task": ds.task,
             "fps": fps, "rig": ds.rig.to_dict(), "episodes": report.episode_map,

@@ -36,7 +36,7 @@ import numpy as np
 
 from htouch.dataset.episode import Episode
 from htouch.dataset.store import Dataset
-from htouch.errors import DatasetError, HtouchError
+from htouch.errors import HtouchError
 from htouch.interop.common import (
     EpisodeRows,
     ExportReport,
@@ -45,6 +45,7 @@ from htouch.interop.common import (
     check_uniform,
     episode_rows,
     export_fps,
+    grid_frames,
     staged_output,
     tree_bytes,
 )
@@ -324,19 +325,13 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                 rows = episode_rows(ep, fps, audio_rate)
                 g = rows.grid
                 n = len(g)
-                rgb = ep.array("camera/rgb")
                 v_chunk, v_file, from_ts = video.begin_episode(width, height)
                 stride = max(1, n // IMAGE_STATS_FRAMES)
                 sampled = []
-                for b in range(0, n, FRAME_BATCH):
-                    idx = g.frame[b:b + FRAME_BATCH]
-                    try:
-                        images = rgb[int(idx[0]):int(idx[-1]) + 1][idx - idx[0], :height, :width]
-                    except Exception as exc:  # noqa: BLE001 - a chunk damaged since the validation
-                        raise DatasetError(f"{ep.name}: camera/rgb cannot be read ({type(exc).__name__}: {exc})") \
-                            from None
+                for b, images in grid_frames(ep, g, FRAME_BATCH):
+                    images = images[:, :height, :width]
                     video.add_frames(images)
-                    keep = (np.arange(b, b + len(idx)) % stride) == 0
+                    keep = (np.arange(b, b + len(images)) % stride) == 0
                     sampled.append(images[keep][:, ::max(1, height // 64), ::max(1, width // 64)])
                 video.add_audio(rows.listen)
                 t = np.arange(n)
