@@ -273,15 +273,17 @@ def test_unknown_format_is_refused(cli, tiny_ds, tmp_path):
     assert r.code == 2 and "unknown export format 'rlds'" in r.err and _no_leftovers(tmp_path, "x")
 
 
-def test_dataset_failing_validation_is_refused(cli, tiny_ds, tmp_path):
+@pytest.mark.parametrize("fmt, name", [("lerobot", "x"), ("dp", "x.zarr.zip")])
+def test_dataset_failing_validation_is_refused(cli, tiny_ds, tmp_path, fmt, name):
     chunk = tiny_ds.episode_path(1) / "camera" / "rgb" / "3.0.0.0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    r = cli("export", tiny_ds.root, tmp_path / "x", "--format", "lerobot")
+    r = cli("export", tiny_ds.root, tmp_path / name, "--format", fmt)
     assert r.code == 2 and "fails validation" in r.err and "episode_000001" in r.err
+    assert "checksum.mismatch" in r.err and "camera/rgb/3.0.0.0" in r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
-    assert _no_leftovers(tmp_path, "x")
+    assert _no_leftovers(tmp_path, name) and sorted(os.listdir(tmp_path)) == ["ds"]
 
 
 def test_not_a_dataset_is_refused(cli, tmp_path):
