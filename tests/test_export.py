@@ -379,8 +379,14 @@ def test_dp_needs_a_zarr_zip_name(cli, tiny_ds, tmp_path):
 
 
 def test_dp_cli(cli, tiny_ds, tmp_path):
+    import zarr
+
     r = cli("export", tiny_ds.root, tmp_path / "r.zarr.zip", "--format", "dp")
     assert r.code == 0, r.err
     assert "2 row(s) repeat" in r.out and sorted(os.listdir(tmp_path)) == ["ds", "r.zarr.zip"]
+    # 32 kHz recorded; ManiWAV's mic_* are 48 kHz: 1600 samples a frame at 30 fps
+    assert "1600 samples a frame at 48000 Hz" in r.out
+    with zarr.storage.ZipStore(tmp_path / "r.zarr.zip", mode="r") as store:
+        assert zarr.open_group(store, mode="r", zarr_format=2)["data/mic_3"].shape[1:] == (1600,)
     r = cli("export", tiny_ds.root, tmp_path / "r.zarr.zip", "--format", "dp")
     assert r.code == 2 and "already exists" in r.err

@@ -9,7 +9,8 @@
       data/robot0_gripper_width        float32 (T, 1)   m
       data/robot0_joint_pos            float32 (T, n_joints) rad
       data/mic_0 .. mic_{C-1}          float32 (T, samples per frame) the audio window (t_k - 1/fps, t_k] of each
-                                       microphone, normalised, as ManiWAV keeps one array per microphone
+                                       microphone, normalised, at 48 kHz (ManiWAV's rate: 1600 samples a frame at
+                                       30 fps), as ManiWAV keeps one array per microphone
       data/action                      float32 (T, 7)   htouch's command: dx dy dz droll dpitch dyaw, gripper 0..1
       data/timestamp                   float64 (T,)     t_k on the recording's clock, s
       data/frame_repeated              bool (T,)        the row's own frame was dropped: it repeats the previous one
@@ -52,6 +53,7 @@ from htouch.interop.common import (
 )
 
 FRAME_BATCH = 32
+MANIWAV_AUDIO_RATE = 48000  # ManiWAV resamples mic_* from 48 kHz (umi_maniwav_dataset.py): its audio rate
 # The constructor arguments of Diffusion Policy's Jpeg codec (diffusion_policy/codecs/imagecodecs_numcodecs.py):
 # its `from_config` passes the stored configuration to it, so no other key may be stored.
 DP_JPEG_KEYS = ("id", "level", "tables", "header", "bitspersample", "colorspace_data", "colorspace_jpeg",
@@ -92,7 +94,11 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
         raise HtouchError(f"{out}: a replay buffer is a .zarr.zip file; name it NAME.zarr.zip")
     check_exportable(ds)
     fps = export_fps(ds)
-    audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps)
+    # ManiWAV's rate when a frame holds a whole number of its samples; else the LeRobot export's rule (and a note).
+    if MANIWAV_AUDIO_RATE % fps == 0:
+        audio_rate = MANIWAV_AUDIO_RATE
+    else:
+        audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps)
     split = ds.metadata.get("split") if isinstance(ds.metadata.get("split"), dict) else {}
     split_of = {i: name for name in ("train", "val") for i in split.get(name, [])}
     episodes = [ds.episode(i) for i in ds.episode_indices()]
@@ -104,6 +110,9 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
     m = audio_rate // fps
     report = ExportReport(format="dp", out=str(out), fps=fps, video_codec=f"jpeg q{quality}",
                           audio_rate_hz=audio_rate, audio_samples_per_frame=m)
+    if audio_rate != MANIWAV_AUDIO_RATE:
+        report.notes.append(f"mic_* at {audio_rate} Hz: {fps} fps does not divide ManiWAV's 48 kHz into whole frames; "
+                            "ManiWAV's dataset assumes 48 kHz")
 
     with staged_output(out, directory=False) as tmp_zip, \
             tempfile.TemporaryDirectory(prefix=f".{out.name}.build-", dir=out.parent) as build:
