@@ -7,11 +7,12 @@
       data/robot0_eef_pos              float32 (T, 3)   m, robot base frame
       data/robot0_eef_rot_axis_angle   float32 (T, 3)   rad, rotation vector of the end-effector orientation
       data/robot0_gripper_width        float32 (T, 1)   m
-      data/robot0_joint_pos            float32 (T, n_joints) rad
+      data/robot0_joint_pos            float32 (T, n_joints) htouch's state/joints (rad for an arm's joints)
       data/mic_0 .. mic_{C-1}          float32 (T, samples per frame) the audio window (t_k - 1/fps, t_k] of each
                                        microphone, normalised, at 48 kHz (ManiWAV's rate: 1600 samples a frame at
                                        30 fps), as ManiWAV keeps one array per microphone
-      data/action                      float32 (T, 7)   htouch's command: dx dy dz droll dpitch dyaw, gripper 0..1
+      data/action                      float32 (T, 7)   htouch's command: dx dy dz (m) and rotation vector
+                                       rx ry rz (rad) for one control step, gripper opening 0..1
       data/timestamp                   float64 (T,)     t_k on the recording's clock, s
       data/frame_repeated              bool (T,)        the row's own frame was dropped: it repeats the previous one
       meta/episode_ends                int64 (E,)       end (exclusive) of each episode's rows
@@ -154,7 +155,8 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
             "fps": fps, "rig": ds.rig.to_dict(), "episodes": report.episode_map,
             "audio": {"rate_hz": audio_rate, "samples_per_frame": m, "window": "(t_k - 1/fps, t_k]",
                       "normalised": "(x - center) / scale of rig.audio", "channels": list(ds.rig.audio.channel_names)},
-            "action": "dx dy dz droll dpitch dyaw (m, rad, per control step) and gripper opening 0..1",
+            "action": "htouch's action/delta_ee (dx dy dz in m, rotation vector rx ry rz in rad, per control step, base "
+                      "frame) and action/gripper (opening 0..1)",
         }
         _zip_dir(Path(build), tmp_zip)
         report.seconds = time.perf_counter() - start

@@ -482,7 +482,7 @@ def _features(height: int, width: int, n_state: int, samples: int, channels: int
         AUDIO_KEY: {"dtype": "float32", "shape": [samples, channels], "names": ["samples", "channels"],
                     "channel_names": list(ds.rig.audio.channel_names)},
         ACTION_KEY: {"dtype": "float32", "shape": [7],
-                     "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]},
+                     "names": ["dx", "dy", "dz", "rx", "ry", "rz", "gripper"]},
         "timestamp": {"dtype": "float32", **scalar},
         "frame_index": {"dtype": "int64", **scalar},
         "episode_index": {"dtype": "int64", **scalar},
