@@ -1,4 +1,6 @@
-"""Shared fixtures: small synthetic datasets (64x48 frames, a few seconds) and an in-process CLI runner."""
+"""Shared fixtures: small synthetic datasets (64x48 frames, a few seconds) and an in-process CLI runner.
+Every test runs under the network guard (tests/netguard.py): reaching for any address but loopback, here or
+in a child process, fails the test."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import htouch.cli  # noqa: F401, E402
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
+
+pytest_plugins = ["tests.netguard_plugin", "pytester"]
 
 TINY_RIG = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48))
 

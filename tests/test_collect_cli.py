@@ -136,6 +136,42 @@ def test_ctrl_c_keeps_committed_episodes_and_drops_the_unfinished_one(tmp_path, 
     assert ds.reserve_index() == 2
 
 
+def test_rig_check_of_the_example_as_shipped_is_one_line_and_dials_nothing():
+    """The example's robot host is a placeholder: `rig check` refuses it (exit 2) before probing any device.
+    The network guard (tests/netguard.py) would fail this test if the child reached for an address."""
+    r = subprocess.run([sys.executable, "-m", "htouch", "rig", "check", "--config", "rigs/example-real.toml"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: rigs/example-real.toml [robot]: host is still the example's placeholder")
+    assert "set it to your Franka controller's IP address or host name" in lines[0]
+
+
+@pytest.mark.parametrize("command", [("rig", "check"), ("collect", "DIR", "--task", "zip"),
+                                     ("collect", "DIR", "--task", "zip", "--rig", "real")])
+def test_a_real_rig_without_a_robot_host_is_one_line(cli, tmp_path, command):
+    config = tmp_path / "rig.toml"
+    config.write_text('[rig]\nkind = "sim"\n' if "--rig" in command else '[rig]\nkind = "real"\n')
+    args = [str(tmp_path / "d") if a == "DIR" else a for a in command]
+    r = cli(*args, "--config", config)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"{config} [robot] host: not set" in r.err
+    assert not (tmp_path / "d").exists()
+
+
+def test_errors_quoting_a_table_keep_the_brackets(cli, tmp_path):
+    """"[camera]" in an error is text, not rich markup that would swallow it."""
+    config = tmp_path / "rig.toml"
+    config.write_text("[camera]\nfps = 1e30\n")
+    r = cli("rig", "check", "--config", config)
+    assert r.code == 2
+    assert f"error: {config} [camera] fps: expected an integer in 1..1000, got 1e+30" in r.err
+    config.write_text("[control]\nrate_hz = inf\n")
+    r = cli("collect", tmp_path / "d", "--task", "zip", "--config", config)
+    assert r.code == 2 and f"{config} [control] rate_hz: inf is not a finite number (allowed: 1..1000)" in r.err
+
+
 def test_rig_check_sim_and_real(cli, tmp_path):
     r = cli("rig", "check")
     assert r.code == 0 and "simulator" in r.out and "OK" in r.out

@@ -28,7 +28,9 @@ def ranks(tmp_path_factory):
     ds = make_training_dataset(base / "ds", n=4, seconds=4.0, kinds=("avid",))
     out = base / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # Prepend, not replace: $PYTHONPATH carries the network guard (tests/netguard.py) to the ranks.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "ddp_worker.py"), str(ds.root), str(base / "runs"), str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

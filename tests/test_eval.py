@@ -262,6 +262,8 @@ def test_eval_refuses_a_policy_on_another_task_and_bad_options(cli, tiny_run):
     for command in ("eval", "rollout"):
         r = cli(command, tiny_run, "--max-seconds", "-1")
         assert r.code == 2 and "--max-seconds must be a positive number, got -1" in r.err
+        r = cli(command, tiny_run, "--max-seconds", "1e9")  # beyond [control] max_episode_s's range
+        assert r.code == 2 and "got 1e+09 (allowed: 0.1..86400 s)" in r.err and len(r.err.strip().splitlines()) == 1
 
 
 def test_rollout_on_the_simulated_rig_records_episodes_that_validate(cli, tiny_run, tmp_path):
@@ -288,3 +290,23 @@ def test_rollout_on_the_real_rig_without_a_robot_fails_fast(cli, tiny_run, tmp_p
     assert len(r.err.strip().splitlines()) == 1
     r = cli("rollout", tiny_run, "--rig", "real", "--config", config, "--operator", "none")
     assert r.code == 2 and "needs an operator" in r.err
+
+
+def test_a_run_moved_with_its_dataset_still_finds_it(tiny_run, tmp_path):
+    import shutil
+
+    from htouch.training.evaluate import default_time_limit
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_run.parent, moved)  # the run and its demos, side by side, as an experiment keeps them
+    original = RunInfo.read(tiny_run)
+    shutil.move(str(tiny_run.parent / "demos"), str(tmp_path / "demos-away"))  # the recorded path is gone
+    try:
+        info = RunInfo.read(moved / "run")
+        assert info.dataset_root == str((moved / "demos").resolve())
+        limit, why = default_time_limit(info)
+        assert "longest training demonstration" in why
+        shutil.rmtree(moved / "demos")  # gone from both places: the recorded path, as before
+        assert RunInfo.read(moved / "run").dataset_root == original.dataset_root
+    finally:
+        shutil.move(str(tmp_path / "demos-away"), str(tiny_run.parent / "demos"))

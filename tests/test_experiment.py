@@ -120,3 +120,14 @@ def test_goal_section_applies_the_yardstick_to_what_was_measured(tmp_path):
     assert "- zip, train looks: shuffled audio costs `ours` +10 points (40/50 -> 35/50): less than 20." in text
     assert Experiment(ExperimentConfig(out=tmp_path / "r.md", work=tmp_path / "w",
                                        methods=["ours", "byol-a"]))._goal_lines() == []
+
+
+def test_rewriting_the_report_keeps_its_hand_written_reading(tmp_path):
+    from htouch.training.experiment import Experiment, ExperimentConfig
+
+    out = tmp_path / "r.md"
+    out.write_text("# old generated table\n\n## Reading (hand-written; kept when the file is written again)\n\nWhy.\n")
+    exp = Experiment(ExperimentConfig(out=out, work=tmp_path / "w", tasks=["zip"], methods=["ours"]))
+    assert exp._kept_reading() == "\n## Reading (hand-written; kept when the file is written again)\n\nWhy.\n"
+    out.write_text("# a file without one\n")
+    assert exp._kept_reading() == ""

@@ -332,8 +332,9 @@ CHILD = textwrap.dedent("""
 def test_kill_9_while_writing_then_repair(cli, tiny_ds, tmp_path):
     script = tmp_path / "writer_child.py"
     script.write_text(CHILD)
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])  # keeps the network guard's entry
     proc = subprocess.Popen([sys.executable, str(script), str(tiny_ds.root)], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": path})
     try:
         assert proc.stdout.readline().split() == ["committed", "episode_000002"]
         assert proc.stdout.readline().split() == ["writing", "episode_000003"]

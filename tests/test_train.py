@@ -19,11 +19,6 @@ from htouch.training.data import DataSpec, PolicySamples, collate, to_float
 from htouch.training.encoders import resnet18
 from htouch.training.model import ActionNormalization, policy_config
 from htouch.training.train import (
-    METRICS_FILE,
-    PLOT_FILE,
-    RUN_FILE,
-    STATE_FILE,
-    TB_DIR,
     Reporter,
     TrainConfig,
     masked_mse,
@@ -72,14 +67,14 @@ def test_tiny_training_lowers_validation_loss_and_writes_the_run(ds, tmp_path):
     assert len(losses) == 5 and result.stopped == "max epochs"
     assert min(losses[1:]) < losses[0] and result.best_val_loss == min(losses)
     assert result.history[-1].train_loss < result.history[0].train_loss
-    for name in ("model.safetensors", "config.json", STATE_FILE, RUN_FILE, METRICS_FILE, PLOT_FILE):
-        assert (run / name).is_file(), name
-    assert any((run / TB_DIR).glob("events.out.tfevents.*"))
-    rows = list(csv.DictReader(open(run / METRICS_FILE)))
+    for name in ("model.safetensors", "config.json", "last.pt", "run.json", "metrics.csv", "loss_curves.png"):
+        assert (run / name).is_file(), name  # the layout docs/ and run_dir.py describe
+    assert any((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     np.testing.assert_allclose([float(r["val_loss"]) for r in rows], losses, rtol=1e-5)
     assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[-1]["lr"]) < 1e-3  # cosine annealing
-    record = json.loads((run / RUN_FILE).read_text())
+    record = json.loads((run / "run.json").read_text())
     assert record["random_init"] == ["audio_encoder", "image_encoder"] and record["status"] == "max epochs"
 
     # The saved model is the best epoch's: evaluated on the validation samples it gives the best loss.
@@ -100,7 +95,7 @@ def test_same_seed_same_run_and_resume_continues_it_exactly(ds, tmp_path):
     straight = train(_config(ds, tmp_path / "a", **kw))
     with pytest.raises(KeyboardInterrupt):
         train(_config(ds, tmp_path / "b", **kw), _StopAfter(1))
-    assert len(list(csv.DictReader(open(tmp_path / "b" / METRICS_FILE)))) == 1
+    assert len(list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))) == 1
     resumed = train(_config(ds, tmp_path / "b", resume=True, **kw))
     assert [m.epoch for m in resumed.history] == [1, 2, 3]
     for a, b in zip(straight.history, resumed.history):
@@ -188,7 +183,7 @@ def test_cli_train_prints_parameters_and_progress(ds, tmp_path, cli):
     r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "3",
             "--batch-size", "16", "--frozen-encoders", "--resume", "--threads", "1", "--dropout", "0.1")
     assert r.code == 0, r.err
-    assert len(list(csv.DictReader(open(run / METRICS_FILE)))) == 3
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 3
 
 
 def test_cli_one_line_errors(ds, tmp_path, cli):
@@ -214,7 +209,7 @@ def test_episodes_trains_on_the_first_train_episodes_of_the_split(ds, tmp_path, 
             "--batch-size", "16", "--allow-random-init", "--threads", "1", "--stride", "4", "--episodes", "1")
     assert r.code == 0, r.err
     assert f"first 1 of the split's {len(split['train'])} train episodes" in r.out
-    record = json.loads((run / RUN_FILE).read_text())
+    record = json.loads((run / "run.json").read_text())
     assert record["config"]["episodes"] == 1
     assert record["data"]["train_episodes"] == sorted(split["train"])[:1]
     assert record["data"]["val_episodes"] == split["val"]  # validation: the whole split's

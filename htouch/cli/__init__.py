@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from htouch.cli.common import console, err_console, state
 from htouch.errors import HtouchError
@@ -48,12 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     except HtouchError as e:
         if state.debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # The message is text, not markup: "[camera]" in it must print as written.
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as e:  # a bug, not the user's fault: still one line unless --debug
         if state.debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for details)",
+        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
+                          "(run with --debug for details)",
                           highlight=False, soft_wrap=True)
         sys.exit(3)
 

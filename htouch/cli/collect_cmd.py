@@ -37,6 +37,8 @@ def rig_config(config: Path | None, rig: str | None) -> RigConfig:
     cfg = load_rig_config(config)
     if rig is not None:
         cfg.kind = rig  # e.g. simulate a real rig's camera and microphones with --rig sim
+    if cfg.kind == "real":
+        cfg.check_real()
     return cfg
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from htouch.cli import app
@@ -141,4 +142,4 @@ def stats(
     console.print(f"computed on the {result['episode_set']} ({len(result['episodes'])} episodes); "
                   f"stored in htouch.json under {STATS_KEY!r}")
     for note in notes:
-        err_console.print(f"[yellow]note:[/] {note}")
+        err_console.print(f"[yellow]note:[/] {escape(note)}")

@@ -42,7 +42,8 @@ def probe(
     Example: [bold]htouch probe runs/zip-ours zip-demos --plot runs/zip-ours/tsne.png[/]
     """
     from htouch.errors import HtouchError
-    from htouch.training.diagnostics import (check_plot_path, contact_probe, default_probe_output, embedding_plot,
+    from htouch.training.run_dir import RunDir
+    from htouch.training.diagnostics import (check_plot_path, contact_probe, embedding_plot,
                                              policy_embeddings)
 
     if folds < 2:
@@ -53,7 +54,7 @@ def probe(
         check_plot_path(plot)
     embeddings = policy_embeddings(run, dataset, event=event, window_s=window, stride=stride)
     report = contact_probe(embeddings, folds=folds, bootstrap=bootstrap, seed=seed)
-    path = out or default_probe_output(run, embeddings.dataset)
+    path = out or RunDir(run).probe(embeddings.dataset)
     report.write(path)
     say = err_console if as_json else console  # with --json, stdout holds only the JSON
     if as_json:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -82,7 +83,8 @@ def eval_(
 
     Example: [bold]htouch eval runs/zip-ours --episodes 50 --variation test --audio shuffled[/]
     """
-    from htouch.training.evaluate import EvalConfig, default_output, evaluate
+    from htouch.training.evaluate import EvalConfig, evaluate
+    from htouch.training.run_dir import RunDir
 
     config = EvalConfig(run_dir=run, task=task, episodes=episodes, variation=variation, seed=seed, execute=execute,
                         max_seconds=max_seconds, record=record, force=force, threads=threads, audio=audio,
@@ -99,7 +101,7 @@ def eval_(
     if "heard" in result.audio:
         console.print(f"[dim]audio {result.audio['condition']}: the policy heard {result.audio['heard']}[/]",
                       highlight=False)
-    path = out or default_output(run, result.task, variation, result.audio["condition"])
+    path = out or RunDir(run).evaluation(result.task, variation, result.audio["condition"])
     result.write(path)
     console.print(f"[bold]{result.describe()}[/]; {fmt_path(path)}", highlight=False, soft_wrap=True)
     if record is not None:
@@ -170,7 +172,7 @@ def rollout(
         raise HtouchError(f"cannot open the {cfg.kind} rig: {e}") from None
     try:
         for note in check_rig_matches(info, the_rig.spec):
-            err_console.print(f"[yellow]note:[/] this rig's {note}", highlight=False)
+            err_console.print(f"[yellow]note:[/] this rig's {escape(note)}", highlight=False)
         source = PolicySource.from_run(run, cfg.safety, the_rig.spec.audio, execute,
                                        operator=the_rig.operator != NO_OPERATOR, start_on_clutch=the_rig.human,
                                        mapping=cfg.mapping, task_success=the_rig.task_success,

@@ -13,9 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from htouch.cli import app
 from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
 from htouch.dataset.store import find_dataset
-from htouch.training.model import METHOD_HELP, METHODS, PRESETS
+from htouch.training.model import METHOD_SPECS, PRESETS
 
-METHODS_TEXT = "; ".join(f"[bold]{m}[/]: {METHOD_HELP[m]}" for m in METHODS)
+METHODS_TEXT = "; ".join(f"[bold]{m}[/]: {spec.help}" for m, spec in METHOD_SPECS.items())
 PRESETS_TEXT = ", ".join(PRESETS)
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
 # shared by the pretraining commands

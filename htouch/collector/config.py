@@ -9,6 +9,9 @@ stored in the dataset.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +22,102 @@ from htouch.collector.mapping import MappingConfig
 from htouch.collector.safety import SafetyLimits
 from htouch.dataset.schema import ActionSpec, AudioSpec, CameraSpec, RigSpec, StateSpec, TeleopSpec
 from htouch.errors import HtouchError
+
+
+# The allowed range of every number in a rig file, inclusive, in one place: (table, key) -> (low, high).
+# A list's items each obey their key's range, and every number must be finite (TOML allows inf and nan).
+# The loader refuses a value outside its range with the file, table, key and range named; the config
+# dataclasses of this module check the same ranges when code builds them (SafetyLimits and MappingConfig,
+# defined beside their code, keep their own structural checks).
+BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    ("camera", "width"): (16, 8192),
+    ("camera", "height"): (16, 8192),
+    ("camera", "fps"): (1, 1000),
+    ("camera", "quality"): (1, 100),
+    ("camera", "latency_ms"): (0, 10_000),
+    ("microphones", "channels"): (1, 64),
+    ("microphones", "rate_hz"): (1000, 768_000),
+    ("microphones", "blocksize"): (1, 65_536),
+    ("microphones", "latency_ms"): (0, 10_000),
+    ("microphones", "center"): (-1e9, 1e9),
+    ("microphones", "scale"): (1e-9, 1e9),
+    ("teleop", "port"): (1, 65_535),
+    ("teleop", "adb_port"): (1, 65_535),
+    ("robot", "home_joints"): (-7, 7),  # rad
+    ("robot", "translational_stiffness"): (1, 10_000),  # N/m
+    ("robot", "rotational_stiffness"): (0.1, 1000),  # Nm/rad
+    ("robot", "gripper_speed"): (0.001, 1),  # m/s
+    ("robot", "gripper_force"): (0.1, 500),  # N
+    ("robot", "gripper_max_width"): (0.001, 1),  # m
+    ("safety", "workspace_min"): (-10, 10),  # m
+    ("safety", "workspace_max"): (-10, 10),
+    ("safety", "max_translation_m"): (0, 1),
+    ("safety", "max_rotation_rad"): (0, 3.2),
+    ("safety", "gripper_min"): (0, 1),
+    ("safety", "gripper_max"): (0, 1),
+    ("mapping", "motion_scale"): (0.001, 1000),
+    ("mapping", "gain"): (0.001, 1),
+    ("mapping", "rotation_gain"): (0.001, 1),
+    ("mapping", "max_step_m"): (0, 1),
+    ("mapping", "max_step_rad"): (0, 3.2),
+    ("mapping", "grip_threshold"): (0, 1),
+    ("control", "rate_hz"): (1, 1000),
+    ("control", "teleop_timeout_ms"): (1, 60_000),
+    ("control", "camera_stall_ms"): (1, 60_000),
+    ("control", "max_episode_s"): (0.1, 86_400),
+}
+
+
+def allowed_range(table: str, key: str) -> str:
+    lo, hi = BOUNDS[(table, key)]
+    return f"{lo:g}..{hi:g}"
+
+
+def out_of_bounds(table: str, key: str, value: Any) -> str | None:
+    """Why `value` (a number or a list of numbers) is not allowed for [table] key, or None if it is."""
+    if (table, key) not in BOUNDS:
+        return None
+    lo, hi = BOUNDS[(table, key)]
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue  # a wrong type is the type check's to report
+        if not math.isfinite(v):
+            return f"{v!r} is not a finite number (allowed: {allowed_range(table, key)})"
+        if not lo <= v <= hi:
+            return f"{v!r} is outside the allowed range {allowed_range(table, key)}"
+    return None
+
+
+def check_bounds(obj: Any, table: str) -> None:
+    """ValueError naming the first key of `obj` (a config dataclass) whose value is outside BOUNDS."""
+    for (t, key), _ in BOUNDS.items():
+        if t == table:
+            problem = out_of_bounds(table, key, getattr(obj, key))
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+
+
+# The example rig file's robot host: refused until the user writes their controller's address there.
+PLACEHOLDER_HOST = "EDIT-ME"
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def host_problem(host: str, device: str = "the device") -> str | None:
+    """Why `host` is not a usable network address (an IP address or a host name), or None if it is."""
+    if host.strip().upper() == PLACEHOLDER_HOST:
+        return f"is still the example's placeholder {host!r}: set it to {device}'s IP address or host name"
+    if not host.strip():
+        return "is empty: give an IP address or a host name"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+        if len(host) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+            return f"{host!r} is neither an IP address nor a host name"
+        return None
+    if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":
+        return f"{host!r} is not the address of one device"
+    return None
 
 
 def _require(obj: Any, rule: str, check: Any, *names: str) -> None:
@@ -33,16 +132,11 @@ def _require(obj: Any, rule: str, check: Any, *names: str) -> None:
             raise ValueError(f"{name} must be {rule}, not {value!r}")
 
 
-def _positive(obj: Any, *names: str) -> None:
-    _require(obj, "> 0", lambda v: v > 0, *names)
-
-
-def _non_negative(obj: Any, *names: str) -> None:
-    _require(obj, ">= 0", lambda v: v >= 0, *names)
-
-
-def _port(obj: Any, *names: str) -> None:
-    _require(obj, "a port number (1-65535)", lambda v: 1 <= v <= 65535, *names)
+def _host(obj: Any, name: str, device: str, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    problem = None if optional and value == "" else host_problem(value, device)
+    if problem:
+        raise ValueError(f"{name} {problem}")
 
 
 @dataclass
@@ -56,10 +150,7 @@ class CameraConfig:
     file: str = ""  # play a RealSense recording (.bag/.db3) instead of a live camera
 
     def __post_init__(self) -> None:
-        _require(self, "at least 16 pixels", lambda v: v >= 16, "width", "height")
-        _positive(self, "fps")
-        _require(self, "in 1..100", lambda v: 1 <= v <= 100, "quality")
-        _non_negative(self, "latency_ms")
+        check_bounds(self, "camera")
 
 
 @dataclass
@@ -73,9 +164,7 @@ class MicrophoneConfig:
     scale: float = 32768.0
 
     def __post_init__(self) -> None:
-        _positive(self, "channels", "rate_hz", "blocksize", "scale")
-        _non_negative(self, "latency_ms")
-        _require(self, "finite", lambda v: abs(v) < float("inf"), "center")
+        check_bounds(self, "microphones")
 
 
 @dataclass
@@ -88,12 +177,16 @@ class TeleopConfig:
     adb_port: int = 5037
 
     def __post_init__(self) -> None:
-        _port(self, "port", "adb_port")
+        check_bounds(self, "teleop")
+        _host(self, "adb_host", "the adb server")
+        _host(self, "ip", "the Quest", optional=True)
 
 
 @dataclass
 class RobotConfig:
-    host: str = "172.16.0.2"  # the Franka controller
+    # The Franka controller's address. Deliberately no default: "" means "not set", which the simulated rig
+    # never needs and a real rig refuses (see RigConfig.check_real).
+    host: str = ""
     home_joints: list[float] = field(
         default_factory=lambda: [0.0, -0.785398, 0.0, -2.356194, 0.0, 1.570796, 0.785398])
     translational_stiffness: float = 600.0  # N/m, Cartesian impedance controller
@@ -103,9 +196,9 @@ class RobotConfig:
     gripper_max_width: float = 0.08  # m, fully open
 
     def __post_init__(self) -> None:
-        _require(self, "7 joint angles (rad)", lambda v: len(v) == 7 and all(abs(q) < 7 for q in v), "home_joints")
-        _positive(self, "translational_stiffness", "rotational_stiffness", "gripper_speed", "gripper_force",
-                  "gripper_max_width")
+        _require(self, "7 joint angles (rad)", lambda v: len(v) == 7, "home_joints")
+        check_bounds(self, "robot")
+        _host(self, "host", "your Franka controller", optional=True)
 
 
 @dataclass
@@ -116,7 +209,7 @@ class ControlConfig:
     max_episode_s: float = 120.0
 
     def __post_init__(self) -> None:
-        _positive(self, "rate_hz", "teleop_timeout_ms", "camera_stall_ms", "max_episode_s")
+        check_bounds(self, "control")
 
 
 @dataclass
@@ -132,7 +225,14 @@ class RigConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     source: str = ""  # the file it was read from
 
-    def rig_spec(self, n_joints: int = 7) -> RigSpec:
+    def check_real(self) -> None:
+        """HtouchError unless this config can drive the real robot: its address must be set in the file
+        (there is no default, so that nothing is ever dialled that the user did not write down)."""
+        if not self.robot.host:
+            raise HtouchError(f"{self.source or 'rig config'} [robot] host: not set; a real rig needs the "
+                              "address of its Franka controller (an IP address or a host name)")
+
+    def rig_spec(self, n_joints: int = 7, joint_unit: str = "rad") -> RigSpec:
         """The stream specs stored in the dataset. State, actions and teleop are recorded once per
         control step, so their nominal rate is the control rate."""
         cam, mic, rate = self.camera, self.microphones, self.control.rate_hz
@@ -143,7 +243,7 @@ class RigConfig:
             audio=AudioSpec(rate_hz=float(mic.rate_hz), channels=mic.channels,
                             channel_names=[f"mic{i}" for i in range(mic.channels)], center=mic.center,
                             scale=mic.scale, latency_ns=int(mic.latency_ms * 1e6), device=mic.device),
-            state=StateSpec(rate_hz=rate, n_joints=n_joints),
+            state=StateSpec(rate_hz=rate, n_joints=n_joints, joint_unit=joint_unit),
             action=ActionSpec(rate_hz=rate),
             teleop=TeleopSpec(rate_hz=rate),
         )
@@ -167,13 +267,16 @@ def load_rig_config(path: str | Path) -> RigConfig:
 
 
 def rig_config_from_dict(data: dict[str, Any], where: str = "rig config") -> RigConfig:
+    """The config a parsed rig file describes; HtouchError naming `where`, the table and the key for an
+    unknown table or key, a wrong type, a number outside BOUNDS, a bad address or a real rig without
+    `[robot] host`."""
     hints = typing.get_type_hints(RigConfig)
     top: dict[str, Any] = {"source": where}
     for key, value in data.items():
         if key == "rig":
-            top.update(_build_kw(_RigTable, value, f"{where} [rig]"))
+            top.update(_build_kw(_RigTable, value, where, "rig"))
         elif key in _TABLES:
-            top[key] = _build(hints[key], value, f"{where} [{key}]")
+            top[key] = _build(hints[key], value, where, key)
         elif not isinstance(value, dict):
             raise HtouchError(f"{where}: key {key!r} outside a table (kind and name go under [rig]; "
                               f"tables: rig, {', '.join(_TABLES)})")
@@ -184,6 +287,8 @@ def rig_config_from_dict(data: dict[str, Any], where: str = "rig config") -> Rig
         raise HtouchError(f"{where} [rig] kind: must be 'sim' or 'real', not {config.kind!r}")
     if config.teleop.kind not in ("quest", "keyboard"):
         raise HtouchError(f"{where} [teleop] kind: must be 'quest' or 'keyboard', not {config.teleop.kind!r}")
+    if config.kind == "real":
+        config.check_real()
     return config
 
 
@@ -193,34 +298,44 @@ class _RigTable:
     name: str = ""
 
 
-def _build_kw(cls: type, table: Any, where: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise HtouchError(f"{where}: expected a table, got {type(table).__name__}")
+def _build_kw(cls: type, value: Any, where: str, table: str) -> dict[str, Any]:
+    """The keyword arguments of `cls` from one TOML table, every value type- and range-checked."""
+    if not isinstance(value, dict):
+        raise HtouchError(f"{where} [{table}]: expected a table, got {type(value).__name__}")
     hints = typing.get_type_hints(cls)
     kw = {}
-    for key, value in table.items():
+    for key, item in value.items():
         if key not in hints:
-            raise HtouchError(f"{where}: unknown key {key!r} (known: {', '.join(hints)})")
-        kw[key] = _check_type(value, hints[key], f"{where} {key}")
+            raise HtouchError(f"{where} [{table}]: unknown key {key!r} (known: {', '.join(hints)})")
+        here = f"{where} [{table}] {key}"
+        kw[key] = _check_type(item, hints[key], here, (table, key))
+        problem = out_of_bounds(table, key, kw[key])
+        if problem:
+            raise HtouchError(f"{here}: {problem}")
+        if key in ("host", "adb_host") and not item:  # "" would mean "not set": say so instead
+            raise HtouchError(f"{here}: is empty: give an IP address or a host name")
     return kw
 
 
-def _build(cls: type, table: Any, where: str) -> Any:
+def _build(cls: type, value: Any, where: str, table: str) -> Any:
     try:
-        return cls(**_build_kw(cls, table, where))
+        return cls(**_build_kw(cls, value, where, table))
     except ValueError as e:  # a dataclass's own check (__post_init__)
-        raise HtouchError(f"{where}: {e}") from None
+        raise HtouchError(f"{where} [{table}]: {e}") from None
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
+def _check_type(value: Any, hint: Any, where: str, bounds_key: tuple[str, str]) -> Any:
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
             raise HtouchError(f"{where}: expected a list, got {value!r}")
-        return [_check_type(v, item, where) for v in value]
+        return [_check_type(v, item, where, bounds_key) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint in (int, float) and isinstance(value, bool)):
-        raise HtouchError(f"{where}: expected {hint.__name__}, got {value!r}")
+        expected = {int: "an integer", float: "a number", str: "a string"}.get(hint, hint.__name__)
+        if bounds_key in BOUNDS:
+            expected += f" in {allowed_range(*bounds_key)}"
+        raise HtouchError(f"{where}: expected {expected}, got {value!r}")
     return value

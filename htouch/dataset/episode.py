@@ -19,7 +19,7 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, resample
-from htouch.dataset.schema import ATTR_FORMAT, AudioSpec, RigSpec
+from htouch.dataset.schema import ATTR_FORMAT, AudioSpec, RigSpec, check_strict_json
 from htouch.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -96,6 +96,16 @@ def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndar
     return resample(mono, rate, clip.rate_hz)
 
 
+# Episode attributes readers use directly: (key, allowed types, what the message says is expected).
+_ATTR_TYPES = [
+    ("index", (int,), "an integer"),
+    ("success", (bool, type(None)), "true, false or null"),
+    ("variation", (str,), "a string"),
+    ("task", (str,), "a string"),
+    ("info", (dict,), "an object"),
+]
+
+
 class Episode:
     def __init__(self, path: str | Path, dataset: "Dataset | None" = None):
         self.path = Path(path)
@@ -110,7 +120,15 @@ class Episode:
         if ATTR_FORMAT not in attrs or not isinstance(attrs[ATTR_FORMAT], dict):
             raise DatasetError(f"{self.path}: not an htouch episode (no {ATTR_FORMAT!r} attribute)")
         self.attrs: dict[str, Any] = attrs[ATTR_FORMAT]
-        self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
+        check_strict_json(self.attrs, f"{self.path}: episode attributes")
+        for key, kinds, what in _ATTR_TYPES:
+            value = self.attrs.get(key)
+            if key in self.attrs and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+                raise DatasetError(f"{self.path}: episode attribute {key} is {value!r}, expected {what}")
+        try:
+            self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
+        except DatasetError as e:
+            raise DatasetError(f"{self.path}: {e}") from None
 
     # ---------------------------------------------------------------- metadata
 

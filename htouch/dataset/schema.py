@@ -10,7 +10,9 @@ the dataset metadata and copied into every episode, and turn the schema below in
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ METADATA_FILE = "htouch.json"
 EPISODE_PREFIX = "episode_"
 EPISODE_DIGITS = 6
 EPISODE_RE = re.compile(r"^(?:episode_?)?(\d{1,9})$")
+MAX_EPISODE_INDEX = 10**9 - 1  # the last index EPISODE_RE's nine digits can name
 
 # Episode attribute keys (the episode's Zarr group attributes).
 ATTR_FORMAT = "htouch_episode"
@@ -35,6 +38,26 @@ def parse_episode_name(text: str) -> int | None:
     """`episode_000012`, `episode_12` and `12` all name episode 12; anything else is None."""
     m = EPISODE_RE.match(text)
     return int(m.group(1)) if m else None
+
+
+def non_finite(data: Any, key: str = "") -> tuple[str, float] | None:
+    """(dotted key, value) of the first NaN or infinite number in nested dicts and lists, or None.
+    htouch.json and the episode attributes are strict JSON, which has neither."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return key or "(the value)", data
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for k, v in items:
+        found = non_finite(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
+
+
+def check_strict_json(data: Any, where: str) -> None:
+    """DatasetError naming `where` and the key if `data` holds a number strict JSON cannot store."""
+    found = non_finite(data)
+    if found:
+        raise DatasetError(f"{where}: {found[0]} is {found[1]}, which JSON cannot store (only finite numbers)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,13 +93,14 @@ class AudioSpec:
 class StateSpec:
     rate_hz: float = 100.0
     n_joints: int = 7
+    joint_unit: str = "rad"  # an arm's joint angles; the simulated rig records its two finger joints, in m
     pose_format: str = "x y z qx qy qz qw (m, unit quaternion, robot base frame)"
 
 
 @dataclass
 class ActionSpec:
     rate_hz: float = 30.0
-    delta_ee_format: str = "dx dy dz droll dpitch dyaw (m, rad; per control step, base frame)"
+    delta_ee_format: str = "dx dy dz rx ry rz (m; rotation vector, rad; per control step, base frame)"
     gripper_format: str = "target opening in [0, 1] (0 closed, 1 open)"
 
 
@@ -101,17 +125,50 @@ class RigSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RigSpec":
-        sub = {"camera": CameraSpec, "audio": AudioSpec, "state": StateSpec, "action": ActionSpec,
-               "teleop": TeleopSpec}
-        try:
-            kw = {k: sub[k](**v) if k in sub else v for k, v in d.items()}
-            return cls(**kw)
-        except TypeError as e:
-            raise DatasetError(f"rig description is malformed: {e}") from None
+    def from_dict(cls, d: Any) -> "RigSpec":
+        """The spec stored in htouch.json or an episode; DatasetError naming the key for an unknown key, a
+        wrong type, a non-finite number or a size or rate that is not positive."""
+        if not isinstance(d, dict):
+            raise DatasetError(f"rig description is malformed: expected an object, got {d!r}")
+        kw = {}
+        for name, value in d.items():
+            sub = _SPECS.get(name)
+            if sub is None:
+                kw[name] = value  # name, description: checked below with the rest
+                continue
+            if not isinstance(value, dict):
+                raise DatasetError(f"rig description is malformed: rig.{name} is {value!r}, not an object")
+            kw[name] = sub(**_checked_fields(sub, value, f"rig.{name}"))
+        return cls(**_checked_fields(cls, kw, "rig"))
 
     def nominal_rate(self, stream: str) -> float:
         return float(getattr(self, stream).rate_hz)
+
+
+_SPECS = {"camera": CameraSpec, "audio": AudioSpec, "state": StateSpec, "action": ActionSpec, "teleop": TeleopSpec}
+# Values a reader divides by or allocates with: they must be positive.
+_POSITIVE = {"rate_hz", "width", "height", "channels", "n_joints", "scale"}
+
+
+def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None:
+            raise DatasetError(f"rig description is malformed: unknown key {where}.{name}")
+        if isinstance(hint, type) and hint in _SPECS.values():
+            continue  # built above
+        ok = (isinstance(value, list) and all(isinstance(v, str) for v in value) if hint == list[str]
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if hint is float
+              else isinstance(value, hint) and not isinstance(value, bool) if hint is int
+              else isinstance(value, hint))
+        if not ok:
+            raise DatasetError(f"rig description is malformed: {where}.{name} is {value!r}, expected "
+                               f"{getattr(hint, '__name__', str(hint))}")
+        if hint in (int, float) and (not math.isfinite(value) or (name in _POSITIVE and value <= 0)):
+            raise DatasetError(f"rig description is malformed: {where}.{name} is {value!r}, expected a finite "
+                               f"{'positive ' if name in _POSITIVE else ''}number")
+    return values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,7 +220,7 @@ def episode_arrays(rig: RigSpec) -> list[ArraySpec]:
                   "capture time of each block's first sample"),
         ArraySpec("state", "ee_pose", "float64", (7,), 4096, "lossless", "rows", "m, quaternion xyzw",
                   "end-effector pose in the robot base frame"),
-        ArraySpec("state", "joints", "float64", (st.n_joints,), 4096, "lossless", "rows", "rad",
+        ArraySpec("state", "joints", "float64", (st.n_joints,), 4096, "lossless", "rows", st.joint_unit,
                   "joint positions"),
         ArraySpec("state", "gripper_width", "float64", (), 4096, "lossless", "rows", "m", "gripper opening"),
         ArraySpec("state", "timestamp_ns", "int64", (), 4096, "lossless", "rows", ns, "time of each state"),

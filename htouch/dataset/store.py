@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 from htouch.dataset.schema import (
     DATASET_FORMAT,
     EPISODE_PREFIX,
+    MAX_EPISODE_INDEX,
     METADATA_FILE,
     SCHEMA_VERSION,
     RigSpec,
+    check_strict_json,
     episode_name,
     parse_episode_name,
 )
@@ -66,25 +68,44 @@ def is_replacing_leftover(name: str) -> bool:
     return name.startswith(".") and bool(sep) and len(head) > 1 and pid.isdigit()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, strict: bool = False) -> None:
+    """Replace `path` with `data` as JSON. strict=True (the dataset's own metadata): a NaN or infinite
+    number is a DatasetError naming the file and the key, and nothing is written."""
+    if strict:
+        check_strict_json(data, str(path))
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=not strict)
     with replacing(path) as tmp, open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
+        f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"it contains {name}, which strict JSON does not allow")
+
+
+def read_json(path: Path, what: str, strict: bool = False) -> dict[str, Any]:
+    """A JSON object from `path`; DatasetError naming the file if it is missing, not JSON or not an object.
+    strict=True also refuses NaN and Infinity (which Python's json accepts but strict parsers do not)."""
     try:
         with open(path) as f:
-            data = json.load(f)
+            data = json.load(f, parse_constant=_refuse_constant if strict else None)
     except FileNotFoundError:
         raise DatasetError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise DatasetError(f"{what} is not valid JSON: {path} ({e})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{what} is not a JSON object: {path}")
     return data
+
+
+def next_index(meta: dict[str, Any], path: Path) -> int:
+    """htouch.json's next_episode_index (0 when absent); DatasetError naming the file if it is not a
+    non-negative integer."""
+    value = meta.get("next_episode_index", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(f"{path}: next_episode_index is {value!r}, expected a non-negative integer")
+    return value
 
 
 class Dataset:
@@ -95,14 +116,20 @@ class Dataset:
             raise DatasetError(f"no dataset at {self.root}: directory not found")
         if not meta_path.exists():
             raise DatasetError(f"{self.root} is not an htouch dataset: {METADATA_FILE} not found")
-        self.metadata = read_json(meta_path, "dataset metadata")
+        self.metadata = read_json(meta_path, "dataset metadata", strict=True)
         if self.metadata.get("format") != DATASET_FORMAT:
             raise DatasetError(f"{meta_path}: not an htouch dataset file (format is {self.metadata.get('format')!r})")
         version = self.metadata.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise DatasetError(f"{meta_path}: schema version {version!r} is not supported "
                                f"(this htouch reads up to {SCHEMA_VERSION}); upgrade htouch")
-        self.rig = RigSpec.from_dict(self.metadata.get("rig", {}))
+        if not isinstance(self.metadata.get("task", ""), str):
+            raise DatasetError(f"{meta_path}: task is {self.metadata['task']!r}, expected a string")
+        next_index(self.metadata, meta_path)
+        try:
+            self.rig = RigSpec.from_dict(self.metadata.get("rig", {}))
+        except DatasetError as e:
+            raise DatasetError(f"{meta_path}: {e}") from None
 
     # ---------------------------------------------------------------- creation and metadata
 
@@ -116,6 +143,7 @@ class Dataset:
             raise DatasetError(f"{root} exists and is not empty; choose a new directory")
         root.mkdir(parents=True, exist_ok=True)
         rig = rig or RigSpec()
+        check_strict_json(rig.to_dict(), f"{root / METADATA_FILE} (not created)")
         write_json_atomic(root / METADATA_FILE, {
             "format": DATASET_FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -123,7 +151,7 @@ class Dataset:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "rig": rig.to_dict(),
             "next_episode_index": 0,
-        })
+        }, strict=True)
         return cls(root)
 
     @classmethod
@@ -156,26 +184,32 @@ class Dataset:
     def update_metadata(self, **changes: Any) -> dict[str, Any]:
         """Set top-level metadata keys (None deletes one) atomically; returns the new metadata."""
         with self.lock():
-            meta = read_json(self.root / METADATA_FILE, "dataset metadata")
+            meta = read_json(self.root / METADATA_FILE, "dataset metadata", strict=True)
             for key, value in changes.items():
                 if value is None:
                     meta.pop(key, None)
                 else:
                     meta[key] = value
-            write_json_atomic(self.root / METADATA_FILE, meta)
+            write_json_atomic(self.root / METADATA_FILE, meta, strict=True)
         self.metadata = meta
         return meta
 
     # ---------------------------------------------------------------- episodes
 
     def reserve_index(self) -> int:
-        """A fresh episode index, never handed out before, even if that episode was deleted or discarded."""
+        """A fresh episode index, never handed out before, even if that episode was deleted or discarded.
+        DatasetError when the indices the episode names can hold are used up."""
+        path = self.root / METADATA_FILE
         with self.lock():
-            meta = read_json(self.root / METADATA_FILE, "dataset metadata")
+            meta = read_json(path, "dataset metadata", strict=True)
             seen = [i + 1 for i in self._indices_on_disk()]
-            index = max([int(meta.get("next_episode_index", 0)), *seen])
+            index = max([next_index(meta, path), *seen])
+            if index > MAX_EPISODE_INDEX:
+                raise DatasetError(f"{path}: no episode index left: the next would be {index}, beyond "
+                                   f"{episode_name(MAX_EPISODE_INDEX)}, the last name the format allows; "
+                                   "record into a new dataset")
             meta["next_episode_index"] = index + 1
-            write_json_atomic(self.root / METADATA_FILE, meta)
+            write_json_atomic(path, meta, strict=True)
         self.metadata = meta
         return index
 

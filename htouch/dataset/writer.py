@@ -41,6 +41,7 @@ from htouch.dataset.schema import (
     EVENT_KIND_LEN,
     SCHEMA_VERSION,
     ArraySpec,
+    check_strict_json,
     episode_arrays,
     episode_name,
 )
@@ -97,6 +98,7 @@ class EpisodeWriter:
         self.flush_interval_s = flush_interval_s
         self.blocking = blocking
         self.specs = {s.path: s for s in episode_arrays(dataset.rig)}
+        check_strict_json(info or {}, f"episode {self.name}: info")  # before anything is created
         self.path.parent.mkdir(exist_ok=True)
 
         self._lock_file = open(lock_path(self.path), "a")
@@ -121,7 +123,7 @@ class EpisodeWriter:
             "rig": dataset.rig.to_dict(),
             "info": info or {},
         }
-        self._group.attrs[ATTR_FORMAT] = self._attrs
+        self._save_attrs()
 
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._events: list[tuple[int, str, str]] = []
@@ -277,14 +279,20 @@ class EpisodeWriter:
         self._queue.put(_STOP)  # blocking: the thread is draining, so there is room soon
         self._thread.join()
 
+    def _save_attrs(self) -> None:
+        """Store the episode attributes; they are strict JSON (no NaN or infinity, which zarr would write)."""
+        check_strict_json(self._attrs, f"episode {self.name} attributes")
+        self._group.attrs[ATTR_FORMAT] = self._attrs
+
     def commit(self, success: bool | None, **info: Any) -> Path:
         """Flush everything, write the checksum manifest and make the episode visible under its final name.
         Each step leaves the disk in a state that `htouch validate --repair` completes (see the module doc)."""
         if self._closed:
             raise WriterError(f"episode writer for {self.name} is closed")
+        check_strict_json(info, f"episode {self.name}: commit info")  # nothing changed yet: the caller may retry
         self._attrs["success"] = success
         self._attrs["info"].update(info)
-        self._group.attrs[ATTR_FORMAT] = self._attrs  # the label survives a crash in the final flush
+        self._save_attrs()  # the label survives a crash in the final flush
         crashpoints.reached("commit.labelled")
         self._stop()
         if self._error is not None:
@@ -295,7 +303,7 @@ class EpisodeWriter:
                            committed=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         if self.checksums:
             self._attrs["manifest"] = MANIFEST_FILE
-        self._group.attrs[ATTR_FORMAT] = self._attrs
+        self._save_attrs()
         crashpoints.reached("commit.attributes")
         (self.path / FLUSHED_FILE).unlink(missing_ok=True)
         crashpoints.reached("commit.progress_removed")

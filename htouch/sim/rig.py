@@ -205,7 +205,7 @@ class SimRig:
             stiffness=(robot.translational_stiffness, robot.rotational_stiffness),
             gripper_force=robot.gripper_force, gripper_speed=robot.gripper_speed)
         self.style = VARIATIONS[variation]
-        self._spec = self.config.rig_spec(n_joints=2)
+        self._spec = self.config.rig_spec(n_joints=2, joint_unit="m")  # the finger joints slide
         self.dt_ns = int(round(self.world.model.opt.timestep * NS))
         self.period_ns = NS / self.config.control.rate_hz
         self.frame_period_ns = NS / cam.fps

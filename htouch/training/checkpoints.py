@@ -1,6 +1,6 @@
 """Pretrained encoder files the user supplies, and the run checkpoints training writes.
 
-Pretrained files (layouts in /work/shared/reference/encoders-and-audio.md), each loaded into one encoder:
+Pretrained files (the layouts their upstream projects release), each loaded into one encoder:
 - R3M (`load_r3m_encoder`): `{'r3m': state_dict}` of a DataParallel R3M; the ResNet18 sits under
   `module.convnet.` (120 keys, no fc); `module.lang_rew.*`, `module.lang_enc.*` and other heads are ignored.
 - AVID (`load_avid_audio`): `{'epoch', 'model', 'optimizer', 'train_criterion'}`; only `model`'s
@@ -44,11 +44,10 @@ from htouch.dataset.manifest import file_hash
 from htouch.dataset.store import replacing
 from htouch.errors import HtouchError
 from htouch.training.model import AudioVisualPolicy, PolicyConfig, build_policy
+from htouch.training.run_dir import WEIGHTS_NAME, RunDir
 
 RUN_FORMAT = "htouch-policy"
 RUN_FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-DEFAULT_NAME = "model"
 
 R3M_PREFIX = "module.convnet."
 AVID_PREFIX = "module.audio_model."
@@ -229,13 +228,10 @@ def load_byol_a(path: str | Path, module: nn.Module) -> LoadReport:
 
 # ------------------------------------------------------------------------------------------ per method
 
-# Which pretrained file each method starts from (the paper, section IV-C): name -> (encoder, loader).
+# The pretrained files (the paper, section IV-C): name -> (encoder, loader). Which ones a method starts
+# from is its MethodSpec.pretrained (model.METHOD_SPECS).
 PRETRAINED = {"r3m": ("image_encoder", load_r3m_encoder), "avid": ("audio_encoder", load_avid_audio),
               "byol-a": ("audio_encoder", load_byol_a)}
-METHOD_PRETRAINED = {
-    "ours": ("r3m", "avid"), "frozen-audio": ("r3m", "avid"), "mlp-fusion": ("r3m", "avid"),
-    "scratch": ("r3m",), "vision-only": ("r3m",), "byol-a": ("r3m", "byol-a"),
-}
 
 
 def load_pretrained(model: AudioVisualPolicy, files: dict[str, str | Path | None],
@@ -245,7 +241,7 @@ def load_pretrained(model: AudioVisualPolicy, files: dict[str, str | Path | None
     needs but lacks is refused unless `allow_random`. Returns the reports and, per encoder, where its initial
     weights came from (for the run's config.json)."""
     method = model.config.method
-    wanted = METHOD_PRETRAINED[method]
+    wanted = model.config.spec.pretrained
     given = {k: v for k, v in files.items() if v is not None}
     unknown = sorted(set(given) - set(PRETRAINED))
     if unknown:
@@ -300,7 +296,7 @@ def describe_initialisation(encoders: dict[str, str], pretraining: dict[str, dic
 
 
 def save_run_checkpoint(run_dir: str | Path, model: AudioVisualPolicy, config: PolicyConfig,
-                        extra: dict[str, Any] | None = None, name: str = DEFAULT_NAME) -> Path:
+                        extra: dict[str, Any] | None = None, name: str = WEIGHTS_NAME) -> Path:
     """Write `<name>.safetensors` and config.json into run_dir (atomically: a crash leaves the old files).
     `extra` must be JSON (normalization statistics, the rig spec and sample parameters it expects, ...)."""
     run_dir = Path(run_dir)
@@ -311,29 +307,29 @@ def save_run_checkpoint(run_dir: str | Path, model: AudioVisualPolicy, config: P
     except (TypeError, ValueError) as e:
         raise HtouchError(f"run checkpoint extra data is not plain JSON ({e})") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights = run_dir / f"{name}.safetensors"
+    weights = RunDir(run_dir).weights(name)
     with replacing(weights) as tmp:
         safetensors.torch.save_file(tensors, str(tmp), metadata={"format": RUN_FORMAT})
-    with replacing(run_dir / CONFIG_FILE) as tmp:
+    with replacing(RunDir(run_dir).config) as tmp:
         tmp.write_text(text + "\n")
     return weights
 
 
-def model_digest(run_dir: str | Path, name: str = DEFAULT_NAME) -> str | None:
+def model_digest(run_dir: str | Path, name: str = WEIGHTS_NAME) -> str | None:
     """XXH3-128 of the run's weights file (None if there is none): names the model an evaluation or a probe
     used, so a result can be matched to the model it measured (file times do not survive a git checkout)."""
-    weights = Path(run_dir) / f"{name}.safetensors"
+    weights = RunDir(run_dir).weights(name)
     return file_hash(weights) if weights.is_file() else None
 
 
 def read_run_config(run_dir: str | Path) -> tuple[PolicyConfig, dict[str, Any]]:
     """The PolicyConfig and the extra entries of a run directory's config.json."""
     run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
+    path = RunDir(run_dir).config
     if not run_dir.is_dir():
         raise HtouchError(f"{run_dir}: no such run directory")
     if not path.is_file():
-        raise HtouchError(f"{run_dir}: not a policy run directory (no {CONFIG_FILE})")
+        raise HtouchError(f"{run_dir}: not a policy run directory (no {path.name})")
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -350,12 +346,12 @@ def read_run_config(run_dir: str | Path) -> tuple[PolicyConfig, dict[str, Any]]:
     return config, extra
 
 
-def load_run_checkpoint(run_dir: str | Path, name: str = DEFAULT_NAME) -> tuple[AudioVisualPolicy, PolicyConfig,
+def load_run_checkpoint(run_dir: str | Path, name: str = WEIGHTS_NAME) -> tuple[AudioVisualPolicy, PolicyConfig,
                                                                                  dict[str, Any]]:
     """The policy (in eval mode), its config and the extra entries saved by `save_run_checkpoint`."""
     run_dir = Path(run_dir)
     config, extra = read_run_config(run_dir)
-    weights = run_dir / f"{name}.safetensors"
+    weights = RunDir(run_dir).weights(name)
     if not weights.is_file():
         raise HtouchError(f"{run_dir}: no weights file {weights.name}")
     try:
@@ -366,12 +362,12 @@ def load_run_checkpoint(run_dir: str | Path, name: str = DEFAULT_NAME) -> tuple[
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise HtouchError(f"{weights}: weights do not match the {config.method} policy of {CONFIG_FILE} "
+        raise HtouchError(f"{weights}: weights do not match the {config.method} policy of config.json "
                           f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. "
                           f"{(missing or unexpected)[0]})")
     bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if bad:
         raise HtouchError(f"{weights}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, the policy of "
-                          f"{CONFIG_FILE} needs {tuple(own[bad[0]].shape)}")
+                          f"config.json needs {tuple(own[bad[0]].shape)}")
     model.load_state_dict(state, strict=True)
     return model.eval(), config, extra

@@ -392,10 +392,6 @@ def contact_probe(embeddings: Embeddings, *, folds: int = PROBE_FOLDS, bootstrap
     return ProbeReport(e, probes, notes)
 
 
-def default_probe_output(run_dir: Path, dataset: str | Path) -> Path:
-    return Path(run_dir) / f"probe-{Path(dataset).name}.json"
-
-
 # ------------------------------------------------------------------------------------ the picture
 
 

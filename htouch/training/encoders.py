@@ -1,7 +1,8 @@
 """The three encoders of the paper's policy and its baselines, with the upstream module and key names.
 
 Each class reproduces the architecture of a released checkpoint so that `htouch.training.checkpoints` can
-load the user's file into it key for key (see /work/shared/reference/encoders-and-audio.md):
+load the user's file into it key for key (the upstream projects: facebookresearch/r3m, facebookresearch/AVID-CMA,
+nttcslab/byol-a):
 
 - `resnet18(base_width)`: torchvision's ResNet18 with `fc` = Identity, as R3M's `convnet` (512-d out).
   `base_width` 64 is torchvision's own network; a smaller one (the `tiny` preset) narrows every stage

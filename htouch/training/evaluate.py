@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from htouch.collector.config import RigConfig
+from htouch.collector.config import BOUNDS, RigConfig, allowed_range
 from htouch.collector.devices import DeviceError
 from htouch.dataset.store import Dataset, write_json_atomic
 from htouch.errors import DatasetError, HtouchError
@@ -160,11 +160,6 @@ class EvalResult:
         write_json_atomic(path, self.to_dict())
 
 
-def default_output(run_dir: Path, task: str, variation: str, audio: str = "real") -> Path:
-    """RUN/eval-TASK-VARIATION.json; an audio ablation adds its condition (eval-zip-train-silent.json)."""
-    return Path(run_dir) / f"eval-{task}-{variation}{'' if audio == 'real' else '-' + audio}.json"
-
-
 def default_time_limit(run: RunInfo) -> tuple[float, str]:
     """TIME_LIMIT_FACTOR x the longest training demonstration, and where the figure came from."""
     if run.dataset_root:
@@ -193,8 +188,11 @@ def task_and_time_limit(run: RunInfo, task: str | None, max_seconds: float | Non
 
 
 def check_time_limit(max_seconds: float | None) -> None:
-    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
-        raise HtouchError(f"--max-seconds must be a positive number, got {max_seconds}")
+    """The limit becomes the rig's [control] max_episode_s, so it obeys that key's range."""
+    lo, hi = BOUNDS[("control", "max_episode_s")]
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds) and lo <= max_seconds <= hi):
+        raise HtouchError(f"--max-seconds must be a positive number, got {max_seconds:g} "
+                          f"(allowed: {allowed_range('control', 'max_episode_s')} s)")
 
 
 def sim_rig_config(run: RunInfo, max_seconds: float, base: RigConfig | None = None) -> RigConfig:

@@ -32,19 +32,20 @@ from htouch.collector.sources import SourceCommand, TeleopSource
 from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import METHOD_PRETRAINED, describe_initialisation, model_digest, read_run_config
-from htouch.training.evaluate import (DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, check_time_limit, default_output,
+from htouch.training.checkpoints import describe_initialisation, model_digest, read_run_config
+from htouch.training.evaluate import (DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, check_time_limit,
                                       evaluate)
-from htouch.training.model import METHODS, PRESETS, PolicyConfig, policy_config
+from htouch.training.model import METHOD_SPECS, METHODS, PRESETS, PolicyConfig, policy_config
+from htouch.training.run_dir import FINISHED, RunDir
 
 VARIATIONS = ("train", "test")
 STATE_FILE = "experiment.json"
 OPERATORS_FILE = "operators.json"  # per task: the hearing and the deaf scripted operator
 PLAY_SEED_OFFSET = 500  # play data's scenes: seed + 500 (neither the demonstrations' nor the evaluation's)
 ABLATIONS = ("silent", "shuffled")  # what a policy that hears is also evaluated with (on the train looks)
-GOAL_POINTS = 20  # issue 10's yardstick: the success-rate difference (points) that counts as hearing helping
+READING_HEADING = "## Reading (hand-written"  # a results file's part that is kept when it is written again
+GOAL_POINTS = 20  # the success-rate difference (points) the report counts as hearing helping
 MAX_ATTEMPTS_FACTOR = 3  # give up on a task's demonstrations after this many attempts per demonstration
-FINISHED = ("max epochs", "early stopping", "already finished")
 
 
 @dataclass
@@ -196,7 +197,7 @@ class Experiment:
         wall = time.perf_counter() - start
         self.state["last_invocation_s"] = round(wall, 1)
         self._save_state()
-        text = self.markdown(wall)
+        text = self.markdown(wall) + self._kept_reading()
         c.out.parent.mkdir(parents=True, exist_ok=True)
         with replacing(c.out) as tmp:
             tmp.write_text(text)
@@ -236,7 +237,7 @@ class Experiment:
             conditions = [(v, "real") for v in VARIATIONS] + [("train", a) for a in ABLATIONS if hears and c.ablations]
             for variation, audio in conditions:
                 ev = self._eval_config(task, run_dir, variation, audio)
-                path = default_output(run_dir, task, variation, audio)
+                path = RunDir(run_dir).evaluation(task, variation, audio)
                 done = self._evaluated(path, ev)
                 heard = "" if audio == "real" else f", {audio} audio"
                 self._stage(f"{task}: evaluate {method} on {variation}{heard} ({c.eval_episodes} episodes)", done,
@@ -247,7 +248,7 @@ class Experiment:
                 else:
                     self.ablations[(task, method, audio)] = result
             if c.probe:
-                path = run_dir / f"probe-{demos.name}.json"
+                path = RunDir(run_dir).probe(demos)
                 self._stage(f"{task}: contact probe of {method}", self._probed(path, run_dir),
                             lambda r=run_dir, p=path: self._probe(r, demos, p))
                 self.probes[(task, method)] = read_json(path, "probe")
@@ -379,7 +380,7 @@ class Experiment:
         self.say(f"  cross-modal loss {result.losses[0]:.4g} -> {result.losses[-1]:.4g}")
 
     def _trained(self, run_dir: Path, method: str) -> bool:
-        path = run_dir / "run.json"
+        path = RunDir(run_dir).record
         if not path.is_file() or model_digest(run_dir) is None:
             return False
         record = read_json(path, "training run")
@@ -397,16 +398,15 @@ class Experiment:
         return record.get("status") in FINISHED and int(record.get("epochs_done", 0)) >= self.c.epochs
 
     def _train(self, demos: Path, method: str, run_dir: Path, byol: Path, av: Path) -> None:
-        from htouch.training.train import STATE_FILE as TRAIN_STATE
         from htouch.training.train import TrainConfig, train
 
         c = self.c
-        wanted = METHOD_PRETRAINED[method]
+        wanted = METHOD_SPECS[method].pretrained
         r3m, avid = (av / "r3m.pt", av / "avid.pt") if c.play_episodes else (c.r3m, c.avid)
         config = TrainConfig(dataset=demos, run_dir=run_dir, method=method, preset=c.preset, epochs=c.epochs,
                              batch_size=c.batch_size, lr=c.lr, patience=c.epochs, seed=c.seed, device="cpu",
                              stride=c.stride, dropout=c.dropout, frozen_encoders=c.frozen_encoders,
-                             resume=(run_dir / TRAIN_STATE).is_file(),
+                             resume=RunDir(run_dir).state.is_file(),
                              r3m=r3m if "r3m" in wanted else None, avid=avid if "avid" in wanted else None,
                              byol_a=byol if "byol-a" in wanted else None, allow_random_init=True,
                              threads=c.threads)
@@ -520,6 +520,14 @@ class Experiment:
             lines.append(f"| {s.name} | {s.seconds / 60:.2f} | {'earlier invocation' if s.skipped else ''} |")
         lines += ["", f"Work directory: `{c.work}` (demonstrations, runs with their `eval-*.json`)."]
         return "\n".join(lines) + "\n"
+
+    def _kept_reading(self) -> str:
+        """The hand-written part of an earlier results file (from READING_HEADING on), kept as it is."""
+        if not self.c.out.is_file():
+            return ""
+        old = self.c.out.read_text(errors="replace")
+        at = old.find(READING_HEADING)
+        return "" if at < 0 else "\n" + old[at:]
 
     def _operator_lines(self) -> list[str]:
         from htouch.sim.hearing import OperatorResult

@@ -40,15 +40,33 @@ from htouch.dataset.audio import LogMelParams, spectrogram_params
 from htouch.errors import HtouchError
 from htouch.training.encoders import AudioNTT2020, AvidConv2D, resnet18
 
-METHODS = ("ours", "vision-only", "scratch", "byol-a", "frozen-audio", "mlp-fusion")
-METHOD_HELP = {
-    "ours": "R3M image + AVID audio initialisation, both fine-tuned (the paper's method)",
-    "vision-only": "same architecture on the 4 image tokens only",
-    "scratch": "AVID audio network from random initialisation",
-    "byol-a": "BYOL-A encoder pretrained in-domain (`htouch pretrain byol-a`) on the byol-a log-mel",
-    "frozen-audio": "as ours, but the AVID encoder stays frozen",
-    "mlp-fusion": "as ours, with a parameter-matched MLP over the concatenated tokens instead of the transformer",
+@dataclass(frozen=True)
+class MethodSpec:
+    """One training method (the paper's section IV-C): everything that differs between methods is a field
+    here, so a new baseline is one row of METHOD_SPECS."""
+
+    help: str
+    audio_kind: str | None  # the spectrogram its audio encoder reads (htouch.dataset.audio): "avid" -> AVID's
+    #                         Conv2D, "byol-a" -> BYOL-A's AudioNTT2020; None: no audio token
+    pretrained: tuple[str, ...]  # the pretrained files it starts from (checkpoints.PRETRAINED's keys)
+    fusion: str = "transformer"  # or "mlp": a parameter-matched MLP over the concatenated tokens
+    frozen_audio: bool = False  # the audio encoder (weights and BatchNorm statistics) is not trained
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "ours": MethodSpec("R3M image + AVID audio initialisation, both fine-tuned (the paper's method)", "avid",
+                       ("r3m", "avid")),
+    "vision-only": MethodSpec("same architecture on the 4 image tokens only", None, ("r3m",)),
+    "scratch": MethodSpec("AVID audio network from random initialisation", "avid", ("r3m",)),
+    "byol-a": MethodSpec("BYOL-A encoder pretrained in-domain (`htouch pretrain byol-a`) on the byol-a log-mel",
+                         "byol-a", ("r3m", "byol-a")),
+    "frozen-audio": MethodSpec("as ours, but the AVID encoder stays frozen", "avid", ("r3m", "avid"),
+                               frozen_audio=True),
+    "mlp-fusion": MethodSpec("as ours, with a parameter-matched MLP over the concatenated tokens instead of the "
+                             "transformer", "avid", ("r3m", "avid"), fusion="mlp"),
 }
+METHODS = tuple(METHOD_SPECS)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -89,9 +107,13 @@ class PolicyConfig:
             raise HtouchError(f"policy config: action_dim must be 6 (delta EE) or 7 (+ gripper), got {self.action_dim}")
 
     @property
+    def spec(self) -> MethodSpec:
+        return METHOD_SPECS[self.method]
+
+    @property
     def audio_kind(self) -> str | None:
         """The spectrogram kind (htouch.dataset.audio) the audio encoder reads; None without audio."""
-        return {"vision-only": None, "byol-a": "byol-a"}.get(self.method, "avid")
+        return self.spec.audio_kind
 
     @property
     def uses_audio(self) -> bool:
@@ -227,7 +249,7 @@ class AudioVisualPolicy(nn.Module):
         self._freq_dim = 3
         if c.uses_audio:
             params = spectrogram_params(c.audio_kind)
-            if c.method == "byol-a":
+            if c.audio_kind == "byol-a":
                 self.audio_encoder = AudioNTT2020(params.n_mels, c.byol_dim, c.byol_channels)
                 n_bins, self._freq_dim = params.n_mels, 2  # (B, 1, n_mels, T)
             else:
@@ -243,13 +265,13 @@ class AudioVisualPolicy(nn.Module):
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
         block = nn.TransformerEncoderLayer(d_model=c.width, nhead=c.heads, dim_feedforward=round(c.width * c.mlp_ratio),
                                            dropout=c.dropout, activation="relu", batch_first=True, norm_first=True)
-        if c.method == "mlp-fusion":
+        if c.spec.fusion == "mlp":
             self.fusion: nn.Module = MlpFusion(c.n_tokens, c.width, c.dropout, _n_params(block))
         else:
             self.fusion = block
         self.mlp = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.n_tokens * c.width, c.head_hidden), nn.ReLU(),
                                  nn.Dropout(c.dropout), nn.Linear(c.head_hidden, c.horizon * c.action_dim))
-        if c.method == "frozen-audio":
+        if c.spec.frozen_audio:
             self.audio_encoder.requires_grad_(False)
             self.audio_encoder.eval()
 
@@ -257,7 +279,7 @@ class AudioVisualPolicy(nn.Module):
 
     def train(self, mode: bool = True) -> "AudioVisualPolicy":
         super().train(mode)
-        if self.config.method == "frozen-audio":
+        if self.config.spec.frozen_audio:
             self.audio_encoder.eval()  # frozen means its BatchNorm statistics too
         return self
 

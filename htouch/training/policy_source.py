@@ -16,6 +16,7 @@ episode's info holds the reward (the task's progress in [0, 1]).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from htouch.dataset.schema import AudioSpec, RigSpec
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import model_digest, read_run_config
 from htouch.training.model import PolicyConfig
+from htouch.training.run_dir import RunDir
 from htouch.training.runner import Hearing, PolicyRunner, RunnerCounters
 
 
@@ -52,7 +54,8 @@ class RunInfo:
         dataset = extra.get("dataset") if isinstance(extra.get("dataset"), dict) else {}
         rig = RigSpec.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
         return cls(Path(run_dir), config, dataset.get("task"), rig, list(extra.get("random_init") or []),
-                   dict(extra.get("training") or {}), dataset.get("root"), list(dataset.get("train_episodes") or []))
+                   dict(extra.get("training") or {}), _training_dataset(Path(run_dir), dataset.get("root")),
+                   list(dataset.get("train_episodes") or []))
 
     def summary(self) -> dict[str, Any]:
         """For an episode's info and eval.json."""
@@ -60,6 +63,19 @@ class RunInfo:
                 "horizon": self.config.horizon, "trained_task": self.task, "random_init": self.random_init,
                 "best_epoch": self.training.get("best_epoch"),
                 "model_xxh3": model_digest(self.run_dir)}
+
+
+def _training_dataset(run_dir: Path, root: str | None) -> str | None:
+    """The training dataset's directory: where the run recorded it or, when the run and its dataset were
+    moved together (a copied experiment), at the same place relative to the run directory as then."""
+    if not root or Path(root).is_dir():
+        return root
+    try:
+        trained_in = RunDir(run_dir).read_record()["config"]["run_dir"]
+        moved = (run_dir / os.path.relpath(root, trained_in)).resolve()
+    except (HtouchError, KeyError, TypeError, ValueError):
+        return root
+    return str(moved) if moved.is_dir() else root
 
 
 class PolicySource:

@@ -37,7 +37,8 @@ from htouch.dataset import audio as audio_params
 from htouch.dataset.episode import NS, SampleParams, frame_indices, gather_audio_clip
 from htouch.dataset.schema import AudioSpec, RigSpec
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import DEFAULT_NAME, load_run_checkpoint
+from htouch.training.checkpoints import load_run_checkpoint
+from htouch.training.run_dir import WEIGHTS_NAME
 from htouch.training.data import DataSpec
 from htouch.training.model import ActionNormalization, AudioVisualPolicy, PolicyConfig, preprocess_frames
 
@@ -151,7 +152,7 @@ class PolicyRunner:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, safety: SafetyFilter, execute: int = 2, audio: AudioSpec | None = None,
-                 name: str = DEFAULT_NAME, hearing: Hearing | None = None) -> "PolicyRunner":
+                 name: str = WEIGHTS_NAME, hearing: Hearing | None = None) -> "PolicyRunner":
         """A runner for a trained policy: the weights, config, action normalization and observation window of a
         run directory (as `htouch train` writes it). `audio` is the live rig's audio spec, which normalises its
         PCM; by default the training rig's."""

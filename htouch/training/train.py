@@ -12,14 +12,7 @@ Two modes:
   encoders (BatchNorm in eval mode, no image augmentation, since a cached embedding cannot be augmented),
   and only the head (positional embeddings, transformer block, MLP) is trained on the cached embeddings.
 
-A run directory holds:
-    model.safetensors, config.json   the best-validation policy and what it needs (checkpoints.py)
-    last.pt                          the state after the last finished epoch, for --resume
-                                     (tensors, numbers and lists only: read with weights_only=True)
-    run.json                         the training settings, where the encoders came from (`encoders`: file or
-                                     random; `encoder_pretraining`: how an htouch-made file was made), progress
-    metrics.csv, tensorboard/        per-epoch losses, learning rate and throughput
-    loss_curves.png                  training and validation loss per epoch
+A run directory's files: run_dir.py.
 Several processes (torchrun) train one policy with DistributedDataParallel: see ddp.py.
 """
 
@@ -47,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from htouch.dataset.store import Dataset, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training import ddp
-from htouch.training.checkpoints import METHOD_PRETRAINED, load_pretrained, pretraining_of, save_run_checkpoint
+from htouch.training.checkpoints import load_pretrained, pretraining_of, save_run_checkpoint
 from htouch.training.data import (
     DEFAULT_PRELOAD_MB,
     DataSpec,
@@ -56,13 +49,9 @@ from htouch.training.data import (
     plan_dataset,
     to_float,
 )
-from htouch.training.model import METHODS, AudioVisualPolicy, PolicyConfig, build_policy, policy_config
+from htouch.training.model import METHOD_SPECS, METHODS, AudioVisualPolicy, PolicyConfig, build_policy, policy_config
+from htouch.training.run_dir import RunDir
 
-RUN_FILE = "run.json"
-STATE_FILE = "last.pt"
-METRICS_FILE = "metrics.csv"
-PLOT_FILE = "loss_curves.png"
-TB_DIR = "tensorboard"
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "train_samples", "train_seconds", "samples_per_s",
                  "val_seconds", "best")
 # Settings a resumed run must share with the run it continues (epochs and patience may change).
@@ -326,7 +315,7 @@ def _seed_everything(seed: int) -> None:
 def _check_pretrained(config: TrainConfig, resuming: bool) -> None:
     """Refuse at once (before any data is read) a method whose pretrained files are missing."""
     files = config.pretrained_files()
-    wanted = METHOD_PRETRAINED[config.method]
+    wanted = METHOD_SPECS[config.method].pretrained
     for kind, path in files.items():
         if path is not None and kind in wanted and not Path(path).is_file():
             raise HtouchError(f"{PRETRAINED_FLAGS[kind]} {path}: no such file")
@@ -345,38 +334,31 @@ def _default_workers(device: torch.device, env: ddp.DistEnv) -> int:
     return max(1, min(4, (os.cpu_count() or 1) // per_node - 1))
 
 
-def _read_run(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / RUN_FILE).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HtouchError(f"{run_dir / RUN_FILE}: unreadable ({e})") from None
-
-
 def _check_run_dir(config: TrainConfig) -> dict[str, Any] | None:
     """The state to resume from (None for a new run); refuses to overwrite a run or resume a different one."""
-    run_dir = config.run_dir
+    run_dir, run = config.run_dir, RunDir(config.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise HtouchError(f"--run {run_dir}: exists and is not a directory")
-    has_run = (run_dir / RUN_FILE).exists()
+    has_run = run.record.exists()
     if not config.resume:
         if has_run or (run_dir.is_dir() and any(run_dir.iterdir())):
             raise HtouchError(f"--run {run_dir} already holds files; add --resume to continue that run or "
                               "choose a new directory")
         return None
     if not has_run:
-        raise HtouchError(f"--resume: {run_dir} holds no run ({RUN_FILE} not found)")
-    saved = _read_run(run_dir)["config"]
+        raise HtouchError(f"--resume: {run_dir} holds no run ({run.record.name} not found)")
+    saved = run.read_record()["config"]
     now = config.to_dict()
     for key in RESUME_KEYS:
         if saved.get(key) != now.get(key):
             raise HtouchError(f"--resume: {key} differs from the run in {run_dir} (was {saved.get(key)!r}, "
                               f"now {now.get(key)!r})")
-    if not (run_dir / STATE_FILE).is_file():
+    if not run.state.is_file():
         return {}  # started but never finished an epoch: start afresh with the same settings
     try:
-        return torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        return torch.load(run.state, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable state is the same user-facing problem
-        raise HtouchError(f"{run_dir / STATE_FILE}: unreadable training state ({type(e).__name__}: {e})") from None
+        raise HtouchError(f"{run.state}: unreadable training state ({type(e).__name__}: {e})") from None
 
 
 class Session:
@@ -418,7 +400,7 @@ class Session:
             self.reporter.note(note)
         self.normalization = self.plan.action_normalization(self.policy_config.action_dim)
         if self.resume_state:
-            self._check_same_data(_read_run(c.run_dir))
+            self._check_same_data(RunDir(c.run_dir).read_record())
         augment = not c.frozen_encoders
         self.train_set = self._samples(ds, self.plan.train, augment, "training")
         self.val_set = self._samples(ds, self.plan.val, False, "validation")
@@ -506,7 +488,7 @@ class Session:
             self.encoder_origin = json.loads(state.get("encoder_origin", "{}"))
             self.encoder_pretraining = json.loads(state.get("encoder_pretraining", "{}"))
         except (KeyError, RuntimeError, ValueError) as e:
-            raise HtouchError(f"{self.config.run_dir / STATE_FILE}: does not fit this run's model "
+            raise HtouchError(f"{RunDir(self.config.run_dir).state}: does not fit this run's model "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
         if self.scheduler.T_max != self.config.epochs:  # --epochs changed: the same cosine, stretched
             done = self.scheduler.last_epoch
@@ -649,6 +631,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> RunResult:
 
 def _train(s: Session) -> RunResult:
     c, env, run_dir = s.config, s.env, s.config.run_dir
+    run = RunDir(run_dir)
     state = s.resume_state or {}
     history = _history_from_state(state.get("history", []))
     best_epoch, best_val = int(state.get("best_epoch", 0)), float(state.get("best_val_loss", math.inf))
@@ -667,10 +650,10 @@ def _train(s: Session) -> RunResult:
     writer = None
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / RUN_FILE, s.run_record("running", history, best_epoch, best_val))
+        write_json_atomic(run.record, s.run_record("running", history, best_epoch, best_val))
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / TB_DIR), purge_step=len(history) + 1)
+        writer = SummaryWriter(str(run.tensorboard), purge_step=len(history) + 1)
     try:
         for epoch in range(len(history), c.epochs):
             if bad_epochs >= c.patience:
@@ -695,7 +678,7 @@ def _train(s: Session) -> RunResult:
         if writer is not None:
             writer.close()
     if env.is_main:
-        write_json_atomic(run_dir / RUN_FILE, s.run_record(stopped, history, best_epoch, best_val))
+        write_json_atomic(run.record, s.run_record(stopped, history, best_epoch, best_val))
     n_params = sum(p.numel() for p in s.model.parameters())
     return RunResult(run_dir, history, best_epoch, best_val, stopped, s.model.cpu(), n_params)
 
@@ -704,15 +687,16 @@ def _record_epoch(s: Session, writer: Any, history: list[EpochMetrics], best_epo
                   bad_epochs: int, improved: bool, stopped: str) -> None:
     """Rank 0 after each epoch: the best model, the state to resume from, metrics, events, the plot."""
     c, run_dir, m = s.config, s.config.run_dir, history[-1]
+    run = RunDir(run_dir)
     if improved:
         save_run_checkpoint(run_dir, s.model, s.policy_config, s.checkpoint_extra(best_epoch, best_val))
-    with replacing(run_dir / STATE_FILE) as tmp:
+    with replacing(run.state) as tmp:
         torch.save(s.state(history, best_epoch, best_val, bad_epochs), tmp)
-    _write_metrics(run_dir / METRICS_FILE, history)
+    _write_metrics(run.metrics, history)
     for name, value in (("loss/train", m.train_loss), ("loss/val", m.val_loss), ("lr", m.lr),
                         ("throughput/train_samples_per_s", m.samples_per_s)):
         writer.add_scalar(name, value, m.epoch)
     writer.flush()
-    plot_losses(run_dir / PLOT_FILE, history, f"{c.method} ({c.preset})")
+    plot_losses(run.plot, history, f"{c.method} ({c.preset})")
     status = "running" if stopped == "max epochs" and m.epoch < c.epochs else stopped
-    write_json_atomic(run_dir / RUN_FILE, s.run_record(status, history, best_epoch, best_val))
+    write_json_atomic(run.record, s.run_record(status, history, best_epoch, best_val))

@@ -54,9 +54,16 @@ def _unreachable(host: str, detail: str) -> str:
     return f"cannot reach the Franka controller at {host}: {detail}"
 
 
+def _require_host(config: RobotConfig) -> None:
+    """The rig file's loader refuses a real rig without a host; this guards code that builds a config."""
+    if not config.host:
+        raise DeviceError("no address for the Franka controller: set [robot] host in the rig file")
+
+
 def probe(config: RobotConfig) -> tuple[bool, str]:
     """(reachable, one line) for `htouch rig check`: panda-py installed and the FCI port answering."""
     try:
+        _require_host(config)
         import_device_library("panda_py", "panda-python")
     except DeviceError as e:
         return False, str(e)
@@ -194,6 +201,7 @@ class PandaRobot:
 
     def __init__(self, config: RobotConfig, clock: Clock | None = None, panda_module: Any = None,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S):
+        _require_host(config)
         self.config = config
         self.clock = clock or MonotonicClock()
         if panda_module is None:
