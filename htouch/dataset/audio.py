@@ -89,7 +89,8 @@ def params_key(clip: ClipParams, params: SpectrogramParams) -> str:
 
 
 def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed sinc) of a 1-D float signal."""
+    """Band-limited resampling (torchaudio's windowed sinc) of a float signal along its last axis (a 1-D signal,
+    or (channels, samples))."""
     a, b = int(round(from_hz)), int(round(to_hz))
     if a == b:
         return x.astype(np.float32, copy=False)

@@ -50,25 +50,33 @@ def _codec(names: tuple[str, ...]) -> str:
     raise HtouchError(f"PyAV has none of the encoders {', '.join(names)}")
 
 
-def mono_track(ep: Episode, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, int]:
-    """The episode's audio between t0 and t1 on one time line (silence where no block), mono, normalised
-    with the AudioSpec: (samples float32, rate)."""
+def audio_track(ep: Episode, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, int]:
+    """The episode's audio between t0 and t1 on one time line at the native rate (silence where no block), every
+    channel, normalised with the AudioSpec: (samples (n, channels) float32, rate). Each block is placed by its
+    first sample's time stamp, so gaps stay silent and nothing is shifted."""
     spec = ep.rig.audio
     rate = int(round(spec.rate_hz))
     n = max(int(round((t1_ns - t0_ns) * rate / NS)), 0)
-    out = np.zeros(n, dtype=np.float32)
+    out = np.zeros((n, spec.channels), dtype=np.float32)
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
     if not len(offsets) or n == 0:
         return out, rate
     pcm = ep.read("audio/pcm")
     ends = np.append(offsets[1:], len(pcm))
-    mono = (pcm.astype(np.float32).mean(axis=1) - spec.center) / spec.scale
+    norm = (pcm.astype(np.float32) - np.float32(spec.center)) / np.float32(spec.scale)
     for start, end, t in zip(offsets, ends, times):
         at = int(round((int(t) - t0_ns) * rate / NS))  # where this block's first sample goes
         lo, hi = max(at, 0), min(at + int(end - start), n)
         if hi > lo:
-            out[lo:hi] = mono[start + (lo - at): start + (hi - at)]
+            out[lo:hi] = norm[start + (lo - at): start + (hi - at)]
     return out, rate
+
+
+def mono_track(ep: Episode, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, int]:
+    """The episode's audio between t0 and t1 on one time line (silence where no block), mono, normalised
+    with the AudioSpec: (samples float32, rate)."""
+    track, rate = audio_track(ep, t0_ns, t1_ns)
+    return track.mean(axis=1), rate
 
 
 def export_video(ep: Episode, out: str | Path, *, normalize: bool = True, crf: int = 20,
