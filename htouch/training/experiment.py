@@ -239,32 +239,41 @@ class Experiment:
         if "byol-a" in c.methods:
             self._stage(f"{task}: BYOL-A pretraining ({c.byol_epochs} epochs)", byol.is_file(),
                         lambda: self._pretrain(demos, byol))
+        # Every method trained and evaluated on both looks first (the comparison), then the diagnostics.
+        trained = []
         for method in c.methods:
             run_dir = root / "runs" / method
             if not self._stage(f"{task}: train {method} ({c.epochs} epochs)", self._trained(run_dir, method),
                                lambda m=method, r=run_dir: self._train(demos, m, r, byol, av)):
                 continue  # --report-only: nothing of this method to report yet
             self._record_encoders(method, run_dir)
-            hears = c.policy(method).uses_audio
-            conditions = [(v, "real") for v in VARIATIONS] + [("train", a) for a in ABLATIONS if hears and c.ablations]
-            for variation, audio in conditions:
-                ev = self._eval_config(task, run_dir, variation, audio)
-                path = RunDir(run_dir).evaluation(task, variation, audio)
-                done = self._evaluated(path, ev)
-                heard = "" if audio == "real" else f", {audio} audio"
-                if not self._stage(f"{task}: evaluate {method} on {variation}{heard} ({c.eval_episodes} episodes)",
-                                   done, lambda e=ev, p=path, m=method: self._evaluate(e, p, m)):
-                    continue
-                result = read_json(path, "evaluation")
-                if audio == "real":
-                    self.results[(task, method, variation)] = result
-                else:
-                    self.ablations[(task, method, audio)] = result
+            trained.append((method, run_dir))
+            for variation in VARIATIONS:
+                self._evaluation(task, method, run_dir, variation, "real")
+        for method, run_dir in trained:
+            if c.policy(method).uses_audio and c.ablations:
+                for audio in ABLATIONS:
+                    self._evaluation(task, method, run_dir, "train", audio)
             if c.probe:
                 path = RunDir(run_dir).probe(demos)
                 if self._stage(f"{task}: contact probe of {method}", self._probed(path, run_dir),
                                lambda r=run_dir, p=path: self._probe(r, demos, p)):
                     self.probes[(task, method)] = read_json(path, "probe")
+
+    def _evaluation(self, task: str, method: str, run_dir: Path, variation: str, audio: str) -> None:
+        """The stage that evaluates one run on one look with one audio condition, and its result kept."""
+        c = self.c
+        ev = self._eval_config(task, run_dir, variation, audio)
+        path = RunDir(run_dir).evaluation(task, variation, audio)
+        heard = "" if audio == "real" else f", {audio} audio"
+        if not self._stage(f"{task}: evaluate {method} on {variation}{heard} ({c.eval_episodes} episodes)",
+                           self._evaluated(path, ev), lambda: self._evaluate(ev, path, method)):
+            return
+        result = read_json(path, "evaluation")
+        if audio == "real":
+            self.results[(task, method, variation)] = result
+        else:
+            self.ablations[(task, method, audio)] = result
 
     # ---------------------------------------------------------------- demonstrations
 
