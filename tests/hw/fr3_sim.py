@@ -1,5 +1,7 @@
 """franky-sim (a simulator of the FR3's libfranka protocol, MuJoCo backend) started and stopped by the tests,
-on 127.0.0.1 only (it binds the FR3's fixed ports 1337 and 1338; `--hostname` keeps it off any other address).
+on 127.0.0.1 only (it binds the FR3's fixed ports 1337 and 1338, on the address it is given and no other).
+With `reflex_force_n` it runs franky-sim's server with a contact reflex added (tests/hw/fr3_reflex_server.py);
+otherwise the `franky-sim` command itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 PORT = 1337
 READY_LINE = "Connect to the server using"
@@ -33,15 +36,18 @@ def port_in_use(host: str = HOST, port: int = PORT) -> bool:
 class FrankySim:
     """One franky-sim process in its own process group; `stop()` (or `kill()`) ends the whole group."""
 
-    def __init__(self, log: Path):
-        exe = shutil.which("franky-sim", path=str(Path(sys.executable).parent)) or shutil.which("franky-sim")
-        if exe is None:
-            raise FileNotFoundError("franky-sim is not installed")
+    def __init__(self, log: Path, reflex_force_n: float | None = None):
+        if reflex_force_n is not None:
+            command = [sys.executable, "-m", "tests.hw.fr3_reflex_server", str(reflex_force_n)]
+        else:
+            exe = shutil.which("franky-sim", path=str(Path(sys.executable).parent)) or shutil.which("franky-sim")
+            if exe is None:
+                raise FileNotFoundError("franky-sim is not installed")
+            command = [exe, "-s", "mujoco", "--hostname", HOST]
         self.log = log
         self._out = open(log, "w")
-        self.proc = subprocess.Popen([exe, "-s", "mujoco", "--hostname", HOST], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

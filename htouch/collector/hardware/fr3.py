@@ -36,11 +36,15 @@ or is gone.
 
 from __future__ import annotations
 
+import json
+import select
 import socket
+import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -63,7 +67,7 @@ from htouch.collector.hardware.panda import (
 CONNECT_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 5.0  # the torque thread's first cycle
 RECOVER_TIMEOUT_S = 3.0
-STALE_STATE_S = 0.5  # no state packet for this long: the connection is taken as lost
+STALE_STATE_S = 1.5  # no state for this long: taken as lost (libfranka itself gives up after 1 s without a packet)
 SWITCH_INTERVAL_S = 0.0002  # the GIL hand-over interval while the torque thread runs
 TARGET_FILTER_S = 0.02  # time constant of the target's low-pass filter in the torque thread
 HOME_SPEED_RAD_S = 0.5  # the fastest joint of the homing trajectory, on average
@@ -132,49 +136,48 @@ def probe(config: RobotConfig) -> tuple[bool, str]:
 GRIPPER_START_TIMEOUT_S = 30.0  # a new Python process on a loaded machine
 
 
-def _gripper_child(host: str, conn: Any) -> None:
-    """The Franka Hand, served in a process of its own: pylibfranka's Gripper calls hold the GIL for the
-    whole motion, which would stall the torque thread for as long. Answers ("ok", value) or ("error", text)."""
+def _gripper_main(host: str) -> None:
+    """The Franka Hand, served in a process of its own (`python -m htouch.collector.hardware.fr3 HOST`):
+    pylibfranka's Gripper calls hold the GIL for the whole motion, which would stall the torque thread for
+    as long. Reads one JSON request per line on stdin ([name, args]); answers ["ok", value] or ["error", text]."""
+    def answer(status: str, value: Any) -> None:
+        sys.stdout.write(json.dumps([status, value]) + "\n")
+        sys.stdout.flush()
+
     try:
         import pylibfranka as pf
 
         gripper = pf.Gripper(host)
     except Exception as e:  # noqa: BLE001 - handed to the parent
-        conn.send(("error", str(e).strip() or type(e).__name__))
+        answer("error", str(e).strip() or type(e).__name__)
         return
-    conn.send(("ok", None))
-    while True:
-        try:
-            name, args = conn.recv()
-        except (EOFError, OSError):
-            return
+    answer("ok", None)
+    for line in sys.stdin:
+        name, args = json.loads(line)
         if name == "close":
             return
         try:
             if name == "read_once":
                 state = gripper.read_once()
-                result: Any = (float(state.width), bool(state.is_grasped))
+                answer("ok", [float(state.width), bool(state.is_grasped)])
+            elif name in ("move", "grasp"):
+                answer("ok", bool(getattr(gripper, name)(*args)))
             else:
-                result = getattr(gripper, name)(*args)
-            conn.send(("ok", result))
+                answer("error", f"unknown request {name!r}")
         except Exception as e:  # noqa: BLE001 - handed to the parent
-            conn.send(("error", str(e).strip() or type(e).__name__))
+            answer("error", str(e).strip() or type(e).__name__)
 
 
 class _RemoteGripper:
     """pylibfranka's Gripper (move, grasp, read_once) run in a child process; each call blocks the calling
     thread only (waiting on a pipe releases the GIL). RuntimeError for what the gripper or the child reports."""
 
-    def __init__(self, host: str, timeout_s: float):
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
-        self._conn, child = context.Pipe()
+    def __init__(self, host: str):
         self._lock = threading.Lock()
-        self._process = context.Process(target=_gripper_child, args=(host, child), name="franka hand", daemon=True)
-        self._process.start()
-        child.close()
-        if not self._conn.poll(GRIPPER_START_TIMEOUT_S):
+        self._process = subprocess.Popen([sys.executable, "-m", "htouch.collector.hardware.fr3", host],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        ready, _, _ = select.select([self._process.stdout], [], [], GRIPPER_START_TIMEOUT_S)
+        if not ready:
             self.close()
             raise RuntimeError(f"the gripper process did not answer within {GRIPPER_START_TIMEOUT_S:g} s")
         status, detail = self._receive()
@@ -183,16 +186,20 @@ class _RemoteGripper:
             raise RuntimeError(detail)
 
     def _receive(self) -> tuple[str, Any]:
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError):
-            raise RuntimeError("the gripper process ended") from None
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError("the gripper process ended")
+        status, value = json.loads(line)
+        return status, value
 
     def _call(self, name: str, *args: Any) -> Any:
+        assert self._process.stdin is not None
         with self._lock:
             try:
-                self._conn.send((name, args))
-            except OSError:
+                self._process.stdin.write(json.dumps([name, list(args)]) + "\n")
+                self._process.stdin.flush()
+            except (OSError, ValueError):
                 raise RuntimeError("the gripper process ended") from None
             status, result = self._receive()
         if status != "ok":
@@ -206,21 +213,23 @@ class _RemoteGripper:
         return self._call("grasp", width, speed, force, epsilon_inner, epsilon_outer)
 
     def read_once(self) -> Any:
-        from types import SimpleNamespace
-
         width, is_grasped = self._call("read_once")
         return SimpleNamespace(width=width, is_grasped=is_grasped)
 
     def close(self) -> None:
         try:
-            self._conn.send(("close", ()))
-        except OSError:
+            assert self._process.stdin is not None
+            self._process.stdin.write(json.dumps(["close", []]) + "\n")
+            self._process.stdin.close()
+        except (OSError, ValueError):
             pass
-        self._process.join(2.0)
-        if self._process.is_alive():
+        try:
+            self._process.wait(2.0)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join(2.0)
-        self._conn.close()
+            self._process.wait(2.0)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,7 @@ class _TorqueLoop:
 
     def _run(self) -> None:
         pf = self.pf
+        ctrl = None
         previous = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
@@ -307,8 +317,11 @@ class _TorqueLoop:
             finished.motion_finished = True
             ctrl.writeOnce(finished)
         except Exception as e:  # noqa: BLE001 - reported through state(); libfranka raises several kinds
-            self.error = e
+            # Without its traceback: the frames would keep the ActiveControl object, and libfranka refuses a
+            # new control session while one exists.
+            self.error = e.with_traceback(None)
         finally:
+            ctrl = None  # ends the session on libfranka's side
             sys.setswitchinterval(previous)
             self._started.set()
             self.home_done.set()
@@ -569,7 +582,7 @@ class FR3Robot:
                                    np.asarray(first.O_F_ext_hat_K, dtype=float))
         if self._gripper is None:
             try:
-                gripper = _RemoteGripper(host, timeout_s)
+                gripper = _RemoteGripper(host)
                 self._remote = gripper
                 self._gripper = _GripperWorker(gripper, self.config, self._gripper_failed)
                 self._idle_width = self._gripper.width
@@ -621,3 +634,7 @@ class FR3Robot:
     def _event(self, kind: str, **detail: Any) -> None:
         with self._lock:
             self._events.append((self.clock.now_ns(), kind, detail))
+
+
+if __name__ == "__main__":
+    _gripper_main(sys.argv[1])
