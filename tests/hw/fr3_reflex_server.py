@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import sys
 
+import franky_sim
 import mujoco
 import numpy as np
-
-import franky_sim
 from franky_sim.franka_robot_protocol import MoveStatus, RobotCommand
 from franky_sim.franka_server import BaseCommand
 from franky_sim.mujoco_simulator import MujocoSimulator

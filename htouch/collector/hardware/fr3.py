@@ -51,18 +51,18 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from htouch.collector.config import RobotConfig
-from htouch.collector.safety import SafetyLimits
 from htouch.collector.devices import Action, Clock, DeviceError, MonotonicClock, RobotState
 from htouch.collector.hardware import import_device_library
 from htouch.collector.hardware.panda import (
     FCI_PORT,
-    PROBE_TIMEOUT_S,
     NULLSPACE_STIFFNESS,
+    PROBE_TIMEOUT_S,
     _GripperWorker,
     call_with_timeout,
     gripper_request,
     limit_lead,
 )
+from htouch.collector.safety import SafetyLimits
 
 CONNECT_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 5.0  # the torque thread's first cycle
