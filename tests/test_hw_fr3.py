@@ -5,6 +5,7 @@ state streams come from the simulated controller. The last test kills the simula
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -192,6 +193,12 @@ def test_collect_an_episode_on_the_fr3_and_it_validates(sim, cli, tmp_path, stan
     np.testing.assert_allclose(joints[0], RobotConfig().home_joints, atol=0.03)  # from the controller
     np.testing.assert_allclose(poses[0, :3], HOME_POS, atol=0.01)
     assert np.ptp(poses[:, 0]) > 0.002  # the scripted controller moved the arm
+    # The recorded actions replayed on the FR3 (it homes first), with the tracking error reported.
+    r = cli("replay", ep.path, "--on", "robot", "--config", config, "--yes")
+    assert r.code == 0, r.out + r.err
+    assert "actions sent" in r.out and "tracking error" in r.out and "robot errors" in r.out, r.out
+    errors = re.search(r"robot errors\W+(\d+)", r.out)
+    assert errors is not None and errors.group(1) == "0", r.out
 
 
 def test_the_simulator_killed_mid_episode_is_one_line_and_no_hang(sim, cli, tmp_path, stand_ins):
