@@ -36,6 +36,7 @@ or is gone.
 
 from __future__ import annotations
 
+import collections
 import json
 import select
 import socket
@@ -77,6 +78,7 @@ HOME_SETTLE_S = 3.0  # robot time allowed after the trajectory's end to come wit
 JOINT_STIFFNESS = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])  # Nm/rad, homing
 JOINT_DAMPING = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])  # Nms/rad (libfranka's example)
 NOMINAL_PERIOD_S = 0.001
+COMPUTE_SAMPLES = 60_000  # the torque thread keeps its newest computation times (for tools/bench_fr3.py)
 
 
 def _pylibfranka() -> Any:
@@ -270,6 +272,7 @@ class _TorqueLoop:
         self.missed = 0  # packets the controller sent that this thread never read in time
         self.late_cycles = 0  # cycles whose period exceeded the nominal 1 ms
         self.compute_s_max = 0.0
+        self.compute_s: collections.deque[float] = collections.deque(maxlen=COMPUTE_SAMPLES)  # newest cycles
         self._filtered: tuple[np.ndarray, np.ndarray] | None = None
         self._joint_t = 0.0
         self._stop = False
@@ -340,6 +343,7 @@ class _TorqueLoop:
             self.late_cycles += 1
             self.missed += steps - 1
         self.compute_s_max = max(self.compute_s_max, compute_s)
+        self.compute_s.append(compute_s)
 
     def _torques(self, state: Any, dt: float) -> np.ndarray:
         q, dq = np.asarray(state.q, dtype=float), np.asarray(state.dq, dtype=float)
