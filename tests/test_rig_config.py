@@ -279,3 +279,14 @@ def test_quest_and_adb_addresses_are_checked_too(tmp_path):
         path.write_text(table)
         with pytest.raises(HtouchError, match=re.escape(words)):
             load_rig_config(path)
+
+
+def test_robot_kind_picks_the_backend_and_a_bad_one_is_one_line(tmp_path):
+    path = tmp_path / "rig.toml"
+    path.write_text('[rig]\nkind = "real"\n[robot]\nkind = "fr3"\nhost = "127.0.0.1"\n')
+    assert load_rig_config(path).robot.kind == "fr3"
+    assert RobotConfig().kind == "panda"  # the default, as before
+    path.write_text('[rig]\nkind = "real"\n[robot]\nkind = "ur5"\nhost = "127.0.0.1"\n')
+    with pytest.raises(HtouchError) as info:
+        load_rig_config(path)
+    assert str(info.value) == f"{path} [robot]: kind must be 'panda' or 'fr3', not 'ur5'"

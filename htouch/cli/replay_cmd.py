@@ -121,19 +121,20 @@ def _replay_robot(ep, speed: float, config: Path | None, yes: bool) -> None:
     if cfg.kind != "real":
         raise HtouchError(f"{config} describes a {cfg.kind} rig; --on robot needs a real rig file")
     n, seconds = len(ep.action_times), (int(ep.action_times[-1]) - int(ep.action_times[0])) / 1e9
-    if not yes and not typer.confirm(f"Replay {n} actions ({seconds / speed:.1f} s) of {ep.name} on the Panda at "
-                                     f"{cfg.robot.host}? The robot will move home, then move", default=False):
+    from htouch.collector.rigs import ROBOT_NAMES, build_robot
+
+    where = f"the {ROBOT_NAMES[cfg.robot.kind]} at {cfg.robot.host}"
+    if not yes and not typer.confirm(f"Replay {n} actions ({seconds / speed:.1f} s) of {ep.name} on {where}? "
+                                     "The robot will move home, then move", default=False):
         console.print("nothing sent to the robot")
         raise typer.Exit(1)
-    from htouch.collector.hardware.panda import PandaRobot
-
     try:
-        robot = PandaRobot(cfg.robot)
+        robot = build_robot(cfg.robot, safety=cfg.safety)
         robot.start()
     except DeviceError as e:
         raise HtouchError(f"cannot use the robot: {e}") from None
     try:
-        report = _run(ep, robot, safety, speed, f"the Panda at {cfg.robot.host}")
+        report = _run(ep, robot, safety, speed, where)
     except DeviceError as e:
         raise HtouchError(f"the robot failed during the replay: {e}") from None
     finally:

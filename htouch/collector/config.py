@@ -97,6 +97,8 @@ def check_bounds(obj: Any, table: str) -> None:
                 raise ValueError(f"{key}: {problem}")
 
 
+ROBOT_KINDS = ("panda", "fr3")  # [robot] kind: the backend in htouch/collector/hardware/ of that name
+
 # The example rig file's robot host: refused until the user writes their controller's address there.
 PLACEHOLDER_HOST = "EDIT-ME"
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -184,6 +186,7 @@ class TeleopConfig:
 
 @dataclass
 class RobotConfig:
+    kind: str = "panda"  # "panda" (panda-py) or "fr3" (pylibfranka, the FR3's protocol)
     # The Franka controller's address. Deliberately no default: "" means "not set", which the simulated rig
     # never needs and a real rig refuses (see RigConfig.check_real).
     host: str = ""
@@ -196,6 +199,7 @@ class RobotConfig:
     gripper_max_width: float = 0.08  # m, fully open
 
     def __post_init__(self) -> None:
+        _require(self, "'panda' or 'fr3'", lambda v: v in ROBOT_KINDS, "kind")
         _require(self, "7 joint angles (rad)", lambda v: len(v) == 7, "home_joints")
         check_bounds(self, "robot")
         _host(self, "host", "your Franka controller", optional=True)

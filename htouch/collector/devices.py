@@ -54,6 +54,7 @@ class RobotState:
     joints: np.ndarray  # (n_joints,)
     gripper_width: float  # metres
     error: str | None = None  # set while the robot is in an error state (reflex, ...)
+    external_force: np.ndarray | None = None  # (6,) estimated external wrench, N and Nm, base frame (if measured)
 
 
 @dataclass

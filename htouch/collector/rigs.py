@@ -1,8 +1,8 @@
 """A rig: the devices the recording loop drives, on one clock, built from a rig configuration.
 
 `build_rig` turns a RigConfig into the simulated rig (MuJoCo scene, synthesized contact audio, a scripted or
-keyboard operator) or the real one (RealSense, sound card, Quest or keyboard, Panda). Device modules are
-imported only when their rig is asked for, so the simulated rig needs no hardware libraries.
+keyboard operator) or the real one (RealSense, sound card, Quest or keyboard, Franka Panda or FR3). Device
+modules are imported only when their rig is asked for, so the simulated rig needs no hardware libraries.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from htouch.collector.config import RigConfig
+from htouch.collector.config import RigConfig, RobotConfig
+from htouch.collector.safety import SafetyLimits
 from htouch.collector.devices import (
     Camera,
     Clock,
@@ -158,14 +159,13 @@ def _continue_scenes(sim: Any, seed: int, dataset: Any) -> None:
 
 def _build_real(config: RigConfig, operator: str) -> Rig:
     from htouch.collector.hardware.microphones import SoundDeviceMicrophones
-    from htouch.collector.hardware.panda import PandaRobot
     from htouch.collector.hardware.realsense import RealSenseCamera
 
     clock = MonotonicClock()
     built: list[Any] = []
     try:
         # The robot first: with no robot reachable, fail before opening anything else.
-        robot = PandaRobot(config.robot, clock)
+        robot = build_robot(config.robot, clock, config.safety)
         built.append(robot)
         camera = RealSenseCamera(config.camera, clock)
         built.append(camera)
@@ -196,6 +196,21 @@ def _build_real(config: RigConfig, operator: str) -> Rig:
                info={"rig": "real", "rig_config": config.source}, help=help_text)
 
 
+ROBOT_NAMES = {"panda": "Panda", "fr3": "FR3"}  # [robot] kind -> what the user is told
+
+
+def build_robot(config: RobotConfig, clock: Clock | None = None, safety: SafetyLimits | None = None) -> Robot:
+    """The arm the rig file's [robot] kind names, connected (DeviceError naming the host if it cannot be).
+    `safety`: the rig's limits, for a backend that also keeps its target inside the workspace box."""
+    if config.kind == "fr3":
+        from htouch.collector.hardware.fr3 import FR3Robot
+
+        return FR3Robot(config, clock, workspace=safety)
+    from htouch.collector.hardware.panda import PandaRobot
+
+    return PandaRobot(config, clock)
+
+
 def probe_real(config: RigConfig, operator: str | None = None) -> list[tuple[str, str, bool, str]]:
     """For `htouch rig check`: (device, what the config asks for, found, what was found) per device."""
     rows = []
@@ -219,7 +234,7 @@ def probe_real(config: RigConfig, operator: str | None = None) -> list[tuple[str
               "quest", tel)
     else:
         rows.append(("teleop", "keyboard", True, "this terminal"))
-    check("robot", f"Panda at {rob.host}", "panda", rob)
+    check("robot", f"{ROBOT_NAMES[rob.kind]} at {rob.host}", rob.kind, rob)
     return rows
 
 

@@ -81,16 +81,17 @@ def probe(config: RobotConfig) -> tuple[bool, str]:
     # An open port is not yet a robot (a firewall or proxy may accept anything): ask libfranka itself.
     panda_py = import_device_library("panda_py", "panda-python")
     try:
-        panda = _connect(lambda: panda_py.Panda(config.host), "Franka controller", PROBE_TIMEOUT_S)
+        panda = call_with_timeout(lambda: panda_py.Panda(config.host), "Franka controller", PROBE_TIMEOUT_S)
     except DeviceError as e:
         return False, _unreachable(config.host, f"port {FCI_PORT} accepts connections but libfranka got {e}")
     del panda  # closes the connection, so that the recorder can open its own
     return True, f"Franka controller at {config.host} (libfranka connected)"
 
 
-def _connect(factory: Callable[[], Any], what: str, timeout_s: float) -> Any:
+def call_with_timeout(factory: Callable[[], Any], what: str, timeout_s: float) -> Any:
     """factory() in a thread, so that a controller that accepts the connection but never answers fails
-    within timeout_s instead of hanging (libfranka releases the GIL while it waits)."""
+    within timeout_s instead of hanging (libfranka releases the GIL while it waits). DeviceError on a
+    timeout or an exception (shared by the Franka backends)."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -107,6 +108,35 @@ def _connect(factory: Callable[[], Any], what: str, timeout_s: float) -> Any:
     if "error" in box:
         raise DeviceError(str(box["error"]).strip() or type(box["error"]).__name__)
     return box["value"]
+
+
+def limit_lead(position: np.ndarray, rotation: Rotation, measured_pos: np.ndarray,
+               measured_rot: Rotation) -> tuple[np.ndarray, Rotation, bool]:
+    """The target (position, rotation) pulled back to within MAX_LEAD_M / MAX_LEAD_RAD of the measured
+    pose, and whether it was (shared by the Franka backends)."""
+    lead, clipped_pos = clip_norm(position - measured_pos, MAX_LEAD_M)
+    turn, clipped_rot = clip_norm((rotation * measured_rot.inv()).as_rotvec(), MAX_LEAD_RAD)
+    if clipped_pos:
+        position = measured_pos + lead
+    if clipped_rot:
+        rotation = Rotation.from_rotvec(turn) * measured_rot
+    return position, rotation, clipped_pos or clipped_rot
+
+
+def gripper_request(opening: float, last: tuple[str, float] | None,
+                    max_width: float) -> tuple[str, float] | None:
+    """The Franka Hand command ("grasp" or "move", width in m) an action's opening in [0, 1] asks for,
+    or None when it asks for nothing new (`last`: the previous command; shared by the Franka backends)."""
+    if not np.isfinite(opening):
+        return None
+    opening = float(np.clip(opening, 0.0, 1.0))
+    width = opening * max_width
+    if opening < GRASP_BELOW:
+        if last is None or last[0] != "grasp":
+            return "grasp", width
+    elif last is None or last[0] != "move" or abs(last[1] - width) >= MIN_WIDTH_CHANGE_M:
+        return "move", width
+    return None
 
 
 class _GripperWorker:
@@ -211,11 +241,11 @@ class PandaRobot:
         self._pp = panda_module
         host = config.host
         try:
-            self.panda = _connect(lambda: panda_module.Panda(host), "Franka controller", connect_timeout_s)
+            self.panda = call_with_timeout(lambda: panda_module.Panda(host), "Franka controller", connect_timeout_s)
         except DeviceError as e:
             raise DeviceError(_unreachable(host, str(e))) from None
         try:
-            gripper = _connect(lambda: panda_module.libfranka.Gripper(host), "Franka Hand", connect_timeout_s)
+            gripper = call_with_timeout(lambda: panda_module.libfranka.Gripper(host), "Franka Hand", connect_timeout_s)
             self._gripper = _GripperWorker(gripper, config, self._gripper_failed)
         except (DeviceError, RuntimeError) as e:
             raise DeviceError(f"cannot reach the Franka Hand at {host}: {e}") from None
@@ -342,28 +372,14 @@ class PandaRobot:
         ctrl.set_control(self._target_pos, self._target_rot.as_quat())
 
     def _limit_lead(self, position: np.ndarray, rotation: Rotation) -> tuple[np.ndarray, Rotation]:
-        measured_pos, measured_rot = self._measured_pose()
-        lead, clipped_pos = clip_norm(position - measured_pos, MAX_LEAD_M)
-        turn, clipped_rot = clip_norm((rotation * measured_rot.inv()).as_rotvec(), MAX_LEAD_RAD)
-        if clipped_pos or clipped_rot:
-            self.lead_limited += 1
-        if clipped_pos:
-            position = measured_pos + lead
-        if clipped_rot:
-            rotation = Rotation.from_rotvec(turn) * measured_rot
+        position, rotation, limited = limit_lead(position, rotation, *self._measured_pose())
+        self.lead_limited += limited
         return position, rotation
 
     def _gripper_command(self, opening: float) -> None:
-        if not np.isfinite(opening):
-            return
-        opening = float(np.clip(opening, 0.0, 1.0))
-        width = opening * self.config.gripper_max_width
-        last = self._last_gripper
-        if opening < GRASP_BELOW:
-            if last is None or last[0] != "grasp":
-                self._send_gripper("grasp", width)
-        elif last is None or last[0] != "move" or abs(last[1] - width) >= MIN_WIDTH_CHANGE_M:
-            self._send_gripper("move", width)
+        request = gripper_request(opening, self._last_gripper, self.config.gripper_max_width)
+        if request is not None:
+            self._send_gripper(*request)
 
     def _send_gripper(self, kind: str, width: float) -> None:
         self._last_gripper = (kind, width)
