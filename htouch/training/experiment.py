@@ -403,7 +403,7 @@ class Experiment:
 
     def _trained(self, run_dir: Path, method: str) -> bool:
         path = RunDir(run_dir).record
-        if not path.is_file() or model_digest(run_dir) is None:
+        if not path.is_file() or not RunDir(run_dir).weights().is_file():
             return False
         record = read_json(path, "training run")
         saved = record.get("config") or {}
