@@ -32,6 +32,7 @@ from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, Rob
 from htouch.collector.mapping import MappingConfig
 from htouch.collector.safety import SafetyFilter, SafetyLimits
 from htouch.collector.sources import ActionSource, SourceCommand, TeleopSource
+from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError, WriterError
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from htouch.collector.rigs import Rig
     from htouch.dataset.writer import EpisodeWriter
 
-NS = 1_000_000_000
 READ_TIMEOUT_S = 0.02  # a reader's longest wait for one frame or block (wall time)
 EXACT_READ_TIMEOUT_S = 0.002  # the same on a simulated clock when the source must see every item up to a tick
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing

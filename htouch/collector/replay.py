@@ -19,9 +19,8 @@ from htouch.collector.config import CameraConfig, ControlConfig, MicrophoneConfi
 from htouch.collector.devices import Action, DeviceError, Robot
 from htouch.collector.safety import SafetyFilter
 from htouch.dataset.episode import Episode
+from htouch.dataset.schema import NS
 from htouch.errors import DatasetError, HtouchError
-
-NS = 1_000_000_000
 
 
 @dataclass

@@ -19,13 +19,12 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, resample
-from htouch.dataset.schema import ATTR_FORMAT, AudioSpec, RigSpec, check_strict_json
+from htouch.dataset.schema import ATTR_FORMAT, NS, AudioSpec, RigSpec, check_strict_json
 from htouch.errors import DatasetError
 
 if TYPE_CHECKING:
     from htouch.dataset.store import Dataset
 
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,13 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset import crashpoints
-from htouch.dataset.episode import NS
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, ManifestError, read_manifest, verify_files, write_manifest
-from htouch.dataset.schema import ATTR_FORMAT, ArraySpec, RigSpec, episode_arrays
+from htouch.dataset.schema import ATTR_FORMAT, NS, ArraySpec, RigSpec, episode_arrays
 from htouch.dataset.store import QUARANTINE, Dataset, contained, is_replacing_leftover, open_lock, write_json_atomic
 from htouch.dataset.structure import first_bad_chunk, stored_chunks, unsafe_files
 from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of
-from htouch.errors import DatasetError
 from htouch.dataset.writer import FLUSHED_FILE, _fsync_dir, lock_path
+from htouch.errors import DatasetError
 
 QUARANTINE_NOTE = "quarantine.json"
 _NEVER_FLUSHED = "no progress file (.flushed.json): the writer never flushed any data"

@@ -18,6 +18,7 @@ from typing import Any
 
 from htouch.errors import DatasetError
 
+NS = 1_000_000_000  # nanoseconds per second: every stored time stamp is int64 ns on the rig's one clock
 SCHEMA_VERSION = 1
 DATASET_FORMAT = "htouch-dataset"
 METADATA_FILE = "htouch.json"

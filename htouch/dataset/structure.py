@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from htouch.dataset.episode import NS, Episode
-from htouch.dataset.schema import TIMED_AXES, ArraySpec, episode_arrays
+from htouch.dataset.episode import Episode
+from htouch.dataset.schema import NS, TIMED_AXES, ArraySpec, episode_arrays
 from htouch.errors import DamagedEpisodeError, DatasetError
 
 if TYPE_CHECKING:

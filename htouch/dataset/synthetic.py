@@ -14,10 +14,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from htouch.dataset.schema import RigSpec
+from htouch.dataset.schema import NS, RigSpec
 from htouch.dataset.store import Dataset
 
-NS = 1_000_000_000
 AUDIO_BLOCK = 320  # samples per delivered block (10 ms at 32 kHz)
 MIC_GAINS = (1.0, 0.7, 0.5, 0.35)  # attenuation with distance from the fingertips
 DC_OFFSETS = (12, -30, 5, 0)

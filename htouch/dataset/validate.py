@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from htouch.dataset.episode import NS, Episode, SampleParams
+from htouch.dataset.episode import Episode, SampleParams
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files
 from htouch.dataset.schema import (
     EVENT_KINDS,
+    NS,
     TIMED_AXES,
     ArraySpec,
     RigSpec,

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from htouch.dataset.episode import Episode
+from htouch.dataset.schema import NS
 from htouch.errors import DatasetError, HtouchError
 
-NS = 1_000_000_000
 VIDEO_TIME_BASE = Fraction(1, 1000)  # frame time stamps in ms: enough for any camera rate
 AUDIO_FRAME = 1024  # samples per encoded audio frame (AAC's frame size)
 TARGET_PEAK_DBFS = -1.0

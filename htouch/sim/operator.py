@@ -30,7 +30,8 @@ from scipy.spatial.transform import Rotation, Slerp
 from htouch.collector.devices import Action, TeleopReading
 from htouch.collector.mapping import ClutchMapping, axis_remap_matrix
 from htouch.collector.safety import SafetyFilter
-from htouch.sim.scene import HOME_ROT, NS
+from htouch.dataset.schema import NS
+from htouch.sim.scene import HOME_ROT
 from htouch.sim.tasks import FlipTask, ScoopTask, ZipTask
 
 Script = Iterator[None]  # a generator: each `yield` is one control tick

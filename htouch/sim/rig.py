@@ -31,9 +31,9 @@ from scipy.spatial.transform import Rotation
 
 from htouch.collector.config import RigConfig
 from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, RobotState
-from htouch.dataset.schema import RigSpec
+from htouch.dataset.schema import NS, RigSpec
 from htouch.sim.audio import ContactAudioConfig, ContactAudioSynth, ContactSample
-from htouch.sim.scene import FINGER_MAX, NS, PAD_DEPTH, VARIATIONS, OffscreenCamera, randomize_looks
+from htouch.sim.scene import FINGER_MAX, PAD_DEPTH, VARIATIONS, OffscreenCamera, randomize_looks
 from htouch.sim.tasks import TASKS, Task, build
 
 BASE_NS = 1_000 * NS  # the clock's value when the world is built

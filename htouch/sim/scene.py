@@ -28,8 +28,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from htouch.collector.safety import clip_norm
+from htouch.dataset.schema import NS
 
-NS = 1_000_000_000
 TIMESTEP_S = 0.002  # physics step (500 Hz); 64 audio samples at 32 kHz
 HOME_ROT = Rotation.from_euler("x", 180, degrees=True)  # the gripper pointing down, as the Panda at home
 FINGER_MAX = 0.04  # m per finger: 8 cm fully open, like the Panda hand

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams
-from htouch.dataset.episode import NS, Episode
+from htouch.dataset.episode import Episode
+from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset, write_json_atomic
 from htouch.errors import DatasetError, HtouchError
 from htouch.training.checkpoints import load_run_checkpoint, model_digest, read_run_config

@@ -34,13 +34,13 @@ import torch
 from htouch.collector.devices import Action, AudioBlock, Frame
 from htouch.collector.safety import FilteredAction, SafetyFilter
 from htouch.dataset import audio as audio_params
-from htouch.dataset.episode import NS, SampleParams, frame_indices, gather_audio_clip
-from htouch.dataset.schema import AudioSpec, RigSpec
+from htouch.dataset.episode import SampleParams, frame_indices, gather_audio_clip
+from htouch.dataset.schema import NS, AudioSpec, RigSpec
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import load_run_checkpoint
-from htouch.training.run_dir import WEIGHTS_NAME
 from htouch.training.data import DataSpec
 from htouch.training.model import ActionNormalization, AudioVisualPolicy, PolicyConfig, preprocess_frames
+from htouch.training.run_dir import WEIGHTS_NAME
 
 
 class ObservationBuffer:
