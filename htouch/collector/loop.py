@@ -6,10 +6,10 @@ context belongs to that thread). Each tick it reads the newest teleop reading an
 the action source for a command (the operator's controller through the clutch when recording
 demonstrations, a trained policy for rollouts: htouch.collector.sources), passes it through the one safety
 filter, sends it and records state, teleop and action. The camera and the microphones are drained by their
-own threads, which hand every frame and block to the episode writer (and to the source: a policy observes
-them); the writer only queues (a slow disk never stalls control) and records a full queue as an event.
-Faults (dropped or stalled frames, audio overflow, teleop silence, robot errors) are shown, recorded as
-events in the episode, and the session goes on.
+own threads (htouch.collector.streams), which hand every frame and block to the episode writer (and to the
+source: a policy observes them); the writer only queues (a slow disk never stalls control) and records a
+full queue as an event. Faults (dropped or stalled frames, audio overflow, teleop silence, robot errors:
+htouch.collector.faults) are shown, recorded as events in the episode, and the session goes on.
 
 Timestamps all come from the rig's one clock. On a simulated rig that runs faster than real time the
 clock is simulated time and the loop runs as fast as the simulation goes; it then waits for the readers
@@ -29,9 +29,19 @@ import numpy as np
 
 from htouch.collector.config import ControlConfig
 from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, RobotState, TeleopReading
+from htouch.collector.faults import FaultMonitor
 from htouch.collector.mapping import MappingConfig
+from htouch.collector.panel import LiveStatus
 from htouch.collector.safety import SafetyFilter, SafetyLimits
 from htouch.collector.sources import ActionSource, SourceCommand, TeleopSource
+from htouch.collector.streams import (
+    EXACT_READ_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    AudioLevels,
+    RateMeter,
+    StreamReader,
+    measure_levels,
+)
 from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError, WriterError
@@ -40,43 +50,16 @@ if TYPE_CHECKING:
     from htouch.collector.rigs import Rig
     from htouch.dataset.writer import EpisodeWriter
 
-READ_TIMEOUT_S = 0.02  # a reader's longest wait for one frame or block (wall time)
-EXACT_READ_TIMEOUT_S = 0.002  # the same on a simulated clock when the source must see every item up to a tick
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
 EARLY_KEEP_S = 1.0  # items handed out while no episode records are kept this long (see Recorder._keep_early)
-ROBOT_GIVE_UP_S = 2.0  # a robot error that recover() cannot clear for this long ends the episode
 END_COMMANDS = ("success", "failure", "discard")
 # Event kinds only the loop records (once per occurrence). A teleop device reporting its own loss (input
 # ended, connection dropped) is shown, and its reason goes into the loop's teleop_lost event.
 LOOP_EVENTS = frozenset({"start", "stop", "success", "failure", "teleop_lost"})
 
 
-# ------------------------------------------------------------------------------------------- measurements
-
-
-class RateMeter:
-    """The measured rate of a stream over the last few seconds of its own time stamps."""
-
-    def __init__(self, window_s: float = 2.0):
-        self._window_ns = int(window_s * NS)
-        self._items: collections.deque[tuple[int, int]] = collections.deque()
-        self._lock = threading.Lock()
-
-    def add(self, t_ns: int, units: int = 1) -> None:
-        with self._lock:
-            self._items.append((t_ns, units))
-            while self._items and self._items[0][0] < t_ns - self._window_ns:
-                self._items.popleft()
-
-    def rate(self) -> float:
-        """Units per second between the first and the last item in the window (0 with fewer than 2)."""
-        with self._lock:
-            if len(self._items) < 2:
-                return 0.0
-            span = self._items[-1][0] - self._items[0][0]
-            units = sum(u for _, u in self._items) - self._items[-1][1]
-        return units * NS / span if span > 0 else 0.0
+# ------------------------------------------------------------------------------------------- the session
 
 
 @dataclass
@@ -95,114 +78,6 @@ class LoopTiming:
     def percentile_ms(self, which: str, q: float, last: int | None = None) -> float:
         values = getattr(self, which)[-last:] if last else getattr(self, which)
         return float(np.percentile(values, q)) / 1e6 if values else 0.0
-
-
-@dataclass
-class AudioLevels:
-    """Per-channel level of the latest block (dBFS) and when each channel last clipped."""
-
-    rms_dbfs: list[float] = field(default_factory=list)
-    peak_dbfs: list[float] = field(default_factory=list)
-    clipped_at_ns: list[int | None] = field(default_factory=list)
-
-
-def dbfs(x: np.ndarray) -> np.ndarray:
-    return 20 * np.log10(np.maximum(x, 1e-9) / 32768.0)
-
-
-# ------------------------------------------------------------------------------------------- readers
-
-
-class StreamReader(threading.Thread):
-    """Drains one device (camera or microphones) in its own thread and hands each item to `handle`.
-
-    `idle` says the last read came back empty (the device had nothing queued while it waited), and
-    `idle_wall_ns` when that read ended (host monotonic clock); `last_ts` is the time stamp of the newest
-    item handled. The control thread uses them to judge stalls and, on a simulated clock, to wait for the
-    reader instead of outrunning it.
-    """
-
-    def __init__(self, name: str, read: Callable[[float], Any], handle: Callable[[Any], None],
-                 timeout_s: float = READ_TIMEOUT_S):
-        super().__init__(name=f"reader-{name}", daemon=True)
-        self.stream = name
-        self._read = read
-        self._handle = handle
-        self._timeout_s = timeout_s
-        self._quit = threading.Event()
-        self.cond = threading.Condition()
-        self.idle = False
-        self.idle_wall_ns = 0
-        self.empty_reads = 0
-        self.items = 0
-        self.last_ts: int | None = None
-        self.device_error: str | None = None  # the device's last read error (shown, recorded by the loop)
-        self.device_errors = 0
-        self.fatal: BaseException | None = None  # a bug or a writer failure: ends the session
-
-    def run(self) -> None:
-        while not self._quit.is_set():
-            try:
-                item = self._read(self._timeout_s)
-            except DeviceError as e:
-                with self.cond:
-                    self.device_error, self.device_errors = str(e), self.device_errors + 1
-                    self.idle, self.idle_wall_ns = True, time.monotonic_ns()
-                    self.empty_reads += 1
-                    self.cond.notify_all()
-                self._quit.wait(self._timeout_s)
-                continue
-            except BaseException as e:  # noqa: BLE001 - reported by the control thread
-                self.fatal = e
-                return
-            if item is None:
-                with self.cond:
-                    self.idle = True
-                    self.idle_wall_ns = time.monotonic_ns()
-                    self.empty_reads += 1
-                    self.cond.notify_all()
-                continue
-            try:
-                self._handle(item)
-            except BaseException as e:  # noqa: BLE001
-                self.fatal = e
-                return
-            with self.cond:
-                self.idle = False
-                self.device_error = None
-                self.items += 1
-                self.last_ts = int(item.timestamp_ns)
-                self.cond.notify_all()
-
-    def idle_since(self, wall_ns: int) -> bool:
-        """The device had nothing more to give after wall_ns (a read that ended later came back empty)."""
-        return self.idle and self.idle_wall_ns > wall_ns
-
-    def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: predicate() or self.fatal is not None or not self.is_alive(),
-                                      timeout=timeout_s)
-
-    def drained(self, timeout_s: float) -> bool:
-        """Wait until everything the device had queued when called has been handled: two empty reads after
-        the call (the first may have found the queue empty just before the call)."""
-        with self.cond:
-            empties = self.empty_reads
-        return self.wait_for(lambda: self.empty_reads >= empties + 2, timeout_s)
-
-    def drained_past(self, t_ns: int, timeout_s: float) -> bool:
-        """Wait until everything this device captured before t_ns has been handled: an item at or after
-        t_ns came through, or a read after the call came back empty (nothing more is queued)."""
-        with self.cond:
-            empties = self.empty_reads
-        return self.wait_for(lambda: (self.last_ts is not None and self.last_ts >= t_ns)
-                             or self.empty_reads > empties, timeout_s)
-
-    def stop(self) -> None:
-        self._quit.set()
-
-
-# ------------------------------------------------------------------------------------------- the session
 
 
 @dataclass
@@ -250,40 +125,6 @@ class SessionResult:
     error: str | None = None  # why the session ended early (a device that cannot go on)
 
 
-@dataclass
-class LiveStatus:
-    """A snapshot for the live panel (read from another thread; values are for display only)."""
-
-    phase: str
-    message: str
-    episode_index: int | None
-    attempt: int
-    committed: int
-    target: int
-    elapsed_s: float
-    rates: dict[str, tuple[float, float]]  # stream -> (measured, nominal)
-    audio: AudioLevels
-    audio_channel_names: list[str]
-    frames_dropped: int
-    camera_stalls: int
-    audio_overflows: int
-    teleop_losses: int
-    robot_errors: int
-    writer_dropped: dict[str, int]
-    clutch: bool
-    gripper: float
-    teleop_age_ms: float | None
-    teleop_lost: bool
-    loop_p50_ms: float  # wall-clock tick period while recording
-    loop_p99_ms: float
-    work_p99_ms: float
-    overruns: int
-    nominal_period_ms: float
-    recent_events: list[tuple[float, str]]
-    dataset_root: str
-    now_ns: int  # loop clock when the snapshot was taken
-
-
 class Recorder:
     """Records episodes from a rig into a dataset until `episodes` are committed (or an interrupt).
 
@@ -323,18 +164,11 @@ class Recorder:
         self._recording: Recording | None = None
         self._stop_requested = False
         self._prev_frame_number: int | None = None
-        self._camera_stalled = False
-        self._stall_frame_ts = -1
+        self.faults = FaultMonitor(self.control, event=self._event, say=self._say, resume=self.source.interrupted)
         self._last_teleop_ts: int | None = None
-        self._teleop_lost = False
-        self._teleop_lost_reason = ""  # what the teleop device said about its loss, if anything
-        self._teleop_ref_ns = 0  # loop time from which teleop silence is measured
         self._last_state_ts: int | None = None
         self._last_action_ts: int | None = None
         self._gripper = self.safety.limits.gripper_max
-        self._robot_error_since: int | None = None  # loop time the current robot error began
-        self._robot_error_ticks = 0  # ticks in the current robot error (counted, so a stopped clock ends it too)
-        self._camera_ref_ns = 0
         self._applied_wall_ns = 0  # host time the last command returned from robot.apply()
         self._last_wake_wall: int | None = None  # host time the last tick woke
         # A source that must see every item up to a tick waits for the readers to run dry at such ticks on a
@@ -382,14 +216,7 @@ class Recorder:
         pcm = np.asarray(block.pcm)
         self.rates["audio"].add(t, len(pcm))
         if len(pcm):
-            x = pcm.astype(np.float32)
-            peak = np.max(np.abs(x), axis=0)
-            levels = self.audio_levels
-            clipped = (pcm.max(axis=0) >= 32767) | (pcm.min(axis=0) <= -32768)
-            previous = levels.clipped_at_ns if len(levels.clipped_at_ns) == pcm.shape[1] else [None] * pcm.shape[1]
-            self.audio_levels = AudioLevels(
-                rms_dbfs=dbfs(np.sqrt(np.mean(x * x, axis=0))).tolist(), peak_dbfs=dbfs(peak).tolist(),
-                clipped_at_ns=[t if c else p for c, p in zip(clipped, previous)])
+            self.audio_levels = measure_levels(pcm, t, self.audio_levels)
         with self._route_lock:
             if self._recording is None:
                 self._keep_early(t, self._route_audio, block)
@@ -485,10 +312,7 @@ class Recorder:
         writer = self.dataset.new_episode(variation=self.variation, info=start_info, **self.writer_options)
         rec = Recording(writer, writer.index, start_ns, info=start_info)
         writer.event(start_ns, "start", attempt=self.attempt)
-        self._camera_ref_ns = start_ns
-        self._teleop_ref_ns = start_ns
-        self._camera_stalled = self._teleop_lost = False  # each episode records its own faults
-        self._robot_error_since, self._robot_error_ticks = None, 0
+        self.faults.begin(start_ns)
         self.source.begin(start_ns)
         with self._route_lock:
             self._recording = rec
@@ -639,29 +463,15 @@ class Recorder:
     def _step(self, rec: Recording, now: int) -> str | None:
         """One control tick while recording. Returns an end reason, or None to go on."""
         writer = rec.writer
-        self._check_camera(rec, now)
+        camera = self._readers[0]
+        self.faults.check_camera(rec, now, camera.last_ts, lambda: self._caught_up(camera), camera.device_error)
         # Teleop: the newest reading, recorded when it is new; silence over the timeout holds the robot.
         reading = self.rig.teleop.read()
         if reading is not None and reading.timestamp_ns != self._last_teleop_ts:
             self._last_teleop_ts = reading.timestamp_ns
-            self._teleop_ref_ns = max(self._teleop_ref_ns, reading.timestamp_ns)
             if reading.timestamp_ns >= rec.start_ns:
                 self._record_teleop(writer, reading)
-        silent_ns = now - self._teleop_ref_ns
-        fresh = reading is not None and silent_ns <= self.control.teleop_timeout_ms * 1e6
-        if not self.source.needs_teleop:
-            pass  # nobody operates (a policy on the simulated rig): silence is no fault
-        elif not fresh and not self._teleop_lost:
-            self._teleop_lost = True
-            rec.teleop_losses += 1
-            detail = {"silent_ms": round(silent_ns / 1e6, 1)}
-            if self._teleop_lost_reason:
-                detail["reason"] = self._teleop_lost_reason
-            self._event(rec, now, "teleop_lost", **detail)
-        elif fresh and self._teleop_lost:
-            self._teleop_lost = False
-            self._teleop_lost_reason = ""
-            self.source.interrupted()
+        fresh = self.faults.check_teleop(rec, now, reading, watched=self.source.needs_teleop)
 
         state = self._robot_state(rec)
         command: SourceCommand | None = None
@@ -681,32 +491,15 @@ class Recorder:
                 if kind in LOOP_EVENTS:
                     self._say(f"{kind}: {', '.join(f'{k} {v}' for k, v in detail.items())}")
                     if kind == "teleop_lost":
-                        self._teleop_lost_reason = str(detail.get("reason", detail.get("message", "")))[:80]
+                        self.faults.teleop_lost_reason = str(detail.get("reason", detail.get("message", "")))[:80]
                 elif rec.accepts(int(t)):
                     self._event(rec, int(t), kind, **detail)
 
         if command is not None and command.command in END_COMMANDS:
             return command.command
-        if self._robot_error_ticks > ROBOT_GIVE_UP_S * self.control.rate_hz:
+        if self.faults.robot_gave_up():
             return "robot error"
         return None
-
-    def _check_camera(self, rec: Recording, now: int) -> None:
-        """Camera stall: no frame for camera_stall_ms while the reader has nothing queued; once per stall."""
-        camera = self._readers[0]
-        newest = camera.last_ts if camera.last_ts is not None else -1
-        if self._camera_stalled:
-            self._camera_stalled = newest <= self._stall_frame_ts
-        else:
-            last_frame = max(newest, self._camera_ref_ns)
-            if now - last_frame > self.control.camera_stall_ms * 1e6 and self._caught_up(camera):
-                self._camera_stalled = True
-                self._stall_frame_ts = newest
-                rec.camera_stalls += 1
-                detail = {"since_ms": round((now - last_frame) / 1e6, 1)}
-                if camera.device_error:
-                    detail["error"] = camera.device_error[:120]
-                self._event(rec, now, "camera_stall", **detail)
 
     def _record_teleop(self, writer: "EpisodeWriter", reading: TeleopReading) -> None:
         names = self.rig.spec.teleop
@@ -728,15 +521,7 @@ class Recorder:
         return None
 
     def _robot_fault(self, rec: Recording | None, error: str) -> None:
-        now = self.clock.now_ns()
-        self._robot_error_ticks += 1
-        if self._robot_error_since is None:
-            self._robot_error_since = now
-            self._say(f"robot error: {error}; recovering")
-            if rec is not None:
-                rec.robot_errors += 1
-                self._event(rec, now, "robot_error", error=error[:160])
-        self.source.interrupted()  # re-anchor (re-plan) once it moves again
+        self.faults.robot_error(rec, self.clock.now_ns(), error)
         try:
             self.rig.robot.recover()
         except DeviceError as e:
@@ -770,8 +555,7 @@ class Recorder:
             if rec is not None:
                 self.timing.apply_ns.append(time.perf_counter_ns() - t_apply)
         if state is not None:  # a tick with a good state and a command taken: the error is over
-            self._robot_error_since = None
-            self._robot_error_ticks = 0
+            self.faults.robot_ok()
 
     # ---------------------------------------------------------------- ending an episode
 
@@ -840,7 +624,7 @@ class Recorder:
             robot_errors=rec.robot_errors if rec else 0,
             writer_dropped=rec.writer.dropped if rec else {},
             clutch=bool(self.source.engaged), gripper=self._gripper,
-            teleop_age_ms=(now - last) / 1e6 if last is not None else None, teleop_lost=self._teleop_lost,
+            teleop_age_ms=(now - last) / 1e6 if last is not None else None, teleop_lost=self.faults.teleop_lost,
             loop_p50_ms=self.timing.percentile_ms("wall_periods_ns", 50, last=300),
             loop_p99_ms=self.timing.percentile_ms("wall_periods_ns", 99, last=300),
             work_p99_ms=self.timing.percentile_ms("work_ns", 99, last=300),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from htouch.collector.streams import AudioLevels
 from htouch.dataset.schema import EPISODE_PREFIX
 
 if TYPE_CHECKING:
-    from htouch.collector.loop import LiveStatus, Recorder
+    from htouch.collector.loop import Recorder
 
 REFRESH_HZ = 4
 METER_FLOOR_DB = -60.0
@@ -35,6 +37,40 @@ STATUS_EVERY_S = 10.0  # plain mode: one status line this often while recording
 
 PHASE_STYLE = {"recording": "bold white on red", "ready": "bold black on green", "homing": "bold black on yellow",
                "saving": "bold black on cyan"}
+
+
+@dataclass
+class LiveStatus:
+    """A snapshot for the live panel (read from another thread; values are for display only)."""
+
+    phase: str
+    message: str
+    episode_index: int | None
+    attempt: int
+    committed: int
+    target: int
+    elapsed_s: float
+    rates: dict[str, tuple[float, float]]  # stream -> (measured, nominal)
+    audio: AudioLevels
+    audio_channel_names: list[str]
+    frames_dropped: int
+    camera_stalls: int
+    audio_overflows: int
+    teleop_losses: int
+    robot_errors: int
+    writer_dropped: dict[str, int]
+    clutch: bool
+    gripper: float
+    teleop_age_ms: float | None
+    teleop_lost: bool
+    loop_p50_ms: float  # wall-clock tick period while recording
+    loop_p99_ms: float
+    work_p99_ms: float
+    overruns: int
+    nominal_period_ms: float
+    recent_events: list[tuple[float, str]]
+    dataset_root: str
+    now_ns: int  # loop clock when the snapshot was taken
 
 
 def _size(path: Path) -> int:
