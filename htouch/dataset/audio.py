@@ -17,12 +17,17 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torchaudio.functional as AF
-import torchaudio.transforms as AT
 
 from htouch.errors import HtouchError
+
+if TYPE_CHECKING:
+    import torchaudio.transforms as AT
+
+# torch and torchaudio are imported where a signal is processed, not here: listing and checking a dataset
+# (which read the parameters above) start without them.
 
 
 @dataclass(frozen=True)
@@ -94,12 +99,17 @@ def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
     a, b = int(round(from_hz)), int(round(to_hz))
     if a == b:
         return x.astype(np.float32, copy=False)
+    import torch
+    import torchaudio.functional as AF
+
     return AF.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), a, b).numpy()
 
 
 @lru_cache(maxsize=4)
 def mel_transform(params: LogMelParams) -> AT.MelSpectrogram:
     """The mel filterbank of these parameters (shared, so plots label bands with the same centres)."""
+    import torchaudio.transforms as AT
+
     return AT.MelSpectrogram(sample_rate=params.rate_hz, n_fft=params.n_fft, hop_length=params.hop,
                              n_mels=params.n_mels, f_min=getattr(params, "f_min", 0.0),
                              f_max=getattr(params, "f_max", None))
@@ -107,6 +117,9 @@ def mel_transform(params: LogMelParams) -> AT.MelSpectrogram:
 
 def spectrogram(clip: np.ndarray, clip_rate_hz: int, params: SpectrogramParams) -> np.ndarray:
     """Spectrogram of one mono clip (float32). logmel: (n_mels, frames); avid: (1, frames, 257)."""
+    import torch
+    import torchaudio.functional as AF
+
     x = torch.from_numpy(resample(clip, clip_rate_hz, params.rate_hz))
     with torch.no_grad():
         if isinstance(params, LogMelParams):
