@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-# The CLI first, as `htouch` loads it: torch's CUDA build imports triton (through torchvision -> torch._dynamo),
-# and triton's LLVM crashes the process when Mesa's offscreen renderer was loaded before it (docs/sim.md, Limits).
-import htouch.cli  # noqa: F401, E402
+# The network code first, as every `htouch` command that runs a policy loads it before it renders: torch's CUDA
+# build imports triton (through torchvision -> torch._dynamo), and triton's LLVM crashes the process when
+# Mesa's offscreen renderer was loaded before it (docs/sim.md, Limits).
+import htouch.training.model  # noqa: F401, E402
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode

@@ -32,7 +32,8 @@ from htouch.training.checkpoints import (
     pretraining_of,
     read_run_config,
 )
-from htouch.training.model import build_policy, policy_config
+from htouch.training.methods import policy_config
+from htouch.training.model import build_policy
 from htouch.training.train import Session, TrainConfig
 from tests.conftest import tiny_dataset
 from tests.training_helpers import copy_dataset, make_training_dataset

@@ -13,11 +13,20 @@ import torch
 from torchvision.models import resnet18 as torchvision_resnet18
 
 from htouch.errors import HtouchError
-from htouch.training.checkpoints import (AVID_PREFIX, R3M_PREFIX, load_avid_audio, load_byol_a, load_pretrained,
-                                         load_r3m_encoder, load_run_checkpoint, read_run_config,
-                                         save_run_checkpoint)
+from htouch.training.checkpoints import (
+    AVID_PREFIX,
+    R3M_PREFIX,
+    load_avid_audio,
+    load_byol_a,
+    load_pretrained,
+    load_r3m_encoder,
+    load_run_checkpoint,
+    read_run_config,
+    save_run_checkpoint,
+)
 from htouch.training.encoders import AudioNTT2020, AvidConv2D, resnet18
-from htouch.training.model import ActionNormalization, build_policy, policy_config
+from htouch.training.methods import policy_config
+from htouch.training.model import ActionNormalization, build_policy
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 
 

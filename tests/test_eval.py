@@ -21,7 +21,8 @@ from htouch.dataset.episode import NS
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import validate_dataset
 from htouch.training.evaluate import wilson_interval
-from htouch.training.model import ActionNormalization, build_policy, policy_config
+from htouch.training.methods import policy_config
+from htouch.training.model import ActionNormalization, build_policy
 from htouch.training.policy_source import PolicySource, RunInfo
 from htouch.training.runner import ObservationBuffer, PolicyRunner
 from tests.loop_devices import TEST_SPEC, Plan, PlannedWorld

@@ -10,8 +10,8 @@ import torch
 from htouch.dataset import audio
 from htouch.dataset.stats import compute_stats
 from htouch.errors import HtouchError
-from htouch.training.model import (METHODS, PRESETS, ActionNormalization, PolicyConfig, build_policy,
-                                   count_parameters, describe, policy_config, preprocess_frames)
+from htouch.training.methods import METHODS, PRESETS, PolicyConfig, policy_config
+from htouch.training.model import ActionNormalization, build_policy, count_parameters, describe, preprocess_frames
 
 TINY = PRESETS["tiny"]
 

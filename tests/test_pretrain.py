@@ -23,7 +23,8 @@ from htouch.training.byol_a import (
 )
 from htouch.training.checkpoints import load_byol_a, read_run_config
 from htouch.training.encoders import AudioNTT2020
-from htouch.training.model import build_policy, policy_config
+from htouch.training.methods import policy_config
+from htouch.training.model import build_policy
 from tests.training_helpers import copy_dataset, make_training_dataset
 
 

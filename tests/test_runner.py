@@ -13,7 +13,8 @@ from htouch.collector.safety import SafetyFilter, SafetyLimits
 from htouch.dataset.episode import NS, SampleParams
 from htouch.dataset.schema import AudioSpec
 from htouch.errors import HtouchError
-from htouch.training.model import ActionNormalization, build_policy, policy_config
+from htouch.training.methods import policy_config
+from htouch.training.model import ActionNormalization, build_policy
 from htouch.training.runner import ObservationBuffer, PolicyRunner
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 

@@ -17,7 +17,8 @@ from htouch.errors import HtouchError
 from htouch.training.checkpoints import load_run_checkpoint, read_run_config
 from htouch.training.data import DataSpec, PolicySamples, collate, to_float
 from htouch.training.encoders import resnet18
-from htouch.training.model import ActionNormalization, policy_config
+from htouch.training.methods import policy_config
+from htouch.training.model import ActionNormalization
 from htouch.training.train import (
     Reporter,
     TrainConfig,
@@ -223,7 +224,8 @@ def test_episodes_trains_on_the_first_train_episodes_of_the_split(ds, tmp_path, 
 
 @pytest.mark.parametrize("method", ["scratch", "frozen-audio", "mlp-fusion"])
 def test_every_baseline_trains_end_to_end(ds, tmp_path, method):
-    from htouch.training.model import build_policy, policy_config
+    from htouch.training.methods import policy_config
+    from htouch.training.model import build_policy
 
     result = train(_config(ds, tmp_path / method, method=method, epochs=1, stride=4))
     assert len(result.history) == 1 and np.isfinite(result.best_val_loss)

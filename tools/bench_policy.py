@@ -40,10 +40,12 @@ from rich.table import Table  # noqa: E402
 from htouch.collector.devices import AudioBlock, Frame  # noqa: E402
 from htouch.collector.safety import SafetyFilter  # noqa: E402
 from htouch.dataset import audio  # noqa: E402
-from htouch.dataset.episode import NS  # noqa: E402
-from htouch.dataset.schema import AudioSpec  # noqa: E402
-from htouch.training.model import (METHODS, ActionNormalization, build_policy, count_parameters,  # noqa: E402
-                                   policy_config, preprocess_frames)
+from htouch.dataset.schema import (
+    NS,  # noqa: E402
+    AudioSpec,  # noqa: E402
+)
+from htouch.training.methods import METHODS, policy_config  # noqa: E402
+from htouch.training.model import ActionNormalization, build_policy, count_parameters, preprocess_frames  # noqa: E402
 from htouch.training.runner import PolicyRunner  # noqa: E402
 
 FRAME_NS = NS // 30

@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from htouch.dataset.split import split_dataset
     from htouch.dataset.synthetic import write_synthetic_dataset
-    from htouch.training.model import PRESETS
+    from htouch.training.methods import PRESETS
 
     bad = [p for p in presets if p not in PRESETS]
     if bad:

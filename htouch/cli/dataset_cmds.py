@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from htouch.cli import app
-from rich.markup import escape
-
 from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import find_dataset

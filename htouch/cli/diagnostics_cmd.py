@@ -10,7 +10,7 @@ from rich.table import Table
 
 from htouch.cli import app
 from htouch.cli.common import console, err_console, fmt_path
-from htouch.training.diagnostics import BOOTSTRAP, CONTACT_EVENT, CONTACT_WINDOW_S, PROBE_FOLDS, PROBE_STRIDE
+from htouch.training.constants import BOOTSTRAP, CONTACT_EVENT, CONTACT_WINDOW_S, PROBE_FOLDS, PROBE_STRIDE
 
 
 @app.command()
@@ -42,9 +42,8 @@ def probe(
     Example: [bold]htouch probe runs/zip-ours zip-demos --plot runs/zip-ours/tsne.png[/]
     """
     from htouch.errors import HtouchError
+    from htouch.training.diagnostics import check_plot_path, contact_probe, embedding_plot, policy_embeddings
     from htouch.training.run_dir import RunDir
-    from htouch.training.diagnostics import (check_plot_path, contact_probe, embedding_plot,
-                                             policy_embeddings)
 
     if folds < 2:
         raise HtouchError(f"--folds must be at least 2, got {folds}")

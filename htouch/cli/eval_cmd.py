@@ -15,7 +15,7 @@ from htouch.cli import app
 from htouch.cli.collect_cmd import EXIT_INTERRUPTED, rig_config, run_session
 from htouch.cli.common import console, err_console, fmt_path
 from htouch.errors import HtouchError
-from htouch.training.evaluate import DEFAULT_SEED, TIME_LIMIT_FACTOR
+from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
 
 TIME_LIMIT_HELP = f"(default: {TIME_LIMIT_FACTOR:g} x the longest training demonstration)."
 RunArgument = typer.Argument(..., help="Run directory of a trained policy (`htouch train --run`).")

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from htouch.cli import app
 from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
 from htouch.dataset.store import find_dataset
-from htouch.training.model import METHOD_SPECS, PRESETS
+from htouch.training.methods import METHOD_SPECS, PRESETS
 
 METHODS_TEXT = "; ".join(f"[bold]{m}[/]: {spec.help}" for m, spec in METHOD_SPECS.items())
 PRESETS_TEXT = ", ".join(PRESETS)
@@ -211,7 +211,8 @@ def pretrain_byol_a(
 
     Example: [bold]htouch pretrain byol-a demo_data --out byol_a.safetensors --preset tiny --epochs 5[/]
     """
-    from htouch.training.byol_a import ByolaConfig, pretrain_byol_a as run_pretrain
+    from htouch.training.byol_a import ByolaConfig
+    from htouch.training.byol_a import pretrain_byol_a as run_pretrain
 
     ds = find_dataset(dataset)
     config = ByolaConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -253,7 +254,8 @@ def pretrain_av(
 
     Example: [bold]htouch pretrain av play_data --out pretrained/ --preset tiny --epochs 10 --batch-size 32[/]
     """
-    from htouch.training.av_pretrain import AvConfig, pretrain_av as run_pretrain
+    from htouch.training.av_pretrain import AvConfig
+    from htouch.training.av_pretrain import pretrain_av as run_pretrain
 
     ds = find_dataset(dataset)
     config = AvConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,

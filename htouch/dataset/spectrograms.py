@@ -32,7 +32,6 @@ from typing import Any
 
 import numcodecs
 import numpy as np
-import torch
 import zarr
 
 from htouch.dataset import audio
@@ -137,6 +136,8 @@ def compute(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFA
 def _one_thread() -> Iterator[None]:
     """Per-clip tensors are small: torch's intra-op threads gain at most 1.5x on an idle machine but made
     loops 5-10x slower when the cores were busy (measured on 2 shared cores), so loops run on one."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

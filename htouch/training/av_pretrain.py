@@ -54,7 +54,8 @@ from htouch.errors import DatasetError, HtouchError
 from htouch.training import ddp
 from htouch.training.checkpoints import AVID_PREFIX, PRETRAINING_KEY, R3M_PREFIX
 from htouch.training.data import DEFAULT_PRELOAD_MB, DataSpec, PolicySamples, collate, ensure_stats, to_float
-from htouch.training.model import PRESETS, ActionNormalization, AudioVisualPolicy, build_policy, policy_config
+from htouch.training.methods import PRESETS, policy_config
+from htouch.training.model import ActionNormalization, AudioVisualPolicy, build_policy
 
 MADE_BY = "htouch pretrain av"
 LABEL = "in-domain AV"  # how results name this initialisation (checkpoints.describe_initialisation)

@@ -40,7 +40,7 @@ from htouch.errors import HtouchError
 from htouch.training import ddp
 from htouch.training.data import ensure_stats
 from htouch.training.encoders import AudioNTT2020
-from htouch.training.model import PRESETS, policy_config
+from htouch.training.methods import PRESETS, policy_config
 
 KIND = "byol-a"
 MADE_BY = "htouch pretrain byol-a"

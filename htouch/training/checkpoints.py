@@ -43,7 +43,8 @@ from torch import nn
 from htouch.dataset.manifest import file_hash
 from htouch.dataset.store import replacing
 from htouch.errors import HtouchError
-from htouch.training.model import AudioVisualPolicy, PolicyConfig, build_policy
+from htouch.training.methods import PolicyConfig
+from htouch.training.model import AudioVisualPolicy, build_policy
 from htouch.training.run_dir import WEIGHTS_NAME, RunDir
 
 RUN_FORMAT = "htouch-policy"

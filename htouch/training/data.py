@@ -44,7 +44,8 @@ from htouch.dataset.split import SPLIT_KEY, training_episodes
 from htouch.dataset.stats import STATS_KEY, compute_stats, store_stats
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
-from htouch.training.model import ActionNormalization, PolicyConfig
+from htouch.training.methods import PolicyConfig
+from htouch.training.model import ActionNormalization
 
 P_AUGMENT = 0.5
 JITTER = dict(brightness=0.3, contrast=0.3, saturation=0.1, hue=0.2)

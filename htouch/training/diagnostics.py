@@ -47,6 +47,7 @@ from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset, write_json_atomic
 from htouch.errors import DatasetError, HtouchError
 from htouch.training.checkpoints import load_run_checkpoint, model_digest, read_run_config
+from htouch.training.constants import BOOTSTRAP, CONTACT_EVENT, CONTACT_WINDOW_S, PROBE_FOLDS, PROBE_STRIDE
 from htouch.training.data import DataSpec, PolicySamples, collate, to_float
 from htouch.training.model import ActionNormalization
 from htouch.training.policy_source import RunInfo
@@ -54,12 +55,7 @@ from htouch.training.runner import Hearing
 
 AUDIO_CONDITIONS = ("real", "silent", "shuffled")
 SHIFT_RANGE = (0.25, 0.75)  # shuffled audio: the shift as a fraction of the source's audio length
-CONTACT_EVENT = "contact"
-CONTACT_WINDOW_S = 0.5
-PROBE_STRIDE = 4  # a probe sample at every 4th training sample time (camera frame)
-PROBE_FOLDS = 5
 PROBE_C = 0.1  # inverse L2 strength of the probe (standardised features; wide fused embeddings overfit)
-BOOTSTRAP = 1000
 CONFIDENCE = 0.95
 TSNE_MAX_POINTS = 1500
 

@@ -33,10 +33,9 @@ from htouch.collector.config import BOUNDS, RigConfig, allowed_range
 from htouch.collector.devices import DeviceError
 from htouch.dataset.store import Dataset, write_json_atomic
 from htouch.errors import DatasetError, HtouchError
+from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
 from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches, require_task
 
-DEFAULT_SEED = 1000  # scenes other than those `htouch collect` records by default (seed 0)
-TIME_LIMIT_FACTOR = 1.5  # a policy gets this many times the longest training demonstration
 FALLBACK_TIME_LIMIT_S = 60.0  # when the training dataset cannot be read
 CONFIDENCE = 0.95
 

@@ -33,9 +33,9 @@ from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import describe_initialisation, model_digest, read_run_config
-from htouch.training.evaluate import (DEFAULT_SEED, TIME_LIMIT_FACTOR, EvalConfig, check_time_limit,
-                                      evaluate)
-from htouch.training.model import METHOD_SPECS, METHODS, PRESETS, PolicyConfig, policy_config
+from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
+from htouch.training.evaluate import EvalConfig, check_time_limit, evaluate
+from htouch.training.methods import METHOD_SPECS, METHODS, PRESETS, PolicyConfig, policy_config
 from htouch.training.run_dir import FINISHED, RunDir
 
 VARIATIONS = ("train", "test")

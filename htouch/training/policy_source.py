@@ -30,7 +30,7 @@ from htouch.collector.sources import Outcome, SourceCommand, end_label
 from htouch.dataset.schema import AudioSpec, RigSpec
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import model_digest, read_run_config
-from htouch.training.model import PolicyConfig
+from htouch.training.methods import PolicyConfig
 from htouch.training.run_dir import RunDir
 from htouch.training.runner import Hearing, PolicyRunner, RunnerCounters
 

@@ -39,7 +39,8 @@ from htouch.dataset.schema import NS, AudioSpec, RigSpec
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import load_run_checkpoint
 from htouch.training.data import DataSpec
-from htouch.training.model import ActionNormalization, AudioVisualPolicy, PolicyConfig, preprocess_frames
+from htouch.training.methods import PolicyConfig
+from htouch.training.model import ActionNormalization, AudioVisualPolicy, preprocess_frames
 from htouch.training.run_dir import WEIGHTS_NAME
 
 

@@ -49,7 +49,8 @@ from htouch.training.data import (
     plan_dataset,
     to_float,
 )
-from htouch.training.model import METHOD_SPECS, METHODS, AudioVisualPolicy, PolicyConfig, build_policy, policy_config
+from htouch.training.methods import METHOD_SPECS, METHODS, PolicyConfig, policy_config
+from htouch.training.model import AudioVisualPolicy, build_policy
 from htouch.training.run_dir import RunDir
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "train_samples", "train_seconds", "samples_per_s",
