@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from collections import Counter
 
@@ -86,12 +88,9 @@ def test_stored_in_metadata_and_shown_by_ls(ds, cli):
     assert stored["val_fraction"] == 0.2 and stored["seed"] == 3
     assert not set(stored["train"]) & set(stored["val"])
     assert len(stored["strata"]) == 4
-    ls = cli("ls", ds.root)
+    ls = cli("ls", ds.root, "--json")
     assert ls.code == 0
-    cells = [[c.strip() for c in line.split("│")] for line in ls.out.splitlines() if line.startswith("│")]
-    header = [[c.strip() for c in line.split("┃")] for line in ls.out.splitlines() if line.startswith("┃")][0]
-    col = header.index("split")
-    shown = {int(c[1]): c[col] for c in cells if c[1].isdigit()}
+    shown = {row["episode"]: row["split"] for row in json.loads(ls.out)}
     assert shown == {**{i: "train" for i in stored["train"]}, **{i: "val" for i in stored["val"]}}
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,3 +47,25 @@ def fmt_path(p: Path) -> str:
         return str(p.relative_to(Path.cwd()))
     except ValueError:
         return str(p)
+
+
+def print_rows(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]], as_json: bool,
+               style: Callable[[str, Any], str] | None = None) -> None:
+    """One listing, three ways: JSON (a list of objects keyed by column name, values as they are) with
+    --json; tab-separated lines with a header when stdout is not a terminal (for cut, awk, a spreadsheet);
+    otherwise a rich table titled `title`. `columns`: (name, "left" | "right"); `style(column, value)` may
+    give a value its rich markup in the table."""
+    if as_json:
+        print(json.dumps([dict(zip((c for c, _ in columns), row)) for row in rows], indent=2))
+        return
+    if not console.is_terminal:
+        print("\t".join(c for c, _ in columns))
+        for row in rows:
+            print("\t".join("" if v is None else str(v) for v in row))
+        return
+    table = Table(title=title, title_justify="left")
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(*(style(c, v) if style else escape(str(v)) for (c, _), v in zip(columns, row)))
+    console.print(table)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, print_rows, progress_bar
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import find_dataset
 from htouch.dataset.summary import episode_row
@@ -44,33 +44,42 @@ def synth(
 
 
 @app.command("ls")
-def ls(dataset: Path = DatasetArgument) -> None:
+def ls(dataset: Path = DatasetArgument,
+       as_json: bool = typer.Option(False, "--json", help="Print the episodes as JSON (a list of objects).")) -> None:
     """List the episodes of a dataset: duration, frames, measured fps, audio, label and flags.
+
+    A table on a terminal; tab-separated lines with a header when the output goes to a pipe or a file.
 
     Example: [bold]htouch ls demo_data[/]
     """
     ds = find_dataset(dataset)
     split = ds.metadata.get("split", {})
     split_of = {i: name for name in ("train", "val") for i in split.get(name, [])}
-    table = Table(title=f"{fmt_path(ds.root)}  (task {ds.task}, rig {ds.rig.name})", title_justify="left")
-    for col, justify in [("episode", "right"), ("duration s", "right"), ("frames", "right"), ("fps", "right"),
-                         ("audio s", "right"), ("variation", "left"), ("success", "left"), ("split", "left"),
-                         ("flags", "left")]:
-        table.add_column(col, justify=justify)
-    refused = []
+    columns = [("episode", "right"), ("duration_s", "right"), ("frames", "right"), ("fps", "right"),
+               ("audio_s", "right"), ("variation", "left"), ("success", "left"), ("split", "left"),
+               ("flags", "left")]
+    rows, refused = [], []
     for i in ds.episode_indices():
         try:  # a damaged episode is refused (not listed with made-up numbers); the others are still listed
             row = episode_row(ds.episode(i))
         except DatasetError as e:
             refused.append(str(e))
             continue
-        ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]?[/]"}[row.success]
-        table.add_row(str(row.index), f"{row.duration_s:.1f}", str(row.frames), f"{row.fps:.1f}",
-                      f"{row.audio_s:.1f}", row.variation, ok, split_of.get(row.index, ""), ", ".join(row.flags))
-    console.print(table)
+        rows.append([row.index, round(row.duration_s, 3), row.frames, round(row.fps, 2), round(row.audio_s, 3),
+                     row.variation, row.success, split_of.get(row.index), row.flags if as_json else
+                     ", ".join(row.flags)])
+
+    def style(column: str, value: Any) -> str:
+        if column == "success":
+            return {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]?[/]"}[value]
+        if column in ("duration_s", "audio_s", "fps"):
+            return f"{value:.1f}"
+        return escape("" if value is None else str(value))
+
+    print_rows(f"{fmt_path(ds.root)}  (task {ds.task}, rig {ds.rig.name})", columns, rows, as_json, style)
     incoming = ds.incoming_paths()
-    if incoming:
-        console.print(f"[yellow]{len(incoming)} incomplete episode(s) in .incoming[/] "
+    if incoming:  # on stderr: the listing on stdout stays a listing (JSON, tab-separated lines)
+        err_console.print(f"[yellow]{len(incoming)} incomplete episode(s) in .incoming[/] "
                       "(being recorded, or left by a crash: `htouch validate --repair`)")
     for line in refused:
         err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)

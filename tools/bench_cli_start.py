@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""How long the command line takes to answer: `htouch --help`, `ls`, `inspect` and `validate --quick` on a
+small synthetic dataset, timed as a user runs them (a fresh `python -m htouch` process each time, wall clock).
+
+With `--against REV` the same commands run from a checkout of an earlier revision (a temporary git worktree)
+as well, alternating with this tree's on every repetition, so both see the same machine load; the table gives
+the median of each and their ratio. The load average is printed with the figures (the machine may be shared).
+
+    .venv/bin/python tools/bench_cli_start.py --against d590a91      # writes docs/bench-cli.md
+    .venv/bin/python tools/bench_cli_start.py --repeats 3 --out /tmp/cli.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = {  # name -> arguments after `python -m htouch`; DATASET is replaced by the dataset's path
+    "htouch --help": ["--help"],
+    "htouch ls": ["ls", "DATASET"],
+    "htouch inspect": ["inspect", "0", "--dataset", "DATASET"],
+    "htouch validate --quick": ["validate", "DATASET", "--quick"],
+}
+
+
+def run(tree: Path, args: list[str], dataset: Path) -> float:
+    """Wall seconds of one `python -m htouch ARGS` from `tree` (the command must succeed)."""
+    argv = [sys.executable, "-m", "htouch", *[str(dataset) if a == "DATASET" else a for a in args]]
+    env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
+    start = time.perf_counter()
+    r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - start
+    if r.returncode != 0:
+        raise SystemExit(f"{shlex.join(argv)} in {tree} exited {r.returncode}: {r.stderr.strip()[-300:]}")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--against", help="an earlier revision to time side by side (git worktree, removed after)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench-cli.md")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="htouch-bench-cli-") as tmp:
+        dataset = Path(tmp) / "ds"
+        subprocess.run([sys.executable, "-m", "htouch", "synth", str(dataset), "--episodes", "3",
+                        "--seconds", "2"], cwd=ROOT, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        trees = {"this tree": ROOT}
+        if args.against:
+            old = Path(tmp) / "old"
+            subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against], cwd=ROOT, check=True,
+                           capture_output=True)
+            trees[args.against] = old
+        try:
+            times: dict[tuple[str, str], list[float]] = {}
+            for name, cmd in COMMANDS.items():  # one untimed run each: the page cache holds the files after it
+                for tree in trees.values():
+                    run(tree, cmd, dataset)
+            for i in range(args.repeats):
+                for name, cmd in COMMANDS.items():
+                    for label, tree in trees.items():
+                        times.setdefault((name, label), []).append(run(tree, cmd, dataset))
+                print(f"repeat {i + 1}/{args.repeats} done", file=sys.stderr)
+        finally:
+            if args.against:
+                subprocess.run(["git", "worktree", "remove", "--force", str(trees[args.against])], cwd=ROOT,
+                               capture_output=True)
+
+    load = os.getloadavg()
+    labels = list(trees)
+    head = "| command | " + " | ".join(f"{label}: median s" for label in labels)
+    head += " | ratio |" if len(labels) == 2 else " |"
+    lines = ["# Command-line start time", "",
+             f"Command: `{shlex.join(['.venv/bin/python', 'tools/bench_cli_start.py', *sys.argv[1:]])}`", "",
+             f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores, Python {platform.python_version()}; load average while measuring "
+             f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min).", "",
+             f"Wall time of a fresh `python -m htouch ...` process on a 3-episode synthetic dataset, median of "
+             f"{args.repeats} runs" + (", the two trees alternating on every run." if len(labels) == 2 else "."), "",
+             head, "|---|" + "---:|" * (len(labels) + (1 if len(labels) == 2 else 0))]
+    for name in COMMANDS:
+        medians = [statistics.median(times[(name, label)]) for label in labels]
+        row = f"| `{name}` | " + " | ".join(f"{m:.2f}" for m in medians)
+        row += f" | {medians[1] / medians[0]:.1f}x |" if len(labels) == 2 else " |"
+        lines.append(row)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.write_text(text)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
