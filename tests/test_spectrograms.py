@@ -119,7 +119,7 @@ def test_cache_of_another_episode_is_stale_and_rebuilt(cached_ds, tmp_path, cli)
     spec = EpisodeSpectrograms(ep, "logmel")
     assert spec.source == "computed"
     assert len(spec.all()) == len(ep.camera_times)
-    r = cli("spectrogram", other.root)
+    r = cli("spectrogram", other.root, "--kind", "logmel")
     assert r.code == 0, r.err
     assert "1 episode(s) computed (1 stale)" in r.out
     assert cache_status(other.episode(0), params) == "fresh"
@@ -140,7 +140,7 @@ def test_tampered_attributes_make_a_cache_stale(cached_ds):
 
 
 def test_force_rebuilds(cached_ds, cli):
-    r = cli("spectrogram", cached_ds.root, "--force")
+    r = cli("spectrogram", cached_ds.root, "--kind", "logmel", "--force")
     assert r.code == 0 and "2 episode(s) computed, 0 up to date" in r.out
 
 

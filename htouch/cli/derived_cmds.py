@@ -16,6 +16,7 @@ from htouch.dataset.split import check_split_args, split_dataset, success_label
 from htouch.dataset.stats import DEFAULT_MAX_WINDOWS, QUANTILE_KEYS, STATS_KEY, compute_stats, store_stats
 from htouch.dataset.store import find_dataset
 from htouch.errors import DatasetError, HtouchError
+from htouch.training.methods import DEFAULT_METHOD, METHOD_SPECS
 
 KINDS = ", ".join(SPECTROGRAM_KINDS)
 
@@ -60,7 +61,9 @@ def split(
 @app.command()
 def spectrogram(
     dataset: Path = DatasetArgument,
-    kind: str = typer.Option("logmel", "--kind", "-k", help=f"Spectrogram front end: {KINDS}."),
+    kind: str = typer.Option(METHOD_SPECS[DEFAULT_METHOD].audio_kind, "--kind", "-k",
+                             help=f"Spectrogram front end: {KINDS} (default: the one the default method, "
+                             f"{DEFAULT_METHOD}, reads)."),
     force: bool = typer.Option(False, "--force", help="Recompute caches that are already up to date."),
 ) -> None:
     """Cache the spectrogram of the audio window ending at every camera frame, beside the episodes.

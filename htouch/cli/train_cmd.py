@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from htouch.cli import app
 from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
 from htouch.dataset.store import find_dataset
-from htouch.training.methods import METHOD_SPECS, PRESETS
+from htouch.training.methods import DEFAULT_METHOD, METHOD_SPECS, PRESETS
 
 METHODS_TEXT = "; ".join(f"[bold]{m}[/]: {spec.help}" for m, spec in METHOD_SPECS.items())
 PRESETS_TEXT = ", ".join(PRESETS)
@@ -99,7 +99,7 @@ def train(
     dataset: Path = DatasetArgument,
     run: Path = typer.Option(..., "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
                              "--resume); under torchrun write --run-dir (torchrun takes --run for its --run-path)."),
-    method: str = typer.Option("ours", "--method", "-m", help=f"What to train: {METHODS_TEXT}."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help=f"What to train: {METHODS_TEXT}."),
     preset: str = typer.Option("paper", "--preset", help=f"Network size: {PRESETS_TEXT} (tiny: small images and "
                                "narrow networks, for CPU tests and the quick start)."),
     epochs: int = typer.Option(100, "--epochs", help="Maximum number of epochs."),

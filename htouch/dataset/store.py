@@ -440,9 +440,11 @@ def find_dataset(path: str | os.PathLike[str] | None = None) -> Dataset:
     if len(found) == 1:
         return Dataset(found[0])
     if not found:
-        raise DatasetError(f"no htouch dataset in {cwd} or directly below it; name one with --dataset")
+        raise DatasetError(f"no htouch dataset in {cwd} or directly below it; give its directory "
+                           "(see the command's --help)")
     names = ", ".join(p.name for p in found)
-    raise DatasetError(f"several datasets below {cwd} ({names}); name one with --dataset")
+    raise DatasetError(f"several datasets below {cwd} ({names}); give its directory"
+                       " (see the command's --help)")
 
 
 def resolve_episode_path(ref: str, dataset: str | os.PathLike[str] | None = None) -> tuple[Dataset, Path]:

@@ -38,6 +38,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
                              "transformer", "avid", ("r3m", "avid"), fusion="mlp"),
 }
 METHODS = tuple(METHOD_SPECS)
+DEFAULT_METHOD = "ours"  # what `htouch train` trains unless told otherwise
 
 @dataclass
 class PolicyConfig:
