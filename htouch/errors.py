@@ -13,6 +13,11 @@ class WriterError(HtouchError):
     """The episode writer failed (disk full, closed writer, ...); data flushed so far stays on disk."""
 
 
+class DeviceError(HtouchError):
+    """A device failed or is missing (camera, microphones, teleop, robot). The recording loop records it as an
+    event and goes on where it can; a command that cannot go on prints it as one line."""
+
+
 class DamagedEpisodeError(DatasetError):
     """An episode failed the structural checks readers run before using it (see dataset/structure.py)."""
 

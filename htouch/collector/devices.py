@@ -16,10 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from htouch.dataset.schema import AudioSpec, CameraSpec
-
-
-class DeviceError(Exception):
-    """A device failed or is missing. The loop records it as an event; the CLI prints it as one line."""
+from htouch.errors import DeviceError  # noqa: F401 - the error every device raises, part of its interface
 
 
 # ------------------------------------------------------------------------------------------- readings
