@@ -172,14 +172,14 @@ class PhotoVideo:
 
 def synthetic_scene_pool(width: int, height: int, n: int, rate: float = 30.0) -> list[np.ndarray]:
     """Frames of htouch's synthetic generator (its table, wall, gripper and object, noise sigma 2)."""
-    from htouch.dataset.synthetic import _Scene, _trajectory, default_contacts
+    from htouch.dataset.synthetic import SyntheticScene, default_contacts, trajectory
 
     rng = np.random.default_rng(0)
     dur = n / rate
     contacts = default_contacts(dur, rng)
-    scene = _Scene(width, height, rng, "train")
+    scene = SyntheticScene(width, height, rng, "train")
     t = np.arange(n) / rate
-    x, z, opening, obj_x = _trajectory(t, dur, contacts)
+    x, z, opening, obj_x = trajectory(t, dur, contacts)
     return [scene.render(float(x[i]), float(z[i]), float(obj_x[i]), float(opening[i])) for i in range(n)]
 
 

@@ -125,7 +125,7 @@ def collect(
     finally:
         the_rig.close()
 
-    _summary(result, ds)
+    session_summary(result, ds)
     if result.interrupted:
         lost = ("" if result.interrupted_index is None
                 else f"episode {result.interrupted_index} discarded (not finished); ")
@@ -151,7 +151,8 @@ def run_session(recorder, episodes: int, title: str, no_panel: bool):
             raise HtouchError(f"the {rig.kind} rig failed: {e}") from None
 
 
-def _summary(result, ds) -> None:
+def session_summary(result, ds) -> None:
+    """The table of a recording session's episodes (collect and rollout print it at the end)."""
     if not result.outcomes:
         return
     table = Table(title=f"session: {len(result.committed)} committed, {len(result.discarded)} discarded",

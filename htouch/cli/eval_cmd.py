@@ -144,7 +144,7 @@ def rollout(
     """
     import dataclasses
 
-    from htouch.cli.collect_cmd import _summary
+    from htouch.cli.collect_cmd import session_summary
     from htouch.collector.devices import DeviceError
     from htouch.collector.loop import Recorder
     from htouch.collector.rigs import NO_OPERATOR, build_rig
@@ -189,7 +189,7 @@ def rollout(
                              f"({the_rig.kind} rig)", no_panel)
     finally:
         the_rig.close()
-    _summary(result, ds)
+    session_summary(result, ds)
     rewards = [o.info["reward"] for o in result.outcomes if "reward" in o.info]
     if rewards:
         console.print(f"mean reward {sum(rewards) / len(rewards):.2f} over {len(rewards)} rollout(s)")

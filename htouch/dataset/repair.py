@@ -37,7 +37,7 @@ from htouch.dataset.schema import ATTR_FORMAT, NS, ArraySpec, RigSpec, episode_a
 from htouch.dataset.store import QUARANTINE, Dataset, contained, is_replacing_leftover, open_lock, write_json_atomic
 from htouch.dataset.structure import first_bad_chunk, stored_chunks, unsafe_files
 from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of
-from htouch.dataset.writer import FLUSHED_FILE, _fsync_dir, lock_path
+from htouch.dataset.writer import FLUSHED_FILE, fsync_dir, lock_path
 from htouch.errors import DatasetError
 
 QUARANTINE_NOTE = "quarantine.json"
@@ -124,7 +124,7 @@ def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
     crashpoints.reached("repair.manifest")
     os.replace(path, final)
     crashpoints.reached("repair.renamed")
-    _fsync_dir(ds.root)
+    fsync_dir(ds.root)
     frames = lengths["camera/rgb"]
     if finished and attrs.get("status") == "committed":
         return RepairResult(name, "committed", f"its commit was interrupted; committed with {frames} frames "

@@ -124,7 +124,7 @@ def compute(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFA
     out = np.empty((len(idx), *spec_shape(params, clip)), dtype=np.float32)
     if len(idx) > 1:
         episode.preload_audio()
-    with _one_thread() if len(idx) > 1 else contextlib.nullcontext():
+    with one_torch_thread() if len(idx) > 1 else contextlib.nullcontext():
         for j, i in enumerate(idx):
             out[j] = audio.spectrogram(episode.audio_clip(int(times[i]), clip), clip.rate_hz, params)
             if progress:
@@ -133,7 +133,7 @@ def compute(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFA
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_torch_thread() -> Iterator[None]:
     """Per-clip tensors are small: torch's intra-op threads gain at most 1.5x on an idle machine but made
     loops 5-10x slower when the cores were busy (measured on 2 shared cores), so loops run on one."""
     import torch

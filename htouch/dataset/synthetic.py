@@ -51,7 +51,7 @@ def default_contacts(duration_s: float, rng: np.random.Generator) -> list[tuple[
     return [(a, b, 1.0), (tap, tap + 0.12, 0.6)]
 
 
-class _Scene:
+class SyntheticScene:
     """A table, a wall, a gripper and an object, drawn with numpy (enough to compress like a real view)."""
 
     def __init__(self, width: int, height: int, rng: np.random.Generator, variation: str):
@@ -81,7 +81,7 @@ class _Scene:
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _trajectory(t: np.ndarray, duration: float, contacts: list[tuple[float, float, float]]):
+def trajectory(t: np.ndarray, duration: float, contacts: list[tuple[float, float, float]]):
     """Gripper x, height z, opening and object x at times t (s): approach, slide in contact, lift."""
     a, b = contacts[0][0], contacts[0][1]
     x = np.interp(t, [0, a, b, duration], [0.2, 0.4, 0.7, 0.75])
@@ -121,10 +121,10 @@ def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[in
     dur = cfg.duration_s
     contacts = list(cfg.contacts) if cfg.contacts is not None else default_contacts(dur, rng)
     truth = GroundTruth(contacts=contacts, audio_gaps=list(cfg.audio_gaps))
-    scene = _Scene(rig.camera.width, rig.camera.height, rng, cfg.variation)
+    scene = SyntheticScene(rig.camera.width, rig.camera.height, rng, cfg.variation)
 
     def at(ts: np.ndarray):
-        return _trajectory(ts, dur, contacts)
+        return trajectory(ts, dur, contacts)
 
     def speed_fn(ts: np.ndarray) -> np.ndarray:
         x1, z1, _, _ = at(ts)

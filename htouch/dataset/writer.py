@@ -314,7 +314,7 @@ class EpisodeWriter:
             crashpoints.reached("commit.manifest")
         os.replace(self.path, self.final_path)
         crashpoints.reached("commit.renamed")
-        _fsync_dir(self.dataset.root)
+        fsync_dir(self.dataset.root)
         self._release()
         return self.final_path
 
@@ -344,7 +344,7 @@ class EpisodeWriter:
             self.abort()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

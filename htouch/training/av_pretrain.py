@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from htouch.dataset.audio import DEFAULT_CLIP, params_key
-from htouch.dataset.spectrograms import _one_thread as one_thread
+from htouch.dataset.spectrograms import one_torch_thread
 from htouch.dataset.split import SPLIT_KEY, training_episodes
 from htouch.dataset.store import Dataset, replacing, write_json_atomic
 from htouch.errors import DatasetError, HtouchError
@@ -176,7 +176,7 @@ def audio_episodes(ds: Dataset, episodes: list[int]) -> list[int]:
 
 def plain_batch(samples: PolicySamples, indices: list[int]) -> dict[str, torch.Tensor]:
     """Un-augmented frames and spectrograms of some samples (what the policy sees at run time)."""
-    with one_thread():
+    with one_torch_thread():
         items = []
         for i in indices:
             e, row = samples.locate(i)

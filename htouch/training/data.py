@@ -38,8 +38,7 @@ from torchvision.transforms.v2 import functional as TF
 from htouch.dataset import audio
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode, SampleParams
-from htouch.dataset.spectrograms import EpisodeSpectrograms, spec_shape
-from htouch.dataset.spectrograms import _one_thread as one_thread
+from htouch.dataset.spectrograms import EpisodeSpectrograms, one_torch_thread, spec_shape
 from htouch.dataset.split import SPLIT_KEY, training_episodes
 from htouch.dataset.stats import STATS_KEY, compute_stats, store_stats
 from htouch.dataset.store import Dataset
@@ -337,7 +336,7 @@ class PolicySamples(torch.utils.data.Dataset):
 
     def preload(self, budget_mb: float = DEFAULT_PRELOAD_MB, progress: Progress | None = None) -> dict[str, bool]:
         """Keep the frames, then the spectrograms, in memory if they fit the budget (what was kept)."""
-        with one_thread():
+        with one_torch_thread():
             return self._preload(budget_mb * 1e6, progress)
 
     def _preload(self, budget: float, progress: Progress | None) -> dict[str, bool]:
@@ -402,7 +401,7 @@ class PolicySamples(torch.utils.data.Dataset):
         return torch.from_numpy(self._read_spectrograms(e, np.array([row]))[0])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        with one_thread():  # small per-sample tensors: intra-op threads only contend (100x slower, measured)
+        with one_torch_thread():  # small per-sample tensors: intra-op threads only contend (100x slower, measured)
             return self._item(index)
 
     def _item(self, index: int) -> dict[str, torch.Tensor]:
