@@ -122,7 +122,7 @@ def test_the_last_index_the_names_can_hold(tiny_ds):
 
 
 def test_collect_refuses_an_index_beyond_the_names(cli, tmp_path):
-    """The issue's case: next_episode_index 10^9 made collect report an episode that ls never showed."""
+    """A next_episode_index of 10^9 once made collect report an episode that ls never showed."""
     sim = tmp_path / "sim.toml"
     sim.write_text('[rig]\nkind = "sim"\n[camera]\nwidth = 64\nheight = 48\n[control]\nmax_episode_s = 1.0\n')
     root = tmp_path / "ds"

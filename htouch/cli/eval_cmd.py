@@ -217,8 +217,8 @@ def experiment(
     methods: str = typer.Option("ours,vision-only,byol-a", "--methods", help="Comma-separated methods."),
     demos: int = typer.Option(8, "--episodes-per-task", "--demos", help="Successful demonstrations per task."),
     eval_episodes: int = typer.Option(10, "--eval-episodes", help="Evaluation episodes per method, task, variation."),
-    looks: str = typer.Option("train,test", "--looks", help="Comma-separated variations to evaluate on (the "
-                              "test looks cost the most: a failing episode runs to the time limit)."),
+    variations: str = typer.Option("train,test", "--variations", help="Comma-separated variations (looks) to "
+                                   "evaluate on (test costs the most: a failing episode runs to the time limit)."),
     preset: str = typer.Option("tiny", "--preset", help="Network size: tiny or paper."),
     epochs: int = typer.Option(5, "--epochs", help="Training epochs per method."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Training batch size."),
@@ -267,7 +267,7 @@ def experiment(
     work = work or out.with_name(out.stem + "-work")
     command = (f"htouch experiment --tasks {tasks} --methods {methods} --episodes-per-task {demos} "
                f"--eval-episodes {eval_episodes} "
-               + ("" if looks == "train,test" else f"--looks {looks} ") + f"--preset {preset} --epochs {epochs} --batch-size {batch_size} "
+               + ("" if variations == "train,test" else f"--variations {variations} ") + f"--preset {preset} --epochs {epochs} --batch-size {batch_size} "
                f"--stride {stride} " + (f"--dropout {dropout:g} " if dropout is not None else "")
                + (f"--byol-epochs {byol_epochs} " if "byol-a" in methods else "")
                + f"--width {width} --height {height} --seed {seed} --eval-seed {eval_seed} --execute {execute} "
@@ -278,7 +278,7 @@ def experiment(
                + ("--frozen-encoders " if frozen_encoders else "") + ("" if ablations else "--no-ablations ")
                + ("" if probe else "--no-probe ") + f"--threads {threads} --work {work} --out {out}")
     config = ExperimentConfig(out=out, work=work, tasks=_csv(tasks, "--tasks"), methods=_csv(methods, "--methods"),
-                              demos=demos, eval_episodes=eval_episodes, looks=_csv(looks, "--looks"), preset=preset, epochs=epochs,
+                              demos=demos, eval_episodes=eval_episodes, variations=_csv(variations, "--variations"), preset=preset, epochs=epochs,
                               batch_size=batch_size, stride=stride, dropout=dropout, byol_epochs=byol_epochs, width=width,
                               height=height, seed=seed, eval_seed=eval_seed, execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
                               operator_episodes=operator_episodes, play_episodes=play_episodes, av_epochs=av_epochs,

@@ -33,6 +33,7 @@ from htouch.collector.config import BOUNDS, RigConfig, allowed_range
 from htouch.collector.devices import DeviceError
 from htouch.dataset.store import Dataset, write_json_atomic
 from htouch.errors import DatasetError, HtouchError
+from htouch.sim.scene import VARIATIONS
 from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
 from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches, require_task
 
@@ -68,8 +69,8 @@ class EvalConfig:
     def check(self) -> None:
         if self.episodes < 1:
             raise HtouchError(f"--episodes must be at least 1, got {self.episodes}")
-        if self.variation not in ("train", "test"):
-            raise HtouchError(f"--variation must be train or test, not {self.variation!r}")
+        if self.variation not in VARIATIONS:
+            raise HtouchError(f"--variation must be {' or '.join(VARIATIONS)}, not {self.variation!r}")
         if self.seed < 0:
             raise HtouchError(f"--seed must be 0 or more, got {self.seed}")
         if self.threads is not None and self.threads < 1:

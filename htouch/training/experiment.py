@@ -32,14 +32,14 @@ from htouch.collector.sources import SourceCommand, TeleopSource
 from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
 from htouch.errors import HtouchError
+from htouch.sim.scene import VARIATIONS  # the simulated scene's looks: train, test
 from htouch.training.checkpoints import describe_initialisation, model_digest, read_run_config
 from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
 from htouch.training.evaluate import EvalConfig, check_time_limit, evaluate
 from htouch.training.methods import METHOD_SPECS, METHODS, PRESETS, PolicyConfig, policy_config
 from htouch.training.run_dir import FINISHED, RunDir
 
-VARIATIONS = ("train", "test")
-STATE_FILE = "experiment.json"
+EXPERIMENT_FILE = "experiment.json"  # the work directory's record of finished stages and their times
 OPERATORS_FILE = "operators.json"  # per task: the hearing and the deaf scripted operator
 PLAY_SEED_OFFSET = 500  # play data's scenes: seed + 500 (neither the demonstrations' nor the evaluation's)
 ABLATIONS = ("silent", "shuffled")  # what a policy that hears is also evaluated with (on the train looks)
@@ -56,7 +56,7 @@ class ExperimentConfig:
     methods: list[str] = field(default_factory=lambda: ["ours", "vision-only", "byol-a"])
     demos: int = 8  # successful demonstrations per task
     eval_episodes: int = 10  # per method, task and variation
-    looks: list[str] = field(default_factory=lambda: list(VARIATIONS))  # the variations evaluated closed-loop
+    variations: list[str] = field(default_factory=lambda: list(VARIATIONS))  # the looks evaluated closed-loop
     preset: str = "tiny"
     epochs: int = 5
     batch_size: int = 32
@@ -90,11 +90,11 @@ class ExperimentConfig:
         for t in self.tasks:
             if t not in TASKS:
                 raise HtouchError(f"unknown task {t!r} (tasks: {', '.join(TASKS)})")
-        for v in self.looks:
+        for v in self.variations:
             if v not in VARIATIONS:
-                raise HtouchError(f"unknown looks {v!r} (looks: {', '.join(VARIATIONS)})")
-        if not self.looks:
-            raise HtouchError("--looks must name at least one")
+                raise HtouchError(f"unknown variation {v!r} (variations: {', '.join(VARIATIONS)})")
+        if not self.variations:
+            raise HtouchError("--variations must name at least one")
         for m in self.methods:
             if m not in METHODS:
                 raise HtouchError(f"unknown method {m!r} (methods: {', '.join(METHODS)})")
@@ -160,7 +160,7 @@ class Experiment:
         self.operators: dict[str, dict[str, Any]] = {}  # task -> operators.json
         self.ablations: dict[tuple[str, str, str], dict[str, Any]] = {}  # (task, method, audio) -> eval on train
         self.probes: dict[tuple[str, str], dict[str, Any]] = {}  # (task, method) -> probe report
-        self.state_path = config.work / STATE_FILE
+        self.state_path = config.work / EXPERIMENT_FILE
         self.state = read_json(self.state_path, "experiment state") if self.state_path.is_file() else {}
 
     # ---------------------------------------------------------------- stages
@@ -254,7 +254,7 @@ class Experiment:
                 continue  # --report-only: nothing of this method to report yet
             self._record_encoders(method, run_dir)
             trained.append((method, run_dir))
-            for variation in c.looks:
+            for variation in c.variations:
                 self._evaluation(task, method, run_dir, variation, "real")
         for method, run_dir in trained:
             if c.policy(method).uses_audio and c.ablations:
@@ -612,7 +612,7 @@ class Experiment:
         return lines
 
     def _goal_lines(self) -> list[str]:
-        """The issue's yardstick, applied mechanically: `ours` against `vision-only` per task and looks (a
+        """The goal's yardstick (GOAL_POINTS), applied mechanically: `ours` against `vision-only` per task and looks (a
         difference of at least GOAL_POINTS with intervals that do not overlap), and what the audio ablation
         costs `ours`. Says what was measured; the reading of why is the reader's."""
         c = self.c
