@@ -174,6 +174,24 @@ def test_a_dataset_without_audio_exports_again(no_audio, tmp_path):
     assert back.audio == "none" and _errors(Dataset(tmp_path / "back")) == []
 
 
+def test_crashed_episode_without_microphones_is_salvaged(tmp_path):
+    """Repair (htouch validate --repair) handles a rig without audio arrays too."""
+    from htouch.dataset.repair import repair_incoming
+
+    rig = RigSpec(camera=CameraSpec(width=32, height=24), audio=AudioSpec(channels=0, channel_names=[]))
+    ds = Dataset.create(tmp_path / "ds", "zip", rig)
+    w = ds.new_episode(flush_interval_s=0.01)
+    for k in range(40):
+        t = 5_000_000_000 + k * 33_333_333
+        w.camera(t, k, np.full((24, 32, 3), k, np.uint8))
+        w.state(t, (0, 0, 0, 0, 0, 0, 1), np.zeros(7), 0.01)
+        w.action(t, np.zeros(6), 0.5)
+    w.abort()
+    (res,) = repair_incoming(ds)
+    assert res.action == "salvaged" and "0 audio samples" in res.message, res.message
+    report = validate_dataset(Dataset(ds.root), [res.path])
+    assert not [f for f in report.findings if f.severity == ERROR]
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

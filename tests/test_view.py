@@ -177,3 +177,4 @@ def test_events_carry_their_details(tiny_ds, tmp_path):
     assert [t.split(" ")[0] for t in texts] == kinds
     drop = next(t for t in texts if t.startswith("frame_drop"))
     assert json.loads(drop.split(" ", 1)[1]) == next(e["detail"] for e in ep.events() if e["kind"] == "frame_drop")
+

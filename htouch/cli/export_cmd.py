@@ -58,8 +58,9 @@ def export(
 
 
 import_app = typer.Typer(
-    help="Read another tool's dataset into a new htouch dataset (see docs/interop.md).", no_args_is_help=True,
-    rich_markup_mode="rich")
+    help="Read another tool's dataset into a new htouch dataset (see docs/interop.md).\n\n"
+         "Example: [bold]htouch import lerobot zip-lerobot zip-again[/]",
+    no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(import_app, name="import")
 
 

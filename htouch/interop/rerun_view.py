@@ -20,8 +20,8 @@ viewer can scrub the episode by time or step through one stream:
     events                           one text line per event               time, event
     episode                          a static summary (label, task, rig)
 
-An episode without microphones has no audio entities. `ENTITY_ROWS` (via `expected_rows`) says how many rows each
-entity gets, which is what the tests read back from the .rrd with rerun's own reader.
+An episode without microphones has no audio entities. `expected_rows` says how many rows each entity gets (what
+tests/test_view.py reads back from the .rrd with rerun's own reader).
 """
 
 from __future__ import annotations
