@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 from rerun.chunk import RrdReader
 
 from htouch.dataset.plot import audio_spectrogram

@@ -121,11 +121,13 @@ def main() -> None:
             f"- frames, round trip against the recorded frames (PSNR): min {trip.min():.1f} dB, median "
             f"{np.median(trip):.1f} dB, mean {trip.mean():.1f} dB; the video alone: min {codec.min():.1f} dB, "
             f"median {np.median(codec):.1f} dB",
-            f"- equal to the source: {', '.join(same) or 'nothing'} (state and actions as LeRobot holds them, float32; "
-            f"audio: PCM, block offsets, time stamps and overflow flags from the sidecar){'; differ: ' + ', '.join(differ) if differ else ''}; "
-            f"split {'kept' if r['split'] else 'differs'}",
+            (f"- equal to the source: {', '.join(same) or 'nothing'} (state and actions as LeRobot holds them, "
+             "float32; audio: PCM, block offsets, time stamps and overflow flags from the sidecar)"
+             + (f"; differ: {', '.join(differ)}" if differ else "")
+             + f"; split {'kept' if r['split'] else 'differs'}"),
             f"- `htouch validate` of the import: {errors} error(s); warnings: {', '.join(warnings) or 'none'}",
-            f"- bytes: {report.bytes_in / 1e6:.1f} MB LeRobot dataset -> {report.bytes_out / 1e6:.1f} MB htouch dataset",
+            f"- bytes: {report.bytes_in / 1e6:.1f} MB LeRobot dataset -> {report.bytes_out / 1e6:.1f} MB htouch "
+            "dataset",
         ])
         print(text)
         if args.write_doc:

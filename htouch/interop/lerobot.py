@@ -415,10 +415,11 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
             "time": "row k of an episode is at t0_ns + round(k * 1e9 / fps) on the recording's clock "
                     "(column htouch.time_ns); its frame is the latest captured by then plus half a period, its "
                     "state the latest at or before, its action the first commanded at or after",
-            "audio": None if not has_audio else {"feature": AUDIO_KEY, "rate_hz": audio_rate, "samples_per_frame": audio_rate // fps,
-                      "window": "(t_k - 1/fps, t_k]", "normalised": "(x - center) / scale of rig.audio",
-                      "sidecar": AUDIO_SIDECAR, "listening_track": "mono mix in the MP4, raised to a -1 dBFS peak "
-                      "per episode (audio_gain_db)"},
+            "audio": None if not has_audio else {  # a rig without microphones: no audio anywhere
+                "feature": AUDIO_KEY, "rate_hz": audio_rate, "samples_per_frame": audio_rate // fps,
+                "window": "(t_k - 1/fps, t_k]", "normalised": "(x - center) / scale of rig.audio",
+                "sidecar": AUDIO_SIDECAR, "listening_track": "mono mix in the MP4, raised to a -1 dBFS peak "
+                "per episode (audio_gain_db)"},
             "report": report.to_dict(),
         })
     report.seconds = time.perf_counter() - start
