@@ -41,8 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from htouch.dataset.episode import NS
-from htouch.dataset.schema import AudioSpec, CameraSpec, RigSpec, StateSpec, parse_episode_name
+from htouch.dataset.schema import NS, AudioSpec, CameraSpec, RigSpec, StateSpec, parse_episode_name
 from htouch.dataset.split import SPLIT_KEY
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from htouch.dataset.episode import NS, Episode
+from htouch.dataset.episode import Episode
+from htouch.dataset.schema import NS
 from htouch.errors import DatasetError, HtouchError
 
 TIME = "time"
