@@ -29,12 +29,14 @@ PSNR_FLOOR_DB = 30.0  # H.264 at crf 30, then the rig's JPEG at quality 90, on 6
 
 @pytest.fixture(scope="module")
 def round_trip(tmp_path_factory):
-    """3 episodes (a frame dropped at 2 s in each, labels True, True, False), split, exported and imported."""
+    """Episodes 0, 2 and 3 (1 was deleted; a frame dropped at 2 s in each; labels True, True, False), split,
+    exported and imported."""
     root = tmp_path_factory.mktemp("import")
     ds = Dataset.create(root / "ds", "zip", RIG48)
-    for i, success in enumerate((True, True, False)):
+    for i, success in enumerate((True, True, True, False)):
         write_synthetic_episode(ds, SyntheticEpisode(duration_s=3.0, seed=i, success=success, frame_drops=((2.0, 1),),
-                                                     variation="test" if i == 2 else "train"))
+                                                     variation="test" if i == 3 else "train"))
+    ds.delete_episode(1)
     split_dataset(ds, 0.34, 0)
     ds = Dataset(ds.root)
     export_lerobot(ds, root / "lr", vcodec="libx264")
@@ -54,7 +56,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_round_trip_validates_and_keeps_labels(round_trip):
     ds, _, back, report = round_trip
     assert _errors(back) == []
-    assert back.task == "zip" and back.episode_indices() == ds.episode_indices()
+    assert back.task == "zip" and back.episode_indices() == ds.episode_indices() == [0, 2, 3]
     assert back.metadata["split"]["train"] == ds.metadata["split"]["train"]
     assert back.metadata["split"]["val"] == ds.metadata["split"]["val"]
     assert back.metadata["imported"]["from"] == "lerobot" and back.metadata["imported"]["audio"] == "sidecar"

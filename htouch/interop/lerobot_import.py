@@ -332,8 +332,6 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
     complete or not at all). camera: the video feature to import (default observation.images.camera, else the
     first). progress() is called after each episode. Raises DatasetError (one line naming the file) for a
     dataset htouch cannot import, HtouchError for an existing OUT."""
-    import pyarrow as pa  # noqa: F401 - fail early if missing
-
     start = time.perf_counter()
     src, out = Path(src), Path(out)
     if out.exists() or out.is_symlink():
@@ -460,6 +458,7 @@ def _import_episode(ds: Dataset, src: Path, info: dict[str, Any], r: dict[str, A
         except Exception as err:  # noqa: BLE001 - a damaged npz
             raise _bad(src, f"{r['htouch/audio_sidecar']} is unreadable ({type(err).__name__}: {err})") from None
 
+    ds.update_metadata(next_episode_index=index)  # indices ascend, so the writer reserves exactly this one
     writer = ds.new_episode(variation=str(r.get("htouch/variation") or "default"), info=ep_info, blocking=True)
     with writer:
         h, w = ds.rig.camera.height, ds.rig.camera.width
