@@ -40,6 +40,7 @@ from htouch.cli import train_cmd  # noqa: E402,F401
 from htouch.cli import eval_cmd  # noqa: E402,F401
 from htouch.cli import diagnostics_cmd  # noqa: E402,F401
 from htouch.cli import export_cmd  # noqa: E402,F401
+from htouch.cli import view_cmd  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

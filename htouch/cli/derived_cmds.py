@@ -78,6 +78,7 @@ def spectrogram(
     """
     params = spectrogram_params(kind)
     ds = find_dataset(dataset)
+    ds.require_audio("htouch spectrogram")
     jobs = spectrograms.plan(ds, params, DEFAULT_CLIP, force)
     if not jobs:
         raise DatasetError(f"dataset {ds.root} has no episodes")
@@ -117,6 +118,8 @@ def stats(
     if windows < 1:
         raise HtouchError(f"--windows must be at least 1, got {windows}")
     ds = find_dataset(dataset)
+    if not kind and not ds.rig.has_audio:
+        kinds = []  # no microphones: state and actions only
     result, notes = compute_stats(ds, kinds, DEFAULT_CLIP, windows, progress_bar=progress_bar)
     store_stats(ds, result)
 

@@ -1,4 +1,5 @@
-"""`htouch export`: write a dataset in another tool's format (LeRobot v3.0, Diffusion Policy replay buffer)."""
+"""`htouch export`: write a dataset in another tool's format (LeRobot v3.0, Diffusion Policy replay buffer);
+`htouch import lerobot`: read a LeRobot v3.0 dataset into a new htouch dataset."""
 
 from __future__ import annotations
 
@@ -54,6 +55,53 @@ def export(
         with progress_bar(f"exporting {n} episode(s) to a replay buffer", n) as advance:
             report = export_dp(ds, out, quality=quality, progress=advance)
     _print_report(report)
+
+
+import_app = typer.Typer(
+    help="Read another tool's dataset into a new htouch dataset (see docs/interop.md).\n\n"
+         "Example: [bold]htouch import lerobot zip-lerobot zip-again[/]",
+    no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("lerobot")
+def import_lerobot_cmd(
+    src: Path = typer.Argument(..., help="The LeRobot v3.0 dataset directory (meta/, data/, videos/).",
+                               show_default=False),
+    out: Path = typer.Argument(..., help="The htouch dataset to create (must not exist).", show_default=False),
+    camera: str = typer.Option(None, "--camera", help="The video feature to import (default "
+                               "observation.images.camera, else the first).", show_default=False),
+) -> None:
+    """Import a LeRobot v3.0 dataset (parquet + MP4) as a new htouch dataset that validate, inspect and train read.
+
+    LeRobot's frame timestamps become the time axis; frames, [bold]observation.state[/] and [bold]action[/] (7
+    values) become the camera, state and action streams; split, task and success labels are kept. The audio of an
+    htouch export comes back losslessly from its sidecar; a dataset without one has no audio streams (train it with
+    --method vision-only). OUT is written into a temporary path beside it and renamed when complete.
+
+    Example: [bold]htouch import lerobot zip-lerobot zip-again[/]
+    """
+    from htouch.interop.lerobot_import import read_episodes, read_info, import_lerobot
+
+    if out.exists() or out.is_symlink():
+        raise HtouchError(f"{out} already exists; import into a new path")
+    read_info(src)
+    n = len(read_episodes(src))
+    with progress_bar(f"importing {n} episode(s) from LeRobot v3.0", n) as advance:
+        r = import_lerobot(src, out, camera=camera, progress=advance)
+    table = Table(title=f"LeRobot import {fmt_path(Path(r.out))}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("episodes", str(r.episodes))
+    table.add_row("frames", f"{r.frames} from {r.rows} rows at {r.fps} fps ({r.camera_key})")
+    table.add_row("audio", "lossless, from the export's sidecar" if r.audio == "sidecar" else "none (no audio "
+                  "streams)")
+    table.add_row("state", "ee_pose, joints, gripper_width" if r.state_layout == "htouch" else "state/joints")
+    table.add_row("size", f"{r.bytes_out / 1e6:.1f} MB (LeRobot dataset: {r.bytes_in / 1e6:.1f} MB)")
+    table.add_row("time", f"{r.seconds:.1f} s, {r.frames_per_s:.0f} frames/s")
+    for note in r.notes:
+        table.add_row("note", note)
+    console.print(table)
 
 
 def _print_report(r) -> None:

@@ -46,6 +46,21 @@ def _render(s: EpisodeSummary) -> None:
                   + f" (frame_number jumps), largest gap {_num(cam.largest_gap_s, '.3f')} s", highlight=False)
 
     aud = s.audio
+    if not aud.channels:
+        console.print("[bold]audio[/]: none (the rig has no microphones)", highlight=False)
+    else:
+        _print_audio(aud)
+
+    events = Table(title=f"events ({len(s.events)})", title_justify="left")
+    for col, justify in (("t s", "right"), ("kind", "left"), ("detail", "left")):
+        events.add_column(col, justify=justify)
+    for e in s.events:
+        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items())
+        events.add_row(f"{e.t_s:.3f}", e.kind, detail)
+    console.print(events)
+
+
+def _print_audio(aud) -> None:
     console.print(f"[bold]audio[/]: {aud.seconds:.2f} s in {aud.blocks} blocks, "
                   + _warn(f"{aud.overflow_blocks} overflow flags", aud.overflow_blocks > 0), highlight=False)
     chans = Table(title="audio channels (dBFS relative to the rig's full scale)", title_justify="left")
@@ -55,14 +70,6 @@ def _render(s: EpisodeSummary) -> None:
         chans.add_row(c.name, _num(c.rms_dbfs, ".1f", "silent"), _num(c.peak_dbfs, ".1f", "silent"),
                       _warn(str(c.clipped), c.clipped > 0), f"{c.dc_offset:+.1f}")
     console.print(chans)
-
-    events = Table(title=f"events ({len(s.events)})", title_justify="left")
-    for col, justify in (("t s", "right"), ("kind", "left"), ("detail", "left")):
-        events.add_column(col, justify=justify)
-    for e in s.events:
-        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items())
-        events.add_row(f"{e.t_s:.3f}", e.kind, detail)
-    console.print(events)
 
 
 @app.command("inspect")

@@ -215,6 +215,7 @@ def pretrain_byol_a(
     from htouch.training.byol_a import pretrain_byol_a as run_pretrain
 
     ds = find_dataset(dataset)
+    ds.require_audio("htouch pretrain byol-a")
     config = ByolaConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
                          seed=seed, device=device, force=force, threads=threads, stride=stride)
     with _epoch_bar(epochs) as on_epoch:
@@ -258,6 +259,7 @@ def pretrain_av(
     from htouch.training.av_pretrain import pretrain_av as run_pretrain
 
     ds = find_dataset(dataset)
+    ds.require_audio("htouch pretrain av")
     config = AvConfig(dataset=ds.root, out=out, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
                       temperature=temperature, seed=seed, device=device, stride=stride, force=force, threads=threads)
 

@@ -95,6 +95,10 @@ def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndar
     return resample(mono, rate, clip.rate_hz)
 
 
+# What the audio arrays read as in an episode recorded without microphones: no blocks, no samples.
+_NO_AUDIO = {"audio/pcm": np.zeros((0, 0), np.int16), "audio/block_offset": np.zeros(0, np.int64),
+             "audio/block_overflow": np.zeros(0, bool), "audio/block_timestamp_ns": np.zeros(0, np.int64)}
+
 # Episode attributes readers use directly: (key, allowed types, what the message says is expected).
 _ATTR_TYPES = [
     ("index", (int,), "an integer"),
@@ -162,7 +166,20 @@ class Episode:
             raise DatasetError(f"{self.name}: {path} is not an array")
         return arr
 
+    @property
+    def has_audio(self) -> bool:
+        """False for an episode of a rig without microphones: it has no audio arrays, and the audio readers
+        below give zero blocks and zero samples (silence) instead."""
+        return self.rig.has_audio
+
+    @property
+    def audio_samples(self) -> int:
+        """Samples of PCM recorded (per channel); 0 without microphones."""
+        return int(self._pcm.shape[0])
+
     def read(self, path: str) -> np.ndarray:
+        if not self.has_audio and path.startswith("audio/"):
+            return _NO_AUDIO[path].copy()
         try:
             return self.array(path)[...]
         except DatasetError:
@@ -192,7 +209,7 @@ class Episode:
 
     @cached_property
     def _pcm(self) -> "zarr.Array | np.ndarray":
-        return self.array("audio/pcm")
+        return self.array("audio/pcm") if self.has_audio else _NO_AUDIO["audio/pcm"]
 
     def preload_audio(self) -> None:
         """Decode all PCM once, so that clips at many times (a cache build, an epoch) slice memory instead of

@@ -63,7 +63,7 @@ def audio_spectrogram(ep: Episode, params: LogMelParams = LogMelParams()) -> Epi
     fb = mel_transform(params).mel_scale.fb.numpy()  # (n_freqs, n_mels): the filter bank the transform uses
     mel_hz = np.linspace(0, params.rate_hz / 2, fb.shape[0])[fb.argmax(axis=0)]
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
-    n_total = ep.array("audio/pcm").shape[0]
+    n_total = ep.audio_samples
     rate = ep.rig.audio.rate_hz
     if len(times) == 0 or n_total == 0:
         return EpisodeSpectrogram(np.zeros(0), np.zeros((params.n_mels, 0), np.float32), mel_hz, params)

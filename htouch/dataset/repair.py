@@ -132,7 +132,7 @@ def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
     times = zarr.open_array(str(final / "camera/timestamp_ns"), mode="r", zarr_format=2)[:frames]
     seconds = (int(times[-1]) - int(times[0])) / NS if len(times) else 0.0
     return RepairResult(name, "salvaged", f"committed with {frames} frames ({seconds:.1f} s), "
-                        f"{lengths['audio/pcm']} audio samples, up to the writer's last flush; "
+                        f"{lengths.get('audio/pcm', 0)} audio samples, up to the writer's last flush; "
                         f"label {_label(attrs.get('success'))}", final)
 
 
@@ -183,14 +183,16 @@ def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for spec in specs:
         groups[(spec.stream, spec.axis)].append(spec.path)
-    block_paths = groups[("audio", "blocks")]
-    offsets = arrays["audio/block_offset"][: n["audio/block_offset"]]
+    block_paths = groups.get(("audio", "blocks"), [])  # none for a rig without microphones
+    offsets = arrays["audio/block_offset"][: n["audio/block_offset"]] if block_paths else None
     while True:  # only ever shrinks, so a few rounds settle it
         before = dict(n)
         for paths in groups.values():
             m = min(n[p] for p in paths)
             for p in paths:
                 n[p] = m
+        if offsets is None:
+            break
         blocks, pcm = n[block_paths[0]], n["audio/pcm"]
         if blocks < len(offsets):  # the PCM of dropped blocks goes too
             pcm = min(pcm, int(offsets[blocks]))

@@ -79,7 +79,7 @@ class CameraSpec:
 @dataclass
 class AudioSpec:
     rate_hz: float = 32000.0
-    channels: int = 4
+    channels: int = 4  # 0: recorded without microphones (imported from a dataset without audio): no audio arrays
     channel_names: list[str] = field(default_factory=lambda: ["mic0", "mic1", "mic2", "mic3"])
     unit: str = "adc counts"
     # Normalisation to roughly [-1, 1]: (x - center) / scale. The paper's 12-bit ADC used 2061 / 2400;
@@ -142,13 +142,19 @@ class RigSpec:
             kw[name] = sub(**_checked_fields(sub, value, f"rig.{name}"))
         return cls(**_checked_fields(cls, kw, "rig"))
 
+    @property
+    def has_audio(self) -> bool:
+        """False for a rig without microphones (`audio.channels` 0): its episodes hold no audio arrays."""
+        return self.audio.channels > 0
+
     def nominal_rate(self, stream: str) -> float:
         return float(getattr(self, stream).rate_hz)
 
 
 _SPECS = {"camera": CameraSpec, "audio": AudioSpec, "state": StateSpec, "action": ActionSpec, "teleop": TeleopSpec}
 # Values a reader divides by or allocates with: they must be positive.
-_POSITIVE = {"rate_hz", "width", "height", "channels", "n_joints", "scale"}
+_POSITIVE = {"rate_hz", "width", "height", "n_joints", "scale"}
+_NON_NEGATIVE = {"channels"}  # 0 audio channels: a rig without microphones
 
 
 def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -166,9 +172,11 @@ def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, 
         if not ok:
             raise DatasetError(f"rig description is malformed: {where}.{name} is {value!r}, expected "
                                f"{getattr(hint, '__name__', str(hint))}")
-        if hint in (int, float) and (not math.isfinite(value) or (name in _POSITIVE and value <= 0)):
+        if hint in (int, float) and (not math.isfinite(value) or (name in _POSITIVE and value <= 0)
+                                     or (name in _NON_NEGATIVE and value < 0)):
+            sign = "positive " if name in _POSITIVE else "non-negative " if name in _NON_NEGATIVE else ""
             raise DatasetError(f"rig description is malformed: {where}.{name} is {value!r}, expected a finite "
-                               f"{'positive ' if name in _POSITIVE else ''}number")
+                               f"{sign}number")
     return values
 
 
@@ -201,10 +209,11 @@ TIMED_AXES = {"camera": "frames", "audio": "blocks", "state": "rows", "action": 
 
 
 def episode_arrays(rig: RigSpec) -> list[ArraySpec]:
-    """Every array of an episode recorded with this rig, in writing order (data before time stamps)."""
+    """Every array of an episode recorded with this rig, in writing order (data before time stamps). A rig
+    without microphones (`rig.has_audio` False) has no audio stream at all: its episodes hold no audio arrays."""
     cam, aud, st, tel = rig.camera, rig.audio, rig.state, rig.teleop
     ns = "ns, host CLOCK_MONOTONIC"
-    return [
+    specs = [
         ArraySpec("camera", "rgb", "uint8", (cam.height, cam.width, 3), 1, "image", "frames", "",
                   "RGB frames, one image-codec chunk per frame"),
         ArraySpec("camera", "frame_number", "int64", (), 4096, "lossless", "frames", "count",
@@ -244,6 +253,7 @@ def episode_arrays(rig: RigSpec) -> list[ArraySpec]:
                   "JSON object with the event's details"),
         ArraySpec("events", "timestamp_ns", "int64", (), 256, "lossless", "rows", ns, "time of the event"),
     ]
+    return specs if rig.has_audio else [s for s in specs if s.stream != "audio"]
 
 
 # Known event kinds. Others are allowed (forward compatible) but the validator warns about them.

@@ -77,7 +77,7 @@ def fingerprint(episode: Episode) -> str:
     for arr in (episode.camera_times, episode.audio_block_times, episode.audio_block_offsets):
         h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
         h.update(b"|")
-    h.update(json.dumps({"pcm_shape": list(episode.array("audio/pcm").shape),
+    h.update(json.dumps({"pcm_shape": list(episode._pcm.shape),
                          "audio": dataclasses.asdict(episode.rig.audio)}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -189,7 +189,10 @@ def compute_stats(ds: Dataset, kinds: list[str] | tuple[str, ...] = tuple(audio.
                   clip: ClipParams = DEFAULT_CLIP, max_windows: int = DEFAULT_MAX_WINDOWS,
                   progress_bar: ProgressBar | None = None) -> tuple[dict[str, Any], list[str]]:
     """The statistics (not stored yet) and notes for the user about the episodes used. `progress_bar`
-    (description, total) -> context yielding advance(n), as cli.common.progress_bar."""
+    (description, total) -> context yielding advance(n), as cli.common.progress_bar. A dataset without audio
+    has no spectrogram statistics: pass no kinds (DatasetError otherwise)."""
+    if kinds:
+        ds.require_audio("spectrogram statistics")
     selection = training_episodes(ds)
     episodes = [ds.episode(i) for i in selection.indices]
     stats: dict[str, Any] = {

@@ -241,6 +241,13 @@ class Dataset:
 
     # ---------------------------------------------------------------- creation and metadata
 
+    def require_audio(self, what: str) -> None:
+        """DatasetError (one line) when the dataset's rig has no microphones (`audio.channels` 0, such as a
+        dataset imported from LeRobot without audio) and `what` (a method, a command) needs the contact audio."""
+        if not self.rig.has_audio:
+            raise DatasetError(f"{what} needs contact audio, but {self.root} has no audio streams (its rig has no "
+                               "microphones); of the training methods only vision-only works without it")
+
     @classmethod
     def create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> "Dataset":
         """Create a new empty dataset; refuses to touch an existing one."""

@@ -87,9 +87,8 @@ def episode_row(ep: Episode) -> EpisodeRow:
         flags.append("writer queue full")
     if ep.attrs.get("salvaged"):
         flags.append("salvaged")
-    audio_len = ep.array("audio/pcm").shape[0]
     return EpisodeRow(index=ep.index, duration_s=ep.duration_s, frames=len(cam), fps=measured_rate_hz(cam),
-                      audio_s=audio_len / ep.rig.audio.rate_hz, variation=ep.variation, success=ep.success,
+                      audio_s=ep.audio_samples / ep.rig.audio.rate_hz, variation=ep.variation, success=ep.success,
                       flags=flags)
 
 
@@ -190,6 +189,8 @@ def _stream_summary(stream: str, times: np.ndarray, rate_hz: float, nominal: flo
 def channel_levels(ep: Episode) -> list[ChannelSummary]:
     """Level, peak, clipping and DC offset of each microphone, read in bounded slices of the PCM."""
     spec = ep.rig.audio
+    if not ep.has_audio:
+        return []
     pcm = ep.array("audio/pcm")
     n, channels = pcm.shape[0], pcm.shape[1]
     lo, hi = np.iinfo(pcm.dtype).min, np.iinfo(pcm.dtype).max
@@ -229,14 +230,14 @@ def summarize(ep: Episode) -> EpisodeSummary:
     offsets, block_times = ep.audio_block_offsets, ep.audio_block_times
     overflow = ep.read("audio/block_overflow")
     audio_rate = audio_sample_rate_hz(offsets, block_times, overflow)
-    streams.insert(1, _stream_summary("audio", block_times, audio_rate, rig.nominal_rate("audio"), start_ns,
-                                      rate_of="samples"))
+    if ep.has_audio:  # a rig without microphones has no audio stream to summarise
+        streams.insert(1, _stream_summary("audio", block_times, audio_rate, rig.nominal_rate("audio"), start_ns,
+                                          rate_of="samples"))
     cam = ep.camera_times
     camera = CameraSummary(frames=len(cam), dropped=dropped_frames(ep.read("camera/frame_number")),
                            largest_gap_s=float(np.diff(cam).max()) / NS if len(cam) > 1 else None,
                            width=rig.camera.width, height=rig.camera.height)
-    n_samples = ep.array("audio/pcm").shape[0]
-    audio = AudioSummary(seconds=n_samples / rig.audio.rate_hz, blocks=len(block_times),
+    audio = AudioSummary(seconds=ep.audio_samples / rig.audio.rate_hz, blocks=len(block_times),
                          overflow_blocks=int(np.count_nonzero(overflow)), rate_hz=audio_rate, unit=rig.audio.unit,
                          channels=channel_levels(ep))
     events = [EventSummary(t_s=_relative_s(e["t_ns"], start_ns), kind=e["kind"], detail=e.get("detail", {}))

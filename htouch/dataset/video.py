@@ -76,7 +76,7 @@ def mono_track(ep: Episode, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, int]:
     """The episode's audio between t0 and t1 on one time line (silence where no block), mono, normalised
     with the AudioSpec: (samples float32, rate)."""
     track, rate = audio_track(ep, t0_ns, t1_ns)
-    return track.mean(axis=1), rate
+    return (track.mean(axis=1) if track.shape[1] else np.zeros(len(track), np.float32)), rate
 
 
 def export_video(ep: Episode, out: str | Path, *, normalize: bool = True, crf: int = 20,

@@ -146,7 +146,10 @@ class EpisodeWriter:
                          timestamp_ns=timestamp_ns)
 
     def audio(self, timestamp_ns: int, pcm: np.ndarray, overflow: bool = False) -> bool:
-        """A block of samples (n, channels) whose first sample was captured at timestamp_ns."""
+        """A block of samples (n, channels) whose first sample was captured at timestamp_ns. A rig without
+        microphones has no audio stream: ValueError."""
+        if not self.dataset.rig.has_audio:
+            raise ValueError(f"{self.name}: the rig has no microphones (audio.channels 0); there is no audio to write")
         return self._put("audio", pcm=np.array(pcm, dtype=np.int16), block_overflow=overflow,
                          block_timestamp_ns=timestamp_ns)
 

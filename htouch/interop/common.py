@@ -184,12 +184,15 @@ class EpisodeRows:
 
 def episode_rows(ep: Episode, fps: int, audio_rate: int) -> EpisodeRows:
     """The episode's rows: frame_grid's choice of state and action, and each row's audio window (t_k - 1/fps, t_k]
-    at `audio_rate` (all channels, normalised); plus a mono listening track for a video's audio stream."""
+    at `audio_rate` (all channels, normalised; no channels for a rig without microphones); plus a mono listening
+    track for a video's audio stream."""
     grid = frame_grid(ep, fps)
     n = len(grid)
     state = ep._state[grid.state].astype(np.float32)
     action = ep._actions[grid.action].astype(np.float32)
     m = audio_rate // fps
+    if not ep.has_audio:  # a rig without microphones: windows of no channels, a silent listening track
+        return EpisodeRows(grid, state, action, np.zeros((n, m, 0), np.float32), np.zeros(n * m, np.float32), 0.0)
     period = int(round(NS / fps))
     # (t_k - 1/fps, t_k] for every row: one track from t_0 - 1/fps to t_{n-1}, cut into n windows.
     track, native = audio_track(ep, grid.t0_ns - period, int(grid.times_ns[-1]))

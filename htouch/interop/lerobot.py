@@ -208,8 +208,10 @@ class _Video:
         self.vstream = self.container.add_stream(self.codec, rate=self.fps, options=options)
         self.vstream.width, self.vstream.height, self.vstream.pix_fmt = width, height, "yuv420p"
         self.vstream.codec_context.time_base = Fraction(1, self.fps)
-        self.astream = self.container.add_stream(AUDIO_CODEC, rate=self.audio_rate)
-        self.astream.layout = "mono"
+        self.astream = None
+        if self.audio_rate:  # no listening track for a rig without microphones
+            self.astream = self.container.add_stream(AUDIO_CODEC, rate=self.audio_rate)
+            self.astream.layout = "mono"
         self.frames = 0
         self.samples = 0
         self.pending = np.zeros(0, dtype=np.float32)
@@ -226,6 +228,8 @@ class _Video:
     def add_audio(self, mono: np.ndarray) -> None:
         import av
 
+        if self.astream is None:
+            return
         size = self.astream.codec_context.frame_size or 1024
         self.pending = np.concatenate([self.pending, mono.astype(np.float32)])
         while len(self.pending) >= size:
@@ -241,7 +245,8 @@ class _Video:
         if len(self.pending):
             self.add_audio(np.zeros(self.astream.codec_context.frame_size - len(self.pending), dtype=np.float32))
         self.container.mux(self.vstream.encode(None))
-        self.container.mux(self.astream.encode(None))
+        if self.astream is not None:
+            self.container.mux(self.astream.encode(None))
         self.container.close()
         self.container = None
 
@@ -292,7 +297,8 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
     codec = pick_video_codec(vcodec)
     check_exportable(ds)
     fps = export_fps(ds)
-    audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps)
+    has_audio = ds.rig.has_audio  # without microphones: no observation.audio, sidecar or listening track
+    audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps) if has_audio else 0
     order, splits, split_of = _order(ds, ds.episode_indices())
     episodes = [ds.episode(i) for i in order]
     for ep in episodes:
@@ -339,7 +345,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
                 columns = {
                     STATE_KEY: _fixed_list(rows.state, pa),
                     ACTION_KEY: _fixed_list(rows.action, pa),
-                    AUDIO_KEY: _fixed_list(rows.audio, pa),
+                    **({AUDIO_KEY: _fixed_list(rows.audio, pa)} if has_audio else {}),
                     "timestamp": pa.array((t / fps).astype(np.float32)),
                     "frame_index": pa.array(t.astype(np.int64)),
                     "episode_index": pa.array(np.full(n, e, dtype=np.int64)),
@@ -360,8 +366,9 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
 
                 ep_stats.append(_episode_stats(rows, columns, np.concatenate(sampled)))
 
-                sidecar = AUDIO_SIDECAR.format(episode_index=e)
-                _write_sidecar(tmp / sidecar, ep, g.t0_ns)
+                sidecar = AUDIO_SIDECAR.format(episode_index=e) if has_audio else ""
+                if has_audio:
+                    _write_sidecar(tmp / sidecar, ep, g.t0_ns)
 
                 line = report.add_episode(ep, g, episode_index=e, audio_gain_db=rows.gain_db,
                                           split=split_of[ep.index])
@@ -408,10 +415,11 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
             "time": "row k of an episode is at t0_ns + round(k * 1e9 / fps) on the recording's clock "
                     "(column htouch.time_ns); its frame is the latest captured by then plus half a period, its "
                     "state the latest at or before, its action the first commanded at or after",
-            "audio": {"feature": AUDIO_KEY, "rate_hz": audio_rate, "samples_per_frame": audio_rate // fps,
-                      "window": "(t_k - 1/fps, t_k]", "normalised": "(x - center) / scale of rig.audio",
-                      "sidecar": AUDIO_SIDECAR, "listening_track": "mono mix in the MP4, raised to a -1 dBFS peak "
-                      "per episode (audio_gain_db)"},
+            "audio": None if not has_audio else {  # a rig without microphones: no audio anywhere
+                "feature": AUDIO_KEY, "rate_hz": audio_rate, "samples_per_frame": audio_rate // fps,
+                "window": "(t_k - 1/fps, t_k]", "normalised": "(x - center) / scale of rig.audio",
+                "sidecar": AUDIO_SIDECAR, "listening_track": "mono mix in the MP4, raised to a -1 dBFS peak "
+                "per episode (audio_gain_db)"},
             "report": report.to_dict(),
         })
     report.seconds = time.perf_counter() - start
@@ -421,7 +429,9 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
 def _episode_stats(rows: EpisodeRows, columns: dict[str, Any], frames: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """One episode's statistics of every feature (LeRobot keeps them per episode in meta/episodes)."""
     stats = {STATE_KEY: feature_stats(rows.state), ACTION_KEY: feature_stats(rows.action),
-             AUDIO_KEY: feature_stats(rows.audio), CAMERA_KEY: image_stats(frames)}
+             CAMERA_KEY: image_stats(frames)}
+    if rows.audio.shape[-1]:
+        stats[AUDIO_KEY] = feature_stats(rows.audio)
     for key in ("timestamp", "frame_index", "episode_index", "index", "task_index", "next.done", "next.success"):
         stats[key] = feature_stats(columns[key].to_numpy(zero_copy_only=False).astype(np.float64))
     return stats
@@ -479,8 +489,8 @@ def _features(height: int, width: int, n_state: int, samples: int, channels: int
                      "info": info},
         STATE_KEY: {"dtype": "float32", "shape": [n_state],
                     "names": ["x", "y", "z", "qx", "qy", "qz", "qw", *joints, "gripper_width"]},
-        AUDIO_KEY: {"dtype": "float32", "shape": [samples, channels], "names": ["samples", "channels"],
-                    "channel_names": list(ds.rig.audio.channel_names)},
+        **({AUDIO_KEY: {"dtype": "float32", "shape": [samples, channels], "names": ["samples", "channels"],
+                        "channel_names": list(ds.rig.audio.channel_names)}} if channels else {}),
         ACTION_KEY: {"dtype": "float32", "shape": [7],
                      "names": ["dx", "dy", "dz", "rx", "ry", "rz", "gripper"]},
         "timestamp": {"dtype": "float32", **scalar},

@@ -171,7 +171,7 @@ def info_nce(video: torch.Tensor, audio: torch.Tensor, temperature: float
 
 def audio_episodes(ds: Dataset, episodes: list[int]) -> list[int]:
     """The episodes that recorded at least one audio sample."""
-    return [i for i in episodes if ds.episode(i).array("audio/pcm").shape[0] > 0]
+    return [i for i in episodes if ds.episode(i).audio_samples > 0]
 
 
 def plain_batch(samples: PolicySamples, indices: list[int]) -> dict[str, torch.Tensor]:

@@ -386,6 +386,8 @@ class Session:
         # data
         self.spec = DataSpec.from_policy(self.policy_config, stride=c.stride)
         ds, left_out = _open_dataset(c)
+        if self.policy_config.uses_audio:
+            ds.require_audio(f"--method {c.method}")
         failure: HtouchError | None = None
         if env.is_main:
             try:  # stats made without the left-out episodes are used, not stored as the dataset's
