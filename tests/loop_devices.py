@@ -78,7 +78,7 @@ class _Queued:
 
 
 class PlannedCamera(_Queued):
-    def __init__(self, world: "PlannedWorld"):
+    def __init__(self, world: PlannedWorld):
         super().__init__()
         self.world = world
         self.spec = TEST_SPEC.camera
@@ -108,7 +108,7 @@ class PlannedMicrophones(_Queued):
 class PlannedTeleop(_Queued):
     RATE_HZ = 72.0
 
-    def __init__(self, world: "PlannedWorld"):
+    def __init__(self, world: PlannedWorld):
         super().__init__()
         self.world = world
         self.reading: TeleopReading | None = None
@@ -135,7 +135,7 @@ class PlannedTeleop(_Queued):
 class PlannedRobot(_Queued):
     n_joints = 7
 
-    def __init__(self, world: "PlannedWorld"):
+    def __init__(self, world: PlannedWorld):
         super().__init__()
         self.world = world
         self.pose = HOME.copy()

@@ -33,8 +33,9 @@ def test_bad_option_is_usage_error(cli):
 
 
 def test_every_command_has_help_with_example(cli):
-    from htouch.cli import app
     import typer.main
+
+    from htouch.cli import app
 
     group = typer.main.get_command(app)
     for name in group.commands:

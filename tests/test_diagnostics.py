@@ -18,8 +18,17 @@ from htouch.dataset.episode import NS
 from htouch.dataset.schema import AudioSpec
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
-from htouch.training.diagnostics import (SHIFT_RANGE, ShuffledAudio, SilentAudio, bootstrap_interval, contact_labels,
-                                         contact_probe, episode_pair_counts, policy_embeddings, probe)
+from htouch.training.diagnostics import (
+    SHIFT_RANGE,
+    ShuffledAudio,
+    SilentAudio,
+    bootstrap_interval,
+    contact_labels,
+    contact_probe,
+    episode_pair_counts,
+    policy_embeddings,
+    probe,
+)
 from htouch.training.runner import PolicyRunner
 from tests.conftest import TINY_RIG
 from tests.test_eval import NORM, tiny_policy
@@ -79,7 +88,7 @@ def test_shuffled_audio_comes_from_another_time_of_another_episode_the_same_per_
     again = ShuffledAudio(ds, [0, 1, 2], seed=7)
     other = ShuffledAudio(ds, [0, 1, 2], seed=8)
     t0 = 123 * NS
-    for k in range(6):
+    for _ in range(6):
         for s in (shuffled, again, other):
             s.reset()
         for dt in (0, NS // 2, 3 * NS):  # times into the evaluation episode

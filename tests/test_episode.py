@@ -18,7 +18,7 @@ def test_frames_are_the_latest_at_or_before_each_window_time(tiny_ds):
     s = ep.sample(t, params)
     targets = t - np.array([2.0, 4 / 3, 2 / 3, 0.0]) * NS
     cam = ep.camera_times
-    for chosen, target in zip(s.frame_times_ns, targets):
+    for chosen, target in zip(s.frame_times_ns, targets, strict=True):
         assert chosen <= target + 1
         later = cam[cam > chosen]
         assert len(later) == 0 or later[0] > target  # no newer frame existed at the target time

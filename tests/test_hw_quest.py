@@ -14,8 +14,8 @@ from htouch.collector.config import TeleopConfig
 from htouch.collector.devices import DeviceError, Teleop
 from htouch.collector.hardware import quest
 from htouch.collector.hardware.quest import QuestTeleop, parse_buttons, parse_payload, probe
-from tests.hw.adb_server import FakeAdbServer, hand_buttons, logcat_line, teleop_payload
 from tests.conftest import wait_until
+from tests.hw.adb_server import FakeAdbServer, hand_buttons, logcat_line, teleop_payload
 
 SERIAL = "1WMHH815R10273"
 

@@ -143,7 +143,7 @@ def test_minimum_filter_maps_a_drifting_jittery_camera_clock_within_a_fraction_o
     device = 5_000_000_000 + ((capture - capture[0]) * (1 + 80e-6)).astype(np.int64)
     arrival = capture + 2_000_000 + rng.exponential(3e6, n).astype(np.int64)
     f = OffsetFilter(window=90, statistic="min")
-    mapped = np.array([d + f.update(a, d) for a, d in zip(arrival, device)])
+    mapped = np.array([d + f.update(a, d) for a, d in zip(arrival, device, strict=True)])
     error = mapped[90:] - (capture[90:] + 2_000_000)  # after the first window; 2 ms = latency_ms
     assert np.abs(error).max() < 0.5e6, np.abs(error).max()
     # A camera clock that jumps (restart, wrap-around) starts the window over instead of holding on.

@@ -20,7 +20,7 @@ from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from htouch.dataset.validate import ERROR, validate_dataset
 from htouch.errors import DatasetError
 from htouch.interop.common import frame_grid
-from htouch.interop.lerobot import DATA_PATH, INFO_PATH, VIDEO_PATH, CAMERA_KEY, export_lerobot
+from htouch.interop.lerobot import CAMERA_KEY, DATA_PATH, INFO_PATH, VIDEO_PATH, export_lerobot
 from htouch.interop.lerobot_import import import_lerobot
 
 RIG48 = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48), audio=AudioSpec(rate_hz=48000.0))
@@ -80,7 +80,7 @@ def test_round_trip_frames_state_and_actions(round_trip):
         assert np.abs(b.camera_times - g.times_ns[shown]).max() < 20_000
         assert np.array_equal(b.read("camera/frame_number"), shown)
         got, want = b.read("camera/rgb"), a.read("camera/rgb")[g.frame[shown]]
-        psnrs += [_psnr(x, y) for x, y in zip(got, want)]
+        psnrs += [_psnr(x, y) for x, y in zip(got, want, strict=True)]
         # one state and one action per row, the values LeRobot holds (float32)
         assert np.array_equal(b._state, a._state[g.state].astype(np.float32).astype(np.float64))
         assert np.array_equal(b._actions, a._actions[g.action].astype(np.float32).astype(np.float64))

@@ -71,7 +71,7 @@ def test_target_is_an_exponential_moving_average_of_the_online_network():
             p.add_(1.0)
     byol.update_target(0.75)
     online = list(torch.nn.Sequential(byol.encoder, byol.projector).parameters())
-    for t, b, o in zip(byol.target.parameters(), before, online):
+    for t, b, o in zip(byol.target.parameters(), before, online, strict=True):
         torch.testing.assert_close(t, 0.75 * b + 0.25 * o)
     assert not any(p.requires_grad for p in byol.target.parameters())
 

@@ -103,7 +103,7 @@ def test_live_stream_encodes_only_the_new_frame_per_replan():
     cached = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2, audio=AudioSpec())
     uncached = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2, audio=AudioSpec(), cache=False)
     phase = 10_000_000  # frames captured 10 ms before the control tick
-    a, b = _stream(cached, 5.0, phase), _stream(uncached, 5.0, phase)
+    a, _ = _stream(cached, 5.0, phase), _stream(uncached, 5.0, phase)
     calls = cached.counters.model_calls
     assert calls == 75 and uncached.counters.model_calls == calls  # 150 steps, 2 per model call
     assert uncached.counters.frames_encoded == 4 * calls

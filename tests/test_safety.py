@@ -15,7 +15,7 @@ EPS = 1e-9
 any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 small_float = st.floats(-2.0, 2.0)
 vec6 = st.lists(st.one_of(small_float, any_float), min_size=6, max_size=6)
-inside = st.tuples(*(st.floats(lo, hi) for lo, hi in zip(LIMITS.workspace_min, LIMITS.workspace_max)))
+inside = st.tuples(*(st.floats(lo, hi) for lo, hi in zip(LIMITS.workspace_min, LIMITS.workspace_max, strict=True)))
 anywhere = st.tuples(*(st.one_of(st.floats(-5, 5), any_float) for _ in range(3)))
 limits = st.builds(
     lambda lo, size, t, r, g: SafetyLimits(list(lo), list(np.add(lo, size)), t, r, min(g), max(g)),
@@ -42,7 +42,7 @@ def test_no_input_gets_a_command_outside_the_limits(delta, gripper, position):
 @given(lim=limits, delta=vec6, gripper=any_float, data=st.data())
 def test_from_inside_the_workspace_the_robot_stays_inside(lim, delta, gripper, data):
     lo, hi = np.array(lim.workspace_min), np.array(lim.workspace_max)
-    position = np.array(data.draw(st.tuples(*(st.floats(a, b) for a, b in zip(lo, hi)))))
+    position = np.array(data.draw(st.tuples(*(st.floats(a, b) for a, b in zip(lo, hi, strict=True)))))
     out = SafetyFilter(lim)(Action(np.array(delta), gripper), position).action
     within_limits(out, lim)
     end = position + out.delta_ee[:3]

@@ -28,7 +28,7 @@ def test_deaf_operator_never_asks_what_was_heard(task):
         with SimRig(task, seed=3, config=tiny_config()) as rig:
             asked = []
 
-            def heard_within(touched, steps, _asked=asked):
+            def heard_within(touched, steps, _asked=asked, deaf=deaf):
                 _asked.append(touched)
                 if deaf:
                     raise AssertionError(f"the deaf operator asked whether {touched} was heard")

@@ -205,10 +205,10 @@ def test_same_seed_same_episode_and_a_new_seed_differs():
         _, blocks_y, frames_y, states_y, events_y, _, _ = y
         assert len(frames_x) == len(frames_y) > 60
         assert all(f.timestamp_ns == g.timestamp_ns and np.array_equal(f.rgb, g.rgb)
-                   for f, g in zip(frames_x, frames_y))
+                   for f, g in zip(frames_x, frames_y, strict=True))
         assert np.array_equal(np.concatenate([q.pcm for q in blocks_x]), np.concatenate([q.pcm for q in blocks_y]))
         assert all(np.array_equal(s.ee_pose, t.ee_pose) and s.timestamp_ns == t.timestamp_ns
-                   for s, t in zip(states_x, states_y))
+                   for s, t in zip(states_x, states_y, strict=True))
         assert events_x == events_y
     assert not np.array_equal(a[3][-1].ee_pose, c[3][-1].ee_pose)
     assert not np.array_equal(a[2][-1].rgb, c[2][-1].rgb)

@@ -28,7 +28,7 @@ def _assert_describes(d, x, rtol=1e-12, atol=0.0):
     np.testing.assert_allclose(d["std"], x.std(axis=0), rtol=rtol, atol=max(atol, 1e-15))
     np.testing.assert_array_equal(d["min"], x.min(axis=0))
     np.testing.assert_array_equal(d["max"], x.max(axis=0))
-    for key, q in zip(QUANTILE_KEYS, QUANTILES):
+    for key, q in zip(QUANTILE_KEYS, QUANTILES, strict=True):
         np.testing.assert_allclose(d[key], np.percentile(x, q, axis=0), rtol=rtol, atol=atol)
     assert d["count"] == len(x)
 

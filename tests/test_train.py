@@ -99,7 +99,7 @@ def test_same_seed_same_run_and_resume_continues_it_exactly(ds, tmp_path):
     assert len(list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))) == 1
     resumed = train(_config(ds, tmp_path / "b", resume=True, **kw))
     assert [m.epoch for m in resumed.history] == [1, 2, 3]
-    for a, b in zip(straight.history, resumed.history):
+    for a, b in zip(straight.history, resumed.history, strict=True):
         assert (a.train_loss, a.val_loss, a.lr) == (b.train_loss, b.val_loss, b.lr)
     pa, pb = _params(straight.model), _params(resumed.model)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
@@ -232,8 +232,8 @@ def test_every_baseline_trains_end_to_end(ds, tmp_path, method):
     torch.manual_seed(0)  # the run's initialisation, rebuilt
     start = build_policy(policy_config("tiny", method))
     audio_same = all(torch.equal(a, b) for a, b in zip(start.audio_encoder.state_dict().values(),
-                                                       result.model.audio_encoder.state_dict().values()))
+                                                       result.model.audio_encoder.state_dict().values(), strict=True))
     image_same = all(torch.equal(a, b) for a, b in zip(start.image_encoder.state_dict().values(),
-                                                       result.model.image_encoder.state_dict().values()))
+                                                       result.model.image_encoder.state_dict().values(), strict=True))
     assert not image_same
     assert audio_same == (method == "frozen-audio")  # frozen AVID: weights and BatchNorm statistics kept

@@ -137,7 +137,8 @@ def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str]], str]:
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
         "",
         f"`commit()` includes the final flush of the rows still queued ({flush:.2f} s, median, whatever the "
-        "length of the recording; the same with or without checksums). The manifest step hashes every file of the episode (XXH3-128) and "
+        "length of the recording; the same with or without checksums). The manifest step hashes every file of "
+        "the episode (XXH3-128) and "
         "writes `manifest.json` (fsynced). `validate` without checksums is `--quick` (files present with their "
         "sizes, no hashing); the rest of validate (decoding every frame, all other checks) is the same in both. "
         "The hashing throughput is that of reading the files and hashing them on one core.",

@@ -65,7 +65,7 @@ def main() -> None:
             trees[args.against] = old
         try:
             times: dict[tuple[str, str], list[float]] = {}
-            for name, cmd in COMMANDS.items():  # one untimed run each: the page cache holds the files after it
+            for cmd in COMMANDS.values():  # one untimed run each: the page cache holds the files after it
                 for tree in trees.values():
                     run(tree, cmd, dataset)
             for i in range(args.repeats):

@@ -59,7 +59,8 @@ def torque_window(robot: FR3Robot, seconds: float) -> dict[str, float]:
     compute = np.array(loop.compute_s) * 1e3
     cycles = after["cycles"] - before["cycles"]
     missed = after["missed"] - before["missed"]
-    return {"wall_s": wall, "cycles": cycles, "rate_hz": cycles / wall, "late": after["late_cycles"] - before["late_cycles"],
+    return {"wall_s": wall, "cycles": cycles, "rate_hz": cycles / wall,
+            "late": after["late_cycles"] - before["late_cycles"],
             "missed": missed, "robot_s": (cycles + missed) / 1000, "compute_p50_ms": float(np.median(compute)),
             "compute_p99_ms": float(np.percentile(compute, 99)), "compute_max_ms": float(compute.max())}
 

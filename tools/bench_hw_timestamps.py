@@ -147,7 +147,7 @@ def bench_camera_mapping(minutes: float = 5.0, seed: int = 0) -> list[str]:
     for label, stat, window in (("sliding minimum, 90 frames (RealSenseCamera)", "min", 90),
                                 ("sliding median, 90 frames", "median", 90)):
         f = OffsetFilter(window, stat)
-        mapped = np.array([d + f.update(a, d) for a, d in zip(arrival, device)])
+        mapped = np.array([d + f.update(a, d) for a, d in zip(arrival, device, strict=True)])
         e = (mapped - truth)[window:] / 1e6
         rows.append(f"| {label} | {e.mean():+.3f} / {e.std():.3f} / {np.abs(e).max():.3f} |")
     e = (arrival - truth) / 1e6

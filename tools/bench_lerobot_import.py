@@ -67,7 +67,7 @@ def compare(ds, back, lr: Path, fps: int) -> dict:
         shown = np.flatnonzero(~g.repeated)
         want = a.read("camera/rgb")
         got = b.read("camera/rgb")
-        trip += [psnr(x, want[g.frame[k]]) for x, k in zip(got, shown)]
+        trip += [psnr(x, want[g.frame[k]]) for x, k in zip(got, shown, strict=True)]
         lo = eps["dataset_from_index"][e]
         codec += [psnr(video[lo + k], want[g.frame[k]]) for k in range(len(g))]
         exact["state"] &= bool(np.array_equal(b._state, a._state[g.state].astype(np.float32)))

@@ -67,7 +67,7 @@ def bench_stream(n_burst: int, n_latency: int) -> tuple[float, np.ndarray]:
             before = teleop.lines
             sent = time.monotonic_ns()
             server.feed([sample_line(i)])
-            wait_for(lambda: teleop.lines > before)
+            wait_for(lambda before=before: teleop.lines > before)
             latencies.append((teleop.read().timestamp_ns - sent) / 1e6)
             time.sleep(1 / 72)  # the headset's pace
         teleop.stop()

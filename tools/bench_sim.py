@@ -72,7 +72,7 @@ class Speed:
     def factor(self) -> float:
         return self.sim_s / self.wall_s if self.wall_s else 0.0
 
-    def add(self, other: "Speed") -> None:
+    def add(self, other: Speed) -> None:
         self.sim_s += other.sim_s
         self.wall_s += other.wall_s
         self.frames += other.frames

@@ -27,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -145,7 +146,7 @@ class PhotoVideo:
         self.scales = [ph / getattr(skimage.data, name)().shape[0] for name in PHOTOS]
         self.starts = np.cumsum([0] + [p.width for p in parts[:-1]])
         self.pano = Image.new("RGB", (sum(p.width for p in parts), ph))
-        for x, p in zip(self.starts, parts):
+        for x, p in zip(self.starts, parts, strict=True):
             self.pano.paste(p, (int(x), 0))
 
     def clean(self, i: int, n: int, rate: float = 30.0) -> np.ndarray:
@@ -875,7 +876,7 @@ def quality_verdict(q: list[dict[str, Any]], cands: list[dict[str, Any]]) -> lis
              "No writer setting meets both goals on the photo video (< 6 % of raw RGB at PSNR >= 38 dB). ")
     text += f"The default, {default['label']}, stores {default['ratio'] * 100:.1f} % at {default['psnr_mean']:.1f} dB. "
     steps = [f"{a['label']} -> {b['quality']}: x{b['ratio'] / a['ratio']:.2f} bytes for "
-             f"{b['psnr_mean'] - a['psnr_mean']:+.1f} dB" for a, b in zip(jpeg, jpeg[1:])]
+             f"{b['psnr_mean'] - a['psnr_mean']:+.1f} dB" for a, b in zip(jpeg, jpeg[1:], strict=False)]
     if steps:
         text += "Steps in JPEG quality: " + "; ".join(steps) + ". "
     if cands:

@@ -167,7 +167,8 @@ def build_report(results: list[Result], meta: dict) -> str:
              f"load average {meta['load_start']} before, {meta['load_end']} after, on {os.cpu_count()} cores "
              "(the machine is shared: see the CPU share).", "",
              f"Dataset: {meta['episodes']} synthetic episodes of {meta['seconds']:g} s at 640x480 / 30 fps, 4-channel "
-             "32 kHz audio; `htouch split --val 0.34`; method `ours` (R3M-shaped ResNet18 + AVID Conv2D, random weights), AVID "
+             "32 kHz audio; `htouch split --val 0.34`; method `ours` (R3M-shaped ResNet18 + AVID Conv2D, "
+             "random weights), AVID "
              "spectrograms; one warm-up step, then steps timed in rounds until at least "
              f"{meta['min_seconds']:g} s of training were timed (the CPU time covers the same rounds).", "",
              "| preset | mode | batch | steps timed | samples/s (wall) | samples per CPU-second | CPU share | "
@@ -181,10 +182,12 @@ def build_report(results: list[Result], meta: dict) -> str:
                      f"{f'{enc:.1f} s' if enc else '-'} |")
     lines += ["", "## What it means for a paper-sized dataset", "",
               f"{PAPER_DEMOS} demonstrations of {PAPER_DEMO_S:g} s, 4/5 for training, a sample at every camera frame "
-              f"with {HORIZON} actions ahead: {paper_samples:,} training samples per epoch. Per epoch on one core, from the "
+              f"with {HORIZON} actions ahead: {paper_samples:,} training samples per epoch. Per epoch on one "
+              f"core, from the "
               "samples per CPU-second above; frozen mode first encodes every frame and audio window once "
               f"({paper_frames:,} + {paper_windows:,}, time scaled from the measured phase):", "",
-              "| preset | mode | one epoch | 100 epochs | one-off encoding (wall clock, scaled) |", "|---|---|---:|---:|---:|"]
+              "| preset | mode | one epoch | 100 epochs | one-off encoding (wall clock, scaled) |",
+              "|---|---|---:|---:|---:|"]
     by = {(r.preset, r.mode): r for r in results}
     for r in results:
         epoch = paper_samples / r.rate_cpu

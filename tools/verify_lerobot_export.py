@@ -459,7 +459,8 @@ def verify_dp(args, work: Path) -> tuple[str, str]:
         f"- Diffusion Policy's `ReplayBuffer` and `register_codecs()` (its own files, Python {result['python']}, "
         f"zarr {result['zarr']}, numcodecs {result['numcodecs']}, imagecodecs {result['imagecodecs']}: DP's pins)",
         f"- loaded with `zarr.ZipStore(path, mode='r')` into a `MemoryStore` (as ManiWAV's dataset does) and into "
-        f"numpy in {result['seconds_load']:.1f} s: {report.episodes} episodes, `meta/episode_ends`, keys {', '.join(keys)}; "
+        f"numpy in {result['seconds_load']:.1f} s: {report.episodes} episodes, `meta/episode_ends`, "
+        f"keys {', '.join(keys)}; "
         f"eef position, gripper width, audio windows (mic_*) and actions equal to htouch's, the axis-angle rotation "
         f"equal to htouch's quaternion within {result['max_quat_error']:.1e}{maniwav}",
         f"- frames against htouch's (PSNR, JPEG q90 re-encoded from the recorded frames): min "

@@ -267,8 +267,9 @@ def experiment(
     work = work or out.with_name(out.stem + "-work")
     command = (f"htouch experiment --tasks {tasks} --methods {methods} --episodes-per-task {demos} "
                f"--eval-episodes {eval_episodes} "
-               + ("" if variations == "train,test" else f"--variations {variations} ") + f"--preset {preset} --epochs {epochs} --batch-size {batch_size} "
-               f"--stride {stride} " + (f"--dropout {dropout:g} " if dropout is not None else "")
+               + ("" if variations == "train,test" else f"--variations {variations} ")
+               + f"--preset {preset} --epochs {epochs} --batch-size {batch_size} --stride {stride} "
+               + (f"--dropout {dropout:g} " if dropout is not None else "")
                + (f"--byol-epochs {byol_epochs} " if "byol-a" in methods else "")
                + f"--width {width} --height {height} --seed {seed} --eval-seed {eval_seed} --execute {execute} "
                + (f"--max-seconds {max_seconds:g} " if max_seconds is not None else "")
@@ -278,9 +279,10 @@ def experiment(
                + ("--frozen-encoders " if frozen_encoders else "") + ("" if ablations else "--no-ablations ")
                + ("" if probe else "--no-probe ") + f"--threads {threads} --work {work} --out {out}")
     config = ExperimentConfig(out=out, work=work, tasks=_csv(tasks, "--tasks"), methods=_csv(methods, "--methods"),
-                              demos=demos, eval_episodes=eval_episodes, variations=_csv(variations, "--variations"), preset=preset, epochs=epochs,
-                              batch_size=batch_size, stride=stride, dropout=dropout, byol_epochs=byol_epochs, width=width,
-                              height=height, seed=seed, eval_seed=eval_seed, execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
+                              demos=demos, eval_episodes=eval_episodes, variations=_csv(variations, "--variations"),
+                              preset=preset, epochs=epochs, batch_size=batch_size, stride=stride, dropout=dropout,
+                              byol_epochs=byol_epochs, width=width, height=height, seed=seed, eval_seed=eval_seed,
+                              execute=execute, max_seconds=max_seconds, r3m=r3m, avid=avid,
                               operator_episodes=operator_episodes, play_episodes=play_episodes, av_epochs=av_epochs,
                               frozen_encoders=frozen_encoders, ablations=ablations, probe=probe,
                               threads=threads, report_only=report_only, command=command)

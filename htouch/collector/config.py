@@ -23,7 +23,6 @@ from htouch.collector.safety import SafetyLimits
 from htouch.dataset.schema import ActionSpec, AudioSpec, CameraSpec, RigSpec, StateSpec, TeleopSpec
 from htouch.errors import HtouchError
 
-
 # The allowed range of every number in a rig file, inclusive, in one place: (table, key) -> (low, high).
 # A list's items each obey their key's range, and every number must be finite (TOML allows inf and nan).
 # The loader refuses a value outside its range with the file, table, key and range named; the config

@@ -18,7 +18,6 @@ import numpy as np
 from htouch.dataset.schema import AudioSpec, CameraSpec
 from htouch.errors import DeviceError  # noqa: F401 - the error every device raises, part of its interface
 
-
 # ------------------------------------------------------------------------------------------- readings
 
 
@@ -62,7 +61,7 @@ class Action:
     gripper: float  # target opening in [0, 1], 0 closed
 
     @classmethod
-    def hold(cls, gripper: float) -> "Action":
+    def hold(cls, gripper: float) -> Action:
         return cls(np.zeros(6), float(gripper))
 
 

@@ -150,7 +150,7 @@ def meter(rms_db: float, peak_db: float, clipping: bool) -> Text:
     return bar
 
 
-def render_status(s: "LiveStatus", disk: DiskMeter | None = None, title: str = "", help_text: str = "") -> Panel:
+def render_status(s: LiveStatus, disk: DiskMeter | None = None, title: str = "", help_text: str = "") -> Panel:
     head = Text()
     head.append(f" {s.phase.upper()} ", style=PHASE_STYLE.get(s.phase, "bold"))
     if s.episode_index is not None:
@@ -219,7 +219,7 @@ def render_status(s: "LiveStatus", disk: DiskMeter | None = None, title: str = "
 class LivePanel:
     """The rich live panel (a context manager around Recorder.run)."""
 
-    def __init__(self, recorder: "Recorder", console: Console, title: str = "", help_text: str = ""):
+    def __init__(self, recorder: Recorder, console: Console, title: str = "", help_text: str = ""):
         self.recorder = recorder
         self.console = console
         self.title = title
@@ -234,7 +234,7 @@ class LivePanel:
     def message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)
 
-    def __enter__(self) -> "LivePanel":
+    def __enter__(self) -> LivePanel:
         self._live.start()
         return self
 
@@ -246,7 +246,7 @@ class PlainProgress:
     """Without a terminal (or with --no-panel): each lifecycle message as a line, and a status line every
     STATUS_EVERY_S seconds while recording."""
 
-    def __init__(self, recorder: "Recorder", console: Console):
+    def __init__(self, recorder: Recorder, console: Console):
         self.recorder = recorder
         self.console = console
         self._quit = threading.Event()
@@ -264,7 +264,7 @@ class PlainProgress:
             self.message(f"  episode {s.episode_index}: {s.elapsed_s:.0f} s, camera {cam:.1f} Hz, audio {aud:,.0f} Hz, "
                          f"dropped {s.frames_dropped}, overruns {s.overruns}, loop p99 {s.loop_p99_ms:.1f} ms")
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         self._thread.start()
         return self
 

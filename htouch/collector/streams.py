@@ -69,7 +69,7 @@ def measure_levels(pcm: np.ndarray, t_ns: int, previous: AudioLevels) -> AudioLe
     before = previous.clipped_at_ns if len(previous.clipped_at_ns) == pcm.shape[1] else [None] * pcm.shape[1]
     return AudioLevels(rms_dbfs=dbfs(np.sqrt(np.mean(x * x, axis=0))).tolist(),
                        peak_dbfs=dbfs(np.max(np.abs(x), axis=0)).tolist(),
-                       clipped_at_ns=[t_ns if c else p for c, p in zip(clipped, before)])
+                       clipped_at_ns=[t_ns if c else p for c, p in zip(clipped, before, strict=True)])
 
 
 class StreamReader(threading.Thread):

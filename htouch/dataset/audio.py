@@ -16,7 +16,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -53,12 +53,13 @@ class EpisodeSpectrogram:
     params: LogMelParams
 
 
-def audio_spectrogram(ep: Episode, params: LogMelParams = LogMelParams()) -> EpisodeSpectrogram:
+def audio_spectrogram(ep: Episode, params: LogMelParams | None = None) -> EpisodeSpectrogram:
     """Log-mel spectrogram of the whole episode's mono mix, placed by the audio block time stamps.
 
     The signal is gathered with the reader's own `audio_clip` (lost audio stays silent rather than
     shifting what follows), as one clip spanning all blocks, then passed to the policy's spectrogram.
     """
+    params = params or LogMelParams()
     start_ns, _ = ep.time_range_ns()
     fb = mel_transform(params).mel_scale.fb.numpy()  # (n_freqs, n_mels): the filter bank the transform uses
     mel_hz = np.linspace(0, params.rate_hz / 2, fb.shape[0])[fb.argmax(axis=0)]
@@ -203,7 +204,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
 
     # --- frames -----------------------------------------------------------------------------------------
     slot = span / n_strip
-    for k, (i, img) in enumerate(zip(frame_idx, frames)):
+    for k, (i, img) in enumerate(zip(frame_idx, frames, strict=False)):
         c = (k + 0.5) * slot
         ax_strip.imshow(img, extent=(c - 0.48 * slot, c + 0.48 * slot, 0, 1), aspect="auto",
                         interpolation="antialiased")
@@ -228,7 +229,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
         if e.kind == "frame_drop" and "count" in e.detail:
             ax_ev.text(e.t_s, y, f" -{e.detail['count']}", fontsize=7, va="center", color=color)
     ax_ev.set_yticks(range(len(kinds)), kinds, fontsize=8)
-    for label, kind in zip(ax_ev.get_yticklabels(), kinds):
+    for label, kind in zip(ax_ev.get_yticklabels(), kinds, strict=False):
         label.set_color(EVENT_COLORS.get(kind, "#444444"))
     ax_ev.set_ylim(len(kinds) - 0.5, -0.5)
     if not kinds:
@@ -240,7 +241,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
         x = np.stack([env.t0_s, env.t1_s], axis=1)
         gap = np.append(env.t0_s[1:] > env.t1_s[:-1] + 0.5 * np.median(env.t1_s - env.t0_s), False)
         lost_audio = [(float(env.t1_s[i]), float(env.t0_s[i + 1])) for i in np.flatnonzero(gap)]
-    for c, (ax, name) in enumerate(zip(ax_ch, channels)):
+    for c, (ax, name) in enumerate(zip(ax_ch, channels, strict=False)):
         ch = summary.audio.channels[c]
         if len(env.t0_s):
             lo = np.repeat(env.lo[:, c], 2).reshape(-1, 2)
@@ -287,7 +288,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
 
     # --- actions and state ----------------------------------------------------------------------------------
     def traces(ax, t, ys, names, ylabel):
-        for y, name, color in zip(ys.T, names, TRACE_COLORS):
+        for y, name, color in zip(ys.T, names, TRACE_COLORS, strict=False):
             ax.plot(t, y, lw=1.0, color=color, label=name)
         ax.set_ylabel(ylabel, rotation=0, ha="right", va="center")
         ax.tick_params(axis="y", labelsize=7)

@@ -126,7 +126,7 @@ class RigSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "RigSpec":
+    def from_dict(cls, d: Any) -> RigSpec:
         """The spec stored in htouch.json or an episode; DatasetError naming the key for an unknown key, a
         wrong type, a non-finite number or a size or rate that is not positive."""
         if not isinstance(d, dict):

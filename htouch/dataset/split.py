@@ -70,7 +70,7 @@ class Split:
 
     def to_metadata(self) -> dict[str, Any]:
         return {"val_fraction": self.val_fraction, "seed": self.seed, "rule": RULE,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "train": self.train, "val": self.val, "strata": [s.summary() for s in self.strata]}
 
 

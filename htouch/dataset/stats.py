@@ -166,7 +166,7 @@ class SpectrogramStats:
         stats = describe(values)
         if self.all_cached:
             run = _Running()
-            for src, fr in zip(self.sources, self.frames):
+            for src, fr in zip(self.sources, self.frames, strict=True):
                 block = max(1, src.cache.chunks[0])
                 for start in range(0, len(fr), block):
                     run.add(self._read(src, fr[start:start + block], progress))
@@ -196,7 +196,7 @@ def compute_stats(ds: Dataset, kinds: list[str] | tuple[str, ...] = tuple(audio.
     selection = training_episodes(ds)
     episodes = [ds.episode(i) for i in selection.indices]
     stats: dict[str, Any] = {
-        "computed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "computed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "episode_set": selection.source,
         "episodes": selection.indices,
         "quantiles": list(QUANTILES),

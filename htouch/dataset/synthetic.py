@@ -173,7 +173,7 @@ def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[in
         chunk_cache: dict[int, np.ndarray] = {}
         cursors = dict(cam=0, blk=0, st=0, tel=0)
         overflow_next = False
-        for k, ta in enumerate(act_t):
+        for ta in act_t:
             while cursors["cam"] < n_frames and cam_t[cursors["cam"]] <= ta:
                 i = cursors["cam"]
                 cursors["cam"] += 1

@@ -64,7 +64,7 @@ def audio_track(ep: Episode, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, int]:
     pcm = ep.read("audio/pcm")
     ends = np.append(offsets[1:], len(pcm))
     norm = (pcm.astype(np.float32) - np.float32(spec.center)) / np.float32(spec.scale)
-    for start, end, t in zip(offsets, ends, times):
+    for start, end, t in zip(offsets, ends, times, strict=True):
         at = int(round((int(t) - t0_ns) * rate / NS))  # where this block's first sample goes
         lo, hi = max(at, 0), min(at + int(end - start), n)
         if hi > lo:

@@ -85,7 +85,7 @@ def encode_event(kind: str, detail: dict[str, Any]) -> tuple[str, str]:
 
 
 class EpisodeWriter:
-    def __init__(self, dataset: "Dataset", index: int, *, variation: str = "default",
+    def __init__(self, dataset: Dataset, index: int, *, variation: str = "default",
                  info: dict[str, Any] | None = None, queue_size: int = 256, flush_interval_s: float = 1.0,
                  blocking: bool = False, checksums: bool = True):
         """blocking=False (a live recording): a full queue drops the row and records an event.
@@ -121,7 +121,7 @@ class EpisodeWriter:
             "variation": variation,
             "status": "recording",
             "success": None,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "rig": dataset.rig.to_dict(),
             "info": info or {},
         }
@@ -305,7 +305,7 @@ class EpisodeWriter:
                               "what was flushed stays in .incoming for `htouch validate --repair`")
         crashpoints.reached("commit.flushed")
         self._attrs.update(status="committed", dropped_rows=dict(self._dropped), lengths=dict(self._lengths),
-                           committed=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                           committed=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         if self.checksums:
             self._attrs["manifest"] = MANIFEST_FILE
         self._save_attrs()
@@ -339,7 +339,7 @@ class EpisodeWriter:
             self._lock_fd = None
             lock_path(self.path).unlink(missing_ok=True)
 
-    def __enter__(self) -> "EpisodeWriter":
+    def __enter__(self) -> EpisodeWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

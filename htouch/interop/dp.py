@@ -155,8 +155,8 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
             "fps": fps, "rig": ds.rig.to_dict(), "episodes": report.episode_map,
             "audio": {"rate_hz": audio_rate, "samples_per_frame": m, "window": "(t_k - 1/fps, t_k]",
                       "normalised": "(x - center) / scale of rig.audio", "channels": list(ds.rig.audio.channel_names)},
-            "action": "htouch's action/delta_ee (dx dy dz in m, rotation vector rx ry rz in rad, per control step, base "
-                      "frame) and action/gripper (opening 0..1)",
+            "action": "htouch's action/delta_ee (dx dy dz in m, rotation vector rx ry rz in rad, per control step, "
+                      "base frame) and action/gripper (opening 0..1)",
         }
         _zip_dir(Path(build), tmp_zip)
         report.seconds = time.perf_counter() - start

@@ -102,7 +102,7 @@ def feature_stats(x: np.ndarray, axis: int | tuple[int, ...] = 0) -> dict[str, n
     out = {"min": x.min(axis=axis, keepdims=keep), "max": x.max(axis=axis, keepdims=keep),
            "mean": x.mean(axis=axis, keepdims=keep), "std": x.std(axis=axis, keepdims=keep),
            "count": np.array([x.shape[0]])}
-    for q, v in zip(QUANTILES, np.quantile(x, QUANTILES, axis=axis, keepdims=keep)):
+    for q, v in zip(QUANTILES, np.quantile(x, QUANTILES, axis=axis, keepdims=keep), strict=True):
         out[f"q{int(round(q * 100)):02d}"] = v
     return out
 
@@ -410,7 +410,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
         report.bytes_out = tree_bytes(tmp)
         _write_json(tmp / EXPORT_REPORT, {
             "format": "htouch-lerobot-export", "version": 1,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source": str(ds.root.resolve()), "task": ds.task, "rig": ds.rig.to_dict(),
             "time": "row k of an episode is at t0_ns + round(k * 1e9 / fps) on the recording's clock "
                     "(column htouch.time_ns); its frame is the latest captured by then plus half a period, its "

@@ -323,7 +323,7 @@ def _split(episodes: list[dict[str, Any]], info: dict[str, Any], index_of: dict[
         return None
     train = sorted(i for i, n in named.items() if n == "train")
     return {"rule": "imported from the LeRobot dataset's splits", "train": train, "val": val,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
 def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = None,
@@ -356,7 +356,7 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
     present = [bool(s) and _inside(src, src / s) and (src / s).is_file() for s in sidecars]
     audio = export is not None and all(present)
     if export is not None and any(present) and not audio:
-        missing = next(s for s, p in zip(sidecars, present) if not p)
+        missing = next(s for s, p in zip(sidecars, present, strict=True) if not p)
         raise _bad(src, f"audio sidecar {missing} not found (the others are there)")
     if export is not None and not audio and (export.get("rig", {}).get("audio", {}).get("channels") or 0) > 0:
         notes = ["the export's audio sidecars are missing: imported without audio streams"]
@@ -375,7 +375,7 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
     # htouch indices: the source episode's own (an htouch export) when every one is known and unique.
     names = [parse_episode_name(str(r.get("htouch/episode") or "")) for r in episodes]
     if all(n is not None for n in names) and len(set(names)) == len(names):
-        index_of = {r["episode_index"]: int(n) for r, n in zip(episodes, names)}
+        index_of = {r["episode_index"]: int(n) for r, n in zip(episodes, names, strict=True)}
     else:
         index_of = {r["episode_index"]: int(r["episode_index"]) for r in episodes}
     data_pattern, video_pattern = str(info["data_path"]), str(info["video_path"])
@@ -400,7 +400,7 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
         ds.update_metadata(imported={
             "from": "lerobot", "codebase_version": CODEBASE_VERSION, "source": str(src.resolve()),
             "camera": key, "audio": report.audio, "state_layout": report.state_layout,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
             **({SPLIT_KEY: split} if split else {}))
         report.seconds = time.perf_counter() - start
         report.bytes_out = tree_bytes(tmp)
@@ -457,6 +457,12 @@ def _import_episode(ds: Dataset, src: Path, info: dict[str, Any], r: dict[str, A
                 sidecar = {k: z[k] for k in z.files}
         except Exception as err:  # noqa: BLE001 - a damaged npz
             raise _bad(src, f"{r['htouch/audio_sidecar']} is unreadable ({type(err).__name__}: {err})") from None
+        for group in (("block_offset", "block_timestamp_ns", "block_overflow"),
+                      ("event_timestamp_ns", "event_kind", "event_detail")):
+            lengths = {k: len(sidecar[k]) for k in group if k in sidecar}
+            if len(lengths) != len(group) or len(set(lengths.values())) != 1:
+                raise _bad(src, f"{r['htouch/audio_sidecar']}: {', '.join(group)} missing or of different lengths "
+                           f"({lengths})")
 
     ds.update_metadata(next_episode_index=index)  # indices ascend, so the writer reserves exactly this one
     writer = ds.new_episode(variation=str(r.get("htouch/variation") or "default"), info=ep_info, blocking=True)
@@ -471,19 +477,21 @@ def _import_episode(ds: Dataset, src: Path, info: dict[str, Any], r: dict[str, A
             writer.camera(int(times[row]), int(frame_index[row]), image)
             report.frames += 1
         if htouch_state:
-            for t, s in zip(times, state):
+            for t, s in zip(times, state, strict=True):
                 writer.state(int(t), s[:7], s[7:-1], float(s[-1]))
         else:
-            for t, s in zip(times, state):
+            for t, s in zip(times, state, strict=True):
                 writer.state(int(t), IDENTITY_POSE, s, 0.0)
-        for t, a in zip(times, action):
+        for t, a in zip(times, action, strict=True):
             writer.action(int(t), a[:6], float(a[6]))
         if sidecar is not None:
             pcm, offsets = sidecar["pcm"], sidecar["block_offset"]
             ends = np.append(offsets[1:], len(pcm))
-            for lo, hi, t, over in zip(offsets, ends, sidecar["block_timestamp_ns"], sidecar["block_overflow"]):
+            blocks = zip(offsets, ends, sidecar["block_timestamp_ns"], sidecar["block_overflow"], strict=True)
+            for lo, hi, t, over in blocks:
                 writer.audio(int(t), pcm[lo:hi], overflow=bool(over))
-            for t, kind, detail in zip(sidecar["event_timestamp_ns"], sidecar["event_kind"], sidecar["event_detail"]):
+            events = zip(sidecar["event_timestamp_ns"], sidecar["event_kind"], sidecar["event_detail"], strict=True)
+            for t, kind, detail in events:
                 writer.event(int(t), str(kind), **json.loads(str(detail)))
         elif n:
             writer.event(int(times[0]), "start")

@@ -167,7 +167,7 @@ def log_episode(ep: Episode, rec: Any, *, max_hz: int = WAVEFORM_MAX_HZ,
             _scalars(rec, rr, entity, values[:, c:c + 1], [name], index)
             rows[entity] = len(t)
         spec = audio_spectrogram(ep)
-        for k, (ts, column) in enumerate(zip(spec.times_s, spec.logmel.T)):
+        for k, (ts, column) in enumerate(zip(spec.times_s, spec.logmel.T, strict=True)):
             rec.set_time(TIME, duration=np.timedelta64(int(round(ts * NS)), "ns"))
             rec.set_time("spectrogram_hop", sequence=k)
             rec.log("audio/spectrogram", rr.BarChart(column.astype(np.float32)))

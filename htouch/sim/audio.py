@@ -207,7 +207,7 @@ class _MaterialVoice:
         # Impact weights normalized so a unit-area pulse peaks at 1 (the loudness is the gain's business).
         probe = np.zeros(int(0.02 * rate))
         probe[:n_pulse] = self.pulse
-        ring = sum(wi * lfilter(b, a, probe) for wi, (b, a) in zip(imp, sections))
+        ring = sum(wi * lfilter(b, a, probe) for wi, (b, a) in zip(imp, sections, strict=True))
         imp_scale = np.array(imp) / float(np.max(np.abs(ring)))
         self.impact = _Bank(sections, imp_scale, channels, tail)
         self.friction = _Bank(sections, fric_scale, channels, tail)

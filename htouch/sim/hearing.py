@@ -58,7 +58,7 @@ class OperatorResult:
                 "scenes": [asdict(s) for s in self.scenes]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OperatorResult":
+    def from_dict(cls, d: dict) -> OperatorResult:
         return cls(d["task"], bool(d["deaf"]), int(d["seed"]), [SceneResult(**s) for s in d["scenes"]])
 
 

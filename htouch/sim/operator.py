@@ -355,7 +355,7 @@ def zip_script(op: ScriptedOperator) -> Script:
                                  lambda: False)
         remaining = track_y + task.END_FACE_Y[1] - task.SLIDER_FRONT + 0.02 - op.want_pos[1]
         yield from op.move_to_contact(along, op.style.approach_speed_m_s, max(remaining, 0.02), "end_stop",
-                                      lambda: op.want_pos[1] >= track_y + task.mean_end_y())
+                                      lambda track_y=track_y: op.want_pos[1] >= track_y + task.mean_end_y())
         op.want_pos = op.contact_point()
         yield from op.wait(op.uniform((0.1, 0.3)))
         yield from op.squeeze(0.0, op.uniform((0.2, 0.35)))
@@ -394,7 +394,8 @@ def flip_script(op: ScriptedOperator) -> Script:
         # Slide along the table under the pancake, watching it, until the tip is past its middle.
         past = op.uniform((0.0, 0.012))
         yield from op.move_until(np.array([1.0, 0, 0]), op.style.work_speed_m_s, 0.15,
-                                 lambda: (op.robot_pos() + down.apply(tip))[0] > task.cake_position()[0] + past)
+                                 lambda down=down, past=past:
+                                 (op.robot_pos() + down.apply(tip))[0] > task.cake_position()[0] + past)
         op.hold_here([0, 0, op.want_pos[2] - op.robot_pos()[2]])
         yield from op.maybe_pause()
         # Turn it over about its far edge: the tool swings up and over that edge.

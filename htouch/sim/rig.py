@@ -50,7 +50,7 @@ MOTOR_SPEED_RAD_S = 2.0
 class SimClock:
     """Simulated time; optionally paced to the wall clock."""
 
-    def __init__(self, rig: "SimRig", realtime: bool):
+    def __init__(self, rig: SimRig, realtime: bool):
         self._rig = rig
         self.realtime = realtime
         self._anchor: tuple[int, int] | None = None  # (wall ns, sim ns)
@@ -104,7 +104,7 @@ class _Queue:
 class SimCamera:
     """The fixed third-person camera, rendered offscreen inside robot.apply()."""
 
-    def __init__(self, rig: "SimRig", spec):
+    def __init__(self, rig: SimRig, spec):
         self._rig = rig
         self.spec = spec
         self.streaming = False
@@ -128,7 +128,7 @@ class SimCamera:
 class SimMicrophones:
     """Four contact microphones on the gripper; audio synthesized from the contacts of every physics step."""
 
-    def __init__(self, rig: "SimRig", spec):
+    def __init__(self, rig: SimRig, spec):
         self._rig = rig
         self.spec = spec
         self.streaming = False
@@ -158,7 +158,7 @@ class SimMicrophones:
 class SimRobot:
     """The floating hand. apply() advances the simulation by one control period."""
 
-    def __init__(self, rig: "SimRig"):
+    def __init__(self, rig: SimRig):
         self._rig = rig
         self.n_joints = 2  # the two finger joints
 
@@ -447,7 +447,7 @@ class SimRig:
             renderer.close()
         # From another thread the GL context cannot be made current; the process frees it at exit.
 
-    def __enter__(self) -> "SimRig":
+    def __enter__(self) -> SimRig:
         return self
 
     def __exit__(self, *exc) -> None:

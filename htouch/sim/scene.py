@@ -28,7 +28,6 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from htouch.collector.safety import clip_norm
-from htouch.dataset.schema import NS
 
 TIMESTEP_S = 0.002  # physics step (500 Hz); 64 audio samples at 32 kHz
 HOME_ROT = Rotation.from_euler("x", 180, degrees=True)  # the gripper pointing down, as the Panda at home
@@ -263,7 +262,7 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
 </mujoco>"""
 
 
-def randomize_looks(world: "World", style: VisualStyle, rng: np.random.Generator) -> None:
+def randomize_looks(world: World, style: VisualStyle, rng: np.random.Generator) -> None:
     """Per-episode changes within a variation: the camera shifts by a few millimetres and turns by a
     fraction of a degree, the light's strength varies, and distractors move within their zones."""
     m = world.model

@@ -308,7 +308,7 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
              "audio_base_width": pc.audio_base_width, "image_size": pc.image_size, "n_frames": pc.n_frames,
              "spectrogram": spec.audio_kind, "spectrogram_key": params_key(spec.clip, spec.spec_params),
              "epochs": c.epochs, "seed": c.seed, "final_loss": losses[-1],
-             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     record = {**short, "objective": "cross-modal instance discrimination: symmetric InfoNCE, in-batch negatives",
               "episode_set": selection.source, "labels": "ignored (play data)", "moments": n,
               "settings": _settings(c), "chance_loss": math.log(c.batch_size), "losses": losses,

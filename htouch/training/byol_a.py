@@ -180,7 +180,7 @@ class Byol(nn.Module):
     @torch.no_grad()
     def update_target(self, decay: float) -> None:
         online = nn.Sequential(self.encoder, self.projector)
-        for t, o in zip(self.target.parameters(), online.parameters()):
+        for t, o in zip(self.target.parameters(), online.parameters(), strict=True):
             t.mul_(decay).add_(o.detach(), alpha=1 - decay)
 
 

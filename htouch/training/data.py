@@ -79,7 +79,7 @@ class DataSpec:
             audio.spectrogram_params(self.audio_kind)  # raises for an unknown kind
 
     @classmethod
-    def from_policy(cls, config: PolicyConfig, stride: int = 1) -> "DataSpec":
+    def from_policy(cls, config: PolicyConfig, stride: int = 1) -> DataSpec:
         return cls(n_frames=config.n_frames, horizon=config.horizon, action_dim=config.action_dim,
                    image_size=config.image_size, audio_kind=config.audio_kind, stride=stride)
 
@@ -112,7 +112,7 @@ class DataSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+    def from_dict(cls, d: dict[str, Any]) -> DataSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         if "clip" in kw:

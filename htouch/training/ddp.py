@@ -47,7 +47,7 @@ class DistEnv:
         return self.rank == 0
 
     @classmethod
-    def from_environ(cls) -> "DistEnv":
+    def from_environ(cls) -> DistEnv:
         """From torchrun's variables; a process without them is alone."""
         try:
             rank = int(os.environ.get("RANK", 0))

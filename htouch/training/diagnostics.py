@@ -258,14 +258,15 @@ def policy_embeddings(run_dir: str | Path, dataset: str | Path | None = None, *,
                 audio.append(audio_emb.numpy())
             fused.append(model.fuse(frame_emb, audio_emb).flatten(1).numpy())
     ep_index, t_s, phase, contact = [], [], [], []
-    for i, e in zip(episodes, samples.episodes):
+    for i, e in zip(episodes, samples.episodes, strict=True):
         first = int(e.ep.camera_times[0]) if len(e.ep.camera_times) else 0
         length = max(e.ep.time_range_ns()[1] - first, 1)
         ep_index.append(np.full(len(e), i))
         t_s.append((e.times - first) / NS)
         phase.append(np.clip((e.times - first) / length, 0.0, 1.0))
         contact.append(contact_labels(e.ep, e.times, event, window_s))
-    return Embeddings(str(Path(run_dir).resolve()), model_digest(run_dir), config.method, str(ds.root.resolve()), event, window_s, stride,
+    return Embeddings(str(Path(run_dir).resolve()), model_digest(run_dir), config.method, str(ds.root.resolve()),
+                      event, window_s, stride,
                       np.concatenate(ep_index), np.concatenate(t_s), np.concatenate(phase), np.concatenate(contact),
                       np.concatenate(image), np.concatenate(audio) if audio else None, np.concatenate(fused))
 
@@ -363,8 +364,8 @@ class ProbeReport:
 
     def to_dict(self) -> dict[str, Any]:
         e = self.embeddings
-        return {"run": e.run, "model_xxh3": e.model_xxh3, "method": e.method, "dataset": e.dataset, "event": e.event, "window_s": e.window_s,
-                "stride": e.stride, "samples": len(e), "positives": int(e.contact.sum()),
+        return {"run": e.run, "model_xxh3": e.model_xxh3, "method": e.method, "dataset": e.dataset, "event": e.event,
+                "window_s": e.window_s, "stride": e.stride, "samples": len(e), "positives": int(e.contact.sum()),
                 "episodes": len(np.unique(e.episode)), "confidence": CONFIDENCE, "ci_method": "bootstrap over episodes",
                 "probe": {"model": f"standardised features, logistic regression (C={PROBE_C})",
                           "held_out": "GroupKFold over episodes"},

@@ -88,7 +88,7 @@ class EpisodeResult:
     model_calls: int = 0
 
     @classmethod
-    def from_info(cls, index: int, success: bool | None, info: dict[str, Any]) -> "EpisodeResult":
+    def from_info(cls, index: int, success: bool | None, info: dict[str, Any]) -> EpisodeResult:
         counters = info.get("policy_counters") or {}
         return cls(index=index, scene=info.get("sim_episode"), success=bool(success),
                    reward=float(info.get("reward", 0.0)), duration_s=float(info.get("duration_s", 0.0)),

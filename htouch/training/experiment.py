@@ -2,12 +2,13 @@
 
 For each task: measure what hearing is worth to the scripted operator (hearing vs deaf on the evaluation
 scenes, `htouch.sim.hearing`), record unlabelled play data and pretrain the encoders on it in-domain
-(`htouch pretrain av`, the stand-in for R3M and AVID), record demonstrations with the scripted operator (the recording loop and the simulated rig
-`htouch collect` uses; a demonstration the operator labels a failure is discarded and recorded again), split
-them and compute their statistics, pretrain BYOL-A in-domain if a method needs it, train every method, and
-evaluate each policy closed-loop on the train and the test variation (scenes of a seed the demonstrations
-did not use), evaluate the policies that hear with their audio silenced and shuffled, and probe their
-embeddings for the contact state (`htouch.training.diagnostics`). The results table goes to a Markdown file with the scale it was run at.
+(`htouch pretrain av`, the stand-in for R3M and AVID), record demonstrations with the scripted operator (the
+recording loop and the simulated rig `htouch collect` uses; a demonstration the operator labels a failure is
+discarded and recorded again), split them and compute their statistics, pretrain BYOL-A in-domain if a
+method needs it, train every method, and evaluate each policy closed-loop on the train and the test
+variation (scenes of a seed the demonstrations did not use), evaluate the policies that hear with their audio silenced and shuffled, and probe their
+embeddings for the contact state (`htouch.training.diagnostics`). The results table goes to a Markdown file
+with the scale it was run at.
 
 Everything lives in a work directory; a stage whose output is there and complete is skipped, so an
 interrupted experiment continues where it stopped (a training run resumes from its last finished epoch).
@@ -569,7 +570,8 @@ class Experiment:
                  "scenes (the evaluation's scenes of the train looks), without recording. Success with a 95 % "
                  "Wilson interval; a deaf failure is either damage (the fragile part pushed past its force limit) "
                  "or stopping short.", "",
-                 "| task | hearing | deaf | hearing - deaf | deaf: damaged | deaf: short |", "|---|---:|---:|---:|---:|---:|"]
+                 "| task | hearing | deaf | hearing - deaf | deaf: damaged | deaf: short |",
+                 "|---|---:|---:|---:|---:|---:|"]
         for task, saved in self.operators.items():
             hearing, deaf = OperatorResult.from_dict(saved["hearing"]), OperatorResult.from_dict(saved["deaf"])
             short = len(deaf.scenes) - deaf.successes - deaf.damaged
@@ -622,7 +624,8 @@ class Experiment:
                  f"Goal: `ours` beats `vision-only` by at least {GOAL_POINTS} points of success on at least two "
                  f"tasks with 95 % intervals that do not overlap, and the audio ablation costs `ours` at least "
                  f"{GOAL_POINTS} points.", "",
-                 "| task | looks | ours | vision-only | ours - vision-only | intervals |", "|---|---|---:|---:|---:|---|"]
+                 "| task | looks | ours | vision-only | ours - vision-only | intervals |",
+                 "|---|---|---:|---:|---:|---|"]
         met: dict[str, list[str]] = {v: [] for v in VARIATIONS}
         measured: dict[str, int] = {v: 0 for v in VARIATIONS}
         for task in c.tasks:

@@ -59,7 +59,7 @@ class ActionNormalization:
         self.mean = [float(m) for m in self.mean]
 
     @classmethod
-    def from_stats(cls, stats: dict[str, Any], action_dim: int = 7) -> "ActionNormalization":
+    def from_stats(cls, stats: dict[str, Any], action_dim: int = 7) -> ActionNormalization:
         """From the dataset metadata's "stats" entry (htouch.dataset.stats)."""
         try:
             delta, grip = stats["action"]["delta_ee"], stats["action"]["gripper"]
@@ -69,7 +69,7 @@ class ActionNormalization:
         return cls(mean[:action_dim], std[:action_dim])
 
     @classmethod
-    def identity(cls, action_dim: int = 7) -> "ActionNormalization":
+    def identity(cls, action_dim: int = 7) -> ActionNormalization:
         return cls([0.0] * action_dim, [1.0] * action_dim)
 
     def normalize(self, a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -90,7 +90,7 @@ class ActionNormalization:
         return {"mean": self.mean, "std": self.std}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ActionNormalization":
+    def from_dict(cls, d: dict[str, Any]) -> ActionNormalization:
         try:
             return cls(list(d["mean"]), list(d["std"]))
         except (KeyError, TypeError):
@@ -165,7 +165,7 @@ class AudioVisualPolicy(nn.Module):
 
     # ------------------------------------------------------------------------------------ pieces
 
-    def train(self, mode: bool = True) -> "AudioVisualPolicy":
+    def train(self, mode: bool = True) -> AudioVisualPolicy:
         super().train(mode)
         if self.config.spec.frozen_audio:
             self.audio_encoder.eval()  # frozen means its BatchNorm statistics too

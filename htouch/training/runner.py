@@ -153,7 +153,7 @@ class PolicyRunner:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, safety: SafetyFilter, execute: int = 2, audio: AudioSpec | None = None,
-                 name: str = WEIGHTS_NAME, hearing: Hearing | None = None) -> "PolicyRunner":
+                 name: str = WEIGHTS_NAME, hearing: Hearing | None = None) -> PolicyRunner:
         """A runner for a trained policy: the weights, config, action normalization and observation window of a
         run directory (as `htouch train` writes it). `audio` is the live rig's audio spec, which normalises its
         PCM; by default the training rig's."""
@@ -215,7 +215,7 @@ class PolicyRunner:
             raise HtouchError(f"re-planning needs the audio clip ({c.method} hears)")
         keys = [int(f.timestamp_ns) for f in frames]
         if self.use_cache:
-            new = {k: f for k, f in zip(keys, frames) if k not in self._cache}  # each unseen frame once
+            new = {k: f for k, f in zip(keys, frames, strict=True) if k not in self._cache}  # each unseen frame once
             self.counters.frames_from_cache += sum(k in self._cache for k in keys)
         else:
             new = dict(enumerate(frames))  # every frame, as a plain forward does
@@ -223,7 +223,7 @@ class PolicyRunner:
         if new:
             device = self.policy.pos_embedding.device
             x = preprocess_frames(np.stack([f.rgb for f in new.values()]), c.image_size).to(device)
-            embeddings = dict(zip(new, self.policy.encode_frames(x)))
+            embeddings = dict(zip(new, self.policy.encode_frames(x), strict=True))
             self.counters.frames_encoded += len(new)
         cache = {**self._cache, **embeddings} if new else self._cache
         if self.use_cache:

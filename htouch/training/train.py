@@ -160,7 +160,7 @@ class Reporter:
     def note(self, text: str) -> None:
         pass
 
-    def start(self, session: "Session") -> None:
+    def start(self, session: Session) -> None:
         """Called once everything is set up, before the first epoch."""
 
     @contextlib.contextmanager
@@ -498,7 +498,7 @@ class Session:
         if self.scheduler.T_max != self.config.epochs:  # --epochs changed: the same cosine, stretched
             done = self.scheduler.last_epoch
             self.scheduler.T_max = self.config.epochs
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
                 group["lr"] = base * (1 + math.cos(math.pi * done / self.config.epochs)) / 2
             self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 

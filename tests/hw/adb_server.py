@@ -93,7 +93,7 @@ class FakeAdbServer:
         assert self._sock is not None
         return self._sock.getsockname()[1]
 
-    def start(self) -> "FakeAdbServer":
+    def start(self) -> FakeAdbServer:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -117,7 +117,7 @@ class FakeAdbServer:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def __enter__(self) -> "FakeAdbServer":
+    def __enter__(self) -> FakeAdbServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -6,8 +6,8 @@ replaced where PandaRobot meets panda-py: `Panda`, `controllers.CartesianImpedan
 
 - the arm's kinematics are panda-py's own (`panda_py.fk` / `panda_py.ik`): get_position() and
   get_orientation() (xyzw) are fk(q), and a running CartesianImpedance controller moves q to ik(target)
-  at each set_control(), as an ideally stiff robot would (within panda-py's ik accuracy, about 0.5 mm) (a `blocked` robot stays where it is, as when
-  pressing on a surface);
+  at each set_control(), as an ideally stiff robot would (within panda-py's ik accuracy, about 0.5 mm) (a
+  `blocked` robot stays where it is, as when pressing on a surface);
 - move_to_joint_position() and start_controller() stop the running controller and recover first, like
   panda-py; a reflex (trigger_reflex()) ends the control thread, raise_error() then raises libfranka's
   RuntimeError once, and the robot holds still until recover();
