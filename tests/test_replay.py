@@ -10,10 +10,9 @@ import pytest
 
 from htouch.collector.replay import replay, sim_for_episode
 from htouch.collector.safety import SafetyFilter, SafetyLimits
+from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
-from tests.conftest import tiny_dataset
-
-NS = 1_000_000_000
+from tests.conftest import TINY_RIG, tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +69,15 @@ def test_replay_cli_on_sim(cli, sim_episode):
     assert r.code == 0, r.err
     n = len(sim_episode.episode(0).action_times)
     assert f"{n} of {n}" in r.out and "tracking error" in r.out
+
+
+def test_replay_without_an_episode_takes_the_newest(cli, tiny_ds, tmp_path):
+    r = cli("replay", "-d", tiny_ds.root, "--to", "video", tmp_path / "newest.mp4")
+    assert r.code == 0, r.err
+    assert f"the newest episode: {tiny_ds.episode(tiny_ds.episode_indices()[-1]).name}" in r.out
+    empty = Dataset.open_or_create(tmp_path / "empty", "zip", TINY_RIG)
+    r = cli("replay", "-d", empty.root)
+    assert r.code == 2 and "has no episodes to replay" in r.err and r.err.strip().count("\n") == 0
 
 
 def test_replay_on_robot_guards(cli, tiny_ds, tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ from htouch.errors import HtouchError
 
 @app.command()
 def replay(
-    episode: str = typer.Argument(..., help="Episode: a name (episode_12, 12) in the dataset, or a path."),
+    episode: str = typer.Argument(None, help="Episode: a name (episode_12, 12) in the dataset, or a path "
+                                  "(default: the newest episode of the dataset).", show_default=False),
     dataset: Path = DatasetOption,
     on: str = typer.Option("sim", "--on", help="Replay on the simulated rig (sim) or the real robot (robot)."),
     speed: float = typer.Option(1.0, "--speed", help="Pace relative to the recording; 0 = as fast as possible "
@@ -36,9 +37,17 @@ def replay(
 
     Example: [bold]htouch replay episode_3 --on sim --speed 2[/]  or  [bold]htouch replay 3 --to video ep3.mp4[/]
     """
-    from htouch.dataset.store import resolve_episode
+    from htouch.dataset.store import find_dataset, resolve_episode
 
-    ep = resolve_episode(episode, dataset)
+    if episode is None:
+        ds = find_dataset(dataset)
+        indices = ds.episode_indices()
+        if not indices:
+            raise HtouchError(f"{fmt_path(ds.root)} has no episodes to replay")
+        ep = ds.episode(indices[-1])
+        console.print(f"the newest episode: {ep.name}", highlight=False)
+    else:
+        ep = resolve_episode(episode, dataset)
     if to is not None:
         _to_video(ep, to, not raw_audio)
         return
