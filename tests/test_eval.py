@@ -250,6 +250,10 @@ def test_eval_writes_rate_ci_and_reward(cli, tiny_run, tmp_path):
     assert all(e["model_calls"] > 0 for e in doc["per_episode"])
     assert doc["run"]["method"] == "ours" and doc["run"]["random_init"] == ["audio_encoder", "image_encoder"]
     assert doc["settings"]["seed"] == 1000 and doc["settings"]["camera"].startswith("64x48")
+    r = cli("eval", tiny_run, "--episodes", "1", "--max-seconds", "1", "--threads", "1", "--out", out, "--json")
+    assert r.code == 0, r.err
+    printed = json.loads(r.out)  # stdout is the JSON alone, the same as the file
+    assert printed == json.loads(out.read_text()) and printed["episodes"] == 1
 
 
 def test_eval_refuses_a_policy_on_another_task_and_bad_options(cli, tiny_run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def eval_(
                               "audio."),
     audio_from: Path = typer.Option(None, "--audio-from", help="Dataset that --audio shuffled takes its audio from "
                                     "(default: the run's training dataset).", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the results (as written to the results file) as "
+                                 "JSON on stdout instead of the tables."),
 ) -> None:
     """Evaluate a policy closed-loop on the simulated rig: success rate with a Wilson 95 % interval, reward.
 
@@ -95,14 +98,18 @@ def eval_(
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: no results written")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+    path = out or RunDir(run).evaluation(result.task, variation, result.audio["condition"])
+    result.write(path)
+    if as_json:  # stdout holds only the JSON; where it was written goes to stderr
+        print(json.dumps(result.to_dict(), indent=2))
+        err_console.print(f"wrote {fmt_path(path)}", highlight=False, soft_wrap=True)
+        return
     console.print(_episode_table(result))
     for note in result.notes:
         console.print(f"[dim]{note}[/]", highlight=False)
     if "heard" in result.audio:
         console.print(f"[dim]audio {result.audio['condition']}: the policy heard {result.audio['heard']}[/]",
                       highlight=False)
-    path = out or RunDir(run).evaluation(result.task, variation, result.audio["condition"])
-    result.write(path)
     console.print(f"[bold]{result.describe()}[/]; {fmt_path(path)}", highlight=False, soft_wrap=True)
     if record is not None:
         console.print(f"rollouts recorded in {fmt_path(record)}", highlight=False)
