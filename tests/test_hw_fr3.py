@@ -5,6 +5,7 @@ state streams come from the simulated controller. The last two tests kill the si
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from htouch.collector.devices import Action, DeviceError, Robot  # noqa: E402
 from htouch.collector.hardware.fr3 import FR3Robot  # noqa: E402
 from htouch.collector.safety import SafetyFilter  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
+from htouch.dataset.writer import FLUSHED_FILE  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 from tests.hw.fr3_sim import HOST, FrankySim, port_in_use  # noqa: E402
 from tests.loop_devices import Plan, PlannedWorld  # noqa: E402
@@ -238,7 +240,9 @@ def test_rollout_of_a_policy_on_the_fr3_goes_through_the_safety_filter_and_recor
     # The state is the controller's: from home (the rollout homes first), and the arm moved.
     joints = np.asarray(ep.group["state/joints"][:])
     poses = np.asarray(ep.group["state/ee_pose"][:])
-    np.testing.assert_allclose(joints[0], RobotConfig().home_joints, atol=0.03)
+    # (homing ends within 0.03 rad of the home joints; the Cartesian impedance law then holds the pose, not the joints)
+    np.testing.assert_allclose(joints[0], RobotConfig().home_joints, atol=0.05)
+    np.testing.assert_allclose(poses[0, :3], HOME_POS, atol=0.01)
     assert np.linalg.norm(np.ptp(poses[:, :3], axis=0)) > 0.002
     r = cli("validate", dest)
     assert r.code == 0, r.out + r.err
@@ -250,11 +254,19 @@ def test_the_simulator_killed_mid_episode_is_one_line_and_no_hang(sim, cli, tmp_
     root = tmp_path / "d"
     config = fr3_config(tmp_path, "[control]", "max_episode_s = 30.0")
 
+    def state_rows_flushed() -> bool:  # the writer's progress file (about once a second)
+        for progress in root.glob(f"**/{FLUSHED_FILE}"):
+            try:
+                if json.loads(progress.read_text())["lengths"].get("state/timestamp_ns", 0) > 0:
+                    return True
+            except (OSError, ValueError, KeyError):
+                pass
+        return False
+
     def kill_when_recording():
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(root.glob("**/state")):
+        while time.monotonic() < deadline and not state_rows_flushed():
             time.sleep(0.05)
-        time.sleep(0.5)
         sim.kill()
 
     killer = threading.Thread(target=kill_when_recording, daemon=True)
