@@ -12,11 +12,8 @@ demo: setup
 	.venv/bin/htouch inspect $(DATA)/episode_000000 --plot $(DATA)/episode_000000.png
 	.venv/bin/htouch replay $(DATA)/episode_000000 --to video $(DATA)/episode_000000.mp4
 
-# tests/test_hw_fr3.py runs in a process of its own: after tests/test_export.py in the same process, its FR3
-# recordings lost every state row (1 kHz torque thread; cause not found yet, see docs/teleop-and-robot.md).
 test: setup
-	.venv/bin/python -m pytest -q --ignore=tests/test_hw_fr3.py
-	.venv/bin/python -m pytest -q tests/test_hw_fr3.py
+	.venv/bin/python -m pytest -q
 
 bench: setup
 	.venv/bin/python tools/bench_store.py

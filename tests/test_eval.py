@@ -27,7 +27,7 @@ from htouch.training.policy_source import PolicySource, RunInfo
 from htouch.training.runner import ObservationBuffer, PolicyRunner
 from tests.loop_devices import TEST_SPEC, Plan, PlannedWorld
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
-from tests.training_helpers import make_training_dataset
+from tests.training_helpers import train_tiny_run
 
 NORM = ActionNormalization([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5], [0.004, 0.004, 0.004, 0.02, 0.02, 0.02, 0.3])
 
@@ -223,15 +223,7 @@ def test_wilson_interval_hand_computed(k, n, low, high):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """A tiny `ours` policy trained for one epoch on a synthetic 64x48 zip dataset (random initial encoders)."""
-    from htouch.training.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("eval")
-    make_training_dataset(root / "demos", n=4)
-    run = root / "run"
-    train(TrainConfig(dataset=root / "demos", run_dir=run, method="ours", preset="tiny", epochs=1, batch_size=16,
-                      allow_random_init=True, threads=1))
-    return run
+    return train_tiny_run(tmp_path_factory.mktemp("eval"))
 
 
 def test_eval_writes_rate_ci_and_reward(cli, tiny_run, tmp_path):

@@ -1,10 +1,11 @@
 """The FR3 backend through the real libfranka protocol: pylibfranka against franky-sim (MuJoCo) on 127.0.0.1,
 one simulator for the module, started and stopped here (tests/hw/fr3_sim.py). The camera, microphones and
 teleop of the recorded episode are the loop tests' real-time stand-ins (tests/loop_devices.py); the robot
-state streams come from the simulated controller. The last test kills the simulator."""
+state streams come from the simulated controller. The last two tests kill the simulator (keep them last)."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -20,9 +21,11 @@ from htouch.collector.devices import Action, DeviceError, Robot  # noqa: E402
 from htouch.collector.hardware.fr3 import FR3Robot  # noqa: E402
 from htouch.collector.safety import SafetyFilter  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
+from htouch.dataset.writer import FLUSHED_FILE  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 from tests.hw.fr3_sim import HOST, FrankySim, port_in_use  # noqa: E402
 from tests.loop_devices import Plan, PlannedWorld  # noqa: E402
+from tests.training_helpers import train_tiny_run  # noqa: E402
 
 HOME_POS = np.array([0.307, 0.0, 0.487])  # forward kinematics of RobotConfig().home_joints (Panda and FR3)
 REFLEX_FORCE_N = 30.0  # the simulator's contact reflex (tests/hw/fr3_reflex_server.py): ground contact above this
@@ -201,17 +204,69 @@ def test_collect_an_episode_on_the_fr3_and_it_validates(sim, cli, tmp_path, stan
     assert errors is not None and errors.group(1) == "0", r.out
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny policy trained for one epoch on synthetic demonstrations (tests/training_helpers.py)."""
+    return train_tiny_run(tmp_path_factory.mktemp("fr3-run"))
+
+
+def test_rollout_of_a_policy_on_the_fr3_goes_through_the_safety_filter_and_records(sim, cli, tmp_path, stand_ins,
+                                                                                    tiny_run):
+    """`htouch rollout RUN --rig real` on the simulated FR3: it homes, the operator's grip (the stand-in holds it)
+    starts the policy, which drives the arm through the rig file's safety limits (small ones here, so that the
+    filter has work to do) until the time limit; the rollout is an episode whose state comes from the controller,
+    and it validates. h = 8 actions per model call: on a loaded 2-core machine a model call can take 0.5 s, and
+    with h = 2 a 3 s rollout then held fewer actions than one training sample needs (validate: episode.short)."""
+    step_m, turn_rad = 0.005, 0.05
+    config = fr3_config(tmp_path, "[safety]", f"max_translation_m = {step_m}", f"max_rotation_rad = {turn_rad}")
+    dest = tmp_path / "rollouts"
+    r = cli("rollout", tiny_run, "--rig", "real", "--config", config, "--max-seconds", "3", "--execute", "8",
+            "--record", dest, "--yes", "--no-panel")
+    assert r.code == 0, r.out + r.err
+    assert "policy ours" in r.out and "episode 0 saved" in r.out and "session: 1 committed" in r.out, r.out
+    assert "Traceback" not in r.out + r.err
+    ds = Dataset(dest)
+    (index,) = ds.episode_indices()
+    ep = ds.episode(index)
+    info = ep.attrs["info"]
+    assert info["action_source"] == "policy" and info["policy"]["run"] == str(tiny_run.resolve())
+    assert info["rig"] == "real" and info["end"] == "time limit"
+    # Every command sent went through the filter with the rig file's limits (the untrained policy asks for more).
+    deltas = np.asarray(ep.group["action/delta_ee"][:])
+    assert len(deltas) >= 8
+    assert np.linalg.norm(deltas[:, :3], axis=1).max() <= step_m + 1e-9
+    assert np.linalg.norm(deltas[:, 3:], axis=1).max() <= turn_rad + 1e-9
+    assert info["safety_clips"].get("translation", 0) > 0, info["safety_clips"]
+    # The state is the controller's: from home (the rollout homes first), and the arm moved.
+    joints = np.asarray(ep.group["state/joints"][:])
+    poses = np.asarray(ep.group["state/ee_pose"][:])
+    # (homing ends within 0.03 rad of the home joints; the Cartesian impedance law then holds the pose, not the joints)
+    np.testing.assert_allclose(joints[0], RobotConfig().home_joints, atol=0.05)
+    np.testing.assert_allclose(poses[0, :3], HOME_POS, atol=0.01)
+    assert np.linalg.norm(np.ptp(poses[:, :3], axis=0)) > 0.002
+    r = cli("validate", dest)
+    assert r.code == 0, r.out + r.err
+
+
 def test_the_simulator_killed_mid_episode_is_one_line_and_no_hang(sim, cli, tmp_path, stand_ins):
     """The controller vanishes while recording: the state goes stale, recovery fails at once, and the loop's
     rule for a robot that stays in error ends the episode (saved) with one line."""
     root = tmp_path / "d"
     config = fr3_config(tmp_path, "[control]", "max_episode_s = 30.0")
 
+    def state_rows_flushed() -> bool:  # the writer's progress file (about once a second)
+        for progress in root.glob(f"**/{FLUSHED_FILE}"):
+            try:
+                if json.loads(progress.read_text())["lengths"].get("state/timestamp_ns", 0) > 0:
+                    return True
+            except (OSError, ValueError, KeyError):
+                pass
+        return False
+
     def kill_when_recording():
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(root.glob("**/state")):
+        while time.monotonic() < deadline and not state_rows_flushed():
             time.sleep(0.05)
-        time.sleep(0.5)
         sim.kill()
 
     killer = threading.Thread(target=kill_when_recording, daemon=True)
@@ -228,3 +283,19 @@ def test_the_simulator_killed_mid_episode_is_one_line_and_no_hang(sim, cli, tmp_
     assert "Traceback" not in r.out + r.err
     r = cli("validate", root)
     assert r.code == 0, r.out + r.err
+
+
+def test_rollout_with_the_controller_gone_is_one_line(sim, cli, tmp_path, stand_ins, tiny_run):
+    """franky-sim stopped (the test before killed it; killed here if not): one line naming the controller, exit 2,
+    no traceback, no dataset created."""
+    sim.kill()
+    dest = tmp_path / "rollouts"
+    start = time.monotonic()
+    r = cli("rollout", tiny_run, "--rig", "real", "--config", fr3_config(tmp_path), "--max-seconds", "3",
+            "--record", dest, "--yes", "--no-panel")
+    assert r.code == 2, r.out + r.err
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: cannot open the real rig: cannot reach the FR3 controller at 127.0.0.1"), r.err
+    assert "Traceback" not in r.out + r.err
+    assert time.monotonic() - start < 15 and not dest.exists()

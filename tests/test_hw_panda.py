@@ -16,8 +16,10 @@ panda_py = pytest.importorskip("panda_py")
 
 from htouch.collector.config import RobotConfig  # noqa: E402
 from htouch.collector.devices import Action, DeviceError, Robot  # noqa: E402
+from htouch.collector.hardware import franka  # noqa: E402
 from htouch.collector.hardware import panda as panda_backend  # noqa: E402
 from htouch.collector.hardware.panda import PandaRobot, probe  # noqa: E402
+from htouch.collector.safety import SafetyFilter, SafetyLimits  # noqa: E402
 from tests.hw.panda_double import HOME_Q, REFLEX, PandaPyDouble  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 
@@ -100,13 +102,59 @@ def test_target_never_leads_a_blocked_robot_by_more_than_the_limit(rig):
     for _ in range(10):
         robot.apply(act((0.0, 0.0, -0.01), rotvec=(0.0, 0.1, 0.0)))
     position, quat = double.named("set_control")[-1]
-    np.testing.assert_allclose(position, measured + [0, 0, -panda_backend.MAX_LEAD_M], atol=1e-9)
+    np.testing.assert_allclose(position, measured + [0, 0, -franka.MAX_LEAD_M], atol=1e-9)
     measured_rot = Rotation.from_quat(robot.state().ee_pose[3:])
-    assert (Rotation.from_quat(quat) * measured_rot.inv()).magnitude() == pytest.approx(panda_backend.MAX_LEAD_RAD)
+    assert (Rotation.from_quat(quat) * measured_rot.inv()).magnitude() == pytest.approx(franka.MAX_LEAD_RAD)
     assert robot.lead_limited >= 7
     double.robot.blocked = False  # released: integration goes on from the limited target
     robot.apply(act((0.0, 0.0, 0.005)))
     np.testing.assert_allclose(double.named("set_control")[-1][0], measured + [0, 0, -0.025], atol=1e-9)
+
+
+def test_commands_beyond_the_safety_box_leave_the_target_inside_it():
+    """A lagging arm: the safety filter bounds each step from the measured position, so without the box
+    rule the integrated target would pass the box by the lag (up to MAX_LEAD_M)."""
+    limits = SafetyLimits(workspace_max=[panda_py.fk(HOME_Q)[0, 3] + 0.015, 0.4, 0.6])  # 1.5 cm ahead of home in x
+    double = PandaPyDouble()
+    robot = PandaRobot(RobotConfig(host="127.0.0.1"), panda_module=double, workspace=limits)
+    try:
+        robot.start()
+        robot.home()
+        safety = SafetyFilter(limits)
+        double.robot.blocked = True  # the arm lags: it stays at home while the commands come
+        n_before = len(double.named("set_control"))
+        for _ in range(6):
+            filtered = safety(act((0.5, 0.0, 0.0)), robot.state().ee_pose[:3])
+            assert filtered.action.delta_ee[0] == pytest.approx(0.015, abs=1e-5)  # the filter: up to the box, from home
+            robot.apply(filtered.action)
+        sent = [position for position, _ in double.named("set_control")[n_before:]]
+        assert len(sent) == 6
+        assert max(p[0] for p in sent) == pytest.approx(limits.workspace_max[0])  # at the box, never past it
+        assert robot.target[0][0] == pytest.approx(limits.workspace_max[0])
+        double.robot.blocked = False  # released: the arm goes to the target, inside the box
+        robot.apply(filtered.action)
+        assert double.named("set_control")[-1][0][0] <= limits.workspace_max[0] + 1e-12
+        assert robot.state().ee_pose[0] <= limits.workspace_max[0] + 1e-3  # ik's accuracy
+    finally:
+        robot.stop()
+
+
+def test_an_arm_outside_the_box_is_drawn_toward_it_within_the_lead_limit():
+    """Home above the box's top: the target goes toward the box from the measured pose, never jumping to
+    it (the lead limit applies after the box)."""
+    limits = SafetyLimits(workspace_max=[0.8, 0.4, 0.40])  # home is at z = 0.487
+    double = PandaPyDouble()
+    robot = PandaRobot(RobotConfig(host="127.0.0.1"), panda_module=double, workspace=limits)
+    try:
+        robot.home()
+        double.robot.blocked = True
+        measured = robot.state().ee_pose[:3].copy()
+        robot.apply(act())  # no motion asked: the box alone moves the target
+        np.testing.assert_allclose(double.named("set_control")[-1][0], measured - [0, 0, franka.MAX_LEAD_M],
+                                   atol=1e-9)
+        assert robot.lead_limited == 1
+    finally:
+        robot.stop()
 
 
 def test_gripper_commands_from_the_action_opening(rig):

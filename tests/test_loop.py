@@ -200,6 +200,29 @@ def test_writer_failure_keeps_committed_episodes_and_the_flushed_part(tmp_path, 
     assert [p.name for p in ds.incoming_paths()] == ["episode_000001"]  # for `htouch validate --repair`
 
 
+def test_an_episode_starts_once_its_writer_exists(tmp_path, monkeypatch):
+    """A disk (or loaded machine) that takes 1.5 s to create an episode's arrays: the episode starts at the first
+    tick after, and records its whole length (from the ready tick, a 2 s episode was over before its first tick:
+    seen after an in-process export, docs/teleop-and-robot.md)."""
+    original = EpisodeWriter.__init__
+
+    def slow_create(self, *args, **kw):
+        time.sleep(1.5)
+        original(self, *args, **kw)
+
+    monkeypatch.setattr(EpisodeWriter, "__init__", slow_create)
+    _, ds, rec, result = record(tmp_path / "ds", [Plan(end_button=None)], 1, stepped=False,
+                                control=ControlConfig(max_episode_s=2.0))
+    ep = ds.episode(0)
+    assert result.committed == [0] and ep.attrs["info"]["duration_s"] == pytest.approx(2.0, abs=0.1)
+    start = events_of(ep, "start")[0]["t_ns"]
+    for stream in ("state", "action", "teleop"):
+        t = ep.read(f"{stream}/timestamp_ns")
+        assert len(t) >= 0.8 * 2.0 * 30, stream  # generous: the CPU is shared
+        assert (t[0] - start) / NS < 0.1, stream
+    assert errors(ds) == []
+
+
 def test_real_time_loop_keeps_its_rate_with_a_slow_writer(tmp_path, monkeypatch):
     original = EpisodeWriter._flush
 

@@ -307,9 +307,11 @@ class Recorder:
         tick = self._ready()
         if tick is None:  # interrupted while waiting
             return
-        start_ns = tick
         start_info = self._episode_info()
         writer = self.dataset.new_episode(variation=self.variation, info=start_info, **self.writer_options)
+        # Creating the episode's arrays may take seconds on a loaded machine or disk: the episode starts at
+        # the first tick after it (from the ready tick, its time limit could pass before its first tick).
+        tick = start_ns = self._tick_from_now(tick)
         rec = Recording(writer, writer.index, start_ns, info=start_info)
         writer.event(start_ns, "start", attempt=self.attempt)
         self.faults.begin(start_ns)
@@ -385,6 +387,13 @@ class Recorder:
             self._send(Action.hold(self._gripper), state, None, now)
             self._drain_sources()
             next_t += self.period_ns
+
+    def _tick_from_now(self, tick: int) -> int:
+        """`tick`, or the first tick on its grid from now on if more than a period has passed since it."""
+        late_ns = self.clock.now_ns() - tick
+        if late_ns <= self.period_ns:
+            return tick
+        return tick + -(-late_ns // self.period_ns) * self.period_ns
 
     def _sleep_to(self, t_ns: int) -> int:
         """Sleep until the tick t_ns; returns the scheduled time of this tick (re-aligned after an overrun).

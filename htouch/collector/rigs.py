@@ -201,14 +201,14 @@ ROBOT_NAMES = {"panda": "Panda", "fr3": "FR3"}  # [robot] kind -> what the user 
 
 def build_robot(config: RobotConfig, clock: Clock | None = None, safety: SafetyLimits | None = None) -> Robot:
     """The arm the rig file's [robot] kind names, connected (DeviceError naming the host if it cannot be).
-    `safety`: the rig's limits, for a backend that also keeps its target inside the workspace box."""
+    `safety`: the rig's limits, whose workspace box the backend keeps its target inside."""
     if config.kind == "fr3":
         from htouch.collector.hardware.fr3 import FR3Robot
 
         return FR3Robot(config, clock, workspace=safety)
     from htouch.collector.hardware.panda import PandaRobot
 
-    return PandaRobot(config, clock)
+    return PandaRobot(config, clock, workspace=safety)
 
 
 def probe_real(config: RigConfig, operator: str | None = None) -> list[tuple[str, str, bool, str]]:

@@ -10,12 +10,12 @@ Rates, and why:
   atomic assignment under the GIL, read once per cycle) and the newest state is published the same way.
   The target it tracks is low-pass filtered (TARGET_FILTER_S), so a 30 Hz step in the target does not
   become a torque step.
-- 30 Hz, the recording loop: state() reads the newest published state, apply() integrates the action
-  into the target (as the Panda backend does: translation added, rotation vector composed in the base
-  frame, the target never leading the measured pose by more than MAX_LEAD_M / MAX_LEAD_RAD).
+- 30 Hz, the recording loop: state() reads the newest published state, apply() moves the target by the
+  action under the rule the Panda backend follows too (franka.FrankaArm: integrated, kept in the
+  workspace box, never leading the measured pose by more than MAX_LEAD_M / MAX_LEAD_RAD).
 - As it comes, the gripper: pylibfranka's Gripper calls block for the whole motion *holding the GIL*
   (measured: a 0.7 s move stopped every other Python thread for 0.7 s), so they run in a child process
-  (`_RemoteGripper`), driven by the Panda backend's gripper worker threads; apply() never waits for the
+  (`_RemoteGripper`), driven by the shared gripper worker threads (franka.GripperWorker); apply() never waits for the
   hand and the torque thread never waits for the gripper.
 
 Python threads share the GIL: while the torque thread runs, the interpreter's switch interval is set to
@@ -52,16 +52,15 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from htouch.collector.config import RobotConfig
-from htouch.collector.devices import Action, Clock, DeviceError, MonotonicClock, RobotState
+from htouch.collector.devices import Action, Clock, DeviceError, RobotState
 from htouch.collector.hardware import import_device_library
-from htouch.collector.hardware.panda import (
+from htouch.collector.hardware.franka import (
     FCI_PORT,
     NULLSPACE_STIFFNESS,
     PROBE_TIMEOUT_S,
-    _GripperWorker,
+    FrankaArm,
+    GripperWorker,
     call_with_timeout,
-    gripper_request,
-    limit_lead,
 )
 from htouch.collector.safety import SafetyLimits
 
@@ -405,7 +404,7 @@ class _TorqueLoop:
         self.joint_goal = _JointGoal(snapshot.q.copy(), goal, max(HOME_MIN_S, span / HOME_SPEED_RAD_S))
 
 
-class FR3Robot:
+class FR3Robot(FrankaArm):
     """A Robot (htouch.collector.devices) on a Franka Research 3 with a Franka Hand, through pylibfranka.
     The constructor connects and fails fast with a DeviceError naming the host when the controller
     cannot be reached."""
@@ -414,25 +413,14 @@ class FR3Robot:
 
     def __init__(self, config: RobotConfig, clock: Clock | None = None,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S, workspace: SafetyLimits | None = None):
-        """workspace: the rig's safety limits; the target is also kept inside their box. The safety filter
-        bounds each step from the *measured* position, and an arm that lags its target would otherwise
-        let the integrated target pass the box by the lag (up to MAX_LEAD_M)."""
+        """workspace: the rig's safety limits; the target is kept inside their box (FrankaArm)."""
         _require_host(config)
-        self.config = config
-        self._box = None if workspace is None else (np.asarray(workspace.workspace_min, dtype=float),
-                                                    np.asarray(workspace.workspace_max, dtype=float))
-        self.clock = clock or MonotonicClock()
+        super().__init__(config, clock, workspace)
         self._pf = _pylibfranka()
         self._timeout = connect_timeout_s
-        self._lock = threading.Lock()
-        self._events: list[tuple[int, str, dict]] = []
         self._loop: _TorqueLoop | None = None
-        self._error: str | None = None
-        self._last_gripper: tuple[str, float] | None = None
-        self.lead_limited = 0  # control steps whose target was pulled back toward the measured pose
         self.robot: Any = None
         self.model: Any = None
-        self._gripper: _GripperWorker | None = None
         self._remote: _RemoteGripper | None = None
         self._idle_width = 0.0  # the gripper width last read, while not connected
         self._connect(connect_timeout_s)
@@ -506,23 +494,13 @@ class FR3Robot:
         loop = self._loop
         if self._error is not None or loop is None or loop.joint_goal is not None:
             return
-        delta = np.asarray(action.delta_ee, dtype=float)
-        if delta.shape != (6,) or not np.all(np.isfinite(delta)):
-            self._event("robot_error", message=f"action ignored: delta_ee {delta.tolist()} is not 6 finite numbers")
-            return
         measured = self._snapshot()
-        position = self._target_pos + delta[:3]
-        rotation = Rotation.from_rotvec(delta[3:]) * self._target_rot
-        position, rotation, limited = limit_lead(position, rotation, measured.pose[:3, 3],
-                                                 Rotation.from_matrix(measured.pose[:3, :3]))
-        self.lead_limited += limited
-        if self._box is not None:
-            position = np.clip(position, *self._box)
-        self._target_pos, self._target_rot = position, rotation
-        loop.target = (position.copy(), rotation.as_matrix())  # one reference: the torque thread reads it whole
-        request = gripper_request(float(action.gripper), self._last_gripper, self.config.gripper_max_width)
-        if request is not None:
-            self._send_gripper(*request)
+        target = self._next_target(action, measured.pose[:3, 3], Rotation.from_matrix(measured.pose[:3, :3]))
+        if target is None:
+            return
+        self._target_pos, self._target_rot = target
+        loop.target = (target[0].copy(), target[1].as_matrix())  # one reference: the torque thread reads it whole
+        self._gripper_command(float(action.gripper))
 
     def recover(self) -> None:
         """Clear a reflex (libfranka's automatic error recovery) or reconnect after a lost connection, then
@@ -544,21 +522,7 @@ class FR3Robot:
         self._error = None
         self._start_loop()
 
-    def pop_events(self) -> list[tuple[int, str, dict]]:
-        with self._lock:
-            events, self._events = self._events, []
-        return events
-
     # --- beyond the interface
-
-    @property
-    def target(self) -> tuple[np.ndarray, np.ndarray]:
-        """The impedance law's current target: position (3,), quaternion xyzw (4,)."""
-        return self._target_pos.copy(), self._target_rot.as_quat()
-
-    def wait_gripper(self, timeout_s: float = 10.0) -> bool:
-        """Wait until the gripper commands sent so far have run (for scripts and tests)."""
-        return self._gripper is None or self._gripper.wait_idle(timeout_s)
 
     def timing(self) -> dict[str, float]:
         """The torque thread's counters: cycles run, cycles that came late, controller packets missed, the
@@ -588,7 +552,7 @@ class FR3Robot:
             try:
                 gripper = _RemoteGripper(host)
                 self._remote = gripper
-                self._gripper = _GripperWorker(gripper, self.config, self._gripper_failed)
+                self._gripper = GripperWorker(gripper, self.config, self._gripper_failed)
                 self._idle_width = self._gripper.width
             except (DeviceError, RuntimeError) as e:
                 raise DeviceError(f"cannot reach the Franka Hand at {host}: {e}") from None
@@ -624,20 +588,6 @@ class FR3Robot:
             self._set_error(f"no state from the controller for {age_s:.1f} s (connection lost?)")
         return snapshot
 
-    def _send_gripper(self, kind: str, width: float) -> None:
-        self._last_gripper = (kind, width)
-        self._gripper.submit(kind, width)
-
-    def _gripper_failed(self, message: str) -> None:
-        self._event("robot_error", device="gripper", message=message)
-
-    def _set_error(self, message: str) -> None:
-        if self._error is None:  # the first error is the cause; the loop sees it in RobotState.error
-            self._error = message
-
-    def _event(self, kind: str, **detail: Any) -> None:
-        with self._lock:
-            self._events.append((self.clock.now_ns(), kind, detail))
 
 
 if __name__ == "__main__":
