@@ -17,7 +17,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, MonotonicClock, RobotState, TeleopReading
-from htouch.collector.rigs import Rig
+from htouch.collector.rig import Rig
 from htouch.dataset.schema import AudioSpec, CameraSpec, RigSpec, StateSpec, TeleopSpec
 
 NS = 1_000_000_000

@@ -15,11 +15,11 @@ import torch
 
 from htouch.collector.config import ControlConfig, RigConfig
 from htouch.collector.loop import Recorder
-from htouch.collector.rigs import NO_OPERATOR, build_rig
 from htouch.collector.safety import SafetyFilter
 from htouch.dataset.episode import NS
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import validate_dataset
+from htouch.rigs import NO_OPERATOR, build_rig
 from htouch.training.evaluate import wilson_interval
 from htouch.training.methods import policy_config
 from htouch.training.model import ActionNormalization, build_policy

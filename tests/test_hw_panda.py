@@ -20,8 +20,8 @@ from htouch.collector.hardware import franka  # noqa: E402
 from htouch.collector.hardware import panda as panda_backend  # noqa: E402
 from htouch.collector.hardware.panda import PandaRobot, probe  # noqa: E402
 from htouch.collector.safety import SafetyFilter, SafetyLimits  # noqa: E402
-from tests.hw.panda_double import HOME_Q, REFLEX, PandaPyDouble  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
+from tests.hw.panda_double import HOME_Q, REFLEX, PandaPyDouble  # noqa: E402
 
 HOME_POS = np.array([0.307, 0.0, 0.487])
 

@@ -8,10 +8,11 @@ import av
 import numpy as np
 import pytest
 
-from htouch.collector.replay import replay, sim_for_episode
+from htouch.collector.replay import replay
 from htouch.collector.safety import SafetyFilter, SafetyLimits
 from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
+from htouch.rigs import sim_for_episode
 from tests.conftest import TINY_RIG, tiny_dataset
 
 

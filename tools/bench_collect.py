@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from htouch.collector.config import CameraConfig, ControlConfig, RigConfig  # noqa: E402
 from htouch.collector.loop import Recorder  # noqa: E402
-from htouch.collector.rigs import build_rig  # noqa: E402
 from htouch.dataset.store import INCOMING, Dataset  # noqa: E402
 from htouch.dataset.writer import FLUSHED_FILE  # noqa: E402
+from htouch.rigs import build_rig  # noqa: E402
 
 NS = 1_000_000_000
 TICKS = os.sysconf("SC_CLK_TCK")

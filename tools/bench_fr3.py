@@ -28,7 +28,7 @@ from htouch.collector.config import ControlConfig, RobotConfig  # noqa: E402
 from htouch.collector.devices import Action  # noqa: E402
 from htouch.collector.hardware.fr3 import FR3Robot  # noqa: E402
 from htouch.collector.loop import Recorder  # noqa: E402
-from htouch.collector.rigs import Rig  # noqa: E402
+from htouch.collector.rig import Rig  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
 from tests.hw.fr3_sim import HOST, FrankySim, port_in_use  # noqa: E402
 from tests.loop_devices import TEST_SPEC, Plan, PlannedWorld  # noqa: E402

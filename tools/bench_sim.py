@@ -47,8 +47,8 @@ from bench_collect import all_threads_cpu, thread_group  # noqa: E402  (the same
 
 from htouch.collector.config import RigConfig  # noqa: E402
 from htouch.collector.loop import Recorder  # noqa: E402
-from htouch.collector.rigs import build_rig  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
+from htouch.rigs import build_rig  # noqa: E402
 from htouch.sim.operator import ScriptedOperator, drive  # noqa: E402
 from htouch.sim.rig import SimRig  # noqa: E402
 from htouch.sim.tasks import TASKS  # noqa: E402

@@ -30,17 +30,19 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
 
 
 # Command modules register themselves on `app` when imported.
-from htouch.cli import dataset_cmds  # noqa: E402,F401
-from htouch.cli import validate_cmd  # noqa: E402,F401
-from htouch.cli import derived_cmds  # noqa: E402,F401
-from htouch.cli import inspect_cmd  # noqa: E402,F401
-from htouch.cli import collect_cmd  # noqa: E402,F401
-from htouch.cli import replay_cmd  # noqa: E402,F401
-from htouch.cli import train_cmd  # noqa: E402,F401
-from htouch.cli import eval_cmd  # noqa: E402,F401
-from htouch.cli import diagnostics_cmd  # noqa: E402,F401
-from htouch.cli import export_cmd  # noqa: E402,F401
-from htouch.cli import view_cmd  # noqa: E402,F401
+from htouch.cli import (
+    collect_cmd,  # noqa: E402,F401
+    dataset_cmds,  # noqa: E402,F401
+    derived_cmds,  # noqa: E402,F401
+    diagnostics_cmd,  # noqa: E402,F401
+    eval_cmd,  # noqa: E402,F401
+    export_cmd,  # noqa: E402,F401
+    inspect_cmd,  # noqa: E402,F401
+    replay_cmd,  # noqa: E402,F401
+    train_cmd,  # noqa: E402,F401
+    validate_cmd,  # noqa: E402,F401
+    view_cmd,  # noqa: E402,F401
+)
 
 
 def main(argv: list[str] | None = None) -> None:

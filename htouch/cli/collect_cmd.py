@@ -93,8 +93,8 @@ def collect(
     Example: [bold]htouch collect zip-demos --task zip --episodes 5[/]
     """
     from htouch.collector.loop import Recorder
-    from htouch.collector.rigs import build_rig, resolve_operator
     from htouch.dataset.store import Dataset
+    from htouch.rigs import build_rig, resolve_operator
 
     cfg = rig_config(config, rig)
     for name, value in (("--width", width), ("--height", height)):
@@ -179,7 +179,7 @@ def rig_check(
 
     Example: [bold]htouch rig check --config rigs/example-real.toml[/]
     """
-    from htouch.collector.rigs import probe_real, probe_sim
+    from htouch.rigs import probe_real, probe_sim
 
     cfg = rig_config(config, None)
     rows = probe_sim() if cfg.kind == "sim" else probe_real(cfg, operator)

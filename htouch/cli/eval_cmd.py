@@ -154,8 +154,8 @@ def rollout(
     from htouch.cli.collect_cmd import session_summary
     from htouch.collector.devices import DeviceError
     from htouch.collector.loop import Recorder
-    from htouch.collector.rigs import NO_OPERATOR, build_rig
     from htouch.dataset.store import Dataset
+    from htouch.rigs import NO_OPERATOR, build_rig
     from htouch.training.evaluate import sim_rig_config, task_and_time_limit
     from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches
 

@@ -81,7 +81,7 @@ def import_lerobot_cmd(
 
     Example: [bold]htouch import lerobot zip-lerobot zip-again[/]
     """
-    from htouch.interop.lerobot_import import read_episodes, read_info, import_lerobot
+    from htouch.interop.lerobot_import import import_lerobot, read_episodes, read_info
 
     if out.exists() or out.is_symlink():
         raise HtouchError(f"{out} already exists; import into a new path")

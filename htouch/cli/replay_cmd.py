@@ -106,7 +106,7 @@ def _run(ep, robot, safety, speed: float, label: str):
 
 
 def _replay_sim(ep, speed: float, config: Path | None) -> None:
-    from htouch.collector.replay import sim_for_episode
+    from htouch.rigs import sim_for_episode
 
     _, safety = _limits(config)
     sim = sim_for_episode(ep, ep.attrs.get("task", "") or (ep.dataset.task if ep.dataset else ""))
@@ -130,7 +130,7 @@ def _replay_robot(ep, speed: float, config: Path | None, yes: bool) -> None:
     if cfg.kind != "real":
         raise HtouchError(f"{config} describes a {cfg.kind} rig; --on robot needs a real rig file")
     n, seconds = len(ep.action_times), (int(ep.action_times[-1]) - int(ep.action_times[0])) / 1e9
-    from htouch.collector.rigs import ROBOT_NAMES, build_robot
+    from htouch.rigs import ROBOT_NAMES, build_robot
 
     where = f"the {ROBOT_NAMES[cfg.robot.kind]} at {cfg.robot.host}"
     if not yes and not typer.confirm(f"Replay {n} actions ({seconds / speed:.1f} s) of {ep.name} on {where}? "

@@ -47,7 +47,7 @@ from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError, WriterError
 
 if TYPE_CHECKING:
-    from htouch.collector.rigs import Rig
+    from htouch.collector.rig import Rig
     from htouch.dataset.writer import EpisodeWriter
 
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
@@ -84,7 +84,7 @@ class LoopTiming:
 class Recording:
     """The episode being recorded: what the readers route into it and what the panel shows about it."""
 
-    writer: "EpisodeWriter"
+    writer: EpisodeWriter
     index: int
     start_ns: int
     stop_ns: int | None = None
@@ -131,7 +131,7 @@ class Recorder:
     The commands come from `source`; by default the rig's teleop through the clutch mapping (`mapping`,
     `start_on_clutch`: an episode starts when the operator holds the grip)."""
 
-    def __init__(self, rig: "Rig", dataset: Dataset, control: ControlConfig | None = None,
+    def __init__(self, rig: Rig, dataset: Dataset, control: ControlConfig | None = None,
                  mapping: MappingConfig | None = None, safety: SafetyLimits | None = None, *,
                  variation: str = "train", start_on_clutch: bool = False,
                  on_message: Callable[[str], None] | None = None, writer_options: dict[str, Any] | None = None,
@@ -510,7 +510,7 @@ class Recorder:
             return "robot error"
         return None
 
-    def _record_teleop(self, writer: "EpisodeWriter", reading: TeleopReading) -> None:
+    def _record_teleop(self, writer: EpisodeWriter, reading: TeleopReading) -> None:
         names = self.rig.spec.teleop
         writer.teleop(reading.timestamp_ns, np.asarray(reading.controller_pose, dtype=float),
                       [bool(reading.buttons.get(n, False)) for n in names.button_names],

@@ -11,11 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from htouch.collector.config import CameraConfig, ControlConfig, MicrophoneConfig, RigConfig
 from htouch.collector.devices import Action, DeviceError, Robot
 from htouch.collector.safety import SafetyFilter
 from htouch.dataset.episode import Episode
@@ -113,36 +111,3 @@ def replay(ep: Episode, robot: Robot, safety: SafetyFilter, *, speed: float = 1.
         report.error_mm_mean, report.error_mm_p95 = float(e.mean()), float(np.percentile(e, 95))
         report.error_mm_max, report.error_mm_final = float(e.max()), float(e[-1])
     return report
-
-
-def sim_config_for(ep: Episode) -> RigConfig:
-    """A simulated rig like the one the episode was recorded with: camera, microphones, control rate."""
-    spec = ep.rig
-    cam, aud = spec.camera, spec.audio
-    return RigConfig(
-        kind="sim",
-        camera=CameraConfig(width=cam.width, height=cam.height, fps=max(int(round(cam.rate_hz)), 1)),
-        microphones=MicrophoneConfig(channels=min(max(aud.channels, 1), 4), rate_hz=int(round(aud.rate_hz)),
-                                     center=aud.center, scale=aud.scale),
-        control=ControlConfig(rate_hz=float(spec.action.rate_hz)))
-
-
-def sim_for_episode(ep: Episode, task: str) -> Any:
-    """The simulated rig in the episode's scene (same task, variation, seed and scene number, when the
-    episode was recorded on the simulated rig; otherwise the task's first scene)."""
-    from htouch.sim.rig import SimRig
-    from htouch.sim.tasks import TASKS
-
-    if task not in TASKS:
-        raise HtouchError(f"the simulated rig has no task {task!r} (tasks: {', '.join(TASKS)})")
-    info = ep.attrs.get("info", {})
-    variation = info.get("sim_variation", ep.variation if ep.variation in ("train", "test") else "train")
-    seed = int(info.get("seed", 0)) if isinstance(info.get("seed", 0), int) else 0
-    try:
-        sim = SimRig(task=task, variation=variation, seed=seed, config=sim_config_for(ep), realtime=False)
-    except DeviceError as e:
-        raise HtouchError(f"cannot build the simulated rig for {ep.name}: {e}") from None
-    scene = info.get("sim_episode")
-    if isinstance(scene, int) and scene > 0:
-        sim.episode_index = scene - 1  # home() draws the episode's own scene
-    return sim

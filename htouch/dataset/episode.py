@@ -64,7 +64,7 @@ def frame_indices(camera_times: np.ndarray, t_ns: int, params: SampleParams) -> 
     return np.clip(idx, 0, max(len(camera_times) - 1, 0))
 
 
-def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndarray, pcm: "zarr.Array | np.ndarray",
+def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndarray, pcm: zarr.Array | np.ndarray,
                       spec: AudioSpec, clip: ClipParams = DEFAULT_CLIP, source: str = "audio") -> np.ndarray:
     """The clip [t - window, t] from audio blocks (first-sample times, offsets into pcm (n, C)), mono,
     normalised, resampled to clip.rate_hz; silence where no audio. Shared by episodes and live buffers."""
@@ -112,7 +112,7 @@ _ATTR_TYPES = [
 
 
 class Episode:
-    def __init__(self, path: str | Path, dataset: "Dataset | None" = None):
+    def __init__(self, path: str | Path, dataset: Dataset | None = None):
         self.path = Path(path)
         self.dataset = dataset
         try:
@@ -208,7 +208,7 @@ class Episode:
         return self.read("action/timestamp_ns")
 
     @cached_property
-    def _pcm(self) -> "zarr.Array | np.ndarray":
+    def _pcm(self) -> zarr.Array | np.ndarray:
         return self.array("audio/pcm") if self.has_audio else _NO_AUDIO["audio/pcm"]
 
     def preload_audio(self) -> None:

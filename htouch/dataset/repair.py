@@ -114,7 +114,7 @@ def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
         crashpoints.reached("repair.resized")
         # The success label stays as recorded: the writer stores it before its final flush.
         attrs.update(status="salvaged", salvaged=True, lengths=lengths, manifest=MANIFEST_FILE,
-                     salvaged_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                     salvaged_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         group.attrs[ATTR_FORMAT] = attrs
         crashpoints.reached("repair.attributes")
     (path / FLUSHED_FILE).unlink(missing_ok=True)
@@ -247,7 +247,7 @@ def _quarantine(ds: Dataset, path: Path, reason: str) -> Path:
     write_json_atomic(dest / QUARANTINE_NOTE, {
         "episode": path.name,
         "reason": reason,
-        "quarantined": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "quarantined": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     })
     return dest
 

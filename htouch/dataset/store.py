@@ -249,7 +249,7 @@ class Dataset:
                                "microphones); of the training methods only vision-only works without it")
 
     @classmethod
-    def create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> "Dataset":
+    def create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> Dataset:
         """Create a new empty dataset; refuses to touch an existing one."""
         root = Path(root)
         if (root / METADATA_FILE).exists():
@@ -263,14 +263,14 @@ class Dataset:
             "format": DATASET_FORMAT,
             "schema_version": SCHEMA_VERSION,
             "task": task,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "rig": rig.to_dict(),
             "next_episode_index": 0,
         }, strict=True)
         return cls(root)
 
     @classmethod
-    def open_or_create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> "Dataset":
+    def open_or_create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> Dataset:
         """Resume an existing dataset (same task and rig) or start a new one."""
         if (Path(root) / METADATA_FILE).exists():
             ds = cls(root)
@@ -350,7 +350,7 @@ class Dataset:
     def episode_path(self, index: int) -> Path:
         return self.root / episode_name(index)
 
-    def episode(self, ref: int | str, check: bool = True) -> "Episode":
+    def episode(self, ref: int | str, check: bool = True) -> Episode:
         """Open a committed episode by index or name (`12`, `episode_12`, `episode_000012`) for reading.
         check=True (every reader) first runs the cheap structural checks of structure.py once per episode and
         raises DamagedEpisodeError (a DatasetError: one line naming the episode and the problem) if it fails.
@@ -370,7 +370,7 @@ class Dataset:
         self._checked.add(path.name)
         return ep
 
-    def episodes(self, check: bool = True) -> Iterator["Episode"]:
+    def episodes(self, check: bool = True) -> Iterator[Episode]:
         for i in self.episode_indices():
             yield self.episode(i, check=check)
 
@@ -398,7 +398,7 @@ class Dataset:
                       if (p.is_dir() or p.is_symlink()) and p.name.startswith(EPISODE_PREFIX)
                       and not p.name.endswith(".lock"))
 
-    def new_episode(self, **kwargs: Any) -> "EpisodeWriter":
+    def new_episode(self, **kwargs: Any) -> EpisodeWriter:
         """Start writing the next episode. Keyword arguments go to EpisodeWriter."""
         from htouch.dataset.writer import EpisodeWriter
 
@@ -477,7 +477,7 @@ def resolve_episode_path(ref: str, dataset: str | os.PathLike[str] | None = None
     return ds, ds.episode_path(index)
 
 
-def resolve_episode(ref: str, dataset: str | os.PathLike[str] | None = None) -> "Episode":
+def resolve_episode(ref: str, dataset: str | os.PathLike[str] | None = None) -> Episode:
     """An episode from a command-line reference: a name (`episode_12`, `12`) in the dataset found as in
     `find_dataset`, or a path to an episode directory inside a dataset."""
     ds, path = resolve_episode_path(ref, dataset)

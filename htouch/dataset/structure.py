@@ -381,7 +381,7 @@ def damaged(name: str, problems: list[str]) -> DamagedEpisodeError:
     return DamagedEpisodeError(name, f"{problems[0]}{more}")
 
 
-def open_episode(path: Path, dataset: "Dataset | None" = None, structure: bool = True) -> Episode:
+def open_episode(path: Path, dataset: Dataset | None = None, structure: bool = True) -> Episode:
     """Open an episode for reading after the structural checks; DamagedEpisodeError names the episode and its
     first problem (`htouch validate` lists them all). structure=False checks only that every file is safe to
     open (the attributes can then be read) and skips the array checks."""

@@ -14,14 +14,12 @@ stays bounded for long episodes. All thresholds live in `ValidationLimits`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from htouch.dataset.episode import Episode, SampleParams
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files

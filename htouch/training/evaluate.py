@@ -219,7 +219,7 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
              on_message: Callable[[str], None] | None = None) -> EvalResult:
     """Run the policy for config.episodes episodes on the simulated rig; see the module docstring."""
     from htouch.collector.loop import Recorder
-    from htouch.collector.rigs import NO_OPERATOR, build_rig
+    from htouch.rigs import NO_OPERATOR, build_rig
     from htouch.training.diagnostics import audio_condition, describe_condition
 
     config.check()

@@ -301,7 +301,7 @@ class Experiment:
         """Record `wanted` episodes of the scripted operator on the train looks: successful demonstrations
         (failures discarded and recorded again), or, with keep_all, play data whatever its outcome."""
         from htouch.collector.loop import Recorder
-        from htouch.collector.rigs import build_rig
+        from htouch.rigs import build_rig
 
         c = self.c
         what = "play episode" if keep_all else "demonstration"

@@ -49,7 +49,7 @@ class RunInfo:
     train_episodes: list[int] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def read(cls, run_dir: str | Path) -> "RunInfo":
+    def read(cls, run_dir: str | Path) -> RunInfo:
         config, extra = read_run_config(run_dir)
         dataset = extra.get("dataset") if isinstance(extra.get("dataset"), dict) else {}
         rig = RigSpec.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
@@ -110,7 +110,7 @@ class PolicySource:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, safety: SafetyLimits, audio: AudioSpec, execute: int = 2,
-                 hearing: Hearing | None = None, **kwargs: Any) -> "PolicySource":
+                 hearing: Hearing | None = None, **kwargs: Any) -> PolicySource:
         """The policy of a run directory, for a rig with these safety limits and this audio spec (`hearing`:
         what the policy hears instead of the rig's audio, see PolicyRunner)."""
         run = RunInfo.read(run_dir)

@@ -13,7 +13,8 @@ command replaces an older one) and another polls the width.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation

@@ -1,81 +1,20 @@
-"""A rig: the devices the recording loop drives, on one clock, built from a rig configuration.
-
-`build_rig` turns a RigConfig into the simulated rig (MuJoCo scene, synthesized contact audio, a scripted or
-keyboard operator) or the real one (RealSense, sound card, Quest or keyboard, Franka Panda or FR3). Device
-modules are imported only when their rig is asked for, so the simulated rig needs no hardware libraries.
+"""Which rigs exist and how each is built: the simulated rig (MuJoCo scene, synthesized contact audio, a
+scripted or keyboard operator) and the real one (RealSense, sound card, Quest or keyboard, Franka Panda or
+FR3), from a rig file. This module sits above both `htouch.collector` (the loop and the real backends) and
+`htouch.sim`, because it knows every backend; device modules are imported only when their rig is asked for,
+so the simulated rig needs no hardware libraries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from htouch.collector.config import RigConfig, RobotConfig
+from htouch.collector.config import CameraConfig, ControlConfig, MicrophoneConfig, RigConfig, RobotConfig
+from htouch.collector.devices import Clock, DeviceError, MonotonicClock, Robot, Teleop
+from htouch.collector.rig import NO_OPERATOR, REAL_OPERATORS, SIM_OPERATORS, NoOperator, Rig
 from htouch.collector.safety import SafetyLimits
-from htouch.collector.devices import (
-    Camera,
-    Clock,
-    DeviceError,
-    Microphones,
-    MonotonicClock,
-    Robot,
-    Teleop,
-    TeleopReading,
-)
-from htouch.dataset.schema import RigSpec
+from htouch.dataset.episode import Episode
 from htouch.errors import DatasetError, HtouchError
-
-SIM_OPERATORS = ("scripted", "keyboard")
-REAL_OPERATORS = ("quest", "keyboard")
-OPERATOR_ALIASES = {"human": None}  # "human": the rig's human interface (keyboard on sim, the config's on real)
-NO_OPERATOR = "none"  # the simulated rig with nobody at the controls (a policy evaluated on its own)
-
-
-@dataclass
-class Rig:
-    camera: Camera
-    microphones: Microphones
-    teleop: Teleop
-    robot: Robot
-    clock: Clock
-    spec: RigSpec  # the stream specs stored in the dataset
-    kind: str  # "sim" or "real"
-    operator: str  # "scripted", "keyboard" or "quest"
-    realtime: bool  # the clock paces to the wall clock (False: simulated time, as fast as it goes)
-    description: str = ""  # one line for the user: what is driven by what
-    event_sources: list[Any] = field(default_factory=list)  # objects with pop_events() (sim contacts, ...)
-    task_success: Callable[[], bool] | None = None  # ground truth of the task (simulated rig)
-    task_failed: Callable[[], bool] | None = None  # the task can no longer succeed (a simulated part broke)
-    task_progress: Callable[[], float] | None = None  # the task's reward in [0, 1] (simulated rig)
-    info: dict[str, Any] = field(default_factory=dict)  # stored with every episode
-    episode_info: Callable[[], dict[str, Any]] | None = None  # per-episode facts, asked after homing
-    help: str = ""  # the operator's keys, shown in the panel
-    resume: Callable[[Any], None] | None = None  # continue after what a resumed dataset already holds
-    closers: list[Callable[[], None]] = field(default_factory=list)
-
-    @property
-    def human(self) -> bool:
-        return self.operator not in ("scripted", NO_OPERATOR)
-
-    def close(self) -> None:
-        for close in reversed(self.closers):
-            close()
-        self.closers.clear()
-
-
-class NoOperator:
-    """The teleop of a simulated rig nobody operates: it never has a reading (the loop's source must not
-    need one: a policy evaluated on its own)."""
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def read(self) -> TeleopReading | None:
-        return None
 
 
 def resolve_operator(config: RigConfig, operator: str | None) -> str:
@@ -263,3 +202,39 @@ def probe_sim() -> list[tuple[str, str, bool, str]]:
                  "install libegl1 or libosmesa6 (tools/apt-packages.txt)")]
     return [("simulator", "MuJoCo with offscreen rendering", True,
              f"mujoco {mujoco.__version__}, offscreen rendering works (MUJOCO_GL={backend})")]
+
+
+# ------------------------------------------------------------------ a simulated rig for a recorded episode
+
+
+def sim_config_for(ep: Episode) -> RigConfig:
+    """A simulated rig like the one the episode was recorded with: camera, microphones, control rate."""
+    spec = ep.rig
+    cam, aud = spec.camera, spec.audio
+    return RigConfig(
+        kind="sim",
+        camera=CameraConfig(width=cam.width, height=cam.height, fps=max(int(round(cam.rate_hz)), 1)),
+        microphones=MicrophoneConfig(channels=min(max(aud.channels, 1), 4), rate_hz=int(round(aud.rate_hz)),
+                                     center=aud.center, scale=aud.scale),
+        control=ControlConfig(rate_hz=float(spec.action.rate_hz)))
+
+
+def sim_for_episode(ep: Episode, task: str) -> Any:
+    """The simulated rig in the episode's scene (same task, variation, seed and scene number, when the
+    episode was recorded on the simulated rig; otherwise the task's first scene)."""
+    from htouch.sim.rig import SimRig
+    from htouch.sim.tasks import TASKS
+
+    if task not in TASKS:
+        raise HtouchError(f"the simulated rig has no task {task!r} (tasks: {', '.join(TASKS)})")
+    info = ep.attrs.get("info", {})
+    variation = info.get("sim_variation", ep.variation if ep.variation in ("train", "test") else "train")
+    seed = int(info.get("seed", 0)) if isinstance(info.get("seed", 0), int) else 0
+    try:
+        sim = SimRig(task=task, variation=variation, seed=seed, config=sim_config_for(ep), realtime=False)
+    except DeviceError as e:
+        raise HtouchError(f"cannot build the simulated rig for {ep.name}: {e}") from None
+    scene = info.get("sim_episode")
+    if isinstance(scene, int) and scene > 0:
+        sim.episode_index = scene - 1  # home() draws the episode's own scene
+    return sim
