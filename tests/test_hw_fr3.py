@@ -140,7 +140,7 @@ def test_a_contact_reflex_is_reported_commands_stop_and_recover_goes_on(fr3, sim
     target = fr3.target[0]
     fr3.apply(Action(np.array([0.0, 0.0, 0.02, 0.0, 0.0, 0.0]), 1.0))
     np.testing.assert_array_equal(fr3.target[0], target)  # nothing sent while in error
-    for attempt in range(5):  # as the recording loop does: a bouncing contact may fire the reflex again
+    for _ in range(5):  # as the recording loop does: a bouncing contact may fire the reflex again
         try:
             fr3.recover()
             break

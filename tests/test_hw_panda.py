@@ -84,8 +84,9 @@ def test_targets_integrate_hand_computed_delta_sequences(rig):
     expected_pos = [start_pos + [0.01, 0, 0], start_pos + [0.02, 0, 0], start_pos + [0.02, -0.005, 0.002],
                     start_pos + [0.02, -0.005, 0.002], start_pos + [0.02, -0.005, -0.008]]
     rz = Rotation.from_rotvec([0, 0, 0.1])
-    expected_rot = [start_rot, start_rot, start_rot, rz * start_rot, Rotation.from_rotvec([0.05, 0, 0]) * rz * start_rot]
-    for (position, quat), pos, rot in zip(sent, expected_pos, expected_rot):
+    expected_rot = [start_rot, start_rot, start_rot, rz * start_rot,
+                    Rotation.from_rotvec([0.05, 0, 0]) * rz * start_rot]
+    for (position, quat), pos, rot in zip(sent, expected_pos, expected_rot, strict=True):
         np.testing.assert_allclose(position, pos, atol=1e-9)
         assert (Rotation.from_quat(quat) * rot.inv()).magnitude() < 1e-9
     # The (ideally stiff) robot followed: the measured pose is the last target (within ik's accuracy).
@@ -177,7 +178,7 @@ def test_gripper_commands_from_the_action_opening(rig):
         ("grasp", (0.016, 0.1, 20.0, 0.08, 0.08)),  # 0.2: below the threshold grasps once (0.1 0.0 0.45 hold)
         ("move", (0.072, 0.1)),  # 0.9: opening again
     ]
-    for (name, args), (want_name, want_args) in zip(calls, expected):
+    for (name, args), (want_name, want_args) in zip(calls, expected, strict=True):
         assert name == want_name
         np.testing.assert_allclose(args, want_args)
     assert len(double.named("move")) == n + 2
@@ -281,7 +282,8 @@ def test_home_before_start_opens_the_gripper_too():
 
 
 def test_double_refusing_connection_names_the_host():
-    with pytest.raises(DeviceError, match="cannot reach the Franka controller at 127.0.0.1: libfranka: Connection to FCI refused"):
+    with pytest.raises(DeviceError,
+                       match="cannot reach the Franka controller at 127.0.0.1: libfranka: Connection to FCI refused"):
         PandaRobot(RobotConfig(host="127.0.0.1"), panda_module=PandaPyDouble(refuse=True))
 
 
@@ -304,7 +306,8 @@ def test_real_panda_py_silent_controller_times_out():
         except OSError as e:
             pytest.skip(f"cannot listen on 127.0.0.3:{panda_backend.FCI_PORT}: {e}")
         listener.listen(1)
-        with pytest.raises(DeviceError, match=r"cannot reach the Franka controller at 127.0.0.3: no answer within 0.3 s"):
+        with pytest.raises(DeviceError,
+                           match=r"cannot reach the Franka controller at 127.0.0.3: no answer within 0.3 s"):
             PandaRobot(RobotConfig(host="127.0.0.3"), connect_timeout_s=0.3)
         ok, message = probe(RobotConfig(host="127.0.0.3"))
         assert not ok

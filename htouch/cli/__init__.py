@@ -6,6 +6,7 @@ print one red line and exit 2; `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -29,20 +30,12 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
     state.debug = debug
 
 
-# Command modules register themselves on `app` when imported.
-from htouch.cli import (
-    collect_cmd,  # noqa: E402,F401
-    dataset_cmds,  # noqa: E402,F401
-    derived_cmds,  # noqa: E402,F401
-    diagnostics_cmd,  # noqa: E402,F401
-    eval_cmd,  # noqa: E402,F401
-    export_cmd,  # noqa: E402,F401
-    inspect_cmd,  # noqa: E402,F401
-    replay_cmd,  # noqa: E402,F401
-    train_cmd,  # noqa: E402,F401
-    validate_cmd,  # noqa: E402,F401
-    view_cmd,  # noqa: E402,F401
-)
+# Command modules register themselves on `app` when imported, in the order `htouch --help` lists them: the
+# dataset tools, then recording, then learning, then moving data in and out.
+COMMAND_MODULES = ("dataset_cmds", "validate_cmd", "derived_cmds", "inspect_cmd", "collect_cmd", "replay_cmd",
+                   "train_cmd", "eval_cmd", "diagnostics_cmd", "export_cmd", "view_cmd")
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"htouch.cli.{_module}")
 
 
 def main(argv: list[str] | None = None) -> None:

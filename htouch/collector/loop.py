@@ -374,13 +374,13 @@ class Recorder:
             state = self._robot_state(None)
             source_ready = state is not None and self.source.ready(reading if fresh else None, state)
             if not self.rig.realtime:  # simulated time: give the readers the data produced so far
-                for r, c in zip(self._readers, counts):
+                for r, c in zip(self._readers, counts, strict=True):
                     r.wait_for(lambda r=r, c=c: r.items > c or self._caught_up(r), 1.0)
-            streams_ok = all(r.items > c for r, c in zip(self._readers, counts))
+            streams_ok = all(r.items > c for r, c in zip(self._readers, counts, strict=True))
             if streams_ok and source_ready:
                 return next_t
             if not streams_ok and now - waiting_since_ns > READY_TIMEOUT_S * NS:
-                silent = [r.stream for r, c in zip(self._readers, counts) if r.items <= c]
+                silent = [r.stream for r, c in zip(self._readers, counts, strict=True) if r.items <= c]
                 detail = "; ".join(f"{r.stream}: {r.device_error}" for r in self._readers if r.device_error)
                 raise HtouchError(f"no data from the {' and '.join(silent)} for {READY_TIMEOUT_S:.0f} s "
                                   f"after homing{': ' + detail if detail else ''}")

@@ -1,13 +1,13 @@
 """The paper's comparison, end to end on the simulated rig: methods x tasks x variations.
 
-For each task: measure what hearing is worth to the scripted operator (hearing vs deaf on the evaluation
-scenes, `htouch.sim.hearing`), record unlabelled play data and pretrain the encoders on it in-domain
-(`htouch pretrain av`, the stand-in for R3M and AVID), record demonstrations with the scripted operator (the
-recording loop and the simulated rig `htouch collect` uses; a demonstration the operator labels a failure is
-discarded and recorded again), split them and compute their statistics, pretrain BYOL-A in-domain if a
-method needs it, train every method, and evaluate each policy closed-loop on the train and the test
-variation (scenes of a seed the demonstrations did not use), evaluate the policies that hear with their audio silenced and shuffled, and probe their
-embeddings for the contact state (`htouch.training.diagnostics`). The results table goes to a Markdown file
+For each task: measure what hearing is worth to the scripted operator (hearing vs deaf on the evaluation scenes,
+`htouch.sim.hearing`), record unlabelled play data and pretrain the encoders on it in-domain (`htouch pretrain
+av`, the stand-in for R3M and AVID), record demonstrations with the scripted operator (the recording loop and the
+simulated rig `htouch collect` uses; a demonstration the operator labels a failure is discarded and recorded
+again), split them and compute their statistics, pretrain BYOL-A in-domain if a method needs it, train every
+method, and evaluate each policy closed-loop on the train and the test variation (scenes of a seed the
+demonstrations did not use), evaluate the policies that hear with their audio silenced and shuffled, and probe
+their embeddings for the contact state (`htouch.training.diagnostics`). The results table goes to a Markdown file
 with the scale it was run at.
 
 Everything lives in a work directory; a stage whose output is there and complete is skipped, so an

@@ -175,15 +175,16 @@ class FrankaArm:
     the event log and the latched error. A backend sets `_gripper` (a GripperWorker) when it connects,
     `_target_pos` / `_target_rot` when it anchors the target, and calls `_next_target()` in apply().
 
-    The target rule (`_next_target`): the previous target moved by the action (translation added, rotation
-    vector composed in the base frame, so that replaying recorded actions reproduces the recorded
-    targets), then clipped into the workspace box, then pulled back to within MAX_LEAD_M / MAX_LEAD_RAD
-    of the measured pose. The lead limit: pressing on a surface the robot cannot move into, an integrated
-    target would otherwise wind up and the contact force (stiffness times lead) grow step by step. The box: the safety filter bounds each step from the *measured* position, so an
-    arm that lags its target would otherwise let the integrated target pass the box by the lag. The lead
-    limit last: it moves the target toward the measured pose, so a target clipped into the box stays in
-    it while the arm is inside (the box is convex), and the target never leads by more than the limit,
-    even for an arm outside the box (which is then drawn toward it, as the safety filter draws it)."""
+    The target rule (`_next_target`): the previous target moved by the action (translation added, rotation vector
+    composed in the base frame, so that replaying recorded actions reproduces the recorded targets), then
+    clipped into the workspace box, then pulled back to within MAX_LEAD_M / MAX_LEAD_RAD of the measured
+    pose. The lead limit: pressing on a surface the robot cannot move into, an integrated target would
+    otherwise wind up and the contact force (stiffness times lead) grow step by step. The box: the safety
+    filter bounds each step from the *measured* position, so an arm that lags its target would otherwise let
+    the integrated target pass the box by the lag. The lead limit last: it moves the target toward the
+    measured pose, so a target clipped into the box stays in it while the arm is inside (the box is convex),
+    and the target never leads by more than the limit, even for an arm outside the box (which is then drawn
+    toward it, as the safety filter draws it)."""
 
     def __init__(self, config: RobotConfig, clock: Clock | None, workspace: SafetyLimits | None):
         """workspace: the rig's safety limits, whose box the target is kept in (None: no box)."""
