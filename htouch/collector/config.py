@@ -68,6 +68,7 @@ BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
 
 
 def allowed_range(table: str, key: str) -> str:
+    """The inclusive range of [table] key as a rig file error shows it ("lo..hi")."""
     lo, hi = BOUNDS[(table, key)]
     return f"{lo:g}..{hi:g}"
 

@@ -151,6 +151,7 @@ def meter(rms_db: float, peak_db: float, clipping: bool) -> Text:
 
 
 def render_status(s: LiveStatus, disk: DiskMeter | None = None, title: str = "", help_text: str = "") -> Panel:
+    """The live panel for one status snapshot (a rich Panel; drawn by rich's refresh thread)."""
     head = Text()
     head.append(f" {s.phase.upper()} ", style=PHASE_STYLE.get(s.phase, "bold"))
     if s.episode_index is not None:

@@ -70,6 +70,7 @@ class ActionSource(Protocol):
 
 
 def end_label(end: str) -> bool | None:
+    """The success label an episode end gives: True for success, False for failure, None otherwise."""
     return {"success": True, "failure": False}.get(end)
 
 

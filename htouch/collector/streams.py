@@ -58,6 +58,7 @@ class AudioLevels:
 
 
 def dbfs(x: np.ndarray) -> np.ndarray:
+    """Amplitudes of int16 samples in dB relative to full scale (floored at 1e-9, so silence is about -210)."""
     return 20 * np.log10(np.maximum(x, 1e-9) / 32768.0)
 
 

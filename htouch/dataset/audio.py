@@ -75,6 +75,7 @@ DEFAULT_CLIP = ClipParams()
 
 
 def spectrogram_params(kind: str) -> SpectrogramParams:
+    """The parameters of a spectrogram kind (avid, logmel, byol-a); HtouchError naming the kinds otherwise."""
     try:
         return SPECTROGRAM_KINDS[kind]()
     except KeyError:

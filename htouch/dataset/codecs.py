@@ -18,6 +18,8 @@ IMAGE_CODECS = ("jpeg", "png")
 
 
 def compressor_for(spec: ArraySpec, camera: CameraSpec) -> numcodecs.abc.Codec:
+    """The Zarr compressor of one array: the camera's image codec (JPEG or PNG) for frames, Blosc otherwise;
+    DatasetError for an unknown codec or quality."""
     if spec.codec == "image":
         if camera.codec == "jpeg":
             if not 1 <= camera.quality <= 100:

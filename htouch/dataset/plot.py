@@ -125,6 +125,8 @@ def strip_frame_indices(camera_times: np.ndarray, start_ns: int, span_s: float, 
 
 
 def check_out_path(out: Path, canvas: FigureCanvasAgg) -> str:
+    """The figure format for `out` (from its suffix); HtouchError if matplotlib cannot write it or its
+    directory does not exist, checked before any drawing."""
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in canvas.get_supported_filetypes():
         raise HtouchError(f"cannot write a plot to {out}: use a file name ending in .png (or .pdf, .svg)")

@@ -32,6 +32,7 @@ ATTR_FORMAT = "htouch_episode"
 
 
 def episode_name(index: int) -> str:
+    """The directory name of episode `index` (episode_000012)."""
     return f"{EPISODE_PREFIX}{index:0{EPISODE_DIGITS}d}"
 
 

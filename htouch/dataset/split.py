@@ -117,6 +117,8 @@ class EpisodeSelection:
 
 
 def training_episodes(ds: Dataset) -> EpisodeSelection:
+    """The episodes training uses: the stored split's train list (only those present), else all episodes;
+    DatasetError for a dataset without episodes."""
     present = ds.episode_indices()
     if not present:
         raise DatasetError(f"dataset {ds.root} has no episodes")

@@ -46,6 +46,7 @@ def stream_arrays(ds: Dataset, stream: str) -> list[str]:
 
 
 def check_finite(x: np.ndarray, episode: Episode, what: str) -> None:
+    """DatasetError naming the episode, the array (`what`) and the first bad row if x holds NaN or inf."""
     bad = ~np.isfinite(x)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
@@ -65,6 +66,8 @@ def describe(x: np.ndarray) -> dict[str, Any]:
 
 
 def array_stats(ds: Dataset, episodes: list[Episode], paths: list[str]) -> dict[str, dict[str, Any]]:
+    """Per array path (e.g. "action/delta_ee"): mean, std, min, max and quantiles per dimension over
+    every row of the given episodes."""
     out = {}
     for path in paths:
         parts = []
@@ -217,4 +220,5 @@ def _no_progress(description: str, total: int) -> Iterator[Progress]:
 
 
 def store_stats(ds: Dataset, stats: dict[str, Any]) -> None:
+    """Keep the statistics in the dataset's metadata (htouch.json), where training reads them."""
     ds.update_metadata(**{STATS_KEY: stats})

@@ -75,6 +75,7 @@ class EpisodeRow:
 
 
 def episode_row(ep: Episode) -> EpisodeRow:
+    """One line of `htouch ls`: duration, frames, measured fps, audio seconds, labels and flags."""
     cam = ep.camera_times
     dropped = dropped_frames(ep.read("camera/frame_number"))
     kinds = Counter(e["kind"] for e in ep.events())

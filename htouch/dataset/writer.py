@@ -56,6 +56,7 @@ _STOP = object()
 
 
 def lock_path(incoming_dir: Path) -> Path:
+    """The lock file beside an episode being written in .incoming (held while its writer lives)."""
     return incoming_dir.with_name(incoming_dir.name + ".lock")
 
 
@@ -76,6 +77,8 @@ def is_being_written(incoming_dir: Path) -> bool:
 
 
 def encode_event(kind: str, detail: dict[str, Any]) -> tuple[str, str]:
+    """An event as stored: (kind, compact JSON of its detail); ValueError if either is too long for the
+    fixed-width event arrays."""
     text = json.dumps(detail, separators=(",", ":"), default=float)
     if len(kind) > EVENT_KIND_LEN:
         raise ValueError(f"event kind {kind!r} is longer than {EVENT_KIND_LEN} characters")
@@ -348,6 +351,7 @@ class EpisodeWriter:
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk, so a rename or a new file in it survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -79,6 +79,7 @@ AUDIO_CODEC = "aac"
 
 
 def pick_video_codec(requested: str | None) -> str:
+    """The requested encoder, or the first of VIDEO_CODECS this PyAV/FFmpeg build can encode with."""
     import av
 
     for name in ([requested] if requested else list(VIDEO_CODECS)):

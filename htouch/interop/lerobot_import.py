@@ -105,6 +105,8 @@ def _bad(src: Path, message: str) -> DatasetError:
 
 
 def read_info(src: Path) -> dict[str, Any]:
+    """The LeRobot dataset's meta/info.json; DatasetError (one line) for a missing directory or file, bad
+    JSON or another codebase version."""
     if not src.is_dir():
         raise DatasetError(f"{src} is not a directory; a LeRobot dataset is a directory with {INFO_PATH}"
                            if src.exists() else f"{src} not found")

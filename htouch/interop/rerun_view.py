@@ -286,4 +286,5 @@ def free_port() -> int:
 
 
 def has_display() -> bool:
+    """Whether a viewer window could open here (an X or Wayland display is set)."""
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))

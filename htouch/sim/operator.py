@@ -334,6 +334,8 @@ def _ar1(x: np.ndarray, rate: float, rms: float, rng: np.random.Generator) -> np
 
 
 def zip_script(op: ScriptedOperator) -> Script:
+    """The scripted zip: grasp the slider, pull it along the track until the end stop is heard (deaf: to
+    where the end stop is on average), release and lift; grasp again if the slider slipped or stuck."""
     task: ZipTask = op.task
     yield from op.start_episode()
     rot = task.home_rotation
@@ -369,6 +371,8 @@ def zip_script(op: ScriptedOperator) -> Script:
 
 
 def flip_script(op: ScriptedOperator) -> Script:
+    """The scripted flip: lower the spatula until it is heard touching the table, slide it under the
+    pancake, turn the pancake over about its far edge and back off; try again if it did not turn."""
     task: FlipTask = op.task
     yield from op.start_episode()
     home = task.home_rotation
@@ -420,6 +424,8 @@ def flip_script(op: ScriptedOperator) -> Script:
 
 
 def scoop_script(op: ScriptedOperator) -> Script:
+    """The scripted scoop: push the spoon down until it is heard touching the container's floor, drag it
+    toward the far wall, tilt it level and lift it out; tip the beans back and try again if too few."""
     task: ScoopTask = op.task
     yield from op.start_episode()
     home = task.home_rotation

@@ -102,10 +102,12 @@ def look_at(eye: np.ndarray, target: np.ndarray, yaw_deg: float = 0.0, pitch_deg
 
 
 def fmt(v) -> str:
+    """Numbers as MJCF attribute text ("0.1 0.2 0.3")."""
     return " ".join(f"{float(x):.6g}" for x in np.atleast_1d(v))
 
 
 def wxyz(rot: Rotation) -> np.ndarray:
+    """A rotation as MuJoCo's quaternion order (w, x, y, z); scipy gives (x, y, z, w)."""
     x, y, z, w = rot.as_quat()
     return np.array([w, x, y, z])
 
@@ -175,6 +177,7 @@ def hand_xml(mjcf: MJCF, tool_geoms: str, finger_min: float) -> str:
 
 
 def table_xml(mjcf: MJCF, objects_on_table: str) -> str:
+    """The table body (top and legs) with the task's objects fixed on it, as MJCF."""
     g = mjcf.geom
     leg = lambda i, x, y: g(f"table_leg{i}", "box", (0.03, 0.03, 0.37), (x, y, -0.41), sound="wood",
                             material="table_mat", contype="0", conaffinity="0")
@@ -208,6 +211,8 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
               finger_min: float,
               width: int, height: int, shadows: bool, grip_force: float = 20.0, extra_assets: str = "",
               excludes: str = "") -> str:
+    """The whole MJCF of a task's scene: lights, camera, floor, table with its objects, free bodies, and the
+    hand holding its tool."""
     s = mjcf.style
     shadow = 1024 if shadows else 0
     return f"""

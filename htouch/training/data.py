@@ -246,6 +246,8 @@ class Augment:
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The random seed of one training sample in one epoch (augmentation and jitter), the same in every
+    worker and process."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
@@ -436,4 +438,5 @@ def _read_frame(ep: Episode, rgb: Any, i: int) -> np.ndarray:
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack a list of samples (dicts of tensors) into a batch."""
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}

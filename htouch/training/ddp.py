@@ -104,6 +104,7 @@ def shutdown(env: DistEnv) -> None:
 
 
 def barrier(env: DistEnv) -> None:
+    """Wait for every process of a distributed run (nothing in a single process)."""
     if env.distributed and dist.is_initialized():
         dist.barrier()
 
@@ -147,4 +148,5 @@ def wrap(module: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
 
 
 def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

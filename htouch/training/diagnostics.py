@@ -192,6 +192,7 @@ def contact_labels(ep: Episode, times_ns: np.ndarray, event: str = CONTACT_EVENT
 
 
 def has_events(ep: Episode, event: str) -> bool:
+    """Whether the episode recorded at least one event of this kind."""
     return any(e["kind"] == event for e in ep.events())
 
 

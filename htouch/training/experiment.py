@@ -686,6 +686,7 @@ class Experiment:
 
 
 def run_experiment(config: ExperimentConfig, say: Callable[[str], None] = lambda _s: None) -> Path:
+    """Run (or continue) the experiment and write its results file; returns the file's path."""
     return Experiment(config, say).run()
 
 

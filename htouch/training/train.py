@@ -590,6 +590,7 @@ def _write_metrics(path: Path, history: list[EpochMetrics]) -> None:
 
 
 def plot_losses(path: Path, history: list[EpochMetrics], title: str) -> None:
+    """Training and validation loss per epoch as a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -29,6 +29,7 @@ INSTALL_HINT = "pip install 'htouch[hardware]'"
 
 
 def import_sounddevice() -> Any:
+    """The sounddevice module; DeviceError (one line, what to install) if it or PortAudio is missing."""
     try:
         import sounddevice as sd
     except ImportError as e:
@@ -189,6 +190,7 @@ class SoundDeviceMicrophones:
 
 
 def describe_input(sd: Any, index: int, info: dict) -> str:
+    """A PortAudio input as the user is told about it: index, name, host API, input channels."""
     hostapi = sd.query_hostapis(info["hostapi"])["name"]
     return f"#{index} {info['name']!r} ({hostapi}, {info['max_input_channels']} inputs)"
 
@@ -221,6 +223,7 @@ def find_input(sd: Any, device: str) -> tuple[int, dict]:
 
 
 def check_input(sd: Any, index: int, info: dict, config: MicrophoneConfig) -> None:
+    """DeviceError naming the input unless it takes the configured channels, int16 and rate."""
     if info["max_input_channels"] < config.channels:
         raise DeviceError(f"audio input {describe_input(sd, index, info)} has fewer than the "
                           f"{config.channels} channels [microphones] asks for")

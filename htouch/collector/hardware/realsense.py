@@ -33,6 +33,7 @@ NO_CAMERA = "no RealSense camera found (is it plugged in?)"
 
 
 def import_pyrealsense2() -> Any:
+    """The pyrealsense2 module; DeviceError (one line, what to install) if it is missing."""
     try:
         import pyrealsense2 as rs
     except ImportError as e:
@@ -220,6 +221,7 @@ def _info(rs: Any, device: Any, field: str) -> str:
 
 
 def describe_camera(rs: Any, device: Any) -> str:
+    """A camera as the user is told about it: model, serial and USB type."""
     name = _info(rs, device, "name").removeprefix("Intel RealSense ") or "RealSense camera"
     usb = _info(rs, device, "usb_type_descriptor")
     return f"RealSense {name} serial {_info(rs, device, 'serial_number')}" + (f" (USB {usb})" if usb else "")
@@ -242,6 +244,7 @@ def find_camera(rs: Any, serial: str) -> Any:
 
 
 def load_recording(rs: Any, path: str | Path) -> Any:
+    """A playback device for a RealSense recording (.db3/.bag); DeviceError if missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise DeviceError(f"camera recording {path} does not exist")
@@ -264,6 +267,8 @@ def color_profiles(rs: Any, device: Any) -> list[tuple[int, int, str, int]]:
 
 
 def check_color_profile(rs: Any, device: Any, config: CameraConfig, where: str) -> None:
+    """DeviceError listing what is offered unless the device (`where`, for the message) streams RGB at the
+    configured size and rate."""
     want = (config.width, config.height, "rgb8", config.fps)
     offered = color_profiles(rs, device)
     if want in offered:
