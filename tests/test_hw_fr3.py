@@ -19,6 +19,7 @@ pytest.importorskip("franky_sim", reason="franky-sim (htouch[hardware]) is not i
 from htouch.collector.config import RobotConfig, SafetyLimits  # noqa: E402
 from htouch.collector.devices import Action, DeviceError, Robot  # noqa: E402
 from htouch.collector.hardware.fr3 import FR3Robot  # noqa: E402
+from htouch.collector.replay import command_tracking  # noqa: E402
 from htouch.collector.safety import SafetyFilter  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
 from htouch.dataset.writer import FLUSHED_FILE  # noqa: E402
@@ -244,6 +245,10 @@ def test_rollout_of_a_policy_on_the_fr3_goes_through_the_safety_filter_and_recor
     np.testing.assert_allclose(joints[0], RobotConfig().home_joints, atol=0.05)
     np.testing.assert_allclose(poses[0, :3], HOME_POS, atol=0.01)
     assert np.linalg.norm(np.ptp(poses[:, :3], axis=0)) > 0.002
+    # The tracking error is reported, and is what the recorded states and commands say.
+    tracking = command_tracking(ep)
+    assert f"episode {index}: {tracking.describe()}" in r.out, r.out
+    assert 0 <= tracking.mean_mm <= tracking.p95_mm <= tracking.max_mm < 100 and tracking.steps > 8
     r = cli("validate", dest)
     assert r.code == 0, r.out + r.err
 

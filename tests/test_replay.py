@@ -158,3 +158,24 @@ def test_video_raw_audio_keeps_the_level(cli, tmp_path):
     pcm = ep.read("audio/pcm").astype(np.float32)
     expected_peak = np.max(np.abs((pcm.mean(axis=1) - ep.rig.audio.center) / ep.rig.audio.scale))
     assert np.max(np.abs(audio)) == pytest.approx(expected_peak, rel=0.2)
+
+
+def test_command_tracking_measures_the_distance_to_the_commanded_path(tmp_path):
+    """States exactly on the commanded path (start plus every step sent before them) track with 0 mm; one
+    state 2 mm off is the maximum and moves the mean by 2 mm / the number of states."""
+    from htouch.collector.replay import command_tracking
+
+    ds = Dataset.open_or_create(tmp_path / "d", "zip", TINY_RIG)
+    writer = ds.new_episode(blocking=True)
+    step = np.array([0.001, 0.0, -0.0005, 0.0, 0.0, 0.0])
+    position = np.array([0.4, 0.0, 0.3])
+    joints = np.zeros(TINY_RIG.state.n_joints)
+    for k in range(20):
+        off = np.array([0.002, 0.0, 0.0]) if k == 10 else np.zeros(3)
+        writer.state(k * NS // 30, np.r_[position + off, [0.0, 0.0, 0.0, 1.0]], joints, 0.08)
+        writer.action(k * NS // 30 + 1000, step, 1.0)
+        position = position + step[:3]
+    writer.commit(True)
+    tracking = command_tracking(ds.episode(0, check=False))
+    assert tracking.steps == 19  # the states after the first command
+    assert tracking.max_mm == pytest.approx(2.0) and tracking.mean_mm == pytest.approx(2.0 / 19)

@@ -154,6 +154,7 @@ def rollout(
     from htouch.cli.collect_cmd import session_summary
     from htouch.collector.devices import DeviceError
     from htouch.collector.loop import Recorder
+    from htouch.collector.replay import command_tracking
     from htouch.dataset.store import Dataset
     from htouch.rigs import NO_OPERATOR, build_rig
     from htouch.training.evaluate import sim_rig_config, task_and_time_limit
@@ -197,6 +198,10 @@ def rollout(
     finally:
         the_rig.close()
     session_summary(result, ds)
+    for index in result.committed:  # how closely the arm followed the policy's commands
+        tracking = command_tracking(ds.episode(index))
+        if tracking is not None:
+            console.print(f"episode {index}: {tracking.describe()}", highlight=False)
     rewards = [o.info["reward"] for o in result.outcomes if "reward" in o.info]
     if rewards:
         console.print(f"mean reward {sum(rewards) / len(rewards):.2f} over {len(rewards)} rollout(s)")

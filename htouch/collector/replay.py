@@ -111,3 +111,35 @@ def replay(ep: Episode, robot: Robot, safety: SafetyFilter, *, speed: float = 1.
         report.error_mm_mean, report.error_mm_p95 = float(e.mean()), float(np.percentile(e, 95))
         report.error_mm_max, report.error_mm_final = float(e.max()), float(e[-1])
     return report
+
+
+@dataclass
+class Tracking:
+    """How closely the arm followed the commands of a recorded episode, in mm: at each recorded state, the
+    distance between the measured end-effector position and the commanded path (the first state's position
+    plus every commanded step sent before it), i.e. where an ideally stiff arm would be. It includes the
+    arm's lag behind its commands and anything that stopped it (a contact, a reflex)."""
+
+    steps: int
+    mean_mm: float
+    p95_mm: float
+    max_mm: float
+
+    def describe(self) -> str:
+        return (f"tracking error {self.mean_mm:.1f} mm mean, {self.p95_mm:.1f} mm p95, {self.max_mm:.1f} mm max "
+                f"over {self.steps} states")
+
+
+def command_tracking(ep: Episode) -> Tracking | None:
+    """The episode's tracking error (see Tracking); None without states after its first command."""
+    times, deltas, _ = episode_actions(ep)
+    state_t = np.asarray(ep.state_times, dtype=np.int64)
+    positions = ep.read("state/ee_pose")[:, :3].astype(np.float64)
+    later = state_t > times[0]
+    if not later.any():
+        return None
+    start = positions[np.flatnonzero(~later)[-1]] if (~later).any() else positions[0]
+    path = np.cumsum(deltas[:, :3].astype(np.float64), axis=0)  # after each command, from the start
+    sent = np.searchsorted(times, state_t[later], side="left")  # commands sent before each state
+    error = np.linalg.norm(positions[later] - (start + path[sent - 1]), axis=1) * 1000
+    return Tracking(int(len(error)), float(error.mean()), float(np.percentile(error, 95)), float(error.max()))
