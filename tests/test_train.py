@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from htouch.dataset.split import split_dataset
+from htouch.dataset.split import make_split, split_dataset
 from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import load_run_checkpoint, read_run_config
@@ -196,9 +196,32 @@ def test_cli_one_line_errors(ds, tmp_path, cli):
     assert r.code == 2 and "unknown model preset" in r.err
     r = cli("train", ds.root, "--preset", "tiny", "--run", tmp_path / "x", "--allow-random-init", "--dropout", "1")
     assert r.code == 2 and "--dropout must be in [0, 1), got 1.0" in r.err
+
+
+def test_cli_train_without_run_or_split_makes_both_and_says_so(ds, tmp_path, cli, monkeypatch):
+    """`htouch train` as a new user types it: the split is made as `htouch split` makes it by default (and
+    said), the run goes to runs/DATASET-METHOD (said), a second run does not overwrite the first, --resume
+    continues the newest."""
     Dataset(ds.root).update_metadata(split=None)
-    r = cli("train", ds.root, "--preset", "tiny", "--run", tmp_path / "x", "--allow-random-init")
-    assert r.code == 2 and "htouch split" in r.err
+    monkeypatch.chdir(tmp_path)
+    args = ("--method", "vision-only", "--preset", "tiny", "--epochs", "1", "--batch-size", "16",
+            "--frozen-encoders", "--allow-random-init", "--threads", "1")
+    r = cli("train", ds.root, *args)
+    assert r.code == 0, r.err
+    assert "no train/validation split: made one as `htouch split` does by default (val 0.2, seed 0)" in r.out
+    assert "run directory: runs/ds-vision-only" in r.out
+    assert (tmp_path / "runs" / "ds-vision-only" / "model.safetensors").is_file()
+    made, expected = Dataset(ds.root).metadata["split"], make_split(Dataset(ds.root), 0.2, 0)
+    assert (made["train"], made["val"]) == (expected.train, expected.val)
+    r = cli("train", ds.root, *args)
+    assert r.code == 0 and "run directory: runs/ds-vision-only-2" in r.out and "no train/validation" not in r.out
+    r = cli("train", ds.root, *args[:2], "--preset", "tiny", "--epochs", "2", "--batch-size", "16",
+            "--frozen-encoders", "--threads", "1", "--resume")
+    assert r.code == 0, r.err
+    assert "run directory: runs/ds-vision-only-2" in r.out
+    assert len(list(csv.DictReader(open(tmp_path / "runs" / "ds-vision-only-2" / "metrics.csv")))) == 2
+    r = cli("train", ds.root, "--method", "ours", "--resume")
+    assert r.code == 2 and "no run to continue in runs/ds-ours" in r.err
 
 
 def test_episodes_trains_on_the_first_train_episodes_of_the_split(ds, tmp_path, cli):

@@ -12,7 +12,13 @@ from htouch.cli import app
 from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
 from htouch.dataset import spectrograms
 from htouch.dataset.audio import DEFAULT_CLIP, SPECTROGRAM_KINDS, params_key, spectrogram_params
-from htouch.dataset.split import check_split_args, split_dataset, success_label
+from htouch.dataset.split import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_VAL_FRACTION,
+    check_split_args,
+    split_dataset,
+    success_label,
+)
 from htouch.dataset.stats import DEFAULT_MAX_WINDOWS, QUANTILE_KEYS, STATS_KEY, compute_stats, store_stats
 from htouch.dataset.store import find_dataset
 from htouch.errors import DatasetError, HtouchError
@@ -28,8 +34,10 @@ def _num(v: float) -> str:
 @app.command()
 def split(
     dataset: Path = DatasetArgument,
-    val: float = typer.Option(0.2, "--val", help="Fraction of each stratum for validation, in (0, 1)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the shuffle; the same seed gives the same split."),
+    val: float = typer.Option(DEFAULT_VAL_FRACTION, "--val",
+                              help="Fraction of each stratum for validation, in (0, 1)."),
+    seed: int = typer.Option(DEFAULT_SPLIT_SEED, "--seed",
+                             help="Seed of the shuffle; the same seed gives the same split."),
 ) -> None:
     """Split the episodes into train and validation, stratified by success label and variation.
 

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from htouch.cli import app
 from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
 from htouch.dataset.store import find_dataset
+from htouch.errors import HtouchError
 from htouch.training.methods import DEFAULT_METHOD, METHOD_SPECS, PRESETS
 
 METHODS_TEXT = "; ".join(f"[bold]{m}[/]: {spec.help}" for m, spec in METHOD_SPECS.items())
@@ -97,15 +98,18 @@ class RichReporter:
 @app.command()
 def train(
     dataset: Path = DatasetArgument,
-    run: Path = typer.Option(..., "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
-                             "--resume); under torchrun write --run-dir (torchrun takes --run for its --run-path)."),
+    run: Path = typer.Option(None, "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
+                             "--resume); under torchrun write --run-dir (torchrun takes --run for its --run-path). "
+                             "Default: runs/DATASET-METHOD in the current directory (-2, -3, ... if taken; with "
+                             "--resume the newest of them).", show_default=False),
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help=f"What to train: {METHODS_TEXT}."),
     preset: str = typer.Option("paper", "--preset", help=f"Network size: {PRESETS_TEXT} (tiny: small images and "
                                "narrow networks, for CPU tests and the quick start)."),
     epochs: int = typer.Option(100, "--epochs", help="Maximum number of epochs."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Samples per step, over all processes."),
     lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (Adam, cosine annealing to 0)."),
-    patience: int = typer.Option(15, "--patience", help="Stop after this many epochs without a better validation loss."),
+    patience: int = typer.Option(15, "--patience",
+                                 help="Stop after this many epochs without a better validation loss."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and augmentation."),
     frozen_encoders: bool = typer.Option(False, "--frozen-encoders", help="Encode frames and audio once with frozen "
                                          "encoders and train only the head (minutes on a CPU; no image augmentation)."),
@@ -149,17 +153,30 @@ def train(
     `htouch pretrain byol-a` make in-domain ones); nothing is downloaded.
     Several GPUs or machines: start it with torchrun (torchrun --nproc_per_node 2 -m htouch train DATA --run-dir R).
 
+    Without --run it trains into runs/DATASET-METHOD (said at the start); without a split it makes one as
+    `htouch split` does by default and says so.
+
     Example: [bold]htouch train demo_data --method ours --preset tiny --run runs/tiny --allow-random-init[/]
     """
+    from htouch.dataset.split import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_KEY, split_dataset
     from htouch.training.ddp import DistEnv
     from htouch.training.train import TrainConfig
     from htouch.training.train import train as run_training
 
     ds = find_dataset(dataset)
+    if run is None:
+        run = default_run_dir(ds.root, method, resume)
+        console.print(f"run directory: {fmt_path(run)}", highlight=False)
+    if not isinstance(ds.metadata.get(SPLIT_KEY), dict) and DistEnv.from_environ().is_main:
+        made = split_dataset(ds, DEFAULT_VAL_FRACTION, DEFAULT_SPLIT_SEED)
+        console.print(f"no train/validation split: made one as `htouch split` does by default (val "
+                      f"{DEFAULT_VAL_FRACTION:g}, seed {DEFAULT_SPLIT_SEED}): {len(made.train)} train, "
+                      f"{len(made.val)} validation episodes", highlight=False)
     config = TrainConfig(dataset=ds.root, run_dir=run, method=method, preset=preset, epochs=epochs,
                          batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                          frozen_encoders=frozen_encoders, num_workers=workers, resume=resume, r3m=r3m, avid=avid,
-                         byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout, stride=stride,
+                         byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout,
+                         stride=stride,
                          episodes=episodes, preload_mb=preload_mb, threads=threads, skip_invalid=skip_invalid)
     main_rank = DistEnv.from_environ().is_main
     reporter = RichReporter()
@@ -179,6 +196,19 @@ def train(
                           f"{last.samples_per_s:.1f} samples/s; run in {fmt_path(result.run_dir)}")
 
 
+def default_run_dir(dataset: Path, method: str, resume: bool) -> Path:
+    """runs/DATASET-METHOD in the current directory: the first free one of it, -2, -3, ...; with `resume`,
+    the newest existing one (HtouchError if there is none)."""
+    base = Path("runs") / f"{Path(dataset).name}-{method}"
+    candidates = [base] + [base.with_name(f"{base.name}-{n}") for n in range(2, 1000)]
+    existing = [c for c in candidates if c.exists()]
+    if resume:
+        if not existing:
+            raise HtouchError(f"--resume: no run to continue in {base} (name one with --run)")
+        return existing[-1]
+    return next(c for c in candidates if not c.exists())
+
+
 # ------------------------------------------------------------------------------------------ pretrain
 
 pretrain_app = typer.Typer(
@@ -192,7 +222,8 @@ app.add_typer(pretrain_app, name="pretrain")
 def pretrain_byol_a(
     dataset: Path = DatasetArgument,
     out: Path = typer.Option(..., "--out", "-o", help="Encoder file to write (.safetensors, BYOL-A's key layout)."),
-    preset: str = typer.Option("paper", "--preset", help=f"Encoder size of the policy preset it is for: {PRESETS_TEXT}."),
+    preset: str = typer.Option("paper", "--preset",
+                               help=f"Encoder size of the policy preset it is for: {PRESETS_TEXT}."),
     epochs: int = typer.Option(100, "--epochs", help="Passes over the training spectrograms (the paper: 100)."),
     batch_size: int = typer.Option(1024, "--batch-size", "-b", help="Spectrograms per step (the paper: 1024)."),
     lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate (the paper: 3e-4)."),

@@ -26,6 +26,9 @@ SPLIT_KEY = "split"
 RULE = "per (success, variation) stratum: round half up(val * n) episodes to val, at most n - 1"
 
 
+DEFAULT_VAL_FRACTION = 0.2  # `htouch split`'s default share of each stratum for validation
+DEFAULT_SPLIT_SEED = 0
+
 def success_label(success: bool | None) -> str:
     return {True: "success", False: "failure", None: "unlabelled"}[success]
 
