@@ -35,6 +35,7 @@ from htouch.training.checkpoints import (
 from htouch.training.methods import policy_config
 from htouch.training.model import build_policy
 from htouch.training.train import Session, TrainConfig
+from htouch.training.weights import WEIGHTS_ENV, file_sha256
 from tests.conftest import tiny_dataset
 from tests.training_helpers import copy_dataset, make_training_dataset
 
@@ -147,7 +148,7 @@ def test_initialisation_labels_tell_files_random_and_in_domain_apart(tmp_path):
         load_r3m_encoder(r3m, policy.image_encoder)
 
 
-def test_cli_pretrain_then_train_records_the_initialisation(ds, tmp_path, cli):
+def test_cli_pretrain_then_train_records_the_initialisation(ds, tmp_path, cli, monkeypatch):
     out = tmp_path / "pre"
     r = cli("pretrain", "av", ds.root, "--out", out, "--preset", "tiny", "--epochs", "1", "--batch-size", "8",
             "--stride", "6", "--threads", "1")
@@ -159,11 +160,19 @@ def test_cli_pretrain_then_train_records_the_initialisation(ds, tmp_path, cli):
     assert all(torch.equal(v, torch.load(again.r3m, weights_only=True)["r3m"][k]) for k, v in first.items())
     assert again.losses == json.loads((out / RECORD_FILE).read_text())["losses"]
     run = tmp_path / "run"
-    r = cli("train", ds.root, "--method", "frozen-audio", "--preset", "tiny", "--r3m", out / R3M_FILE, "--avid",
-            out / AVID_FILE, "--run", run, "--epochs", "1", "--batch-size", "16", "--frozen-encoders",
-            "--threads", "1", "--stride", "4")
+    monkeypatch.setenv(WEIGHTS_ENV, str(out))  # the weights directory: train finds r3m.pt and avid.pt there
+    r = cli("weights")
     assert r.code == 0, r.err
-    assert "made by `htouch pretrain av`" in r.out
+    listed = {line.split("\t")[0]: line.split("\t") for line in r.out.splitlines()[1:]}
+    assert listed["r3m"][2] == "found" and listed["r3m"][3] == file_sha256(out / R3M_FILE)
+    assert listed["avid"][2] == "found" and listed["byol-a"][2] == "missing"
+    r = cli("train", ds.root, "--method", "frozen-audio", "--preset", "tiny", "--run", run, "--epochs", "1",
+            "--batch-size", "16", "--frozen-encoders", "--threads", "1", "--stride", "4")
+    assert r.code == 0, r.err
+    assert "made by `htouch pretrain av`" in r.out and "(from the weights directory)" in r.out
+    files = json.loads((run / "run.json").read_text())["encoder_files"]
+    assert files == {kind: {"path": str((out / name).resolve()), "sha256": file_sha256(out / name)}
+                     for kind, name in (("r3m", R3M_FILE), ("avid", AVID_FILE))}
     _, extra = read_run_config(run)
     assert extra["random_init"] == [] and extra["encoders"]["audio_encoder"].startswith("avid: ")
     assert extra["encoder_pretraining"]["audio_encoder"]["made_by"] == MADE_BY

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, print_rows, progress_bar
 from htouch.dataset.store import find_dataset
 from htouch.errors import HtouchError
 from htouch.training.methods import DEFAULT_METHOD, METHOD_SPECS, PRESETS
@@ -150,7 +150,8 @@ def train(
     such episodes out and names them.
 
     Pretrained encoders are files you supply (--r3m, --avid, --byol-a; `htouch pretrain av` and
-    `htouch pretrain byol-a` make in-domain ones); nothing is downloaded.
+    `htouch pretrain byol-a` make in-domain ones), or that lie in the weights directory (`htouch weights`
+    says where and what is there); nothing is downloaded. The run records each file's SHA-256.
     Several GPUs or machines: start it with torchrun (torchrun --nproc_per_node 2 -m htouch train DATA --run-dir R).
 
     Without --run it trains into runs/DATASET-METHOD (said at the start); without a split it makes one as
@@ -162,8 +163,16 @@ def train(
     from htouch.training.ddp import DistEnv
     from htouch.training.train import TrainConfig
     from htouch.training.train import train as run_training
+    from htouch.training.weights import find_weights
 
     ds = find_dataset(dataset)
+    given = {"r3m": r3m, "avid": avid, "byol-a": byol_a}
+    wanted = METHOD_SPECS[method].pretrained if method in METHOD_SPECS else ()  # (an unknown one is refused below)
+    for kind, path in find_weights().items():  # pretrained files kept in the weights directory
+        if given[kind] is None and path is not None and kind in wanted:
+            given[kind] = path
+            console.print(f"{kind}: {fmt_path(path)} (from the weights directory)", highlight=False)
+    r3m, avid, byol_a = given["r3m"], given["avid"], given["byol-a"]
     if run is None:
         run = default_run_dir(ds.root, method, resume)
         console.print(f"run directory: {fmt_path(run)}", highlight=False)
@@ -194,6 +203,27 @@ def train(
             console.print(f"[green]done[/] ({result.stopped}): best validation loss {result.best_val_loss:.4g} at "
                           f"epoch {result.best_epoch} of {len(result.history)}; last epoch "
                           f"{last.samples_per_s:.1f} samples/s; run in {fmt_path(result.run_dir)}")
+
+
+@app.command()
+def weights() -> None:
+    """List the pretrained encoder files `htouch train` finds without flags: where it looks ($HTOUCH_WEIGHTS,
+    else ~/.cache/htouch/weights), which files are there, their SHA-256, and the methods that start from each.
+
+    Example: [bold]HTOUCH_WEIGHTS=~/weights htouch weights[/]
+    """
+    from htouch.training.weights import WEIGHT_FILES, WEIGHTS_ENV, file_sha256, find_weights, weights_dir
+
+    root = weights_dir()
+    console.print(f"weights directory: {fmt_path(root)} (${WEIGHTS_ENV} or ~/.cache/htouch/weights)"
+                  + ("" if root.is_dir() else " [yellow]- does not exist[/]"), highlight=False)
+    rows = []
+    for kind, path in find_weights().items():
+        users = ", ".join(m for m, spec in METHOD_SPECS.items() if kind in spec.pretrained)
+        rows.append([kind, WEIGHT_FILES[kind], "found" if path else "missing",
+                     file_sha256(path) if path else "", users])
+    print_rows("pretrained files", [("kind", "left"), ("file", "left"), ("status", "left"), ("sha256", "left"),
+                                    ("methods", "left")], rows, as_json=False)
 
 
 def default_run_dir(dataset: Path, method: str, resume: bool) -> Path:

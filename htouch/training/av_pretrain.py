@@ -56,10 +56,12 @@ from htouch.training.checkpoints import AVID_PREFIX, PRETRAINING_KEY, R3M_PREFIX
 from htouch.training.data import DEFAULT_PRELOAD_MB, DataSpec, PolicySamples, collate, ensure_stats, to_float
 from htouch.training.methods import PRESETS, policy_config
 from htouch.training.model import ActionNormalization, AudioVisualPolicy, build_policy
+from htouch.training.weights import WEIGHT_FILES
 
 MADE_BY = "htouch pretrain av"
 LABEL = "in-domain AV"  # how results name this initialisation (checkpoints.describe_initialisation)
-R3M_FILE, AVID_FILE, RECORD_FILE = "r3m.pt", "avid.pt", "pretrain-av.json"
+R3M_FILE, AVID_FILE = WEIGHT_FILES["r3m"], WEIGHT_FILES["avid"]  # the names `htouch train` looks for
+RECORD_FILE = "pretrain-av.json"
 OUTPUT_FILES = (R3M_FILE, AVID_FILE, RECORD_FILE)
 METHOD = "ours"  # the policy whose encoders are pretrained (every R3M + AVID method has the same ones)
 

@@ -52,6 +52,7 @@ from htouch.training.data import (
 from htouch.training.methods import METHOD_SPECS, METHODS, PolicyConfig, policy_config
 from htouch.training.model import AudioVisualPolicy, build_policy
 from htouch.training.run_dir import RunDir
+from htouch.training.weights import file_sha256
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "train_samples", "train_seconds", "samples_per_s",
                  "val_seconds", "best")
@@ -557,9 +558,17 @@ class Session:
                 "epochs_done": len(history), "best_epoch": best_epoch,
                 "best_val_loss": best_val if math.isfinite(best_val) else None,
                 "encoders": self.encoder_origin, "encoder_pretraining": self.encoder_pretraining,
+                "encoder_files": self.encoder_files(),
                 "random_init": self.random_encoders(), "data": self.data_record(),
                 "processes": self.env.world_size, "device": str(self.device), "torch": torch.__version__,
                 "python": platform.python_version()}
+
+    def encoder_files(self) -> dict[str, dict[str, str]]:
+        """Per pretrained file the run started from: its path and SHA-256 (a result traced to exact weights)."""
+        wanted = METHOD_SPECS[self.config.method].pretrained
+        return {kind: {"path": str(Path(path).resolve()), "sha256": file_sha256(Path(path))}
+                for kind, path in self.config.pretrained_files().items()
+                if path is not None and kind in wanted and Path(path).is_file()}
 
     def random_encoders(self) -> list[str]:
         return sorted(k for k, v in self.encoder_origin.items() if v == "random")
