@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {  # name -> arguments after `python -m htouch`; DATASET is replaced by the dataset's path
     "htouch --help": ["--help"],
+    "shell completion (TAB after `htouch l`)": ["COMPLETE"],
     "htouch ls": ["ls", "DATASET"],
     "htouch inspect": ["inspect", "0", "--dataset", "DATASET"],
     "htouch validate --quick": ["validate", "DATASET", "--quick"],
@@ -35,8 +36,11 @@ COMMANDS = {  # name -> arguments after `python -m htouch`; DATASET is replaced 
 
 def run(tree: Path, args: list[str], dataset: Path) -> float:
     """Wall seconds of one `python -m htouch ARGS` from `tree` (the command must succeed)."""
-    argv = [sys.executable, "-m", "htouch", *[str(dataset) if a == "DATASET" else a for a in args]]
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
+    if args == ["COMPLETE"]:  # what bash runs on a TAB (click's completion protocol)
+        env.update(_HTOUCH_COMPLETE="complete_bash", COMP_WORDS="htouch l", COMP_CWORD="1")
+        args = []
+    argv = [sys.executable, "-m", "htouch", *[str(dataset) if a == "DATASET" else a for a in args]]
     start = time.perf_counter()
     r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start
