@@ -23,20 +23,13 @@ import numpy as np
 
 from htouch.collector.config import MicrophoneConfig, RigConfig
 from htouch.collector.devices import AudioBlock, Clock, DeviceError, MonotonicClock
+from htouch.collector.hardware import import_device_library
 from htouch.collector.hardware.clocksync import OffsetFilter
-
-INSTALL_HINT = "pip install 'htouch[hardware]'"
 
 
 def import_sounddevice() -> Any:
     """The sounddevice module; DeviceError (one line, what to install) if it or PortAudio is missing."""
-    try:
-        import sounddevice as sd
-    except ImportError as e:
-        raise DeviceError(f"sounddevice is not installed ({e}); install it with {INSTALL_HINT}") from None
-    except OSError as e:  # the PortAudio library itself is missing
-        raise DeviceError(f"PortAudio is not available ({e}); install the libportaudio2 package") from None
-    return sd
+    return import_device_library("sounddevice", "sounddevice", native="libportaudio2 (PortAudio)")
 
 
 @dataclass

@@ -26,19 +26,15 @@ import numpy as np
 
 from htouch.collector.config import CameraConfig, RigConfig
 from htouch.collector.devices import Clock, DeviceError, Frame, MonotonicClock
+from htouch.collector.hardware import import_device_library
 from htouch.collector.hardware.clocksync import OffsetFilter
 
-INSTALL_HINT = "pip install 'htouch[hardware]'"
 NO_CAMERA = "no RealSense camera found (is it plugged in?)"
 
 
 def import_pyrealsense2() -> Any:
     """The pyrealsense2 module; DeviceError (one line, what to install) if it is missing."""
-    try:
-        import pyrealsense2 as rs
-    except ImportError as e:
-        raise DeviceError(f"pyrealsense2 is not installed ({e}); install it with {INSTALL_HINT}") from None
-    return rs
+    return import_device_library("pyrealsense2", "pyrealsense2", native="libusb-1.0-0")
 
 
 @dataclass
