@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from htouch.dataset.location import refuse_url
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -26,10 +28,19 @@ class _State:
 
 state = _State()
 
-DatasetOption = typer.Option(None, "--dataset", "-d", help="Dataset directory (default: the current directory, "
-                             "or the one dataset directly below it).", show_default=False)
-DatasetArgument = typer.Argument(None, help="Dataset directory (default: the current directory, or the one "
-                                 "dataset directly below it).", show_default=False)
+DatasetOption = typer.Option(None, "--dataset", "-d", help="Dataset directory or URL (s3://, gs://, https://; "
+                             "default: the current directory, or the one dataset directly below it).",
+                             show_default=False)
+DatasetArgument = typer.Argument(None, help="Dataset directory or URL (s3://, gs://, https://; default: the current "
+                                 "directory, or the one dataset directly below it).", show_default=False)
+LocalDatasetArgument = typer.Argument(None, help="Dataset directory (default: the current directory, or the one "
+                                      "dataset directly below it).", show_default=False)
+
+
+def local_path(value: str | None, command: str) -> Path | None:
+    """A command-line path a command writes to: one line (exit 2) for a URL, which htouch only reads."""
+    refuse_url(value, command)
+    return None if value is None else Path(value)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, local_path, progress_bar
 from htouch.dataset.store import find_dataset
 from htouch.training.methods import DEFAULT_METHOD, METHOD_SPECS, PRESETS
 
@@ -96,8 +96,8 @@ class RichReporter:
 
 @app.command()
 def train(
-    dataset: Path = DatasetArgument,
-    run: Path = typer.Option(..., "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
+    dataset: str = DatasetArgument,
+    run: str = typer.Option(..., "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
                              "--resume); under torchrun write --run-dir (torchrun takes --run for its --run-path)."),
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help=f"What to train: {METHODS_TEXT}."),
     preset: str = typer.Option("paper", "--preset", help=f"Network size: {PRESETS_TEXT} (tiny: small images and "
@@ -155,8 +155,9 @@ def train(
     from htouch.training.train import TrainConfig
     from htouch.training.train import train as run_training
 
+    run = local_path(run, "htouch train --run (the run directory)")
     ds = find_dataset(dataset)
-    config = TrainConfig(dataset=ds.root, run_dir=run, method=method, preset=preset, epochs=epochs,
+    config = TrainConfig(dataset=ds.root if not ds.remote else str(ds.root), run_dir=run, method=method, preset=preset, epochs=epochs,
                          batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                          frozen_encoders=frozen_encoders, num_workers=workers, resume=resume, r3m=r3m, avid=avid,
                          byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout, stride=stride,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from htouch.dataset.audio import resample
+from htouch.dataset.location import UrlPath
 from htouch.dataset.episode import NS, Episode
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import ERROR, Report, validate_dataset
@@ -254,6 +255,8 @@ class ExportReport:
 
 def tree_bytes(path: Path) -> int:
     """Bytes of the files below `path` (or of the file itself)."""
+    if isinstance(path, UrlPath):
+        return sum(size or 0 for size in path.files().values())
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
