@@ -97,7 +97,7 @@ def test_location_tells_urls_from_paths(tmp_path):
 def test_ls_inspect_validate_stats_match_the_local_copy(s3, cli):
     local, url = s3["local"], s3["url"]
     before = Dataset(url).metadata
-    for args in (("ls",), ("validate",), ("validate", "--quick"), ("stats", "-k", "avid")):
+    for args in (("ls",), ("validate",), ("stats", "-k", "avid", "--windows", "8")):
         a, b = cli(*args, local), cli(*args, url)
         assert a.code == b.code == 0, (a.err, b.err)
         assert _table(b.out).replace("not stored: the dataset is at a URL", "") and url in b.out
@@ -122,7 +122,7 @@ def test_train_on_a_url_learns_what_it_learns_locally(s3, cli, tmp_path):
     for name, source, extra in (("local", s3["local"], ()), ("url", s3["url"], ("--preload-mb", "0", "--workers", "1"))):
         run = tmp_path / name
         r = cli("train", source, "--run", run, "--method", "ours", "--preset", "tiny", "--epochs", "1",
-                "--batch-size", "16", "--allow-random-init", "--threads", "1", "--seed", "0", *extra)
+                "--batch-size", "16", "--allow-random-init", "--threads", "1", "--seed", "0", "--stride", "3", *extra)
         assert r.code == 0, r.err
         runs[name] = list(csv.DictReader(open(run / "metrics.csv")))
     for a, b in zip(runs["local"], runs["url"], strict=True):
@@ -130,6 +130,12 @@ def test_train_on_a_url_learns_what_it_learns_locally(s3, cli, tmp_path):
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-5)
     record = json.loads((tmp_path / "url" / "run.json").read_text())
     assert record["config"]["dataset"] == s3["url"]  # a resumed run, eval and probe find the dataset again
+    from htouch.training.evaluate import default_time_limit
+    from htouch.training.policy_source import RunInfo
+
+    info = RunInfo.read(tmp_path / "url")  # `htouch eval RUN` reads the run's dataset at its URL
+    assert info.dataset_root == s3["url"]
+    assert "longest training demonstration" in default_time_limit(info)[1]
 
 
 def test_a_missing_object_is_named(s3, cli):
@@ -140,7 +146,7 @@ def test_a_missing_object_is_named(s3, cli):
     r = cli("ls", url)  # the damaged episode is refused with one line, the others listed
     assert r.code == 2 and "episode_000001 is damaged" in r.err and "chunk file(s) missing" in r.err
     assert "Traceback" not in r.out + r.err
-    r = cli("validate", url, "--json")
+    r = cli("validate", url, "--json", "--quick")
     found = {(f["episode"], f["check"]) for f in json.loads(r.out)}
     assert r.code == 1 and ("episode_000001", "checksum.missing") in found and ("episode_000001", "array.chunk") in found
     _one_line_error(cli("inspect", f"s3://{BUCKET}/ds/episode_000009"), "not found")

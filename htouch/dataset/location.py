@@ -22,6 +22,7 @@ and the manifest check (one request instead of one per array).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -34,7 +35,8 @@ from urllib.parse import unquote, urlparse
 from htouch.errors import DatasetError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_LISTINGS: dict[str, dict[str, int | None]] = {}  # url of a directory -> {relative file path: size}; see UrlPath.files
+_LISTINGS: dict[str, dict[str, int | None]] = {}
+_ZARR_METADATA = (".zarray", ".zattrs", ".zgroup")  # url of a directory -> {relative file path: size}; see UrlPath.files
 
 
 def url_scheme(value: Any) -> str | None:
@@ -308,7 +310,7 @@ def _fork_safe_store_class() -> type:
     class ForkSafeFsspecStore(FsspecStore):
         @classmethod
         def open(cls, url: str) -> "ForkSafeFsspecStore":
-            fs, path = fsspec.url_to_fs(url, asynchronous=True)
+            fs, path = fsspec.url_to_fs(url, **_store_options(url))
             store = cls(fs=fs, path=path, read_only=True)
             store._url = url
             return store
@@ -317,9 +319,40 @@ def _fork_safe_store_class() -> type:
         def fs(self) -> Any:
             fs, pid = self._fs_pid
             if pid != os.getpid():
-                fs = fsspec.url_to_fs(self._url, asynchronous=True)[0]
+                fs = fsspec.url_to_fs(self._url, **_store_options(self._url))[0]
                 self._fs_pid = (fs, os.getpid())
             return fs
+
+        _metadata: dict[str, bytes] | None = None
+        _fetching: tuple[int, Any] | None = None
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            listed = _LISTINGS.get(self._url)
+            if listed is not None:
+                if key not in listed:
+                    return None  # not in the directory's listing: absent, without a request (zarr asks for many)
+                if byte_range is None and key.rsplit("/", 1)[-1] in _ZARR_METADATA:
+                    found = (await self._prefetch(listed)).get(key)
+                    if found is not None:
+                        return prototype.buffer.from_bytes(found)
+            return await super().get(key, prototype, byte_range)
+
+        async def _prefetch(self, listed: dict[str, int | None]) -> dict[str, bytes]:
+            """Every zarr metadata file of the directory, fetched at once and concurrently (zarr opens arrays one
+            after the other: one round trip instead of two per array)."""
+            if self._metadata is None:
+                pid, task = self._fetching or (None, None)
+                if task is None or pid != os.getpid():  # zarr asks for several at once: one fetch serves all
+                    task = asyncio.ensure_future(self._fetch_metadata(listed))
+                    self._fetching = (os.getpid(), task)
+                self._metadata = await task
+            return self._metadata
+
+        async def _fetch_metadata(self, listed: dict[str, int | None]) -> dict[str, bytes]:
+            keys = [k for k in listed if k.rsplit("/", 1)[-1] in _ZARR_METADATA]
+            paths = [f"{self.path}/{k}" for k in keys]
+            got = await self.fs._cat(paths, on_error="return") if paths else {}
+            return {k: v for k, p in zip(keys, paths) if isinstance(v := got.get(p), bytes)}
 
         @fs.setter
         def fs(self, value: Any) -> None:
@@ -329,6 +362,13 @@ def _fork_safe_store_class() -> type:
             return (_open_store, (self._url,))
 
     return ForkSafeFsspecStore
+
+
+def _store_options(url: str) -> dict[str, Any]:
+    """Options of the filesystem behind a zarr store: asynchronous (zarr's FsspecStore needs it); for S3 one
+    request per chunk (s3fs otherwise asks for an object's size before every read, to split large ones, and a
+    chunk is at most a few MB)."""
+    return {"asynchronous": True, **({"max_concurrency": 1} if url_scheme(url) in ("s3", "s3a") else {})}
 
 
 def _open_store(url: str) -> Any:
