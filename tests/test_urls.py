@@ -138,6 +138,21 @@ def test_train_on_a_url_learns_what_it_learns_locally(s3, cli, tmp_path):
     assert "longest training demonstration" in default_time_limit(info)[1]
 
 
+def test_export_reads_a_url(s3, cli, tmp_path):
+    import zarr
+
+    arrays = {}
+    for name, source in (("local", s3["local"]), ("url", s3["url"])):
+        out = tmp_path / f"{name}.zarr.zip"
+        r = cli("export", source, out, "--format", "dp")
+        assert r.code == 0, r.err
+        with zarr.storage.ZipStore(out, mode="r") as store:
+            group = zarr.open_group(store, mode="r")
+            arrays[name] = {k: group[f"data/{k}"][...] for k in ("action", "robot0_eef_pos", "camera0_rgb")}
+    for k, v in arrays["local"].items():
+        assert (v == arrays["url"][k]).all(), k
+
+
 def test_a_missing_object_is_named(s3, cli):
     fs, url = s3["fs"], f"s3://{BUCKET}/damaged"
     fs.copy(f"{BUCKET}/ds", f"{BUCKET}/damaged", recursive=True)
