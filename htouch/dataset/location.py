@@ -22,7 +22,6 @@ and the manifest check (one request instead of one per array).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -343,6 +342,8 @@ def _fork_safe_store_class() -> type:
             if self._metadata is None:
                 pid, task = self._fetching or (None, None)
                 if task is None or pid != os.getpid():  # zarr asks for several at once: one fetch serves all
+                    import asyncio
+
                     task = asyncio.ensure_future(self._fetch_metadata(listed))
                     self._fetching = (os.getpid(), task)
                 self._metadata = await task
