@@ -94,8 +94,9 @@ def test_location_tells_urls_from_paths(tmp_path):
         location("nope://bucket/ds")
 
 
-def test_ls_inspect_validate_stats_match_the_local_copy(s3, cli):
-    local, url = s3["local"], s3["url"]
+def test_ls_inspect_validate_stats_match_the_local_copy(s3, cli, tmp_path):
+    local, url = tmp_path / "ds", s3["url"]
+    shutil.copytree(s3["local"], local)  # `stats` stores into the local copy: not into the one other tests upload
     before = Dataset(url).metadata
     for args in (("ls",), ("validate",), ("stats", "-k", "avid", "--windows", "8")):
         a, b = cli(*args, local), cli(*args, url)
