@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up a fresh machine first.
-.PHONY: setup demo test bench
+.PHONY: setup demo lint test bench
 DATA ?= demo_data
 
 setup:
@@ -12,7 +12,11 @@ demo: setup
 	.venv/bin/htouch inspect $(DATA)/episode_000000 --plot $(DATA)/episode_000000.png
 	.venv/bin/htouch replay $(DATA)/episode_000000 --to video $(DATA)/episode_000000.mp4
 
-test: setup
+# ruff's configuration is in pyproject.toml; the tests run only on code that passes it
+lint: setup
+	.venv/bin/ruff check .
+
+test: setup lint
 	.venv/bin/python -m pytest -q
 
 bench: setup

@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug, not the user's fault: still one line unless --debug
         if state.debug:
             raise
+        from htouch.dataset.location import is_storage_error
+
+        if is_storage_error(e):  # a dataset at a URL: the storage said no (credentials, network, ...)
+            err_console.print(f"[bold red]error:[/] reading from storage failed: {type(e).__name__}: "
+                              f"{escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
                           "(run with --debug for details)",
                           highlight=False, soft_wrap=True)

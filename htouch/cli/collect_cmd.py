@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.common import console, err_console, fmt_path
+from htouch.cli.common import console, err_console, fmt_path, local_path
 from htouch.collector.config import RigConfig, load_rig_config
 from htouch.collector.devices import DeviceError
 from htouch.errors import HtouchError
@@ -65,7 +65,7 @@ def ctrl_c_stops(request_stop, say) -> Iterator[None]:
 
 @app.command()
 def collect(
-    dataset: Path = typer.Argument(None, help="Dataset directory to record into: created, or resumed if it "
+    dataset: str = typer.Argument(None, help="Dataset directory to record into: created, or resumed if it "
                                    "exists (default: ./TASK-demos).", show_default=False),
     task: str = typer.Option(..., "--task", "-t", help="Task to record (on the simulated rig: zip, flip or scoop)."),
     rig: str = typer.Option(None, "--rig", help="sim or real (default: the rig file's kind; sim without one).",
@@ -96,6 +96,7 @@ def collect(
     from htouch.dataset.store import Dataset
     from htouch.rigs import build_rig, resolve_operator
 
+    root = local_path(dataset, "htouch collect") or Path(f"{task}-demos")
     cfg = rig_config(config, rig)
     for name, value in (("--width", width), ("--height", height)):
         if value is not None and value < 16:
@@ -106,7 +107,6 @@ def collect(
     if config is None:
         console.print(f"no hardware configured: using the simulated rig and the {who} operator "
                       f"(record a real rig with --rig real --config RIG.toml)", highlight=False, soft_wrap=True)
-    root = dataset if dataset is not None else Path(f"{task}-demos")
     try:
         the_rig = build_rig(cfg, task, who, seed=seed, variation=variation, realtime=realtime)
     except DeviceError as e:

@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from htouch.dataset.location import refuse_url
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -26,10 +28,19 @@ class _State:
 
 state = _State()
 
-DatasetOption = typer.Option(None, "--dataset", "-d", help="Dataset directory (default: the current directory, "
-                             "or the one dataset directly below it).", show_default=False)
-DatasetArgument = typer.Argument(None, help="Dataset directory (default: the current directory, or the one "
-                                 "dataset directly below it).", show_default=False)
+DatasetOption = typer.Option(None, "--dataset", "-d", help="Dataset directory or URL (s3://, gs://, https://; "
+                             "default: the current directory, or the one dataset directly below it).",
+                             show_default=False)
+DatasetArgument = typer.Argument(None, help="Dataset directory or URL (s3://, gs://, https://; default: the current "
+                                 "directory, or the one dataset directly below it).", show_default=False)
+LocalDatasetArgument = typer.Argument(None, help="Dataset directory (default: the current directory, or the one "
+                                      "dataset directly below it).", show_default=False)
+
+
+def local_path(value: str | None, command: str) -> Path | None:
+    """A command-line path a command writes to: one line (exit 2) for a URL, which htouch only reads."""
+    refuse_url(value, command)
+    return None if value is None else Path(value)
 
 
 @contextlib.contextmanager
@@ -56,7 +67,7 @@ def print_rows(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Se
     otherwise a rich table titled `title`. `columns`: (name, "left" | "right"); `style(column, value)` may
     give a value its rich markup in the table."""
     if as_json:
-        print(json.dumps([dict(zip((c for c, _ in columns), row)) for row in rows], indent=2))
+        print(json.dumps([dict(zip((c for c, _ in columns), row, strict=True)) for row in rows], indent=2))
         return
     if not console.is_terminal:
         print("\t".join(c for c, _ in columns))
@@ -67,5 +78,5 @@ def print_rows(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Se
     for name, justify in columns:
         table.add_column(name, justify=justify)
     for row in rows:
-        table.add_row(*(style(c, v) if style else escape(str(v)) for (c, _), v in zip(columns, row)))
+        table.add_row(*(style(c, v) if style else escape(str(v)) for (c, _), v in zip(columns, row, strict=True)))
     console.print(table)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import typer
 from rich.markup import escape
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, print_rows, progress_bar
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, local_path, print_rows, progress_bar
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import find_dataset
 from htouch.dataset.summary import episode_row
@@ -19,7 +18,7 @@ from htouch.errors import DatasetError, HtouchError
 
 @app.command()
 def synth(
-    dataset: Path = typer.Argument(..., help="Directory to write (new, or an existing synthetic dataset to extend)."),
+    dataset: str = typer.Argument(..., help="Directory to write (new, or an existing synthetic dataset to extend)."),
     episodes: int = typer.Option(3, "--episodes", "-n", min=1, help="How many episodes to write."),
     seconds: float = typer.Option(8.0, "--seconds", min=1.0, help="Length of each episode."),
     seed: int = typer.Option(0, help="Seed; the same seed writes the same data."),
@@ -33,6 +32,7 @@ def synth(
 
     Example: [bold]htouch synth demo_data --episodes 3[/]
     """
+    dataset = local_path(dataset, "htouch synth")
     if width < 16 or height < 16:
         raise HtouchError("--width and --height must be at least 16 pixels")
     rig = RigSpec(name="synthetic", description="htouch synthetic generator",
@@ -44,7 +44,7 @@ def synth(
 
 
 @app.command("ls")
-def ls(dataset: Path = DatasetArgument,
+def ls(dataset: str = DatasetArgument,
        as_json: bool = typer.Option(False, "--json", help="Print the episodes as JSON (a list of objects).")) -> None:
     """List the episodes of a dataset: duration, frames, measured fps, audio, label and flags.
 

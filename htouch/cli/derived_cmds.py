@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, progress_bar
+from htouch.cli.common import (
+    DatasetArgument,
+    LocalDatasetArgument,
+    console,
+    err_console,
+    fmt_path,
+    local_path,
+    progress_bar,
+)
 from htouch.dataset import spectrograms
 from htouch.dataset.audio import DEFAULT_CLIP, SPECTROGRAM_KINDS, params_key, spectrogram_params
 from htouch.dataset.split import (
@@ -33,7 +39,7 @@ def _num(v: float) -> str:
 
 @app.command()
 def split(
-    dataset: Path = DatasetArgument,
+    dataset: str = LocalDatasetArgument,
     val: float = typer.Option(DEFAULT_VAL_FRACTION, "--val",
                               help="Fraction of each stratum for validation, in (0, 1)."),
     seed: int = typer.Option(DEFAULT_SPLIT_SEED, "--seed",
@@ -48,7 +54,7 @@ def split(
     Example: [bold]htouch split demo_data --val 0.2 --seed 0[/]
     """
     check_split_args(val, seed)
-    ds = find_dataset(dataset)
+    ds = find_dataset(local_path(dataset, "htouch split"))
     result = split_dataset(ds, val, seed)
     table = Table(title=f"split of {fmt_path(ds.root)}  (val {val:g}, seed {seed})", title_justify="left")
     for col, justify in [("success", "left"), ("variation", "left"), ("episodes", "right"), ("train", "right"),
@@ -68,7 +74,7 @@ def split(
 
 @app.command()
 def spectrogram(
-    dataset: Path = DatasetArgument,
+    dataset: str = LocalDatasetArgument,
     kind: str = typer.Option(METHOD_SPECS[DEFAULT_METHOD].audio_kind, "--kind", "-k",
                              help=f"Spectrogram front end: {KINDS} (default: the one the default method, "
                              f"{DEFAULT_METHOD}, reads)."),
@@ -85,7 +91,7 @@ def spectrogram(
     Example: [bold]htouch spectrogram demo_data --kind avid[/]
     """
     params = spectrogram_params(kind)
-    ds = find_dataset(dataset)
+    ds = find_dataset(local_path(dataset, "htouch spectrogram (caching spectrograms)"))
     ds.require_audio("htouch spectrogram")
     jobs = spectrograms.plan(ds, params, DEFAULT_CLIP, force)
     if not jobs:
@@ -106,7 +112,7 @@ def spectrogram(
 
 @app.command()
 def stats(
-    dataset: Path = DatasetArgument,
+    dataset: str = DatasetArgument,
     kind: list[str] = typer.Option(None, "--kind", "-k", show_default=False,
                                    help=f"Spectrogram kinds to describe (repeatable; default all: {KINDS})."),
     windows: int = typer.Option(DEFAULT_MAX_WINDOWS, "--windows",
@@ -120,6 +126,8 @@ def stats(
 
     Spectrograms are read from the cache when every episode has one, else a fixed subsample is computed.
 
+    A dataset at a URL is only read: the statistics are printed, not stored.
+
     Example: [bold]htouch stats demo_data --kind logmel[/]
     """
     kinds = [spectrogram_params(k).kind for k in (kind or list(SPECTROGRAM_KINDS))]
@@ -129,7 +137,8 @@ def stats(
     if not kind and not ds.rig.has_audio:
         kinds = []  # no microphones: state and actions only
     result, notes = compute_stats(ds, kinds, DEFAULT_CLIP, windows, progress_bar=progress_bar)
-    store_stats(ds, result)
+    if not ds.remote:
+        store_stats(ds, result)
 
     table = Table(title=f"state and action statistics of {fmt_path(ds.root)}", title_justify="left")
     for col in ("array", "dim", "mean", "std", "min", *QUANTILE_KEYS, "max"):
@@ -153,7 +162,8 @@ def stats(
                          *(f"{_num(min(d[s]))} .. {_num(max(d[s]))}" for s in ("mean", "std")),
                          _num(min(d["min"])), f"{_num(min(d['q50']))} .. {_num(max(d['q50']))}", _num(max(d["max"])))
         console.print(spec)
-    console.print(f"computed on the {result['episode_set']} ({len(result['episodes'])} episodes); "
-                  f"stored in htouch.json under {STATS_KEY!r}")
+    where = ("not stored: the dataset is at a URL, which htouch only reads (run `htouch stats` on a local copy "
+             "to store them)") if ds.remote else f"stored in htouch.json under {STATS_KEY!r}"
+    console.print(f"computed on the {result['episode_set']} ({len(result['episodes'])} episodes); {where}")
     for note in notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}")

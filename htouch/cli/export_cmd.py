@@ -9,15 +9,16 @@ import typer
 from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.common import console, fmt_path, progress_bar
+from htouch.cli.common import console, fmt_path, local_path, progress_bar
 from htouch.errors import HtouchError
 from htouch.interop import FORMATS
 
 
 @app.command()
 def export(
-    dataset: Path = typer.Argument(..., help="The htouch dataset to export.", show_default=False),
-    out: Path = typer.Argument(..., help="Where to write the export (must not exist).", show_default=False),
+    dataset: str = typer.Argument(..., help="The htouch dataset to export (a directory or a URL).",
+                                  show_default=False),
+    out: str = typer.Argument(..., help="Where to write the export (must not exist).", show_default=False),
     format: str = typer.Option(..., "--format", "-f", help=f"Target format: {', '.join(FORMATS)}.",
                                show_default=False),
     vcodec: str = typer.Option(None, "--vcodec", help="lerobot: video encoder (default libsvtav1, AV1 as LeRobot "
@@ -38,6 +39,7 @@ def export(
     """
     from htouch.dataset.store import Dataset
 
+    out = local_path(out, "htouch export (its OUT)")
     if format not in FORMATS:
         raise HtouchError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
     if out.exists() or out.is_symlink():

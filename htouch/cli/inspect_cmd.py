@@ -10,6 +10,7 @@ from rich.table import Table
 
 from htouch.cli import app
 from htouch.cli.common import DatasetOption, console, err_console, fmt_path, progress_bar
+from htouch.dataset.location import is_url
 from htouch.dataset.store import resolve_episode
 from htouch.dataset.summary import EpisodeSummary, summarize
 from htouch.dataset.validate import DEFAULT_LIMITS
@@ -25,7 +26,7 @@ def _warn(text: str, bad: bool) -> str:
 
 def _render(s: EpisodeSummary) -> None:
     label = {"success": "[green]success[/]", "failure": "[red]failure[/]"}.get(s.label, "[yellow]unlabelled[/]")
-    console.print(f"[bold]{s.episode}[/]  {fmt_path(Path(s.path))}")
+    console.print(f"[bold]{s.episode}[/]  {s.path if is_url(s.path) else fmt_path(Path(s.path))}")
     console.print(f"label {label} · variation {s.variation} · duration {s.duration_s:.2f} s"
                   + (f" · task {s.task}" if s.task else ""), highlight=False)
 
@@ -74,8 +75,8 @@ def _print_audio(aud) -> None:
 
 @app.command("inspect")
 def inspect_episode(
-    episode: str = typer.Argument(..., help="Episode name (episode_12, 12) or path to an episode directory."),
-    dataset: Path = DatasetOption,
+    episode: str = typer.Argument(..., help="Episode name (episode_12, 12), or path or URL of an episode directory."),
+    dataset: str = DatasetOption,
     plot: Path = typer.Option(None, "--plot", help="Also draw the episode into this image file (.png).",
                               show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of tables."),

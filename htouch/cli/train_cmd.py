@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, print_rows, progress_bar
+from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, local_path, print_rows, progress_bar
 from htouch.dataset.store import find_dataset
 from htouch.errors import HtouchError
 from htouch.training.methods import DEFAULT_METHOD, METHOD_SPECS, PRESETS
@@ -97,11 +97,11 @@ class RichReporter:
 
 @app.command()
 def train(
-    dataset: Path = DatasetArgument,
-    run: Path = typer.Option(None, "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
-                             "--resume); under torchrun write --run-dir (torchrun takes --run for its --run-path). "
-                             "Default: runs/DATASET-METHOD in the current directory (-2, -3, ... if taken; with "
-                             "--resume the newest of them).", show_default=False),
+    dataset: str = DatasetArgument,
+    run: str = typer.Option(None, "--run", "--run-dir", "-r", help="Run directory to create (or continue with "
+                            "--resume); under torchrun write --run-dir (torchrun takes --run for its --run-path). "
+                            "Default: runs/DATASET-METHOD in the current directory (-2, -3, ... if taken; with "
+                            "--resume the newest of them).", show_default=False),
     method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help=f"What to train: {METHODS_TEXT}."),
     preset: str = typer.Option("paper", "--preset", help=f"Network size: {PRESETS_TEXT} (tiny: small images and "
                                "narrow networks, for CPU tests and the quick start)."),
@@ -165,6 +165,7 @@ def train(
     from htouch.training.train import train as run_training
     from htouch.training.weights import find_weights
 
+    run = local_path(run, "htouch train --run (the run directory)")
     ds = find_dataset(dataset)
     given = {"r3m": r3m, "avid": avid, "byol-a": byol_a}
     wanted = METHOD_SPECS[method].pretrained if method in METHOD_SPECS else ()  # (an unknown one is refused below)
@@ -176,12 +177,13 @@ def train(
     if run is None:
         run = default_run_dir(ds.root, method, resume)
         console.print(f"run directory: {fmt_path(run)}", highlight=False)
-    if not isinstance(ds.metadata.get(SPLIT_KEY), dict) and DistEnv.from_environ().is_main:
+    if not isinstance(ds.metadata.get(SPLIT_KEY), dict) and not ds.remote and DistEnv.from_environ().is_main:
         made = split_dataset(ds, DEFAULT_VAL_FRACTION, DEFAULT_SPLIT_SEED)
         console.print(f"no train/validation split: made one as `htouch split` does by default (val "
                       f"{DEFAULT_VAL_FRACTION:g}, seed {DEFAULT_SPLIT_SEED}): {len(made.train)} train, "
                       f"{len(made.val)} validation episodes", highlight=False)
-    config = TrainConfig(dataset=ds.root, run_dir=run, method=method, preset=preset, epochs=epochs,
+    config = TrainConfig(dataset=ds.root if not ds.remote else str(ds.root), run_dir=run, method=method,
+                         preset=preset, epochs=epochs,
                          batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                          frozen_encoders=frozen_encoders, num_workers=workers, resume=resume, r3m=r3m, avid=avid,
                          byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout,

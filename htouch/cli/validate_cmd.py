@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from htouch.cli import app
-from htouch.cli.common import DatasetOption, console, err_console, fmt_path
+from htouch.cli.common import DatasetOption, console, err_console, fmt_path, local_path
 from htouch.dataset.manifest import manifest_bytes
 from htouch.dataset.repair import repair_incoming
 from htouch.dataset.validate import ERROR, ChecksumOptions, Report, resolve_target, validate_dataset
@@ -24,22 +24,26 @@ REPAIR_STYLE = {"committed": "green", "salvaged": "green", "quarantined": "yello
 @app.command()
 def validate(
     target: str = typer.Argument(None, show_default=False,
-                                 help="Dataset directory, or one episode (episode_12, 12, or its path). "
+                                 help="Dataset directory or URL, or one episode (episode_12, 12, or its path "
+                                      "or URL). "
                                       "Default: the dataset found as usual."),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as a JSON list (stable keys)."),
     repair: bool = typer.Option(False, "--repair", help="First salvage (or quarantine) incomplete episodes "
-                                "left in .incoming by a crash."),
+                                "left in .incoming by a crash (not for a dataset at a URL)."),
     strict: bool = typer.Option(False, "--strict", help="Warnings fail too (exit 1)."),
     quick: bool = typer.Option(False, "--quick", help="Do not hash the files against the episode's checksum "
                                "manifest (only check that they are there, with the listed sizes)."),
-    dataset: Path = DatasetOption,
+    dataset: str = DatasetOption,
 ) -> None:
     """Check episodes against the schema and for bad data: files against the checksum manifest, symbolic links
-    and special files, unreadable chunks, time stamps, gaps, drift, dead microphones, NaN, frozen camera, too-short episodes. Exit 0 if
-    clean, 1 on errors (--strict: also on warnings), 2 if the input cannot be read at all.
+    and special files, unreadable chunks, time stamps, gaps, drift, dead microphones, NaN, frozen camera, too-short
+    episodes. Exit 0 if clean, 1 on errors (--strict: also on warnings), 2 if the input cannot be read at all.
 
     Example: [bold]htouch validate demo_data --repair[/]
     """
+    if repair:
+        local_path(target, "htouch validate --repair")
+        local_path(dataset, "htouch validate --repair")
     ds, episodes = resolve_target(target, dataset)
     if repair:
         out = err_console if as_json else console

@@ -19,6 +19,7 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, resample
+from htouch.dataset.location import UrlPath, location, zarr_source
 from htouch.dataset.schema import ATTR_FORMAT, NS, AudioSpec, RigSpec, check_strict_json
 from htouch.errors import DatasetError
 
@@ -112,11 +113,11 @@ _ATTR_TYPES = [
 
 
 class Episode:
-    def __init__(self, path: str | Path, dataset: Dataset | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | UrlPath, dataset: Dataset | None = None):
+        self.path = location(path)
         self.dataset = dataset
         try:
-            self.group = zarr.open_group(str(self.path), mode="r", zarr_format=2)
+            self.group = zarr.open_group(zarr_source(self.path), mode="r", zarr_format=2)
             attrs = self.group.attrs.asdict()
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise DatasetError(f"{self.path} is not an episode store (no Zarr group)") from None
@@ -229,7 +230,7 @@ class Episode:
     def events(self) -> list[dict[str, Any]]:
         times, kinds, details = (self.read(f"events/{k}") for k in ("timestamp_ns", "kind", "detail"))
         out = []
-        for t, k, d in zip(times, kinds, details):
+        for t, k, d in zip(times, kinds, details, strict=False):
             try:
                 detail = json.loads(str(d)) if d else {}
             except json.JSONDecodeError:

@@ -22,6 +22,7 @@ from typing import Any
 
 import xxhash
 
+from htouch.dataset.location import UrlPath, location
 from htouch.dataset.store import write_json_atomic
 from htouch.errors import DatasetError
 
@@ -49,7 +50,7 @@ class FileProblem:
 def file_hash(path: Path) -> str:
     """XXH3-128 of a file's bytes as 32 hex digits (what `xxh128sum` prints)."""
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
+    with path.open("rb") if isinstance(path, UrlPath) else open(path, "rb") as f:
         while block := f.read(_READ_BYTES):
             h.update(block)
     return h.hexdigest()
@@ -57,6 +58,8 @@ def file_hash(path: Path) -> str:
 
 def episode_files(episode_dir: Path) -> list[str]:
     """Every file below the episode directory but the manifest, as sorted relative "/" paths."""
+    if isinstance(episode_dir, UrlPath):
+        return sorted(p for p in episode_dir.files() if p != MANIFEST_FILE)
     out = []
     for folder, dirs, names in os.walk(episode_dir):
         dirs.sort()
@@ -86,7 +89,7 @@ def write_manifest(episode_dir: Path) -> dict[str, Any]:
 
 def read_manifest(episode_dir: Path) -> dict[str, Any] | None:
     """The episode's manifest, None if it has none; ManifestError if it is damaged."""
-    path = Path(episode_dir) / MANIFEST_FILE
+    path = location(episode_dir) / MANIFEST_FILE
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -121,7 +124,7 @@ def verify_files(episode_dir: Path, manifest: dict[str, Any], *, contents: bool 
                  progress: Callable[[int], None] | None = None) -> list[FileProblem]:
     """Every difference between the episode's files and its manifest, listed files first, by path.
     contents=False checks presence and sizes only (no file is read). progress(n) gets the bytes hashed."""
-    episode_dir = Path(episode_dir)
+    episode_dir = location(episode_dir)
     listed: dict[str, dict[str, Any]] = manifest["files"]
     problems = []
     for rel in sorted(listed):

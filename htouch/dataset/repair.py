@@ -59,6 +59,7 @@ class _Unsalvageable(Exception):
 
 def repair_incoming(ds: Dataset) -> list[RepairResult]:
     """Salvage or quarantine every incomplete episode in DATASET/.incoming that no live writer holds."""
+    ds.writable("htouch validate --repair")
     return [repair_episode(ds, path) for path in ds.incoming_paths()]
 
 

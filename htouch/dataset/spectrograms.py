@@ -6,10 +6,13 @@ The cache of one episode is a Zarr v2 array (frames, *spectrogram shape) float32
 
     DATASET/derived/spectrograms/<audio.params_key(clip, params)>/episode_000012
 
-(committed episodes are never written to). Its attributes hold the parameters and a fingerprint of the
-episode's camera and audio time stamps; a cache is used only when both match, so a parameter change (a new
-key, a new directory) or a different episode behind the same name (a copied cache) is never read by mistake.
-`EpisodeSpectrograms` reads the cache when it is up to date and computes the same numbers otherwise.
+(committed episodes are never written to). A dataset at a URL is read-only: its caches are read when they
+were uploaded with it and are up to date, otherwise the spectrograms are computed in memory, as for a local
+dataset without a cache (`htouch spectrogram` refuses a URL; nothing is cached on local disk). Its attributes hold
+the parameters and a fingerprint of the episode's camera and audio time stamps; a cache is used only when both
+match, so a parameter change (a new key, a new directory) or a different episode behind the same name (a copied
+cache) is never read by mistake. `EpisodeSpectrograms` reads the cache when it is up to date and computes the same
+numbers otherwise.
 
 Speed: about 3-5 ms per frame on one core, mostly gathering and resampling the clip; an episode's PCM is
 decoded once, not once per frame. Batching the torch spectrogram over many clips gave no speed-up on CPU
@@ -37,6 +40,7 @@ import zarr
 from htouch.dataset import audio
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode
+from htouch.dataset.location import location, zarr_source
 from htouch.dataset.store import DERIVED, Dataset, contained, write_json_atomic
 from htouch.dataset.structure import unsafe_files
 from htouch.errors import DatasetError
@@ -60,7 +64,8 @@ def spec_shape(params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> tu
 
 def key_dir(root: Path, params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> Path:
     """The folder of the caches of these parameters; DatasetError if any part of it is a symbolic link."""
-    return contained(Path(root), Path(root) / DERIVED / SPECTROGRAM_DIR / audio.params_key(clip, params))
+    root = location(root)
+    return contained(root, root / DERIVED / SPECTROGRAM_DIR / audio.params_key(clip, params))
 
 
 def cache_path(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> Path:
@@ -95,7 +100,7 @@ def cache_status(episode: Episode, params: SpectrogramParams, clip: ClipParams =
     if unsafe_files(path):  # rebuilt (the links themselves are removed), never read through
         return "stale: holds a symbolic link or special file"
     try:
-        arr = zarr.open_array(str(path), mode="r", zarr_format=2)
+        arr = zarr.open_array(zarr_source(path), mode="r", zarr_format=2)
         attrs = arr.attrs.asdict().get(ATTR, {})
     except Exception as e:  # an unreadable cache is stale, not an error: it is rebuilt
         return f"stale: unreadable ({type(e).__name__})"
@@ -113,7 +118,7 @@ def open_cache(episode: Episode, params: SpectrogramParams, clip: ClipParams = D
     """The episode's cached array when it is up to date, else None."""
     if episode.dataset is None or cache_status(episode, params, clip) != "fresh":
         return None
-    return zarr.open_array(str(cache_path(episode, params, clip)), mode="r", zarr_format=2)
+    return zarr.open_array(zarr_source(cache_path(episode, params, clip)), mode="r", zarr_format=2)
 
 
 def compute(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP,
@@ -236,6 +241,8 @@ def build(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFAUL
           progress: Progress | None = None) -> Path:
     """Compute and store one episode's cache, replacing any old one atomically (a reader sees the old
     array or the complete new one)."""
+    if episode.dataset is not None:
+        episode.dataset.writable("htouch spectrogram (caching spectrograms)")
     final = cache_path(episode, params, clip)
     final.parent.mkdir(parents=True, exist_ok=True)
     params_file = final.parent / "params.json"

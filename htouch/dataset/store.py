@@ -15,6 +15,10 @@ of the dataset is checked with `contained` before it is opened, listed or writte
 with O_NOFOLLOW); `dataset_links` lists the links `htouch validate` reports. Episodes are opened for reading
 through `Dataset.episode`, which runs the structural checks of structure.py (no links, FIFOs or devices inside,
 shapes and chunks as the schema says) and refuses a damaged episode with one line.
+
+A dataset at a URL (location.py: `s3://bucket/ds`, `https://...`) is opened the same way and read through
+fsspec; it is read-only: every method that would write (the lock, metadata updates, new or deleted
+episodes) refuses it with one line.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from htouch.dataset.location import UrlPath, location, reading
 from htouch.dataset.schema import (
     DATASET_FORMAT,
     EPISODE_PREFIX,
@@ -57,6 +62,14 @@ def contained(root: Path, path: Path) -> Path:
     """`path` (root or below it) after checking that neither it nor any folder between the root and it is a
     symbolic link; DatasetError otherwise. The one rule of containment: call it before reading, listing or
     writing a path of a dataset. The root itself may be a link (it is the directory the user named)."""
+    if isinstance(root, UrlPath):  # no links in an object store: below the root is all there is to check
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            raise DatasetError(f"{path} is not inside the dataset at {root}") from None
+        if ".." in rel.parts:
+            raise DatasetError(f"{path} leaves the dataset at {root}")
+        return path
     root, path = Path(root), Path(path)
     try:
         rel = path.relative_to(root)
@@ -77,6 +90,8 @@ def dataset_links(root: Path) -> list[tuple[str, str]]:
     """(path relative to the root, target) of every symbolic link among the dataset's own entries: htouch.json,
     the lock file, .incoming (and the episodes and locks in it), .quarantine (and its entries), derived/ (all
     of it) and the committed episode directories. Links inside an episode are structure.unsafe_files'."""
+    if isinstance(root, UrlPath):
+        return []  # an object store has no links
     root = Path(root)
     out = []
 
@@ -165,8 +180,11 @@ def read_json(path: Path, what: str, strict: bool = False) -> dict[str, Any]:
     """A JSON object from `path`; DatasetError naming the file if it is missing, not JSON or not an object.
     strict=True also refuses NaN and Infinity (which Python's json accepts but strict parsers do not)."""
     try:
-        with open(path) as f:
-            data = json.load(f, parse_constant=_refuse_constant if strict else None)
+        if isinstance(path, UrlPath):
+            data = json.loads(path.read_bytes(), parse_constant=_refuse_constant if strict else None)
+        else:
+            with open(path) as f:
+                data = json.load(f, parse_constant=_refuse_constant if strict else None)
     except FileNotFoundError:
         raise DatasetError(f"{what} not found: {path}") from None
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
@@ -210,16 +228,42 @@ def _check_metadata(meta: dict[str, Any]) -> None:
 
 
 class Dataset:
-    def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | UrlPath):
+        self.root = location(root)
+        if isinstance(self.root, UrlPath):
+            with reading(str(self.root)):
+                self._open()
+        else:
+            self._open()
+        self._checked: set[str] = set()  # episodes that passed the structural checks
+        self.left_out: dict[int, str] = {}  # damaged episodes `leave_out_damaged` hides, with why
+
+    @property
+    def remote(self) -> bool:
+        """True for a dataset at a URL (read through fsspec, never written)."""
+        return isinstance(self.root, UrlPath)
+
+    def writable(self, what: str = "this command") -> None:
+        """DatasetError (one line) if the dataset is at a URL: htouch only reads those."""
+        if self.remote:
+            raise DatasetError(f"{self.root} is a dataset at a URL, which htouch only reads; {what} writes to "
+                               "the dataset: run it on a local copy")
+
+    def _open(self) -> None:
         meta_path = self.root / METADATA_FILE
-        if not self.root.is_dir():
-            raise DatasetError(f"no dataset at {self.root}: directory not found")
-        if not meta_path.exists() and not meta_path.is_symlink():
-            raise DatasetError(f"{self.root} is not an htouch dataset: {METADATA_FILE} not found")
-        if not contained(self.root, meta_path).is_file():  # a FIFO would block, a device never end
-            raise DatasetError(f"{meta_path} is not a regular file")
-        self.metadata = read_json(meta_path, "dataset metadata", strict=True)
+        if self.remote:  # one read tells a missing bucket, object or credentials (location.reading's line)
+            try:
+                self.metadata = read_json(meta_path, "dataset metadata", strict=True)
+            except DatasetError as e:
+                raise DatasetError(f"no htouch dataset at {self.root}: {e}") from None
+        else:
+            if not self.root.is_dir():
+                raise DatasetError(f"no dataset at {self.root}: directory not found")
+            if not meta_path.exists() and not meta_path.is_symlink():
+                raise DatasetError(f"{self.root} is not an htouch dataset: {METADATA_FILE} not found")
+            if not contained(self.root, meta_path).is_file():  # a FIFO would block, a device never end
+                raise DatasetError(f"{meta_path} is not a regular file")
+            self.metadata = read_json(meta_path, "dataset metadata", strict=True)
         if self.metadata.get("format") != DATASET_FORMAT:
             raise DatasetError(f"{meta_path}: not an htouch dataset file (format is {self.metadata.get('format')!r})")
         version = self.metadata.get("schema_version")
@@ -232,8 +276,6 @@ class Dataset:
         except DatasetError as e:
             raise DatasetError(f"{meta_path}: {e}") from None
         next_index(self.metadata, meta_path)
-        self._checked: set[str] = set()  # episodes that passed the structural checks
-        self.left_out: dict[int, str] = {}  # damaged episodes `leave_out_damaged` hides, with why
 
     def path(self, *parts: str) -> Path:
         """ROOT/parts, after checking that no part of it is a symbolic link (see `contained`)."""
@@ -250,7 +292,9 @@ class Dataset:
 
     @classmethod
     def create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> Dataset:
-        """Create a new empty dataset; refuses to touch an existing one."""
+        """Create a new empty dataset; refuses to touch an existing one (and a URL: htouch writes only locally)."""
+        if isinstance(location(root), UrlPath):
+            raise DatasetError(f"{root} is a URL; htouch creates datasets only in local directories")
         root = Path(root)
         if (root / METADATA_FILE).exists():
             raise DatasetError(f"a dataset already exists at {root}")
@@ -272,6 +316,8 @@ class Dataset:
     @classmethod
     def open_or_create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> Dataset:
         """Resume an existing dataset (same task and rig) or start a new one."""
+        if isinstance(location(root), UrlPath):
+            raise DatasetError(f"{root} is a URL; htouch records only into local directories")
         if (Path(root) / METADATA_FILE).exists():
             ds = cls(root)
             if ds.task != task:
@@ -289,6 +335,7 @@ class Dataset:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive lock for read-modify-write of the dataset metadata (across processes)."""
+        self.writable("changing htouch.json")
         fd = open_lock(self.path(LOCK_FILE))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -406,6 +453,7 @@ class Dataset:
 
     def delete_episode(self, index: int) -> None:
         """Delete a committed episode. Its index is never reused; later episodes keep theirs."""
+        self.writable("deleting an episode")
         path = self.episode_path(index)
         if not path.is_dir():
             raise DatasetError(f"episode {index} not found in {self.root}")
@@ -463,7 +511,7 @@ def resolve_episode_path(ref: str, dataset: str | os.PathLike[str] | None = None
         if not path.is_dir():
             raise DatasetError(f"episode {index} not found in {ds.root}")
         return ds, path
-    path = Path(ref)
+    path = location(ref)
     if not path.exists():
         raise DatasetError(f"episode {ref!r} not found (not an episode name, and no such path)")
     path = path.resolve()

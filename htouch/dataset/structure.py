@@ -34,6 +34,7 @@ import numpy as np
 import zarr
 
 from htouch.dataset.episode import Episode
+from htouch.dataset.location import UrlPath, location
 from htouch.dataset.schema import NS, TIMED_AXES, ArraySpec, episode_arrays
 from htouch.errors import DamagedEpisodeError, DatasetError
 
@@ -76,7 +77,13 @@ class Finding:
 
 def unsafe_files(episode_dir: Path) -> list[tuple[str, str]]:
     """(path relative to the episode, why) of every entry no reader may open: symbolic links (even the
-    episode directory itself), FIFOs, devices and sockets, and oversized metadata files. Reads no file."""
+    episode directory itself), FIFOs, devices and sockets, and oversized metadata files. Reads no file.
+    At a URL (no links or special files there) only the sizes of the metadata files are checked, from one
+    listing of the episode."""
+    if isinstance(episode_dir, UrlPath):
+        return sorted((rel, f"is {size} bytes; a metadata file is at most {METADATA_MAX_BYTES} bytes")
+                      for rel, size in episode_dir.files().items()
+                      if rel.rsplit("/", 1)[-1] in METADATA_NAMES and (size or 0) > METADATA_MAX_BYTES)
     episode_dir = Path(episode_dir)
     if episode_dir.is_symlink():
         return [("", f"the episode directory is a symbolic link (to {os.path.realpath(episode_dir)}); "
@@ -116,6 +123,14 @@ def chunk_index(name: str, separator: str = ".") -> int | None:
 def chunk_files(array_dir: Path, separator: str = ".") -> dict[int, int]:
     """Chunk index (along time) -> file size in bytes of the chunk files present (trailing dimensions are one
     chunk each; with "/" separators a chunk is a directory and its size is given as 0)."""
+    if isinstance(array_dir, UrlPath):
+        out = {}
+        for rel, size in array_dir.files().items():
+            first, sep, _ = rel.partition("/")
+            i = chunk_index(first, separator)
+            if i is not None:
+                out[i] = 0 if sep or size is None else size  # no size in the listing: not bounded here
+        return out
     try:
         entries = list(os.scandir(array_dir))
     except OSError:
@@ -385,7 +400,7 @@ def open_episode(path: Path, dataset: Dataset | None = None, structure: bool = T
     """Open an episode for reading after the structural checks; DamagedEpisodeError names the episode and its
     first problem (`htouch validate` lists them all). structure=False checks only that every file is safe to
     open (the attributes can then be read) and skips the array checks."""
-    path = Path(path)
+    path = location(path)
     unsafe = unsafe_files(path)
     if unsafe:
         raise damaged(path.name, [f"{rel}: {why}" if rel else why for rel, why in unsafe])

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from htouch.dataset.episode import Episode, SampleParams
+from htouch.dataset.location import UrlPath, location
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files
 from htouch.dataset.schema import (
     EVENT_KINDS,
@@ -163,7 +164,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     if not mask.any():
         return []
     d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(), strict=True))
 
 
 def _segment_slope(x: np.ndarray, y: np.ndarray, segment: np.ndarray) -> float | None:
@@ -480,7 +481,7 @@ def checksum_findings(path: Path, expected: bool, options: ChecksumOptions = Che
     """The episode's files against its manifest: one finding per damaged, missing or unlisted file.
     expected: the episode's attributes say it was committed with a manifest (so a missing one is an error;
     otherwise the episode predates checksums and that is a warning)."""
-    name = Path(path).name
+    name = location(path).name
     try:
         manifest = read_manifest(path)
     except ManifestError as e:
@@ -505,7 +506,7 @@ def validate_episode(path: str | os.PathLike[str], dataset_rig: RigSpec | None =
                      limits: ValidationLimits = DEFAULT_LIMITS,
                      checksums: ChecksumOptions = ChecksumOptions()) -> list[Finding]:
     """All findings for one episode directory (committed or not); never raises for bad data."""
-    path = Path(path)
+    path = location(path)
     unsafe = unsafe_files(path)
     if unsafe:  # nothing of it is opened: a link could lead out of the dataset, a FIFO block, /dev/zero never end
         return [Finding("episode.files", ERROR, path.name, rel, None, f"{why}; the episode is not read")
@@ -532,7 +533,7 @@ def resolve_target(target: str | None,
     committed episode given by name or path (resolved in --dataset, or the dataset found as usual)."""
     if target is None:
         return find_dataset(dataset), None
-    if dataset is None and (Path(target) / METADATA_FILE).exists():
+    if dataset is None and (location(target) / METADATA_FILE).exists():
         return Dataset(target), None
     ds, path = resolve_episode_path(target, dataset)
     return ds, [path]
@@ -540,6 +541,11 @@ def resolve_target(target: str | None,
 
 def incomplete_findings(ds: Dataset, report: Report) -> None:
     for path in ds.incoming_paths():
+        if isinstance(path, UrlPath):  # nothing writes into a dataset at a URL: left by a crash before upload
+            report.findings.append(Finding("dataset.incomplete", WARNING, path.name, ".incoming", None,
+                                           "incomplete episode (uploaded from a crashed or aborted recording): "
+                                           "run htouch validate --repair on the local copy"))
+            continue
         if path.is_symlink() or lock_path(path).is_symlink():
             continue  # reported by dataset_links
         if is_being_written(path):

@@ -2,7 +2,8 @@
 
 Formats such as LeRobot's and Diffusion Policy's store one row per frame on a fixed grid (row k is at k / fps),
 while htouch stores every stream with its own measured time stamps. `frame_grid` is the one place that decides
-which recorded frame, state and action each grid row holds, so that every export maps time the same way; `episode_rows` fills the rows (state, action, audio window).
+which recorded frame, state and action each grid row holds, so that every export maps time the same way;
+`episode_rows` fills the rows (state, action, audio window).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from htouch.dataset.audio import resample
 from htouch.dataset.episode import NS, Episode
+from htouch.dataset.location import UrlPath
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import ERROR, Report, validate_dataset
 from htouch.dataset.video import MAX_GAIN_DB, TARGET_PEAK_DBFS, audio_track
@@ -83,7 +85,7 @@ def check_uniform(ep: Episode, ds: Dataset) -> None:
     want = (b.camera.width, b.camera.height, b.audio.rate_hz, b.audio.channels, b.state.n_joints)
     if mine != want:
         names = ("camera width", "camera height", "audio rate", "audio channels", "joints")
-        diff = ", ".join(f"{n} {x} (dataset: {y})" for n, x, y in zip(names, mine, want) if x != y)
+        diff = ", ".join(f"{n} {x} (dataset: {y})" for n, x, y in zip(names, mine, want, strict=True) if x != y)
         raise DatasetError(f"{ep.name} differs from the dataset's rig ({diff}); an export holds one shape per array: "
                            "export the episodes of each rig separately")
 
@@ -257,6 +259,8 @@ class ExportReport:
 
 def tree_bytes(path: Path) -> int:
     """Bytes of the files below `path` (or of the file itself)."""
+    if isinstance(path, UrlPath):
+        return sum(size or 0 for size in path.files().values())
     path = Path(path)
     if path.is_file():
         return path.stat().st_size

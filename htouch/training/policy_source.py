@@ -27,6 +27,7 @@ from htouch.collector.devices import AudioBlock, Frame, RobotState, TeleopReadin
 from htouch.collector.mapping import ClutchMapping, MappingConfig
 from htouch.collector.safety import SafetyFilter, SafetyLimits
 from htouch.collector.sources import Outcome, SourceCommand, end_label
+from htouch.dataset.location import is_url
 from htouch.dataset.schema import AudioSpec, RigSpec
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import model_digest, read_run_config
@@ -68,7 +69,7 @@ class RunInfo:
 def _training_dataset(run_dir: Path, root: str | None) -> str | None:
     """The training dataset's directory: where the run recorded it or, when the run and its dataset were
     moved together (a copied experiment), at the same place relative to the run directory as then."""
-    if not root or Path(root).is_dir():
+    if not root or is_url(root) or Path(root).is_dir():  # a dataset at a URL stays where it is
         return root
     try:
         trained_in = RunDir(run_dir).read_record()["config"]["run_dir"]
