@@ -16,7 +16,8 @@ import pytest
 from htouch.dataset import crashpoints
 from htouch.dataset.manifest import MANIFEST_FILE
 from htouch.dataset.repair import QUARANTINE_NOTE, repair_incoming
-from htouch.dataset.store import INCOMING, QUARANTINE, Dataset
+from htouch.dataset.schema import INCOMING, QUARANTINE
+from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from htouch.dataset.validate import ERROR, validate_dataset
 from htouch.dataset.writer import FLUSHED_FILE

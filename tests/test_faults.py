@@ -17,8 +17,8 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - image codecs, for opening frames with zarr directly
 from htouch.dataset.repair import QUARANTINE_NOTE, repair_incoming
-from htouch.dataset.schema import episode_arrays
-from htouch.dataset.store import INCOMING, QUARANTINE, Dataset
+from htouch.dataset.schema import INCOMING, QUARANTINE, episode_arrays
+from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from htouch.dataset.writer import FLUSHED_FILE, lock_path
 from tests.conftest import TINY_RIG, wait_until

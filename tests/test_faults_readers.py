@@ -22,7 +22,8 @@ import pytest
 import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - image codecs, for opening frames with zarr directly
-from htouch.dataset.store import INCOMING, QUARANTINE, Dataset
+from htouch.dataset.schema import INCOMING, QUARANTINE
+from htouch.dataset.store import Dataset
 from htouch.dataset.writer import lock_path
 from htouch.errors import DatasetError
 from tests.test_faults import EP0, EP1, one_line, snapshot

@@ -9,7 +9,8 @@ import pytest
 
 from htouch.collector.config import ControlConfig
 from htouch.collector.loop import Recorder
-from htouch.dataset.store import INCOMING, Dataset
+from htouch.dataset.schema import INCOMING
+from htouch.dataset.store import Dataset
 from htouch.dataset.validate import validate_dataset
 from htouch.dataset.writer import EpisodeWriter
 from htouch.errors import HtouchError, WriterError

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import zarr
 
-from htouch.dataset.schema import SCHEMA_VERSION, episode_arrays
-from htouch.dataset.store import INCOMING, Dataset, find_dataset, resolve_episode
+from htouch.dataset.schema import INCOMING, SCHEMA_VERSION, episode_arrays
+from htouch.dataset.store import Dataset, find_dataset, resolve_episode
 from htouch.dataset.writer import FLUSHED_FILE, is_being_written
 from htouch.errors import DatasetError, WriterError
 from tests.conftest import TINY_RIG

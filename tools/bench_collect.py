@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from htouch.collector.config import CameraConfig, ControlConfig, RigConfig  # noqa: E402
 from htouch.collector.loop import Recorder  # noqa: E402
-from htouch.dataset.store import INCOMING, Dataset  # noqa: E402
+from htouch.dataset.schema import INCOMING
+from htouch.dataset.store import Dataset  # noqa: E402
 from htouch.dataset.writer import FLUSHED_FILE  # noqa: E402
 from htouch.rigs import build_rig  # noqa: E402
 

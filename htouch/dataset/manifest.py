@@ -22,8 +22,8 @@ from typing import Any
 
 import xxhash
 
+from htouch.dataset.files import write_json_atomic
 from htouch.dataset.location import UrlPath, location
-from htouch.dataset.store import write_json_atomic
 from htouch.errors import DatasetError
 
 MANIFEST_FILE = "manifest.json"

@@ -24,8 +24,8 @@ from matplotlib.transforms import blended_transform_factory
 
 from htouch.dataset.audio import ClipParams, LogMelParams, mel_transform, spectrogram
 from htouch.dataset.episode import Episode
+from htouch.dataset.files import replacing
 from htouch.dataset.schema import NS
-from htouch.dataset.store import replacing
 from htouch.dataset.summary import EpisodeSummary, summarize
 from htouch.errors import HtouchError
 

@@ -32,9 +32,10 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset import crashpoints
+from htouch.dataset.files import contained, is_replacing_leftover, open_lock, write_json_atomic
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, ManifestError, read_manifest, verify_files, write_manifest
-from htouch.dataset.schema import ATTR_FORMAT, NS, ArraySpec, RigSpec, episode_arrays
-from htouch.dataset.store import QUARANTINE, Dataset, contained, is_replacing_leftover, open_lock, write_json_atomic
+from htouch.dataset.schema import ATTR_FORMAT, NS, QUARANTINE, ArraySpec, RigSpec, episode_arrays
+from htouch.dataset.store import Dataset
 from htouch.dataset.structure import first_bad_chunk, stored_chunks, unsafe_files
 from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of
 from htouch.dataset.writer import FLUSHED_FILE, fsync_dir, lock_path

@@ -23,6 +23,11 @@ SCHEMA_VERSION = 1
 DATASET_FORMAT = "htouch-dataset"
 METADATA_FILE = "htouch.json"
 EPISODE_PREFIX = "episode_"
+# Beside the committed episodes in a dataset directory (see store.py for the layout):
+INCOMING = ".incoming"  # episodes being written, renamed into place when committed
+QUARANTINE = ".quarantine"  # incomplete episodes that could not be salvaged
+DERIVED = "derived"  # caches computed from episodes (spectrograms)
+LOCK_FILE = ".htouch.lock"  # held while htouch.json is updated
 EPISODE_DIGITS = 6
 EPISODE_RE = re.compile(r"^(?:episode_?)?(\d{1,9})$")
 MAX_EPISODE_INDEX = 10**9 - 1  # the last index EPISODE_RE's nine digits can name

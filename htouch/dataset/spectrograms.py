@@ -40,8 +40,10 @@ import zarr
 from htouch.dataset import audio
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode
+from htouch.dataset.files import contained, write_json_atomic
 from htouch.dataset.location import location, zarr_source
-from htouch.dataset.store import DERIVED, Dataset, contained, write_json_atomic
+from htouch.dataset.schema import DERIVED
+from htouch.dataset.store import Dataset
 from htouch.dataset.structure import unsafe_files
 from htouch.errors import DatasetError
 

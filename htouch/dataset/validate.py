@@ -26,12 +26,13 @@ from htouch.dataset.location import UrlPath, location
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files
 from htouch.dataset.schema import (
     EVENT_KINDS,
+    METADATA_FILE,
     NS,
     TIMED_AXES,
     ArraySpec,
     RigSpec,
 )
-from htouch.dataset.store import METADATA_FILE, Dataset, dataset_links, find_dataset, resolve_episode_path
+from htouch.dataset.store import Dataset, dataset_links, find_dataset, resolve_episode_path
 from htouch.dataset.structure import (  # noqa: F401 - stored_chunks: kept importable from here
     ERROR,
     WARNING,

@@ -34,18 +34,19 @@ import zarr
 
 from htouch.dataset import crashpoints
 from htouch.dataset.codecs import compressor_for
+from htouch.dataset.files import contained, open_lock, replacing
 from htouch.dataset.manifest import MANIFEST_FILE, write_manifest
 from htouch.dataset.schema import (
     ATTR_FORMAT,
     EVENT_DETAIL_LEN,
     EVENT_KIND_LEN,
+    INCOMING,
     SCHEMA_VERSION,
     ArraySpec,
     check_strict_json,
     episode_arrays,
     episode_name,
 )
-from htouch.dataset.store import INCOMING, contained, open_lock, replacing
 from htouch.errors import WriterError
 
 if TYPE_CHECKING:

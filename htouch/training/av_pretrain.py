@@ -47,9 +47,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from htouch.dataset.audio import DEFAULT_CLIP, params_key
+from htouch.dataset.files import replacing, write_json_atomic
 from htouch.dataset.spectrograms import one_torch_thread
 from htouch.dataset.split import SPLIT_KEY, training_episodes
-from htouch.dataset.store import Dataset, replacing, write_json_atomic
+from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
 from htouch.training import ddp
 from htouch.training.checkpoints import AVID_PREFIX, PRETRAINING_KEY, R3M_PREFIX

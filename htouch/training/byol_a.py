@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from htouch.dataset.audio import DEFAULT_CLIP, params_key, spectrogram_params
+from htouch.dataset.files import replacing
 from htouch.dataset.spectrograms import EpisodeSpectrograms
 from htouch.dataset.split import training_episodes
 from htouch.dataset.stats import sample_frames
-from htouch.dataset.store import Dataset, replacing
+from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError
 from htouch.training import ddp
 from htouch.training.data import ensure_stats

@@ -40,8 +40,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from htouch.dataset.files import replacing
 from htouch.dataset.manifest import file_hash
-from htouch.dataset.store import replacing
 from htouch.errors import HtouchError
 from htouch.training.methods import PolicyConfig
 from htouch.training.model import AudioVisualPolicy, build_policy

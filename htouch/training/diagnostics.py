@@ -43,8 +43,9 @@ import torch
 
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams
 from htouch.dataset.episode import Episode
+from htouch.dataset.files import write_json_atomic
 from htouch.dataset.schema import NS
-from htouch.dataset.store import Dataset, write_json_atomic
+from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
 from htouch.training.checkpoints import load_run_checkpoint, model_digest, read_run_config
 from htouch.training.constants import BOOTSTRAP, CONTACT_EVENT, CONTACT_WINDOW_S, PROBE_FOLDS, PROBE_STRIDE
@@ -411,7 +412,7 @@ def embedding_plot(embeddings: Embeddings, out: str | Path, seed: int = 0,
     from matplotlib.figure import Figure
     from sklearn.manifold import TSNE
 
-    from htouch.dataset.store import replacing
+    from htouch.dataset.files import replacing
 
     out = Path(out)
     fmt = check_plot_path(out)

@@ -31,7 +31,8 @@ import torch
 
 from htouch.collector.config import BOUNDS, RigConfig, allowed_range
 from htouch.collector.devices import DeviceError
-from htouch.dataset.store import Dataset, write_json_atomic
+from htouch.dataset.files import write_json_atomic
+from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
 from htouch.sim.scene import VARIATIONS
 from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR

@@ -30,8 +30,9 @@ import torch
 from htouch.collector.config import RigConfig
 from htouch.collector.devices import DeviceError, RobotState, TeleopReading
 from htouch.collector.sources import SourceCommand, TeleopSource
+from htouch.dataset.files import read_json, replacing, write_json_atomic
 from htouch.dataset.schema import METADATA_FILE
-from htouch.dataset.store import Dataset, read_json, replacing, write_json_atomic
+from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError
 from htouch.sim.scene import VARIATIONS  # the simulated scene's looks: train, test
 from htouch.training.checkpoints import describe_initialisation, model_digest, read_run_config

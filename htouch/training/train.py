@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from htouch.dataset.store import Dataset, replacing, write_json_atomic
+from htouch.dataset.files import replacing, write_json_atomic
+from htouch.dataset.store import Dataset
 from htouch.errors import HtouchError
 from htouch.training import ddp
 from htouch.training.checkpoints import load_pretrained, pretraining_of, save_run_checkpoint
