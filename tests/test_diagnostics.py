@@ -14,8 +14,7 @@ import pytest
 
 from htouch.collector.devices import AudioBlock, Frame
 from htouch.collector.safety import SafetyFilter
-from htouch.dataset.episode import NS
-from htouch.dataset.schema import AudioSpec
+from htouch.dataset.schema import NS, AudioSpec
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from htouch.training.diagnostics import (

@@ -4,7 +4,8 @@ import hashlib
 
 import numpy as np
 
-from htouch.dataset.episode import NS, SampleParams
+from htouch.dataset.episode import SampleParams
+from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 from tests.conftest import TINY_RIG

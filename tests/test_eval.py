@@ -16,7 +16,7 @@ import torch
 from htouch.collector.config import ControlConfig, RigConfig
 from htouch.collector.loop import Recorder
 from htouch.collector.safety import SafetyFilter
-from htouch.dataset.episode import NS
+from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import validate_dataset
 from htouch.rigs import NO_OPERATOR, build_rig

@@ -10,8 +10,8 @@ import torch
 
 from htouch.collector.devices import AudioBlock, Frame
 from htouch.collector.safety import SafetyFilter, SafetyLimits
-from htouch.dataset.episode import NS, SampleParams
-from htouch.dataset.schema import AudioSpec
+from htouch.dataset.episode import SampleParams
+from htouch.dataset.schema import NS, AudioSpec
 from htouch.errors import HtouchError
 from htouch.training.methods import policy_config
 from htouch.training.model import ActionNormalization, build_policy

@@ -14,9 +14,9 @@ from scipy.signal import butter, sosfilt
 
 from htouch.collector.config import RigConfig
 from htouch.collector.devices import Action, Camera, DeviceError, Microphones, Robot
+from htouch.dataset.schema import NS
 from htouch.sim.operator import ScriptedOperator, drive
 from htouch.sim.rig import BASE_NS, SimRig
-from htouch.sim.scene import NS
 
 HP_1KHZ = butter(4, 1000, "hp", fs=32000, output="sos")
 

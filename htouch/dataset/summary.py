@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from htouch.dataset.episode import NS, Episode
-from htouch.dataset.schema import TIMED_AXES
+from htouch.dataset.episode import Episode
+from htouch.dataset.schema import NS, TIMED_AXES
 from htouch.errors import DatasetError
 
 # PCM rows read at a time when computing levels, so memory stays bounded on long episodes.

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from htouch.dataset.audio import resample
-from htouch.dataset.episode import NS, Episode
+from htouch.dataset.episode import Episode
 from htouch.dataset.location import UrlPath
+from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import ERROR, Report, validate_dataset
 from htouch.dataset.video import MAX_GAIN_DB, TARGET_PEAK_DBFS, audio_track
