@@ -87,6 +87,8 @@ def test_stored_in_metadata_and_shown_by_ls(ds, cli):
     assert stored["val_fraction"] == 0.2 and stored["seed"] == 3
     assert not set(stored["train"]) & set(stored["val"])
     assert len(stored["strata"]) == 4
+    r = cli("split", ds.root, "--val", "0.2", "--seed", "3", "--json")
+    assert r.code == 0 and json.loads(r.out) == Dataset(ds.root).metadata["split"]  # the stored split, alone
     ls = cli("ls", ds.root, "--json")
     assert ls.code == 0
     shown = {row["episode"]: row["split"] for row in json.loads(ls.out)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -91,6 +93,9 @@ def test_cli_stores_stats_and_prints_tables(tiny_ds, cli):
     stored = Dataset(tiny_ds.root).metadata["stats"]
     assert stored["episodes"] == [0, 1] and stored["quantiles"] == list(QUANTILES)
     assert set(stored["spectrogram"]) == {"logmel"} and stored["spectrogram"]["logmel"]["windows"] == 8
+    r = cli("stats", tiny_ds.root, "--kind", "logmel", "--windows", "8", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out) == Dataset(tiny_ds.root).metadata["stats"]  # stdout is the JSON alone, as stored
 
 
 def _poison(ds: Dataset, index: int, path: str, row: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -18,9 +20,12 @@ from htouch.cli.common import (
 )
 from htouch.dataset import spectrograms
 from htouch.dataset.audio import DEFAULT_CLIP, SPECTROGRAM_KINDS, params_key, spectrogram_params
+from htouch.dataset.files import read_json
+from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.split import (
     DEFAULT_SPLIT_SEED,
     DEFAULT_VAL_FRACTION,
+    SPLIT_KEY,
     check_split_args,
     split_dataset,
     success_label,
@@ -44,6 +49,7 @@ def split(
                               help="Fraction of each stratum for validation, in (0, 1)."),
     seed: int = typer.Option(DEFAULT_SPLIT_SEED, "--seed",
                              help="Seed of the shuffle; the same seed gives the same split."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stored split (as in htouch.json) as JSON."),
 ) -> None:
     """Split the episodes into train and validation, stratified by success label and variation.
 
@@ -56,6 +62,11 @@ def split(
     check_split_args(val, seed)
     ds = find_dataset(local_path(dataset, "htouch split"))
     result = split_dataset(ds, val, seed)
+    if as_json:
+        print(json.dumps(read_json(ds.root / METADATA_FILE, "dataset metadata")[SPLIT_KEY], indent=2))
+        if not result.val:
+            err_console.print(f"warning: no validation episode at --val {val:g}", highlight=False)
+        return
     table = Table(title=f"split of {fmt_path(ds.root)}  (val {val:g}, seed {seed})", title_justify="left")
     for col, justify in [("success", "left"), ("variation", "left"), ("episodes", "right"), ("train", "right"),
                          ("val", "right"), ("val episodes", "left")]:
@@ -117,6 +128,7 @@ def stats(
                                    help=f"Spectrogram kinds to describe (repeatable; default all: {KINDS})."),
     windows: int = typer.Option(DEFAULT_MAX_WINDOWS, "--windows",
                                 help="Spectrogram windows in the deterministic subsample."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics (as stored in htouch.json) as JSON."),
 ) -> None:
     """Compute normalisation statistics of state, actions and spectrograms, stored in the dataset metadata.
 
@@ -139,6 +151,11 @@ def stats(
     result, notes = compute_stats(ds, kinds, DEFAULT_CLIP, windows, progress_bar=progress_bar)
     if not ds.remote:
         store_stats(ds, result)
+    if as_json:  # stdout holds only the JSON
+        print(json.dumps(result, indent=2))
+        for note in notes:
+            err_console.print(f"note: {note}", highlight=False, markup=False)
+        return
 
     table = Table(title=f"state and action statistics of {fmt_path(ds.root)}", title_justify="left")
     for col in ("array", "dim", "mean", "std", "min", *QUANTILE_KEYS, "max"):
