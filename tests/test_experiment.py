@@ -110,7 +110,8 @@ def test_goal_section_applies_the_yardstick_to_what_was_measured(tmp_path):
 
     exp = Experiment(ExperimentConfig(out=tmp_path / "r.md", work=tmp_path / "w", tasks=["zip", "flip", "scoop"],
                                       methods=["ours", "vision-only"]))
-    measured = {"zip": (40, 10), "flip": (30, 25), "scoop": (45, 20)}  # ours, vision-only successes of 50
+    exp.c.tasks.append("pour")  # a made-up fourth task where vision-only is ahead (appended after the check)
+    measured = {"zip": (40, 10), "flip": (30, 25), "scoop": (45, 20), "pour": (19, 33)}  # ours, vision-only of 50
     for task, (ours, vision) in measured.items():
         for variation in ("train", "test"):
             exp.results[(task, "ours", variation)] = result(ours)
@@ -118,8 +119,9 @@ def test_goal_section_applies_the_yardstick_to_what_was_measured(tmp_path):
     exp.ablations[("zip", "ours", "silent")] = result(15)
     exp.ablations[("zip", "ours", "shuffled")] = result(35)
     text = "\n".join(exp._goal_lines())
-    assert "| zip | train | 80% | 20% | +60 points | apart |" in text
+    assert "| zip | train | 80% | 20% | +60 points | apart, ours ahead |" in text
     assert "| flip | train | 60% | 50% | +10 points | overlap |" in text
+    assert "| pour | train | 38% | 66% | -28 points | apart, vision-only ahead |" in text
     assert "- train looks: the goal holds on 2 task(s) (zip, scoop): met." in text
     assert "- test looks: the goal holds on 0 task(s): not met." in text
     assert "- zip, train looks: silent audio costs `ours` +50 points (40/50 -> 15/50): at least 20." in text

@@ -636,11 +636,14 @@ class Experiment:
                     continue
                 measured[variation] += 1
                 points = (ours["success_rate"] - vision["success_rate"]) * 100
-                apart = ours["ci_low"] > vision["ci_high"]
-                if apart and points >= GOAL_POINTS:
+                ours_ahead = ours["ci_low"] > vision["ci_high"]
+                vision_ahead = vision["ci_low"] > ours["ci_high"]
+                if ours_ahead and points >= GOAL_POINTS:
                     met[variation].append(task)
+                intervals = ("apart, ours ahead" if ours_ahead else "apart, vision-only ahead" if vision_ahead
+                             else "overlap")
                 lines.append(f"| {task} | {variation} | {ours['success_rate']:.0%} | {vision['success_rate']:.0%} | "
-                             f"{points:+.0f} points | {'apart' if apart else 'overlap'} |")
+                             f"{points:+.0f} points | {intervals} |")
         lines.append("")
         for variation in VARIATIONS:
             tasks = met[variation]
