@@ -53,6 +53,19 @@ def progress_bar(description: str, total: int) -> Iterator[callable]:
         yield lambda n=1: p.advance(task, n)
 
 
+@contextlib.contextmanager
+def progress_to(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """`progress_bar` for code that reports how far it is (k of total done) rather than each step."""
+    with progress_bar(description, total) as advance:
+        done = [0]
+
+        def to(k: int) -> None:
+            advance(k - done[0])
+            done[0] = k
+
+        yield to
+
+
 def fmt_path(p: Path) -> str:
     try:
         return str(p.relative_to(Path.cwd()))

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from htouch.cli import app
 from htouch.cli.collect_cmd import EXAMPLE_RIG, ctrl_c_stops
-from htouch.cli.common import DatasetOption, console, fmt_path, progress_bar
+from htouch.cli.common import DatasetOption, console, fmt_path, progress_bar, progress_to
 from htouch.collector.devices import DeviceError
 from htouch.errors import HtouchError
 
@@ -68,13 +68,7 @@ def _to_video(ep, to: tuple[str, Path], normalize: bool) -> None:
     if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise HtouchError(f"{out}: the video is written as MP4; name it FILE.mp4")
     n = len(ep.camera_times)
-    with progress_bar(f"rendering {ep.name}", n) as advance:
-        done = [0]
-
-        def step(k: int) -> None:
-            advance(k - done[0])
-            done[0] = k
-
+    with progress_to(f"rendering {ep.name}", n) as step:
         info = export_video(ep, out, normalize=normalize, progress=step)
     gain = f", audio raised {info.audio_gain_db:+.1f} dB" if info.audio_gain_db else ""
     audio = f" + {info.audio_codec} mono{gain}" if info.audio_codec else " (no audio)"

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from htouch.cli import app
-from htouch.cli.common import DatasetOption, console, err_console, fmt_path, progress_bar
+from htouch.cli.common import DatasetOption, console, err_console, fmt_path, progress_to
 from htouch.errors import HtouchError
 
 DEFAULT_PORT = 9876  # rerun's own default gRPC port
@@ -54,13 +54,7 @@ def view(
             raise HtouchError("the rerun viewer is not on PATH (pip install rerun-sdk); or use --save FILE.rrd")
     ep = resolve_episode(episode, dataset)
     n = len(ep.camera_times)
-    with progress_bar(f"logging {ep.name}", n) as advance:
-        done = [0]
-
-        def step(k: int) -> None:
-            advance(k - done[0])
-            done[0] = k
-
+    with progress_to(f"logging {ep.name}", n) as step:
         if save is not None:
             rows = rerun_view.save_rrd(ep, save, progress=step)
             console.print(f"[green]wrote[/] {fmt_path(save)}: {len(rows)} entities, {sum(rows.values())} rows; "
