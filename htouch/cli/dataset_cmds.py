@@ -12,7 +12,6 @@ from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, l
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import find_dataset
 from htouch.dataset.summary import episode_row
-from htouch.dataset.synthetic import write_synthetic_dataset
 from htouch.errors import DatasetError, HtouchError
 
 
@@ -32,6 +31,8 @@ def synth(
 
     Example: [bold]htouch synth demo_data --episodes 3[/]
     """
+    from htouch.dataset.synthetic import write_synthetic_dataset  # scipy: not needed to start the CLI
+
     dataset = local_path(dataset, "htouch synth")
     if width < 16 or height < 16:
         raise HtouchError("--width and --height must be at least 16 pixels")
