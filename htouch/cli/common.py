@@ -67,6 +67,7 @@ def progress_to(description: str, total: int) -> Iterator[Callable[[int], None]]
 
 
 def fmt_path(p: Path) -> str:
+    """A path as the user is shown it: relative to the current directory when below it."""
     try:
         return str(p.relative_to(Path.cwd()))
     except ValueError:

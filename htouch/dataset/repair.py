@@ -65,6 +65,8 @@ def repair_incoming(ds: Dataset) -> list[RepairResult]:
 
 
 def repair_episode(ds: Dataset, path: Path) -> RepairResult:
+    """Repair one episode left in .incoming: commit it if complete, salvage what was flushed, or quarantine
+    it; skipped while a live writer holds it, refused (left as it is) if links or special files are inside."""
     name = path.name
     lock = lock_path(path)
     try:  # nothing is read or written through a symbolic link: not the episode, its files or its lock

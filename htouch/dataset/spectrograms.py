@@ -55,6 +55,7 @@ Progress = Callable[[int], None]
 
 
 def resolve_params(kind: str | SpectrogramParams) -> SpectrogramParams:
+    """Spectrogram parameters from a kind name (avid, logmel, byol-a) or as given."""
     return audio.spectrogram_params(kind) if isinstance(kind, str) else kind
 
 
@@ -71,6 +72,8 @@ def key_dir(root: Path, params: SpectrogramParams, clip: ClipParams = DEFAULT_CL
 
 
 def cache_path(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> Path:
+    """Where the episode's cache for these parameters lives (contained in the dataset); DatasetError for an
+    episode not opened from a dataset."""
     if episode.dataset is None:
         raise DatasetError(f"{episode.name} was not opened from a dataset, so it has no spectrogram cache")
     return contained(episode.dataset.root, key_dir(episode.dataset.root, params, clip) / episode.name)
@@ -290,4 +293,5 @@ def _alive(pid: str) -> bool:
 
 
 def dir_size(path: Path) -> int:
+    """Bytes of all files below `path` (0 if it does not exist)."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0

@@ -392,6 +392,7 @@ def structure_findings(ep: Episode) -> list[Finding]:
 
 
 def damaged(name: str, problems: list[str]) -> DamagedEpisodeError:
+    """The error a reader raises for a damaged episode: its first problem, and how many more there are."""
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     return DamagedEpisodeError(name, f"{problems[0]}{more}")
 

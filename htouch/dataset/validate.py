@@ -541,6 +541,7 @@ def resolve_target(target: str | None,
 
 
 def incomplete_findings(ds: Dataset, report: Report) -> None:
+    """Add a finding for every episode left in .incoming (being written, or left by a crash)."""
     for path in ds.incoming_paths():
         if isinstance(path, UrlPath):  # nothing writes into a dataset at a URL: left by a crash before upload
             report.findings.append(Finding("dataset.incomplete", WARNING, path.name, ".incoming", None,

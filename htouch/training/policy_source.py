@@ -222,6 +222,7 @@ def check_rig_matches(run: RunInfo, rig: RigSpec) -> list[str]:
 
 
 def require_task(run: RunInfo, task: str, force: bool) -> None:
+    """HtouchError unless the policy was trained on `task` (or `force`: run it on another task anyway)."""
     if run.task is not None and run.task != task and not force:
         raise HtouchError(f"{run.run_dir}: the policy was trained on task {run.task!r}, not {task!r} "
                           "(pass --force to run it anyway)")
