@@ -6,6 +6,7 @@ import contextlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -13,9 +14,11 @@ from rich.table import Table
 
 from htouch.cli import app
 from htouch.cli.common import console, err_console, fmt_path, local_path
-from htouch.collector.config import RigConfig, load_rig_config
 from htouch.collector.devices import DeviceError
 from htouch.errors import HtouchError
+
+if TYPE_CHECKING:
+    from htouch.collector.config import RigConfig
 
 EXAMPLE_RIG = "rigs/example-real.toml"
 EXIT_INTERRUPTED = 130
@@ -28,6 +31,8 @@ app.add_typer(rig_app, name="rig")
 
 def rig_config(config: Path | None, rig: str | None) -> RigConfig:
     """The rig configuration from --config and --rig (no file: the simulated rig with defaults)."""
+    from htouch.collector.config import RigConfig, load_rig_config  # scipy (mapping): not needed to start
+
     if rig is not None and rig not in ("sim", "real"):
         raise HtouchError(f"--rig must be sim or real, not {rig!r}")
     if config is None:

@@ -11,7 +11,6 @@ from htouch.cli import app
 from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, local_path, print_rows, progress_bar
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import find_dataset
-from htouch.dataset.summary import episode_row
 from htouch.errors import DatasetError, HtouchError
 
 
@@ -53,6 +52,8 @@ def ls(dataset: str = DatasetArgument,
 
     Example: [bold]htouch ls demo_data[/]
     """
+    from htouch.dataset.summary import episode_row  # zarr: not needed to start the CLI
+
     ds = find_dataset(dataset)
     split = ds.metadata.get("split", {})
     split_of = {i: name for name in ("train", "val") for i in split.get(name, [])}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -12,8 +13,9 @@ from htouch.cli import app
 from htouch.cli.common import DatasetOption, console, err_console, fmt_path, progress_bar
 from htouch.dataset.location import is_url
 from htouch.dataset.store import resolve_episode
-from htouch.dataset.summary import EpisodeSummary, summarize
-from htouch.dataset.validate import DEFAULT_LIMITS
+
+if TYPE_CHECKING:
+    from htouch.dataset.summary import EpisodeSummary
 
 
 def _num(x: float | None, fmt: str, none: str = "-") -> str:
@@ -25,6 +27,8 @@ def _warn(text: str, bad: bool) -> str:
 
 
 def _render(s: EpisodeSummary) -> None:
+    from htouch.dataset.validate import DEFAULT_LIMITS
+
     label = {"success": "[green]success[/]", "failure": "[red]failure[/]"}.get(s.label, "[yellow]unlabelled[/]")
     console.print(f"[bold]{s.episode}[/]  {s.path if is_url(s.path) else fmt_path(Path(s.path))}")
     console.print(f"label {label} · variation {s.variation} · duration {s.duration_s:.2f} s"
@@ -88,6 +92,8 @@ def inspect_episode(
 
     Example: [bold]htouch inspect episode_3 --plot ep3.png[/]
     """
+    from htouch.dataset.summary import summarize  # zarr: not needed to start the CLI
+
     ep = resolve_episode(episode, dataset)
     summary = summarize(ep)
     if as_json:

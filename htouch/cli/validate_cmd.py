@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -14,9 +15,9 @@ from rich.table import Table
 
 from htouch.cli import app
 from htouch.cli.common import DatasetOption, console, err_console, fmt_path, local_path
-from htouch.dataset.manifest import manifest_bytes
-from htouch.dataset.repair import repair_incoming
-from htouch.dataset.validate import ERROR, ChecksumOptions, Report, resolve_target, validate_dataset
+
+if TYPE_CHECKING:
+    from htouch.dataset.validate import Report
 
 REPAIR_STYLE = {"committed": "green", "salvaged": "green", "quarantined": "yellow", "skipped": "dim", "refused": "red"}
 
@@ -41,6 +42,9 @@ def validate(
 
     Example: [bold]htouch validate demo_data --repair[/]
     """
+    from htouch.dataset.repair import repair_incoming  # zarr: not needed to start the CLI
+    from htouch.dataset.validate import ChecksumOptions, resolve_target, validate_dataset
+
     if repair:
         local_path(target, "htouch validate --repair")
         local_path(dataset, "htouch validate --repair")
@@ -82,6 +86,8 @@ def _progress(paths: list[Path], hashing: bool) -> Iterator[tuple[Callable[[], N
         if not hashing:
             yield advance, lambda n: None
             return
+        from htouch.dataset.manifest import manifest_bytes
+
         total = sum(manifest_bytes(path) for path in paths)
         files = p.add_task("verifying checksums", total=total, done="")
 
@@ -93,6 +99,8 @@ def _progress(paths: list[Path], hashing: bool) -> Iterator[tuple[Callable[[], N
 
 
 def _print_report(report: Report, strict: bool) -> None:
+    from htouch.dataset.validate import ERROR
+
     if report.findings:
         table = Table(title=f"validate {fmt_path(report.dataset)}", title_justify="left")
         for col, justify, ratio in [("episode", "left", None), ("severity", "left", None), ("check", "left", None),
