@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,7 +178,8 @@ def train(
     if run is None:
         run = default_run_dir(ds.root, method, resume)
         console.print(f"run directory: {fmt_path(run)}", highlight=False)
-    if not isinstance(ds.metadata.get(SPLIT_KEY), dict) and not ds.remote and DistEnv.from_environ().is_main:
+    main_rank = DistEnv.from_environ().is_main
+    if not isinstance(ds.metadata.get(SPLIT_KEY), dict) and not ds.remote and main_rank:
         made = split_dataset(ds, DEFAULT_VAL_FRACTION, DEFAULT_SPLIT_SEED)
         console.print(f"no train/validation split: made one as `htouch split` does by default (val "
                       f"{DEFAULT_VAL_FRACTION:g}, seed {DEFAULT_SPLIT_SEED}): {len(made.train)} train, "
@@ -189,7 +191,6 @@ def train(
                          byol_a=byol_a, allow_random_init=allow_random_init, horizon=horizon, dropout=dropout,
                          stride=stride,
                          episodes=episodes, preload_mb=preload_mb, threads=threads, skip_invalid=skip_invalid)
-    main_rank = DistEnv.from_environ().is_main
     reporter = RichReporter()
     try:
         result = run_training(config, reporter)
@@ -232,13 +233,13 @@ def default_run_dir(dataset: Path, method: str, resume: bool) -> Path:
     """runs/DATASET-METHOD in the current directory: the first free one of it, -2, -3, ...; with `resume`,
     the newest existing one (HtouchError if there is none)."""
     base = Path("runs") / f"{Path(dataset).name}-{method}"
-    candidates = [base] + [base.with_name(f"{base.name}-{n}") for n in range(2, 1000)]
-    existing = [c for c in candidates if c.exists()]
+    numbered = itertools.chain([base], (base.with_name(f"{base.name}-{n}") for n in itertools.count(2)))
+    existing = list(itertools.takewhile(Path.exists, numbered))
     if resume:
         if not existing:
             raise HtouchError(f"--resume: no run to continue in {base} (name one with --run)")
         return existing[-1]
-    return next(c for c in candidates if not c.exists())
+    return base if not existing else base.with_name(f"{base.name}-{len(existing) + 1}")
 
 
 # ------------------------------------------------------------------------------------------ pretrain

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -559,13 +560,15 @@ class Session:
                 "epochs_done": len(history), "best_epoch": best_epoch,
                 "best_val_loss": best_val if math.isfinite(best_val) else None,
                 "encoders": self.encoder_origin, "encoder_pretraining": self.encoder_pretraining,
-                "encoder_files": self.encoder_files(),
+                "encoder_files": self.encoder_files,
                 "random_init": self.random_encoders(), "data": self.data_record(),
                 "processes": self.env.world_size, "device": str(self.device), "torch": torch.__version__,
                 "python": platform.python_version()}
 
+    @functools.cached_property
     def encoder_files(self) -> dict[str, dict[str, str]]:
-        """Per pretrained file the run started from: its path and SHA-256 (a result traced to exact weights)."""
+        """Per pretrained file the run started from: its path and SHA-256 (a result traced to exact weights);
+        hashed once, though the run record is written several times."""
         wanted = METHOD_SPECS[self.config.method].pretrained
         return {kind: {"path": str(Path(path).resolve()), "sha256": file_sha256(Path(path))}
                 for kind, path in self.config.pretrained_files().items()
