@@ -266,7 +266,7 @@ class SimRig:
         rng = np.random.default_rng([self.seed, episode])
         mujoco.mj_resetData(w.model, w.data)
         self.task.new_episode(rng)
-        randomize_looks(w, self.style, rng)
+        randomize_looks(w, self.style, rng, self.task.camera)
         w.place_hand(self.task.home_position, self.task.home_rotation, self.task.home_opening)
         mujoco.mj_forward(w.model, w.data)
         settle = int(round(SETTLE_S * NS / self.dt_ns))

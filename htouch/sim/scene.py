@@ -66,14 +66,14 @@ class VisualStyle:
 
 VARIATIONS: dict[str, VisualStyle] = {
     "train": VisualStyle(
-        name="train", table_texture="checker", table_rgb1=(0.62, 0.46, 0.30), table_rgb2=(0.56, 0.41, 0.27),
+        name="train", table_texture="flat", table_rgb1=(0.62, 0.46, 0.30), table_rgb2=(0.56, 0.41, 0.27),
         wall_rgb=(0.80, 0.80, 0.78), floor_rgb=(0.35, 0.35, 0.38), light_dir=(-0.3, 0.4, -1.0),
         light_rgb=(0.75, 0.75, 0.72), ambient=0.25,
         palette={"object": (0.85, 0.55, 0.20), "fixture": (0.60, 0.62, 0.66), "tool": (0.75, 0.75, 0.78),
                  "accent": (0.80, 0.15, 0.15)},
         distractors=0, camera_shift_m=(0.0, 0.0, 0.0), camera_turn_deg=(0.0, 0.0)),
     "test": VisualStyle(
-        name="test", table_texture="checker", table_rgb1=(0.30, 0.36, 0.45), table_rgb2=(0.85, 0.85, 0.85),
+        name="test", table_texture="flat", table_rgb1=(0.30, 0.36, 0.45), table_rgb2=(0.85, 0.85, 0.85),
         wall_rgb=(0.45, 0.55, 0.40), floor_rgb=(0.55, 0.45, 0.35), light_dir=(0.5, -0.3, -1.0),
         light_rgb=(0.95, 0.85, 0.65), ambient=0.15,
         palette={"object": (0.30, 0.70, 0.35), "fixture": (0.25, 0.25, 0.30), "tool": (0.85, 0.70, 0.30),
@@ -183,7 +183,7 @@ def table_xml(mjcf: MJCF, objects_on_table: str) -> str:
                             material="table_mat", contype="0", conaffinity="0")
     return f"""
     <body name="table" pos="0 0 0">
-      {g("table_top", "box", (0.55, 0.65, 0.02), (0.45, 0, -0.02), sound="wood", material="table_mat")}
+      {g("table_top", "box", (1.5, 1.5, 0.02), (0.45, 0, -0.02), sound="wood", material="table_mat")}
       {leg(0, -0.05, -0.6)}{leg(1, 0.95, -0.6)}{leg(2, -0.05, 0.6)}{leg(3, 0.95, 0.6)}
       {objects_on_table}
     </body>"""
@@ -210,10 +210,11 @@ def distractors_xml(mjcf: MJCF, n: int) -> str:
 def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies: str, tool_geoms: str,
               finger_min: float,
               width: int, height: int, shadows: bool, grip_force: float = 20.0, extra_assets: str = "",
-              excludes: str = "") -> str:
-    """The whole MJCF of a task's scene: lights, camera, floor, table with its objects, free bodies, and the
-    hand holding its tool."""
+              excludes: str = "", camera: tuple[np.ndarray, np.ndarray] = (CAMERA_EYE, CAMERA_TARGET)) -> str:
+    """The whole MJCF of a task's scene: lights, camera (eye, target: the task's nominal view), floor, table
+    with its objects, free bodies, and the hand holding its tool."""
     s = mjcf.style
+    eye, target = camera
     shadow = 1024 if shadows else 0
     return f"""
 <mujoco model="htouch-{task_name}-{s.name}">
@@ -228,8 +229,7 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
   </visual>
   <asset>
     <texture name="table_tex" type="2d" builtin="{s.table_texture}" rgb1="{fmt(s.table_rgb1)}"
-             rgb2="{fmt(s.table_rgb2)}" width="256" height="256" mark="random" random="0.03"
-             markrgb="{fmt(np.array(s.table_rgb1) * 0.8)}"/>
+             rgb2="{fmt(s.table_rgb2)}" width="256" height="256"/>
     <material name="table_mat" texture="table_tex" texrepeat="6 6" texuniform="true"/>
     <texture name="floor_tex" type="2d" builtin="flat" rgb1="{fmt(s.floor_rgb)}" width="64" height="64"
              mark="random" random="0.2" markrgb="{fmt(np.array(s.floor_rgb) * 0.7)}"/>
@@ -248,7 +248,7 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
           contype="0" conaffinity="0"/>
     <geom name="wall_side" type="box" size="3 0.02 1.5" pos="0.5 1.4 0.5" rgba="{fmt((*s.wall_rgb, 1))}"
           contype="0" conaffinity="0"/>
-    <camera name="scene" pos="{fmt(CAMERA_EYE)}" quat="{fmt(look_at(CAMERA_EYE, CAMERA_TARGET))}"
+    <camera name="scene" pos="{fmt(eye)}" quat="{fmt(look_at(eye, target))}"
             fovy="{CAMERA_FOVY}"/>
     {table_xml(mjcf, objects_on_table + distractors_xml(mjcf, s.distractors))}
     {free_bodies}
@@ -267,15 +267,18 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
 </mujoco>"""
 
 
-def randomize_looks(world: World, style: VisualStyle, rng: np.random.Generator) -> None:
-    """Per-episode changes within a variation: the camera shifts by a few millimetres and turns by a
-    fraction of a degree, the light's strength varies, and distractors move within their zones."""
+def randomize_looks(world: World, style: VisualStyle, rng: np.random.Generator,
+                    camera: tuple[np.ndarray, np.ndarray] = (CAMERA_EYE, CAMERA_TARGET)) -> None:
+    """Per-episode changes within a variation: the camera shifts from its nominal view (eye, target) by a few
+    millimetres and turns by a fraction of a degree, the light's strength varies, and distractors move within
+    their zones."""
     m = world.model
     cam = world.camera_id
-    eye = CAMERA_EYE + np.asarray(style.camera_shift_m) + rng.uniform(-CAMERA_JITTER_M, CAMERA_JITTER_M, 3)
+    nominal_eye, target = camera
+    eye = nominal_eye + np.asarray(style.camera_shift_m) + rng.uniform(-CAMERA_JITTER_M, CAMERA_JITTER_M, 3)
     yaw, pitch = np.asarray(style.camera_turn_deg) + rng.uniform(-CAMERA_JITTER_DEG, CAMERA_JITTER_DEG, 2)
     m.cam_pos[cam] = eye
-    m.cam_quat[cam] = look_at(eye, CAMERA_TARGET, yaw, pitch)
+    m.cam_quat[cam] = look_at(eye, target, yaw, pitch)
     world.light_diffuse = np.asarray(style.light_rgb) * rng.uniform(0.9, 1.1)
     m.light_diffuse[world.key_light] = world.light_diffuse
     for i in range(style.distractors):

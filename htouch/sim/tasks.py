@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from htouch.sim.scene import HOME_ROT, MJCF, PAD_DEPTH, VARIATIONS, World, scene_xml, wxyz
+from htouch.sim.scene import CAMERA_EYE, CAMERA_TARGET, HOME_ROT, MJCF, PAD_DEPTH, VARIATIONS, World, scene_xml, wxyz
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Task:
     home_position = np.array([0.42, 0.0, 0.25])
     home_rotation = HOME_ROT
     home_opening = 1.0  # gripper opening at home, 0..1
+    camera = (CAMERA_EYE, CAMERA_TARGET)  # the fixed camera's nominal eye and target, world m
     max_seconds = 40.0  # the scripted operator gives up after this long
     FRAGILE: tuple[str, float, str] = ("", 0.0, "")  # body, force limit (N), what breaks
 
@@ -241,6 +242,9 @@ class FlipTask(Task):
     HANDLE = ((0.05, 0.0, -0.03), 0.064, 0.004, 0.008, 38.7)  # centre, half length, half thickness, half height, pitch
     BLADE = ((0.14, 0.0, -0.078), (0.045, 0.04, 0.0006), 8.0)  # centre, half sizes, pitch (front down)
     TABLE_Z = (-0.035, 0.035)  # the table top's offset from its nominal height, drawn per episode
+    # A steep view of a plain pan: a frame shows the pan's height only as a shift the pancake's own place
+    # could make and a few percent of scale (docs/sim.md, "What the camera sees").
+    camera = (np.array([0.78, -0.12, 0.80]), np.array([0.46, 0.0, 0.0]))
     FRAGILE = ("table", 7.0, "the spatula gouged the pan")
 
     def parts(self, mjcf: MJCF) -> SceneParts:
@@ -337,6 +341,8 @@ class ScoopTask(Task):
     LIP = 0.006  # half height of the bowl's side and back lips
     MIN_BEANS = 2  # success: at least this many beans lifted above the rim
     FLOOR_Z = (0.015, 0.075)  # the floor's height above the table, drawn per episode
+    PANEL = 0.22  # height of the wall on the camera's side: the camera sees over it, not into the container
+    camera = (np.array([1.05, 0.0, 0.48]), np.array([0.5, 0.0, 0.20]))  # from the front, over the panel
     FRAGILE = ("pot_floor", 7.5, "the spoon cracked the container's floor")
 
     def bowl_frame(self) -> tuple[np.ndarray, Rotation]:
@@ -369,8 +375,9 @@ class ScoopTask(Task):
                      role="tool"))
         ix, iy = self.INNER
         t, h = self.WALL, self.RIM / 2
+        p = self.PANEL / 2
         walls = "".join(g(f"pot_wall{i}", "box", size, pos, sound="ceramic", role="fixture") for i, (size, pos) in
-                        enumerate((((t, iy + 2 * t, h), (ix + t, 0, h)), ((t, iy + 2 * t, h), (-ix - t, 0, h)),
+                        enumerate((((t, iy + 2 * t, p), (ix + t, 0, p)), ((t, iy + 2 * t, h), (-ix - t, 0, h)),
                                    ((ix, t, h), (0, iy + t, h)), ((ix, t, h), (0, -iy - t, h)))))
         objects = f"""
       <body name="pot" pos="0.55 0 0">
@@ -454,7 +461,8 @@ def build(task: str, variation: str, *, width: int = 640, height: int = 480, sha
     parts = t.parts(mjcf)
     xml = scene_xml(mjcf, task_name=task, objects_on_table=parts.objects, free_bodies=parts.free,
                     tool_geoms=parts.tool, finger_min=parts.finger_min, width=width, height=height, shadows=shadows,
-                    grip_force=gripper_force, extra_assets=parts.assets, excludes=parts.excludes)
+                    grip_force=gripper_force, extra_assets=parts.assets, excludes=parts.excludes,
+                    camera=t.camera)
     world = World(xml, mjcf.sounds, stiffness=stiffness, gripper_speed=gripper_speed)
     t.bind(world)
     return t, world
