@@ -50,9 +50,7 @@ class VisualStyle:
     """How a variation looks. Train and test differ in all of these; physics is the same."""
 
     name: str
-    table_texture: str  # MuJoCo builtin texture: "checker", "flat" or "gradient"
-    table_rgb1: tuple[float, float, float]
-    table_rgb2: tuple[float, float, float]
+    table_rgb: tuple[float, float, float]  # plain: a texture's perspective would tell the table's height
     wall_rgb: tuple[float, float, float]
     floor_rgb: tuple[float, float, float]
     light_dir: tuple[float, float, float]  # the key light's direction
@@ -66,14 +64,14 @@ class VisualStyle:
 
 VARIATIONS: dict[str, VisualStyle] = {
     "train": VisualStyle(
-        name="train", table_texture="flat", table_rgb1=(0.62, 0.46, 0.30), table_rgb2=(0.56, 0.41, 0.27),
+        name="train", table_rgb=(0.62, 0.46, 0.30),
         wall_rgb=(0.80, 0.80, 0.78), floor_rgb=(0.35, 0.35, 0.38), light_dir=(-0.3, 0.4, -1.0),
         light_rgb=(0.75, 0.75, 0.72), ambient=0.25,
         palette={"object": (0.85, 0.55, 0.20), "fixture": (0.60, 0.62, 0.66), "tool": (0.75, 0.75, 0.78),
                  "accent": (0.80, 0.15, 0.15)},
         distractors=0, camera_shift_m=(0.0, 0.0, 0.0), camera_turn_deg=(0.0, 0.0)),
     "test": VisualStyle(
-        name="test", table_texture="flat", table_rgb1=(0.30, 0.36, 0.45), table_rgb2=(0.85, 0.85, 0.85),
+        name="test", table_rgb=(0.30, 0.36, 0.45),
         wall_rgb=(0.45, 0.55, 0.40), floor_rgb=(0.55, 0.45, 0.35), light_dir=(0.5, -0.3, -1.0),
         light_rgb=(0.95, 0.85, 0.65), ambient=0.15,
         palette={"object": (0.30, 0.70, 0.35), "fixture": (0.25, 0.25, 0.30), "tool": (0.85, 0.70, 0.30),
@@ -228,8 +226,7 @@ def scene_xml(mjcf: MJCF, *, task_name: str, objects_on_table: str, free_bodies:
     <map znear="0.02" zfar="10"/>
   </visual>
   <asset>
-    <texture name="table_tex" type="2d" builtin="{s.table_texture}" rgb1="{fmt(s.table_rgb1)}"
-             rgb2="{fmt(s.table_rgb2)}" width="256" height="256"/>
+    <texture name="table_tex" type="2d" builtin="flat" rgb1="{fmt(s.table_rgb)}" width="16" height="16"/>
     <material name="table_mat" texture="table_tex" texrepeat="6 6" texuniform="true"/>
     <texture name="floor_tex" type="2d" builtin="flat" rgb1="{fmt(s.floor_rgb)}" width="64" height="64"
              mark="random" random="0.2" markrgb="{fmt(np.array(s.floor_rgb) * 0.7)}"/>
