@@ -18,7 +18,6 @@ from htouch.cli.common import (
     local_path,
     progress_bar,
 )
-from htouch.dataset import spectrograms
 from htouch.dataset.audio import DEFAULT_CLIP, SPECTROGRAM_KINDS, params_key, spectrogram_params
 from htouch.dataset.files import read_json
 from htouch.dataset.schema import METADATA_FILE
@@ -101,6 +100,8 @@ def spectrogram(
 
     Example: [bold]htouch spectrogram demo_data --kind avid[/]
     """
+    from htouch.dataset import spectrograms
+
     params = spectrogram_params(kind)
     ds = find_dataset(local_path(dataset, "htouch spectrogram (caching spectrograms)"))
     ds.require_audio("htouch spectrogram")

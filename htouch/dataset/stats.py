@@ -18,17 +18,21 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from htouch.dataset import audio, spectrograms
+from htouch.dataset import audio
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
-from htouch.dataset.episode import Episode, SampleParams
 from htouch.dataset.schema import episode_arrays
 from htouch.dataset.split import training_episodes
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError
+
+if TYPE_CHECKING:  # the episode reader and the spectrogram cache are imported when statistics are computed,
+    #                so that the command line starts without zarr
+    from htouch.dataset.episode import Episode
+    from htouch.dataset.spectrograms import EpisodeSpectrograms
 
 STATS_KEY = "stats"
 QUANTILES = (1, 5, 50, 95, 99)
@@ -95,6 +99,8 @@ def bins_last(specs: np.ndarray, params: SpectrogramParams) -> np.ndarray:
 
 def sample_frames(ep: Episode, clip: ClipParams) -> np.ndarray:
     """Camera frame indices at which a training sample exists (see the module docstring)."""
+    from htouch.dataset.episode import SampleParams
+
     times = ep.sample_times(SampleParams(clip=clip))
     return np.searchsorted(ep.camera_times, times).astype(np.int64)
 
@@ -134,6 +140,8 @@ class SpectrogramStats:
                  max_windows: int = DEFAULT_MAX_WINDOWS):
         if max_windows < 1:
             raise DatasetError(f"the number of spectrogram windows must be at least 1, got {max_windows}")
+        from htouch.dataset import spectrograms
+
         self.params = spectrograms.resolve_params(kind)
         self.clip = clip
         self.sources = [spectrograms.EpisodeSpectrograms(ep, self.params, clip) for ep in episodes]
@@ -154,7 +162,7 @@ class SpectrogramStats:
     def total(self) -> int:
         return len(self.chosen) + (len(self.pairs) if self.all_cached else 0)
 
-    def _read(self, src: spectrograms.EpisodeSpectrograms, idx: np.ndarray, progress: Progress | None) -> np.ndarray:
+    def _read(self, src: EpisodeSpectrograms, idx: np.ndarray, progress: Progress | None) -> np.ndarray:
         specs = src.frames(idx, progress)
         check_finite(specs.reshape(len(specs), -1), src.episode, f"the {self.params.kind} spectrogram ({src.source})")
         return bins_last(specs, self.params)
