@@ -58,7 +58,7 @@ def test_cached_frames_are_the_decoded_frames_resized_exactly(_cached):
         np.testing.assert_array_equal(cache.read(np.array([5, 2, 5])), want[[5, 2, 5]])
         # plain Zarr reads the cache without htouch
         group = zarr.open_group(str(frames.cache_path(ep, size)), mode="r", zarr_format=2)
-        np.testing.assert_array_equal(group["rgb"][...], want)
+        np.testing.assert_array_equal(group["data"][...], want)
 
 
 def _all_items(samples: PolicySamples) -> list[dict[str, torch.Tensor]]:
@@ -107,17 +107,17 @@ def test_a_cache_of_another_episode_is_stale_and_decoded_around_then_rebuilt(cac
 def test_a_truncated_or_reshaped_cache_is_stale(cached_ds):
     ep = cached_ds.episode(0)
     size = SPEC.image_size
-    chunk = frames.cache_path(ep, size) / "rgb" / "0.0.0.0"
+    chunk = frames.cache_path(ep, size) / "data" / "0.0.0.0"
     data = chunk.read_bytes()
     chunk.write_bytes(data[:-100])
-    assert frames.cache_status(ep, size).startswith("stale: rgb holds")
+    assert frames.cache_status(ep, size).startswith("stale: data chunk 0 holds")
     chunk.write_bytes(data)
     assert frames.cache_status(ep, size) == "fresh"
-    meta_file = frames.cache_path(ep, size) / "rgb" / ".zarray"
+    meta_file = frames.cache_path(ep, size) / "data" / ".zarray"
     meta = json.loads(meta_file.read_text())
     meta["compressor"] = {"id": "zlib", "level": 1}
     meta_file.write_text(json.dumps(meta))
-    assert frames.cache_status(ep, size).startswith("stale: rgb is not an uncompressed")
+    assert frames.cache_status(ep, size).startswith("stale: data is not an uncompressed")
     (frames.cache_path(ep, size) / ".zattrs").write_text("{not json")
     assert frames.cache_status(ep, size) == "stale: unreadable (JSONDecodeError)"
 
@@ -126,13 +126,13 @@ def test_a_damaged_frame_is_refused_with_one_line_and_verify_rebuilds_it(cached_
     plan = plan_dataset(cached_ds, SPEC)
     ep = cached_ds.episode(plan.train[0])
     size = SPEC.image_size
-    chunk = frames.cache_path(ep, size) / "rgb" / "0.0.0.0"
+    chunk = frames.cache_path(ep, size) / "data" / "0.0.0.0"
     data = bytearray(chunk.read_bytes())
     data[3 * size * size * 4 + 10] ^= 0xFF  # one byte of frame 4
     chunk.write_bytes(bytes(data))
     assert frames.cache_status(ep, size) == "fresh"  # sizes and metadata are fine: found when read
     samples = PolicySamples(cached_ds, plan.train, SPEC, plan.action_normalization(), preload_mb=0)
-    with pytest.raises(DatasetError, match=r"frame cache is damaged \(frame 4 does not match its checksum\); "
+    with pytest.raises(DatasetError, match=r"32 px frame cache is damaged \(row 4 does not match its checksum\); "
                                            r"rebuild it with `htouch frames --size 32 --verify`"):
         samples.__getitems__(list(range(len(samples))))
     r = cli("frames", cached_ds.root, "--size", size)

@@ -7,11 +7,9 @@ runner use), so a cached frame is the same bytes training would compute. One cac
 
     DATASET/derived/frames/<size>px/episode_000012
 
-a Zarr v2 group: `rgb` (frames, 3, size, size) uint8 in ONE uncompressed chunk (one file: a frame is a slice of
-it at a known offset, read through a memory map without decoding), and `xxh3` (frames,) uint64, each frame's
-XXH3-64, checked the first time a reader reads the frame. Plain Zarr reads it: `zarr.open_group(path)["rgb"]`.
-(Compression was measured and left out: Blosc lz4/zstd saved 4-12 % of a noisy photo frame at 224 px, and
-would cost the memory map.)
+in the layout of htouch.dataset.rowcache: `data` (frames, 3, size, size) uint8 uncompressed (a frame is read
+through a memory map without decoding; Blosc saved 4-12 % of a noisy photo frame at 224 px, measured) and each
+frame's XXH3-64, checked the first time a reader reads the frame. Plain Zarr reads it.
 
 A cache is used only when its attributes match: the size, the resize method (RESIZE), and a fingerprint of the
 episode (frame time stamps, frame shape and an XXH3 of its first and last decoded frame), so another episode's
@@ -37,6 +35,7 @@ import numpy as np
 import xxhash
 import zarr
 
+from htouch.dataset import rowcache
 from htouch.dataset.episode import Episode
 from htouch.dataset.files import contained
 from htouch.dataset.location import UrlPath, location
@@ -112,12 +111,8 @@ def _expected(episode: Episode, size: int) -> dict[str, Any]:
     return {"size": int(size), "resize": RESIZE, "fingerprint": fingerprint(episode), "episode": episode.name}
 
 
-def _frame_bytes(size: int) -> int:
-    return 3 * int(size) * int(size)
-
-
-def _chunk(path: Path, array: str, ndim: int) -> Path:
-    return path / array / ".".join("0" * ndim)
+def _row(size: int) -> tuple[int, int, int]:
+    return (3, int(size), int(size))
 
 
 def cache_status(episode: Episode, size: int) -> str:
@@ -132,84 +127,34 @@ def cache_status(episode: Episode, size: int) -> str:
         return "stale: holds a symbolic link or special file"
     try:
         attrs = json.loads((path / ".zattrs").read_text()).get(ATTR, {})
-        meta = json.loads((path / "rgb" / ".zarray").read_text())
     except (OSError, ValueError, AttributeError) as e:
         return f"stale: unreadable ({type(e).__name__})"
     expected = _expected(episode, size)
     for name in ("size", "resize", "fingerprint"):
         if attrs.get(name) != expected[name]:
             return f"stale: {name} differs"
-    n = len(episode.camera_times)
-    shape = [n, 3, int(size), int(size)]
-    if meta.get("shape") != shape or meta.get("chunks") != shape or meta.get("dtype") != "|u1" \
-            or meta.get("compressor") is not None or meta.get("filters") or meta.get("order") != "C":
-        return f"stale: rgb is not an uncompressed {shape} uint8 array in one chunk"
-    for array, nbytes, ndim in (("rgb", n * _frame_bytes(size), 4), ("xxh3", n * 8, 1)):
-        f = _chunk(path, array, ndim)
-        got = f.stat().st_size if f.is_file() else -1
-        if n and got != nbytes:
-            return f"stale: {array} holds {max(got, 0)} bytes, expected {nbytes} (truncated or missing)"
-    return "fresh"
+    why = rowcache.status(path, len(episode.camera_times), _row(size), np.uint8)
+    return "fresh" if why is None else f"stale: {why}"
 
 
-class FrameCache:
-    """One episode's frames at one size from its cache: `read(indices)` -> (n, 3, size, size) uint8 numpy.
-    Open with `open_cache` (None when the cache is not fresh). The memory map is opened lazily and not
-    pickled, so a DataLoader worker opens its own."""
-
-    def __init__(self, episode_name: str, path: Path, size: int, n: int):
-        self.episode_name, self.path, self.size, self.n = episode_name, path, int(size), n
-        self._map: np.ndarray | None = None
-        self._hashes: np.ndarray | None = None
-        self._verified = np.zeros(n, dtype=bool)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_map": None, "_hashes": None}
-
-    def _open(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._map is None:
-            shape = (self.n, 3, self.size, self.size)
-            self._map = np.memmap(_chunk(self.path, "rgb", 4), dtype=np.uint8, mode="r", shape=shape)
-            self._hashes = np.fromfile(_chunk(self.path, "xxh3", 1), dtype="<u8", count=self.n)
-        return self._map, self._hashes
-
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """Frames by index (repeats allowed); each frame's checksum is checked the first time it is read."""
-        frames, hashes = self._open()
-        idx = np.asarray(indices, dtype=np.int64)
-        if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
-            raise DatasetError(f"{self.episode_name}: frame index out of range (the cache has {self.n} frames)")
-        out = frames[idx]  # a copy: fancy indexing of the map
-        todo = ~self._verified[idx]
-        if todo.any():
-            for j in np.flatnonzero(todo):
-                if xxhash.xxh3_64_intdigest(out[j].data) != int(hashes[idx[j]]):
-                    raise DatasetError(f"{self.episode_name}: its {self.size} px frame cache is damaged (frame "
-                                       f"{int(idx[j])} does not match its checksum); rebuild it with "
-                                       f"`htouch frames --size {self.size} --verify`")
-            self._verified[idx[todo]] = True
-        return out
-
-
-def open_cache(episode: Episode, size: int) -> FrameCache | None:
-    """The episode's cache at this size when it is fresh, else None (read from the store instead)."""
+def open_cache(episode: Episode, size: int) -> rowcache.Rows | None:
+    """The episode's cache at this size when it is fresh, else None (read from the store instead):
+    `.read(indices)` gives (n, 3, size, size) uint8."""
     if cache_status(episode, size) != "fresh":
         return None
-    return FrameCache(episode.name, cache_path(episode, size), size, len(episode.camera_times))
+    return rowcache.Rows(cache_path(episode, size), len(episode.camera_times), _row(size), np.uint8,
+                         f"{episode.name}: its {int(size)} px frame cache",
+                         f"htouch frames --size {int(size)} --verify")
 
 
 def verify(episode: Episode, size: int) -> str:
-    """cache_status, plus every frame hashed against its checksum: "fresh" or "stale: ..."/"missing"/"damaged: ..."."""
+    """cache_status, plus every frame hashed against its checksum: "fresh", "missing", "stale: ..." or
+    "damaged: ..."."""
     status = cache_status(episode, size)
     if status != "fresh":
         return status
-    cache = open_cache(episode, size)
-    for start in range(0, cache.n, BUILD_BATCH):
-        try:
-            cache.read(np.arange(start, min(start + BUILD_BATCH, cache.n)))
-        except DatasetError:
-            return "damaged: a frame does not match its checksum"
-    return "fresh"
+    why = open_cache(episode, size).verify()
+    return "fresh" if why is None else f"damaged: {why}"
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -253,26 +198,17 @@ def build(episode: Episode, size: int, progress: Progress | None = None) -> Path
             shutil.rmtree(left, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     n = len(episode.camera_times)
-    shape = (n, 3, int(size), int(size))
+
+    def blocks():
+        for start in range(0, n, BUILD_BATCH):
+            stop = min(start + BUILD_BATCH, n)
+            yield resize_frames(read_frames(episode, range(start, stop)), size).numpy()
+            if progress:
+                progress(stop - start)
+
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-        # metadata only: the chunks are written below, frame by frame, as the raw bytes of an uncompressed chunk
-        group.create_array("rgb", shape=shape, chunks=shape, dtype="uint8", compressors=None, fill_value=0)
-        group.create_array("xxh3", shape=(n,), chunks=(n,), dtype="<u8", compressors=None, fill_value=0)
-        hashes = np.zeros(n, dtype="<u8")
-        if n:
-            with open(_chunk(tmp, "rgb", 4), "wb") as f:
-                for start in range(0, n, BUILD_BATCH):
-                    stop = min(start + BUILD_BATCH, n)
-                    small = np.ascontiguousarray(resize_frames(read_frames(episode, range(start, stop)), size).numpy())
-                    for j in range(stop - start):
-                        hashes[start + j] = xxhash.xxh3_64_intdigest(small[j].data)
-                    f.write(small.tobytes())
-                    if progress:
-                        progress(stop - start)
-                f.flush()
-                os.fsync(f.fileno())
-            _chunk(tmp, "xxh3", 1).write_bytes(hashes.tobytes())
+        rowcache.write_rows(tmp, n, _row(size), np.uint8, blocks())
         group.attrs[ATTR] = _expected(episode, size)
         if final.exists():
             old = final.with_name(f".{final.name}.old{os.getpid()}")
