@@ -159,15 +159,13 @@ class Rows:
                 self._zarr = zarr.open_array(zarr_source(self.path / DATA), mode="r", zarr_format=2)
             return self._zarr.get_orthogonal_selection((idx,))
         out = np.empty((len(idx), *self.row_shape), self.dtype)
-        chunk = idx // self.chunk_rows
-        for k in np.unique(chunk):
+        for j, (k, r) in enumerate(zip(*np.divmod(idx, self.chunk_rows), strict=True)):  # one copy per row
             mm = self._maps.get(int(k))
             if mm is None:
                 mm = self._maps[int(k)] = np.memmap(_chunk_file(self.path, DATA, int(k), 1 + len(self.row_shape)),
                                                     dtype=self.dtype, mode="r",
                                                     shape=(self.chunk_rows, *self.row_shape))
-            at = chunk == k
-            out[at] = mm[idx[at] - int(k) * self.chunk_rows]
+            out[j] = mm[r]
         return out
 
     def read(self, indices: Iterable[int] | np.ndarray) -> np.ndarray:

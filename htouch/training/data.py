@@ -406,9 +406,10 @@ class PolicySamples(torch.utils.data.Dataset):
         return torch.from_numpy(self._read_spectrograms(e, np.array([row]))[0])
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        """A batch of samples, the same as [self[i] for i in indices], read together: each episode's frames
-        at each size in one read (a frame several samples share is read once) and its spectrograms in one.
-        torch's DataLoader calls this with a batch's indices (then collate)."""
+        """A batch of samples, the same as [self[i] for i in indices], read together by episode: its
+        spectrograms in one read; frames decoded from the store once per batch however many samples share
+        them (from a frame cache, straight from its memory maps into each sample). torch's DataLoader calls
+        this with a batch's indices (then collate)."""
         with one_torch_thread():
             return self._items(list(indices))
 
@@ -444,11 +445,20 @@ class PolicySamples(torch.utils.data.Dataset):
         frames: list[torch.Tensor | None] = [None] * len(indices)
         for (_, at_load), js in wanted.items():
             e = rows[js[0]][0]
+            cache = e.caches.get(self.spec.load_size if at_load else self.spec.image_size)
+            if (e.loaded if at_load else e.frames) is None and cache is not None:
+                # from the cache's memory maps straight into each sample: one copy per frame (gathering the
+                # batch's distinct frames first costs a second copy, and copying is all a cached frame costs)
+                for j in js:
+                    got = torch.from_numpy(cache.read(e.frame_idx[rows[j][1]]))
+                    frames[j] = self.augmenter(got, seeds[j]) if at_load else got
+                continue
             idx = np.stack([e.frame_idx[rows[j][1]] for j in js])
             uniq, inverse = np.unique(idx, return_inverse=True)
-            got = self.episode_frames(e, uniq, loaded=at_load)[torch.from_numpy(inverse.reshape(idx.shape))]
+            got = self.episode_frames(e, uniq, loaded=at_load)  # each frame once, then each sample's copy
+            inverse = torch.from_numpy(inverse.reshape(idx.shape))
             for k, j in enumerate(js):
-                frames[j] = self.augmenter(got[k], seeds[j]) if at_load else got[k]
+                frames[j] = self.augmenter(got[inverse[k]], seeds[j]) if at_load else got[inverse[k]]
         specs: list[torch.Tensor | None] = [None] * len(indices)
         if self.spec.spec_params is not None:
             by_episode: dict[int, list[int]] = {}
