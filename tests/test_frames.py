@@ -158,3 +158,14 @@ def test_frames_command_builds_the_preset_sizes_and_refuses_bad_input(tiny_ds, c
     r = cli("frames", "https://example.invalid/ds")
     assert r.code == 2 and "htouch frames" in r.err
     assert not list(tiny_ds.root.glob("derived/frames/*/.*tmp*"))  # nothing half-written left
+
+
+def test_training_says_when_frames_are_decoded_for_every_sample(cached_ds):
+    plan = plan_dataset(cached_ds, SPEC)
+    norm = plan.action_normalization()
+    assert PolicySamples(cached_ds, plan.train, SPEC, norm, augment=True, preload_mb=0).frame_cache_hint() is None
+    plain = PolicySamples(_uncached(cached_ds), plan.train, SPEC, norm, augment=True, preload_mb=0)
+    assert plain.frame_cache_hint() == ("frames are decoded from JPEG for every sample (1 episode(s) have no frame "
+                                        "cache); `htouch frames DATASET --size 32 --size 37` makes training read "
+                                        "them without decoding")
+    assert PolicySamples(cached_ds, plan.train, SPEC, norm).frame_cache_hint() is None  # preloaded: decoded once

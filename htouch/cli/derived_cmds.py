@@ -134,11 +134,11 @@ def frames(
 ) -> None:
     """Cache every camera frame resized to the sizes training reads, beside the episodes.
 
-    Training then reads its frames from the cache (no JPEG decoding, no resizing: the same bytes) instead of
-    the store. Stored uncompressed in DATASET/derived/frames/<size>px/ (3 x size x size bytes a frame: about
-    150 kB at 224 px, 197 kB at 256 px); the episodes themselves are never modified.
+    Training then reads frames from the cache (the same bytes, without decoding JPEGs or resizing).
 
-    Re-running skips the caches that are up to date.
+    Stored uncompressed in DATASET/derived/frames/<size>px/: about 150 kB a frame at 224 px, 197 kB at 256 px.
+
+    The episodes themselves are never modified. Re-running skips the caches that are up to date.
 
     Example: [bold]htouch frames demo_data --preset paper[/]
     """

@@ -484,6 +484,14 @@ class PolicySamples(torch.utils.data.Dataset):
             items.append(item)
         return items
 
+    def frame_cache_hint(self) -> str | None:
+        """A note for the user when frames are decoded for every sample (not in memory, not all cached)."""
+        if self.preloaded["frames"] or not self.frame_sources["decoded"]:
+            return None
+        sizes = " ".join(f"--size {s}" for s in self.frame_sizes())
+        return (f"frames are decoded from JPEG for every sample ({self.frame_sources['decoded']} episode(s) have "
+                f"no frame cache); `htouch frames DATASET {sizes}` makes training read them without decoding")
+
     def describe(self) -> str:
         parts = [f"{len(self)} samples from {len(self.episodes)} episode(s)",
                  f"frames at {'/'.join(map(str, self.frame_sizes()))} px: {self.frame_sources['cache']} episode(s) "
