@@ -54,6 +54,7 @@ P_AUGMENT = 0.5
 JITTER = dict(brightness=0.3, contrast=0.3, saturation=0.1, hue=0.2)
 LOAD_RATIO = 8 / 7  # 224 -> 256, as the usual Resize(256) + Crop(224)
 DEFAULT_PRELOAD_MB = 4096
+PRELOAD_BLOCK = 32  # frames decoded (or read from a cache) at a time while preloading
 
 Progress = Callable[[int], None]
 
@@ -351,12 +352,20 @@ class PolicySamples(torch.utils.data.Dataset):
     def _preload(self, budget: float, progress: Progress | None) -> dict[str, bool]:
         out = {"frames": False, "spectrograms": False}
         if self.frame_bytes() <= budget:
-            for e in self.episodes:  # from the frame cache, else decoded from the store and resized; kept as bytes
-                banks = [self._frames_at(e, e.used_frames, size) for size in self.frame_sizes()]
+            sizes = self.frame_sizes()
+            for e in self.episodes:  # from the frame caches, else decoded once and resized to each size; as bytes
+                banks = [torch.empty((len(e.used_frames), 3, s, s), dtype=torch.uint8) for s in sizes]
+                for start in range(0, len(e.used_frames), PRELOAD_BLOCK):
+                    block = e.used_frames[start:start + PRELOAD_BLOCK]
+                    decoded = None if all(s in e.caches for s in sizes) else read_frames(e.ep, block)
+                    for bank, s in zip(banks, sizes, strict=True):
+                        cache = e.caches.get(s)
+                        bank[start:start + len(block)] = (torch.from_numpy(cache.read(block)) if cache is not None
+                                                          else resize_frames(decoded, s))
+                    if progress:
+                        progress(len(block))
                 e.frames = banks[0]
                 e.loaded = banks[1] if self.augment else None
-                if progress:
-                    progress(len(e.used_frames))
             out["frames"] = True
             budget -= self.frame_bytes()
         if self.spec.spec_params is not None and self.spec_bytes() <= budget:
