@@ -4,6 +4,7 @@ read as good (stale ones are decoded around and rebuilt, damaged ones refused wi
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 
 import numpy as np
@@ -169,3 +170,12 @@ def test_training_says_when_frames_are_decoded_for_every_sample(cached_ds):
                                         "cache); `htouch frames DATASET --size 32 --size 37` makes training read "
                                         "them without decoding")
     assert PolicySamples(cached_ds, plan.train, SPEC, norm).frame_cache_hint() is None  # preloaded: decoded once
+
+
+def test_a_cache_reader_pickles_without_its_memory_maps(_cached):
+    """DataLoader workers started by spawn get the dataset pickled: the maps are reopened, not copied."""
+    cache = frames.open_cache(Dataset(_cached).episode(0), SPEC.image_size)
+    want = cache.read([0, 3])
+    blob = pickle.dumps(cache)
+    assert len(blob) < 10_000  # not the frames
+    np.testing.assert_array_equal(pickle.loads(blob).read([0, 3]), want)
