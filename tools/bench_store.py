@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Storage benchmark: writer throughput and caller latency, bytes and image quality, training-sample reads
-(against the paper authors' file layout), and writer memory over a long episode.
+(against the paper authors' file layout), the training inputs of the paper preset (today's decoding path, scaled
+DCT decoding, the frame cache per sample and batched, the paper layout), and writer memory over a long episode.
 
 Performance is measured here, not in timed tests. The machine may be shared, so the whole run (and its
 subprocesses) is pinned to ONE core, ratios are measured within one run, and the conditions (load average,
