@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import zarr
 
 from htouch.dataset import audio, spectrograms
 from htouch.dataset.audio import DEFAULT_CLIP, LogMelParams
@@ -158,3 +159,31 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, cached_ds, cli):
     assert r.code == 2 and r.err.strip().count("\n") == 0 and "no episodes" in r.err
     r = cli("spectrogram", tmp_path / "missing")
     assert r.code == 2 and "not found" in r.err
+
+
+def test_a_damaged_row_is_refused_with_one_line_and_the_older_layout_is_stale(cached_ds, cli):
+    ep = cached_ds.episode(0)
+    params = audio.spectrogram_params("logmel")
+    path = cache_path(ep, params)
+    chunk = path / "data" / "0.0.0"
+    data = bytearray(chunk.read_bytes())
+    row = 64 * 201 * 4
+    data[row * 3 + 17] ^= 0x40  # one byte of row 3: still a float, a wrong one
+    chunk.write_bytes(bytes(data))
+    spec = EpisodeSpectrograms(ep, "logmel")
+    assert spec.source == "cache"
+    np.testing.assert_array_equal(spec.frames([0, 1]), spectrograms.compute(ep, params, frames=[0, 1]))
+    with pytest.raises(DatasetError, match=r"^episode_000000: its logmel spectrogram cache is damaged \(row 3 does "
+                                           r"not match its checksum\); rebuild it with `htouch spectrogram --kind "
+                                           r"logmel --force`$"):
+        spec.frames([2, 3])
+    assert "2 episode(s) computed" in cli("spectrogram", cached_ds.root, "--kind", "logmel", "--force").out
+    assert EpisodeSpectrograms(cached_ds.episode(0), "logmel").frames([3]).shape == (1, 64, 201)
+    # the layout before the uncompressed one: one Blosc-compressed array at the same path
+    shutil.rmtree(path)
+    old = zarr.create_array(str(path), shape=(len(ep.camera_times), 64, 201), chunks=(5, 64, 201), dtype="float32",
+                            zarr_format=2)
+    old.attrs[spectrograms.ATTR] = json.loads(json.dumps(spectrograms._expected_attrs(ep, params, DEFAULT_CLIP)))
+    assert cache_status(ep, params).startswith("stale: unreadable")
+    assert EpisodeSpectrograms(ep, "logmel").source == "computed"
+    assert "1 episode(s) computed (1 stale)" in cli("spectrogram", cached_ds.root, "--kind", "logmel").out

@@ -225,3 +225,27 @@ def test_a_local_dataset_is_opened_as_before(tiny_ds):
     assert os.path.isdir(tiny_ds.root)
     shutil.rmtree(tiny_ds.root / "episode_000000")
     assert Dataset(tiny_ds.root).episode_indices() == [1]
+
+
+def test_spectrogram_caches_uploaded_with_a_dataset_are_read_at_its_url(s3, tmp_path):
+    """A URL reads the rows of an uploaded cache through Zarr (no memory maps), checksums checked; frame caches
+    are local only (training decodes the frames at a URL)."""
+    import numpy as np
+
+    from htouch.dataset import frames, spectrograms
+    from htouch.dataset.audio import spectrogram_params
+
+    local = tmp_path / "ds"
+    shutil.copytree(s3["local"], local)
+    params = spectrogram_params("avid")
+    ep = Dataset(local).episode(1)
+    spectrograms.build(ep, params)
+    frames.build(ep, 16)
+    s3["fs"].put(str(local), f"{BUCKET}/cached", recursive=True)
+    at_url = Dataset(f"s3://{BUCKET}/cached").episode(1)
+    remote = spectrograms.EpisodeSpectrograms(at_url, params)
+    assert spectrograms.cache_status(at_url, params) == "fresh"
+    assert remote.source == "cache"
+    want = spectrograms.EpisodeSpectrograms(ep, params).frames([0, 5, 5, 2])
+    np.testing.assert_array_equal(remote.frames([0, 5, 5, 2]), want)
+    assert frames.cache_status(at_url, 16) == "missing"

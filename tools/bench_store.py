@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Storage benchmark: writer throughput and caller latency, bytes and image quality, training-sample reads
-(against the paper authors' file layout), and writer memory over a long episode.
+(against the paper authors' file layout), the training inputs of the paper preset (today's decoding path, scaled
+DCT decoding, the frame cache per sample and batched, the paper layout), and writer memory over a long episode.
 
 Performance is measured here, not in timed tests. The machine may be shared, so the whole run (and its
 subprocesses) is pinned to ONE core, ratios are measured within one run, and the conditions (load average,
@@ -41,6 +42,8 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # bundled in scikit-image
 NOISE_SIGMA = 2.0  # sensor noise added to every frame (uint8 levels)
 PACED_SPEED = 4.0  # the memory run's "paced" mode feeds at this multiple of real time (10 min must fit)
 MAX_TICK_S = 1 / 30  # caller latency check: no tick's calls may take a whole camera period
+TRAIN_BATCH = 32  # the training-input readers deliver batches of this many samples (the paper's batch size)
+TRAIN_GOAL_TODAY, TRAIN_GOAL_PAPER = 10.0, 20.0  # issue 13: the new path vs today's training path / the paper layout
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,15 @@ class Sizes:
     candidate_frames: int  # frames for codecs the writer does not offer (measured directly)
     read_episode_s: float  # each of the 2 episodes sampled
     read_samples: int
+    train_batches: int  # batches of TRAIN_BATCH random training samples (section 3b)
     memory_min: float
     pool_frames: int  # pre-generated frames, cycled
 
 
 FULL = Sizes(throughput_s=60, latency_s=20, quality_s=10, candidate_frames=60, read_episode_s=60,
-             read_samples=300, memory_min=10, pool_frames=300)
+             read_samples=300, train_batches=20, memory_min=10, pool_frames=300)
 QUICK = Sizes(throughput_s=5, latency_s=1.5, quality_s=2, candidate_frames=6, read_episode_s=6,
-              read_samples=30, memory_min=1, pool_frames=60)
+              read_samples=30, train_batches=2, memory_min=1, pool_frames=60)
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -613,10 +617,173 @@ def bench_reads(tmp: Path, rig: Any, frames: list[np.ndarray], audio: np.ndarray
     for name, (kind, _) in READ_LAYOUTS.items():
         if kind == "htouch":
             breakdown[name]["actions"] = math.nan  # not timed apart
-    return {"samples": len(picks), "episode_s": sizes.read_episode_s,
+    train = bench_training_inputs(ds, readers["htouch"], readers["paper, line index"], sizes, log)
+    return {"train": train, "samples": len(picks), "episode_s": sizes.read_episode_s,
             "rates": {n: len(picks) / s for n, s in spent.items()}, "parts_ms": breakdown,
             "setup_ms": {n: s / 2 * 1e3 for n, s in setup_s.items()},
             "htouch_bytes": htouch_bytes, "paper_bytes": paper_bytes, "params": params, "audio_diff": audio_diff}
+
+
+class PaperTrainingReader:
+    """The paper layout as a training sample: its reader's frames resized as htouch's training resizes them and
+    the spectrogram computed from its clip (audio.spectrogram, as a loader of that layout must)."""
+
+    def __init__(self, paper: PaperLayoutEpisode, params: Any, size: int, spec_params: Any):
+        self.paper, self.params, self.size, self.spec_params = paper, params, size, spec_params
+
+    def sample(self, t_ns: int) -> dict[str, Any]:
+        import torch
+
+        from htouch.dataset import audio
+        from htouch.dataset.frames import resize_frames
+
+        frames, clip, actions = self.paper.sample(t_ns, self.params)
+        spec = audio.spectrogram(clip, self.params.clip.rate_hz, self.spec_params)
+        return {"frames": resize_frames(frames, self.size), "spec": torch.from_numpy(spec),
+                "actions": torch.from_numpy(actions)}
+
+
+class ScaledDecodeReader:
+    """Frames decoded at reduced size by libjpeg-turbo's scaled DCT (PIL `Image.draft`: the smallest of the
+    scales 1/1, 1/2, 1/4, 1/8 that keeps both sides >= size, 320x240 for 224 px from 640x480), then resized
+    as training resizes; the JPEG bytes read straight from the episode's chunk files; spectrogram from the
+    cache; actions as PolicySamples gives them."""
+
+    def __init__(self, samples: Any, size: int):
+        self.samples, self.size = samples, size
+
+    def frames(self, e: Any, idx: np.ndarray) -> Any:
+        from PIL import Image
+
+        from htouch.dataset.frames import resize_frames
+
+        out = []
+        for i in idx:
+            with Image.open(io.BytesIO((e.ep.path / "camera" / "rgb" / f"{int(i)}.0.0.0").read_bytes())) as im:
+                im.draft("RGB", (self.size, self.size))
+                out.append(resize_frames(np.asarray(im.convert("RGB"))[None], self.size)[0])
+        import torch
+
+        return torch.stack(out)
+
+    def sample(self, index: int) -> dict[str, Any]:
+        import torch
+
+        e, row = self.samples.locate(index)
+        return {"frames": self.frames(e, e.frame_idx[row]), "spec": self.samples.spectrogram(index),
+                "actions": torch.from_numpy(e.actions[row]), "mask": torch.from_numpy(e.mask[row])}
+
+
+TRAIN_READERS = (  # section 3b, in the order of the table
+    "today: PolicySamples per sample (decode + resize; spectrogram cache)",
+    "scaled DCT decode (PIL draft) + resize; spectrogram cache",
+    "frame cache, per sample (__getitem__)",
+    "frame cache, batched (__getitems__)",
+    "paper layout + resize + spectrogram",
+)
+
+
+def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayoutEpisode], sizes: Sizes,
+                          log: Callable[[str], None]) -> dict[str, Any]:
+    """Training samples of the paper preset (4 frames at 224 px + the AVID spectrogram + 8 normalised actions),
+    delivered as batches of TRAIN_BATCH, through each reader in turn on the same random batches."""
+    import torch
+
+    from htouch.dataset import frames as frame_cache
+    from htouch.dataset import spectrograms
+    from htouch.training.data import DataSpec, PolicySamples, collate
+    from htouch.training.methods import policy_config
+    from htouch.training.model import ActionNormalization
+
+    spec = DataSpec.from_policy(policy_config("paper", "ours"))
+    size = spec.image_size
+    t0 = time.perf_counter()
+    n_frames = 0
+    for ep in episodes:
+        spectrograms.build(ep, spec.spec_params, spec.clip)
+        n_frames += len(ep.camera_times)
+    spec_build_s = time.perf_counter() - t0
+    log(f"training inputs: {spec.audio_kind} spectrogram caches built ({spec_build_s:.0f} s); opening today's path")
+    norm = ActionNormalization.identity(spec.action_dim)
+    idx = [ep.index for ep in episodes]
+    today = PolicySamples(ds, idx, spec, norm, preload_mb=0)  # before the frame caches exist: decodes
+    t0 = time.perf_counter()
+    for ep in episodes:
+        frame_cache.build(ep, size)
+    build_s = time.perf_counter() - t0
+    cache_bytes = frame_cache.dir_size(frame_cache.key_dir(ds.root, size))
+    log(f"training inputs: {size} px frame caches built ({build_s:.0f} s, {cache_bytes / 1e6:.0f} MB)")
+    cached = PolicySamples(ds, idx, spec, norm, preload_mb=0)
+    assert today.frame_sources["decoded"] == 2 and cached.frame_sources["cache"] == 2
+    scaled = ScaledDecodeReader(today, size)
+    paper = [PaperTrainingReader(p, spec.sample_params, size, spec.spec_params) for p in papers]
+
+    rng = np.random.default_rng(2)
+    window = int(max(spec.frame_window_s, spec.clip.window_s) * 1e9)  # the paper reader does not pad
+    times = np.concatenate([e.times for e in today.episodes])
+    eligible = np.flatnonzero(times >= np.repeat([int(ep.camera_times[0]) + window for ep in episodes],
+                                                 [len(e) for e in today.episodes]))
+    batches = [rng.choice(eligible, TRAIN_BATCH, replace=False).tolist() for _ in range(sizes.train_batches)]
+
+    def batch_of(name: str, b: list[int]) -> dict[str, Any]:
+        if name == TRAIN_READERS[0]:
+            return collate([today[i] for i in b])
+        if name == TRAIN_READERS[1]:
+            return collate([scaled.sample(i) for i in b])
+        if name == TRAIN_READERS[2]:
+            return collate([cached[i] for i in b])
+        if name == TRAIN_READERS[3]:
+            return collate(cached.__getitems__(b))
+        items = []
+        for i in b:
+            e, row = today.locate(i)
+            items.append(paper[int(today.sample_episode[i])].sample(int(e.times[row])))
+        return collate(items)
+
+    # Same samples from every reader: frames identical from the cache (it holds the bytes training computes),
+    # the scaled decode's resize difference measured, spectrograms and actions compared.
+    ref = batch_of(TRAIN_READERS[0], batches[0])
+    diff: dict[str, dict[str, float]] = {}
+    for name in TRAIN_READERS[1:]:
+        got = batch_of(name, batches[0])
+        d = (got["frames"].float() - ref["frames"].float()).abs()
+        sd = float((got["spec"] - ref["spec"]).abs().max())
+        diff[name] = {"max": float(d.max()), "mean": float(d.mean()), "spec": sd,
+                      "spec_scale": float(ref["spec"].abs().max())}
+        if name.startswith("frame cache") and not (d.max() == 0 and sd == 0 and torch.equal(got["actions"],
+                                                                                           ref["actions"])):
+            raise RuntimeError(f"{name} returns other samples than today's path")
+
+    log(f"training inputs: {len(batches)} batches of {TRAIN_BATCH} through each of {len(TRAIN_READERS)} readers")
+    spent = dict.fromkeys(TRAIN_READERS, 0.0)
+    cpu = dict.fromkeys(TRAIN_READERS, 0.0)
+    names = list(TRAIN_READERS)
+    for j, b in enumerate(batches):
+        for name in names[j % len(names):] + names[:j % len(names)]:  # rotate so none always goes first
+            c0, t0 = time.process_time(), time.perf_counter()
+            batch_of(name, b)
+            spent[name] += time.perf_counter() - t0
+            cpu[name] += time.process_time() - c0
+    n = len(batches) * TRAIN_BATCH
+    # where the batched path's time goes (a separate pass)
+    parts = {"frames": 0.0, "spectrograms": 0.0}
+    for b in batches:
+        by_ep: dict[int, list[int]] = {}
+        for i in b:
+            by_ep.setdefault(int(cached.sample_episode[i]), []).append(int(cached.sample_row[i]))
+        for k, rows in by_ep.items():
+            e = cached.episodes[k]
+            t0 = time.perf_counter()
+            e.caches[size].read(np.unique(e.frame_idx[rows]))
+            t1 = time.perf_counter()
+            e.spectrograms.frames(np.unique(e.spec_frame[rows]))
+            parts["frames"] += t1 - t0
+            parts["spectrograms"] += time.perf_counter() - t1
+    return {"spec": spec, "batches": len(batches), "samples": n, "rates": {k: n / v for k, v in spent.items()},
+            "cpu_rates": {k: n / v for k, v in cpu.items()}, "diff": diff,
+            "parts_ms": {k: v / n * 1e3 for k, v in parts.items()}, "cache_bytes": cache_bytes,
+            "cache_build_s": build_s, "spec_build_s": spec_build_s, "frames": n_frames,
+            "spec_bytes": spectrograms.dir_size(spectrograms.key_dir(ds.root, spec.spec_params, spec.clip))}
 
 
 # ------------------------------------------------------------------------------------------------ 4. memory
@@ -722,6 +889,17 @@ def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], 
         ("Random sample reads: htouch / paper layout", f"{rr('htouch')}/s vs {rr('paper, line index')}/s = "
          f"{ratio('htouch', 'paper, line index'):.2f}x (audio preloaded in both: "
          f"{ratio('htouch, preload_audio()', 'paper, audio.txt parsed once'):.2f}x)", "report (no goal)", "info"),
+    ]
+    tr = r["train"]
+    new, today, paper = (tr["rates"][TRAIN_READERS[k]] for k in (3, 0, 4))
+    goals += [
+        ("Training samples (paper preset inputs): frame cache, batched / today's path",
+         f"{new:.0f}/s vs {today:.0f}/s = {new / today:.1f}x", f">= {TRAIN_GOAL_TODAY:g}x",
+         ok(new / today >= TRAIN_GOAL_TODAY)),
+        ("Training samples: frame cache, batched / paper layout (+ resize + spectrogram)",
+         f"{new:.0f}/s vs {paper:.0f}/s = {new / paper:.1f}x (vs its raw reads, section 3: "
+         f"{new / r['rates']['paper, line index']:.1f}x)", f">= {TRAIN_GOAL_PAPER:g}x",
+         ok(new / paper >= TRAIN_GOAL_PAPER)),
     ]
     for m in mem:
         goals.append((f"Writer peak RSS, {m['minutes']:g} min episode, {m['mode']}",
@@ -843,6 +1021,7 @@ def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], 
           f"On disk: htouch {mb(r['htouch_bytes'])} MB, paper layout {mb(r['paper_bytes'])} MB for the two episodes.",
           ""]
 
+    L += training_section(r)
     L += ["## 4. Writer memory over a long episode", "",
           f"Each run writes one {mem[0]['minutes']:g}-minute episode in a fresh subprocess (pinned to the same core) "
           "from a pool of 30 pre-rendered frames. RSS from /proc/self/status (VmRSS now, VmHWM = peak so far), at "
@@ -862,6 +1041,61 @@ def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], 
                  + f" | {m['peak_mb']:.0f} MB | {m['wall_s']:.0f} | {m['dropped']} |")
     L += ["", *memory_notes(mem), ""]
     return goals, "\n".join(L)
+
+
+def training_section(r: dict[str, Any]) -> list[str]:
+    """Section 3b of the report: training inputs through each reader."""
+    tr = r["train"]
+    spec = tr["spec"]
+    rates, cpu_rates = tr["rates"], tr["cpu_rates"]
+    today = rates[TRAIN_READERS[0]]
+    paper = rates[TRAIN_READERS[4]]
+    scaled = tr["diff"][TRAIN_READERS[1]]
+    L = ["### 3b. Training inputs (the paper preset)", "",
+         f"What training reads per sample with the paper preset and the `ours` method: {spec.n_frames} frames "
+         f"resized to {spec.image_size} px (uint8), the {spec.audio_kind} spectrogram of the clip, "
+         f"{spec.horizon} normalised actions and their mask, delivered as batches of {TRAIN_BATCH} "
+         f"(`training.data.collate`), from the same two episodes. {tr['batches']} batches of random samples (the "
+         "same for every reader, which take turns on each batch). Un-augmented samples; the augmented half "
+         f"reads {spec.load_size} px frames the same way (a second cache) and then pays for RandomCrop and "
+         "ColorJitter, which no storage choice changes.", "",
+         "- *today*: `PolicySamples` with nothing preloaded (a dataset larger than `--preload-mb`), one "
+         "sample at a time as the DataLoader asks: 4 JPEG frames decoded from the store and resized "
+         "(torchvision, antialiased), the spectrogram read from its `htouch spectrogram` cache. The cache is "
+         "read in its new layout (uncompressed, memory-mapped); the older Blosc layout cost 1-2 ms more per "
+         "sample, so the ratios to *today* below are lower bounds.",
+         "- *scaled DCT decode*: the JPEG decoded at reduced size by libjpeg-turbo (PIL `Image.draft`, 320x240 "
+         f"from 640x480), then resized to {spec.image_size} as training resizes.",
+         f"- *frame cache*: `htouch frames` stored every frame already resized ({tr['frames']} frames in "
+         f"{tr['cache_build_s']:.0f} s, {mb(tr['cache_bytes'])} MB at {spec.image_size} px, uncompressed; "
+         f"the spectrogram caches: {mb(tr['spec_bytes'])} MB); `PolicySamples` reads it through a memory "
+         "map. *per sample*: `__getitem__` as before; *batched*: `__getitems__` (what torch's DataLoader "
+         "calls with a batch's indices), by episode: its spectrograms in one read, its frames copied from the "
+         "memory-mapped chunk files straight into each sample.",
+         "- *paper layout*: section 3's reader (line index) with its frames resized the same way and the "
+         "spectrogram computed from its clip, as a loader of that layout must.", "",
+         "| reader | samples / s | ms / sample | samples per CPU-second | frames vs today: max / mean "
+         "difference (0-255) |", "| --- | --- | --- | --- | --- |"]
+    for name in TRAIN_READERS:
+        d = tr["diff"].get(name)
+        dcol = "(reference)" if d is None else f"{d['max']:.0f} / {d['mean']:.2f}"
+        L.append(f"| {name} | {rates[name]:.0f} | {1e3 / rates[name]:.2f} | {cpu_rates[name]:.0f} | {dcol} |")
+    new = rates[TRAIN_READERS[3]]
+    L += ["", f"Frame cache, batched / today = **{new / today:.1f}x**; / paper layout = **{new / paper:.1f}x** "
+          f"(/ section 3's paper reads, which neither resize nor make a spectrogram: "
+          f"{new / r['rates']['paper, line index']:.1f}x). Per sample without batching: "
+          f"{rates[TRAIN_READERS[2]] / today:.1f}x today. Scaled DCT decoding: "
+          f"{rates[TRAIN_READERS[1]] / today:.1f}x today. Where the batched path's time goes (a separate pass): "
+          f"frames {tr['parts_ms']['frames']:.2f} ms, spectrograms {tr['parts_ms']['spectrograms']:.2f} ms per "
+          "sample; the rest is assembling and stacking the batch.", "",
+          "Samples compared on the first batch: the frame cache gives the same bytes as today's path "
+          "(checked: frames, spectrograms and actions identical), so training results do not change. "
+          f"Scaled DCT decoding changes the frames by up to {scaled['max']:.0f} levels (mean {scaled['mean']:.2f}) "
+          "at the same size: it would change what the policy sees in training and no longer match the policy "
+          "runner's full-size resize, for a smaller gain. The paper-layout reader's spectrograms differ from "
+          f"htouch's by at most {tr['diff'][TRAIN_READERS[4]]['spec']:.2g} (values up to "
+          f"{tr['diff'][TRAIN_READERS[4]]['spec_scale']:.3g}; its clip is gathered its own way, section 3).", ""]
+    return L
 
 
 def quality_verdict(q: list[dict[str, Any]], cands: list[dict[str, Any]]) -> list[str]:
@@ -939,6 +1173,13 @@ def print_report(goals: list[tuple[str, str, str, str]], res: dict[str, Any]) ->
     for name, rate in res["reads"]["rates"].items():
         rt.add_row(name, f"{rate:.0f}", f"{1e3 / rate:.1f}")
     console.print(rt)
+    tt = Table(title=f"training inputs, batches of {TRAIN_BATCH}")
+    for c in ("reader", "samples/s", "ms/sample", "per CPU-s"):
+        tt.add_column(c)
+    tr = res["reads"]["train"]
+    for name in TRAIN_READERS:
+        tt.add_row(name, f"{tr['rates'][name]:.0f}", f"{1e3 / tr['rates'][name]:.2f}", f"{tr['cpu_rates'][name]:.0f}")
+    console.print(tt)
 
 
 # ------------------------------------------------------------------------------------------------ main

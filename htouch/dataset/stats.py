@@ -178,7 +178,7 @@ class SpectrogramStats:
         if self.all_cached:
             run = _Running()
             for src, fr in zip(self.sources, self.frames, strict=True):
-                block = max(1, src.cache.chunks[0])
+                block = max(1, src.cache.chunk_rows)
                 for start in range(0, len(fr), block):
                     run.add(self._read(src, fr[start:start + block], progress))
             stats.update(count=int(run.n), mean=run.mean.tolist(), std=np.sqrt(run.m2 / run.n).tolist(),

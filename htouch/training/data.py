@@ -19,8 +19,11 @@ ColorJitter(0.3, 0.3, 0.1, 0.2). The k frames of a sample share one crop and one
 Augmentation draws from a generator seeded by (seed, epoch, sample), so a run depends neither on the
 number of loader workers nor on being resumed.
 
-Frames are decoded and resized once and kept in memory (as uint8) when they fit `preload_mb`, likewise
-the spectrograms; otherwise each sample decodes its frames and reads (or computes) its spectrogram.
+Frames come from the episode's frame cache at each size when it is up to date (`htouch frames`,
+htouch.dataset.frames: the same bytes, already resized), else they are decoded from the store and resized.
+They are kept in memory (as uint8) when they fit `preload_mb`, likewise the spectrograms; otherwise each
+sample reads its frames and reads (or computes) its spectrogram. A DataLoader fetches a batch through
+`__getitems__`: each episode's frames and spectrograms of the batch in one read each.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from htouch.dataset import audio
+from htouch.dataset import frames as frame_cache
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode, SampleParams
+from htouch.dataset.frames import read_frames, resize_frames
 from htouch.dataset.spectrograms import EpisodeSpectrograms, one_torch_thread, spec_shape
 from htouch.dataset.split import SPLIT_KEY, training_episodes
 from htouch.dataset.stats import STATS_KEY, compute_stats, store_stats
@@ -50,6 +54,7 @@ P_AUGMENT = 0.5
 JITTER = dict(brightness=0.3, contrast=0.3, saturation=0.1, hue=0.2)
 LOAD_RATIO = 8 / 7  # 224 -> 256, as the usual Resize(256) + Crop(224)
 DEFAULT_PRELOAD_MB = 4096
+PRELOAD_BLOCK = 32  # frames decoded (or read from a cache) at a time while preloading
 
 Progress = Callable[[int], None]
 
@@ -219,15 +224,6 @@ def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: b
 # ------------------------------------------------------------------------------------------ images
 
 
-def resize_frames(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """(n, H, W, 3) uint8 frames -> (n, 3, size, size) uint8, the whole frame resized as
-    model.preprocess_frames does it (antialiased; to_float of this equals preprocess_frames)."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)
-    if tuple(x.shape[-2:]) == (size, size):
-        return x.contiguous()
-    return TF.resize(x, [size, size], antialias=True)
-
-
 def to_float(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames -> float 0..1 (done on the training device, so batches travel as bytes)."""
     return frames.float().div_(255.0)
@@ -281,6 +277,7 @@ class EpisodeSamples:
         self.loaded: torch.Tensor | None = None  # (used, 3, L, L) uint8, augmented samples crop from these
         self.specs: torch.Tensor | None = None  # (samples, *spec shape) float32
         self.spectrograms: EpisodeSpectrograms | None = None
+        self.caches: dict[int, frame_cache.FrameCache] = {}  # size -> the episode's fresh frame cache
 
     def __len__(self) -> int:
         return len(self.times)
@@ -312,17 +309,28 @@ class PolicySamples(torch.utils.data.Dataset):
             for e in self.episodes:
                 e.spectrograms = EpisodeSpectrograms(e.ep, spec.spec_params, spec.clip)
                 self.spec_sources[e.spectrograms.source] += 1
+        self.frame_sources = {"cache": 0, "decoded": 0}
+        for e in self.episodes:
+            for size in self.frame_sizes():
+                cache = frame_cache.open_cache(e.ep, size)
+                if cache is not None:
+                    e.caches[size] = cache
+            self.frame_sources["cache" if len(e.caches) == len(self.frame_sizes()) else "decoded"] += 1
         self.preloaded = {"frames": False, "spectrograms": False}
         if preload_mb > 0:
             self.preload(preload_mb, progress)
 
     # ---------------------------------------------------------------- preloading
 
+    def frame_sizes(self) -> list[int]:
+        """The sizes frames are read at: image_size, and load_size when augmenting."""
+        return [self.spec.image_size] + ([self.spec.load_size] if self.augment else [])
+
     def n_frames_used(self) -> int:
         return sum(len(e.used_frames) for e in self.episodes)
 
     def frame_bytes(self) -> int:
-        sizes = [self.spec.image_size] + ([self.spec.load_size] if self.augment else [])
+        sizes = self.frame_sizes()
         return self.n_frames_used() * sum(3 * s * s for s in sizes)
 
     def spec_bytes(self) -> int:
@@ -344,20 +352,20 @@ class PolicySamples(torch.utils.data.Dataset):
     def _preload(self, budget: float, progress: Progress | None) -> dict[str, bool]:
         out = {"frames": False, "spectrograms": False}
         if self.frame_bytes() <= budget:
-            for e in self.episodes:  # decoded from the store, resized, kept as bytes
-                rgb = e.ep.array("camera/rgb")
-                e.frames = torch.empty((len(e.used_frames), 3, self.spec.image_size, self.spec.image_size),
-                                       dtype=torch.uint8)
-                if self.augment:
-                    e.loaded = torch.empty((len(e.used_frames), 3, self.spec.load_size, self.spec.load_size),
-                                           dtype=torch.uint8)
-                for j, i in enumerate(e.used_frames):
-                    raw = _read_frame(e.ep, rgb, int(i))[None]
-                    e.frames[j] = resize_frames(raw, self.spec.image_size)[0]
-                    if e.loaded is not None:
-                        e.loaded[j] = resize_frames(raw, self.spec.load_size)[0]
+            sizes = self.frame_sizes()
+            for e in self.episodes:  # from the frame caches, else decoded once and resized to each size; as bytes
+                banks = [torch.empty((len(e.used_frames), 3, s, s), dtype=torch.uint8) for s in sizes]
+                for start in range(0, len(e.used_frames), PRELOAD_BLOCK):
+                    block = e.used_frames[start:start + PRELOAD_BLOCK]
+                    decoded = None if all(s in e.caches for s in sizes) else read_frames(e.ep, block)
+                    for bank, s in zip(banks, sizes, strict=True):
+                        cache = e.caches.get(s)
+                        bank[start:start + len(block)] = (torch.from_numpy(cache.read(block)) if cache is not None
+                                                          else resize_frames(decoded, s))
                     if progress:
-                        progress(1)
+                        progress(len(block))
+                e.frames = banks[0]
+                e.loaded = banks[1] if self.augment else None
             out["frames"] = True
             budget -= self.frame_bytes()
         if self.spec.spec_params is not None and self.spec_bytes() <= budget:
@@ -385,22 +393,34 @@ class PolicySamples(torch.utils.data.Dataset):
     def _read_spectrograms(self, e: EpisodeSamples, rows: np.ndarray) -> np.ndarray:
         return e.spectrograms.frames(e.spec_frame[rows])
 
+    def _frames_at(self, e: EpisodeSamples, frame_indices: np.ndarray, size: int) -> torch.Tensor:
+        """uint8 frames (n, 3, size, size) from the episode's frame cache, else decoded and resized."""
+        cache = e.caches.get(size)
+        if cache is not None:
+            return torch.from_numpy(cache.read(frame_indices))
+        uniq, inverse = np.unique(frame_indices, return_inverse=True)
+        return resize_frames(read_frames(e.ep, uniq), size)[torch.from_numpy(inverse.reshape(-1))]
+
     def episode_frames(self, e: EpisodeSamples, frame_indices: np.ndarray, loaded: bool = False) -> torch.Tensor:
         """uint8 frames (n, 3, s, s) of an episode: at image_size, or at load_size (`loaded`) for cropping."""
         bank = e.loaded if loaded else e.frames
         if bank is not None:
             return bank[torch.from_numpy(e.frame_row[frame_indices])]
-        rgb = e.ep.array("camera/rgb")
-        uniq, inverse = np.unique(frame_indices, return_inverse=True)
-        decoded = np.stack([_read_frame(e.ep, rgb, int(i)) for i in uniq])
-        size = self.spec.load_size if loaded else self.spec.image_size
-        return resize_frames(decoded, size)[torch.from_numpy(inverse.reshape(-1))]
+        return self._frames_at(e, frame_indices, self.spec.load_size if loaded else self.spec.image_size)
 
     def spectrogram(self, index: int) -> torch.Tensor:
         e, row = self.locate(index)
         if e.specs is not None:
             return e.specs[row]
         return torch.from_numpy(self._read_spectrograms(e, np.array([row]))[0])
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch of samples, the same as [self[i] for i in indices], read together by episode: its
+        spectrograms in one read; frames decoded from the store once per batch however many samples share
+        them (from a frame cache, straight from its memory maps into each sample). torch's DataLoader calls
+        this with a batch's indices (then collate)."""
+        with one_torch_thread():
+            return self._items(list(indices))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         with one_torch_thread():  # small per-sample tensors: intra-op threads only contend (100x slower, measured)
@@ -420,21 +440,77 @@ class PolicySamples(torch.utils.data.Dataset):
             item["spec"] = self.spectrogram(index)
         return item
 
+    def _items(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        rows = [self.locate(i) for i in indices]
+        seeds: list[int | None] = [None] * len(indices)
+        loaded = [False] * len(indices)
+        if self.augmenter is not None:
+            for j, i in enumerate(indices):
+                seeds[j] = sample_seed(self.seed, self.epoch, i)
+                loaded[j] = augmented(seeds[j])
+        wanted: dict[tuple[int, bool], list[int]] = {}  # (episode, loaded) -> the batch positions reading them
+        for j, (e, _) in enumerate(rows):
+            wanted.setdefault((id(e), loaded[j]), []).append(j)
+        frames: list[torch.Tensor | None] = [None] * len(indices)
+        for (_, at_load), js in wanted.items():
+            e = rows[js[0]][0]
+            cache = e.caches.get(self.spec.load_size if at_load else self.spec.image_size)
+            if (e.loaded if at_load else e.frames) is None and cache is not None:
+                # from the cache's memory maps straight into each sample: one copy per frame (gathering the
+                # batch's distinct frames first costs a second copy, and copying is all a cached frame costs)
+                for j in js:
+                    got = torch.from_numpy(cache.read(e.frame_idx[rows[j][1]]))
+                    frames[j] = self.augmenter(got, seeds[j]) if at_load else got
+                continue
+            idx = np.stack([e.frame_idx[rows[j][1]] for j in js])
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            got = self.episode_frames(e, uniq, loaded=at_load)  # each frame once, then each sample's copy
+            inverse = torch.from_numpy(inverse.reshape(idx.shape))
+            for k, j in enumerate(js):
+                frames[j] = self.augmenter(got[inverse[k]], seeds[j]) if at_load else got[inverse[k]]
+        specs: list[torch.Tensor | None] = [None] * len(indices)
+        if self.spec.spec_params is not None:
+            by_episode: dict[int, list[int]] = {}
+            for j, (e, _) in enumerate(rows):
+                by_episode.setdefault(id(e), []).append(j)
+            for js in by_episode.values():
+                e = rows[js[0]][0]
+                if e.specs is not None:
+                    for j in js:
+                        specs[j] = e.specs[rows[j][1]]
+                    continue
+                want = np.array([rows[j][1] for j in js])
+                uniq, inverse = np.unique(want, return_inverse=True)
+                got = torch.from_numpy(self._read_spectrograms(e, uniq))
+                for k, j in enumerate(js):
+                    specs[j] = got[int(inverse[k])]
+        items = []
+        for j, (e, row) in enumerate(rows):
+            item = {"frames": frames[j], "actions": torch.from_numpy(e.actions[row]),
+                    "mask": torch.from_numpy(e.mask[row])}
+            if specs[j] is not None:
+                item["spec"] = specs[j]
+            items.append(item)
+        return items
+
+    def frame_cache_hint(self) -> str | None:
+        """A note for the user when frames are decoded for every sample (not in memory, not all cached)."""
+        if self.preloaded["frames"] or not self.frame_sources["decoded"]:
+            return None
+        sizes = " ".join(f"--size {s}" for s in self.frame_sizes())
+        return (f"frames are decoded from JPEG for every sample ({self.frame_sources['decoded']} episode(s) have "
+                f"no frame cache); `htouch frames DATASET {sizes}` makes training read them without decoding")
+
     def describe(self) -> str:
-        parts = [f"{len(self)} samples from {len(self.episodes)} episode(s)"]
+        parts = [f"{len(self)} samples from {len(self.episodes)} episode(s)",
+                 f"frames at {'/'.join(map(str, self.frame_sizes()))} px: {self.frame_sources['cache']} episode(s) "
+                 f"cached, {self.frame_sources['decoded']} decoded"]
         if self.spec.spec_params is not None:
             parts.append(f"{self.spec.audio_kind} spectrograms: {self.spec_sources['cache']} episode(s) cached, "
                          f"{self.spec_sources['computed']} computed")
         kept = [k for k, v in self.preloaded.items() if v]
         parts.append(f"in memory: {', '.join(kept) if kept else 'nothing (read per sample)'}")
         return "; ".join(parts)
-
-
-def _read_frame(ep: Episode, rgb: Any, i: int) -> np.ndarray:
-    try:
-        return rgb[i]
-    except Exception as e:  # a chunk that does not decode
-        raise DatasetError(f"{ep.name}: camera frame {i} cannot be read ({type(e).__name__}: {e})") from None
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

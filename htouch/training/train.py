@@ -414,6 +414,9 @@ class Session:
         self.val_set = self._samples(ds, self.plan.val, False, "validation")
         self.reporter.note(f"training: {self.train_set.describe()}")
         self.reporter.note(f"validation: {self.val_set.describe()}")
+        hint = self.train_set.frame_cache_hint()
+        if hint:
+            self.reporter.note(hint)
 
         # model
         _seed_everything(c.seed)
