@@ -479,17 +479,26 @@ def _remove_directory(ds: Any, directory: Path, trash: Path) -> None:
 
 def interrupted_packs(root: Path) -> list[tuple[str, str]]:
     """(name, what is left) for every pack a crash interrupted in the dataset at `root`: a temporary packed
-    file, or an episode directory beside its packed file. Both are harmless (readers use the packed file and
-    never the temporary one) and `htouch pack` run again clears them."""
+    file, an episode directory beside its packed file, or a directory moved aside and not yet deleted. All are
+    harmless (readers use the packed file, never the others) and `htouch pack` run again clears them."""
+    from htouch.dataset.schema import INCOMING
+
     if isinstance(root, UrlPath) or not Path(root).is_dir():
         return []
-    out = []
-    for p in sorted(Path(root).iterdir()):
+    root, out = Path(root), []
+    for p in sorted(root.iterdir()):
         if p.name.startswith(".") and p.name.endswith(PACKED_SUFFIX + PACKING_SUFFIX):
             out.append((p.name[1:].removesuffix(PACKED_SUFFIX + PACKING_SUFFIX),
                         f"{p.name}: a packed file an interrupted `htouch pack` did not finish"))
-        elif p.name.endswith(PACKED_SUFFIX) and not p.is_symlink() and (Path(root) / p.name.removesuffix(
+        elif p.name.endswith(PACKED_SUFFIX) and not p.is_symlink() and (root / p.name.removesuffix(
                 PACKED_SUFFIX)).is_dir():
             out.append((p.name.removesuffix(PACKED_SUFFIX), f"the directory {p.name.removesuffix(PACKED_SUFFIX)} is "
                         f"still there beside {p.name}, which readers use (an interrupted `htouch pack`)"))
+    incoming = root / INCOMING
+    if incoming.is_dir() and not incoming.is_symlink():
+        for p in sorted(incoming.iterdir()):
+            name = p.name.removeprefix(DELETING_PREFIX).removesuffix(PACKED_SUFFIX)
+            if p.name.startswith(DELETING_PREFIX) and (root / packed_name(name)).exists():
+                out.append((name, f"{INCOMING}/{p.name}: the directory an interrupted `htouch pack` moved aside "
+                                  "to delete"))
     return out
