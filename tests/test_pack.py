@@ -253,3 +253,10 @@ def test_a_kill_at_any_step_of_a_pack_leaves_the_episode_readable(plain_ds, cras
     assert not [p for p in (ds.root / ".incoming").iterdir()]
     assert np.array_equal(Dataset(ds.root).episode(0).read("camera/rgb"), expected)
     assert not [f for f in validate_dataset(Dataset(ds.root)).findings if f.check.startswith(("checksum", "episode"))]
+
+
+def test_pack_refuses_a_url_and_a_missing_dataset(cli, tmp_path):
+    for target, words in (("s3://bucket/ds", "URL"), (tmp_path / "nope", "no dataset")):
+        r = cli("pack", target)
+        lines = [x for x in r.err.splitlines() if x.strip()]
+        assert r.code == 2 and len(lines) == 1 and words in lines[0], r.err

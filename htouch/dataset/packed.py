@@ -62,14 +62,17 @@ def packing_name(name: str) -> str:
     return f".{packed_name(name)}{PACKING_SUFFIX}"
 
 
-def episode_location(root: Path | UrlPath, name: str) -> Path | ZipPath:
+def episode_location(root: Path | UrlPath, name: str, packed_at_url: bool | None = None) -> Path | ZipPath:
     """Where the committed episode `name` (`episode_000012`) of the dataset at `root` is: its packed file as a
     ZipPath when there is one (a regular file or a link, which the readers' checks then refuse), else its
     directory (which may not exist; callers say so). When both exist a pack was interrupted after the packed
-    file was verified and renamed into place: the packed file is the episode."""
+    file was verified and renamed into place: the packed file is the episode. packed_at_url: for a dataset at a
+    URL, whether its listing showed the packed file (None: ask the storage, one request)."""
     packed = root / packed_name(name)
     if isinstance(root, UrlPath):
-        return ZipPath(_archive(packed)) if packed.is_file() else root / name
+        if packed_at_url is None:
+            packed_at_url = packed.is_file()
+        return ZipPath(_archive(packed)) if packed_at_url else root / name
     if packed.is_symlink() or packed.is_file():
         return ZipPath(_archive(packed))
     return root / name
@@ -443,7 +446,10 @@ def pack_episode(ds: Any, index: int) -> str:
                                    "`htouch validate` lists the damage")
             manifest_bytes, made = (directory / MANIFEST_FILE).read_bytes(), False
         try:
-            _write_zip(directory, files, tmp, manifest_bytes)
+            try:
+                _write_zip(directory, files, tmp, manifest_bytes)
+            except OSError as e:  # a full disk, a read-only dataset
+                raise DatasetError(f"cannot write {tmp} ({e.strerror or e}); {name} is unchanged") from None
             crashpoints.reached("pack.written")
             packed_ep = ZipPath(_Archive(tmp))
             if packed_ep.problems():

@@ -131,6 +131,7 @@ class Dataset:
             self._open()
         self._checked: set[str] = set()  # episodes that passed the structural checks
         self.left_out: dict[int, str] = {}  # damaged episodes `leave_out_damaged` hides, with why
+        self._packed_at_url: set[int] | None = None  # at a URL: the packed episodes the last listing showed
 
     @property
     def remote(self) -> bool:
@@ -281,7 +282,7 @@ class Dataset:
     def episode_indices(self) -> list[int]:
         """Indices of the committed episodes, in order (gaps stay gaps): directories `episode_000012` and packed
         files `episode_000012.zip` (packed.py)."""
-        out = set()
+        out, packed = set(), set()
         for p in self.root.iterdir():
             if p.name.startswith(EPISODE_PREFIX):
                 name = p.name.removesuffix(PACKED_SUFFIX)
@@ -290,12 +291,17 @@ class Dataset:
                     continue
                 if p.is_dir() if name == p.name else (p.is_file() or p.is_symlink()):
                     out.add(i)
+                    if name != p.name:
+                        packed.add(i)
+        if self.remote:  # what the listing showed, so that opening an episode asks the storage nothing more
+            self._packed_at_url = packed
         return sorted(out)
 
     def episode_path(self, index: int) -> Path | ZipPath:
         """Where committed episode `index` is: its directory, or its packed file as a ZipPath (the one place that
         chooses: packed.episode_location). The directory is returned when neither exists."""
-        return episode_location(self.root, episode_name(index))
+        known = self._packed_at_url
+        return episode_location(self.root, episode_name(index), None if known is None else index in known)
 
     def episode(self, ref: int | str, check: bool = True) -> Episode:
         """Open a committed episode by index or name (`12`, `episode_12`, `episode_000012`) for reading.
