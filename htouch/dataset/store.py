@@ -317,8 +317,8 @@ class Dataset:
         path = self.episode_path(index)
         if not path.is_dir() and not path.is_symlink():
             raise DatasetError(f"episode {index} not found in {self.root}")
-        contained(self.root, unpacked_path(path))
         if not check or path.name in self._checked:
+            contained(self.root, unpacked_path(path))
             return open_episode(path, dataset=self, structure=False)
         ep = open_episode(path, dataset=self)
         self._checked.add(path.name)
