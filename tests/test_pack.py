@@ -260,3 +260,17 @@ def test_pack_refuses_a_url_and_a_missing_dataset(cli, tmp_path):
         r = cli("pack", target)
         lines = [x for x in r.err.splitlines() if x.strip()]
         assert r.code == 2 and len(lines) == 1 and words in lines[0], r.err
+
+
+def test_members_with_extra_fields_read_the_same(packed_ds, tmp_path):
+    """A zip from another tool (here: an extra field in every local header) reads as htouch's own."""
+    path = packed_ds.root / "episode_000000.zip"
+    expected = Dataset(packed_ds.root).episode(0).read("audio/pcm")
+
+    def change(info, data):
+        info.extra = b"\xfe\xca\x04\x00abcd"  # one extra block: id 0xcafe, 4 bytes
+        return info, data
+
+    _rezip(path, tmp_path / "x.zip", change)
+    os.replace(tmp_path / "x.zip", path)
+    assert np.array_equal(Dataset(packed_ds.root).episode(0).read("audio/pcm"), expected)

@@ -161,8 +161,12 @@ class _Archive:
         try:
             data_at = self._data.get(member)
             if data_at is None:
+                # The local header and the bytes in one read, as the header is when htouch wrote the file (no
+                # extra field); a header with an extra field costs a second read.
                 header = self._headers[member]
-                sig, name_len, extra_len = _LOCAL_HEADER.unpack(self._pread(fd, header, _LOCAL_HEADER.size))
+                guess = header + _LOCAL_HEADER.size + len(member.encode())
+                first = self._pread(fd, header, min(guess + end, self.size) - header)
+                sig, name_len, extra_len = _LOCAL_HEADER.unpack(first[:_LOCAL_HEADER.size])
                 if sig != b"PK\x03\x04":
                     raise DatasetError(f"{self.file}: member {member} has no header at its offset (the packed "
                                        "file is damaged)")
@@ -171,6 +175,8 @@ class _Archive:
                     raise DatasetError(f"{self.file}: member {member} ends beyond the end of the file (truncated)")
                 with self._lock:
                     self._data[member] = data_at
+                if data_at == guess and len(first) == guess + end - header:
+                    return first[guess - header + start:]
             return self._pread(fd, data_at + start, end - start) if end > start else b""
         finally:
             if fd is not None:
