@@ -55,3 +55,16 @@ def test_checksum_bench_runs_and_writes_its_report(tmp_path):
     assert "| commit() per minute of recording |" in text and "| validate per minute of recording |" in text
     assert "--quick --seconds 1 --frame-size 64x48" in text
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the benchmark's data is gone
+
+
+def test_pack_bench_runs_and_writes_its_report(tmp_path):
+    out = tmp_path / "bench-pack.md"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_pack.py"), "--quick", "--samples", "5",
+                        "--frame-size", "64x48", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "TMPDIR": str(tmp_path)}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    for store in ("| unpacked |", "| zip, htouch |", "| zip, zarr ZipStore |", "| v3 sharded |"):
+        assert store in text, store
+    assert "## Choice" in text and "--quick --samples 5 --frame-size 64x48" in text
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the benchmark's data is gone

@@ -1,16 +1,27 @@
-"""docs/format.md promises that plain zarr + imagecodecs opens an episode; check it without importing htouch."""
+"""docs/format.md promises that plain zarr + imagecodecs opens an episode, a directory or a packed file; check it
+without importing htouch."""
 
 import subprocess
 import sys
 import textwrap
 
+import pytest
 
-def test_open_episode_with_plain_zarr(tiny_ds):
+from htouch.dataset.packed import pack_episode
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["directory", "packed"])
+def test_open_episode_with_plain_zarr(tiny_ds, packed):
+    if packed:  # htouch pack: the same group in one zip file, opened with zarr's ZipStore
+        pack_episode(tiny_ds, 0)
+        store = f"zarr.storage.ZipStore({str(tiny_ds.root / 'episode_000000.zip')!r}, mode='r')"
+    else:
+        store = repr(str(tiny_ds.episode_path(0)))
     script = textwrap.dedent(f"""
         import sys
         import imagecodecs.numcodecs, zarr
         imagecodecs.numcodecs.register_codecs()
-        ep = zarr.open_group({str(tiny_ds.episode_path(0))!r}, mode="r", zarr_format=2)
+        ep = zarr.open_group({store}, mode="r", zarr_format=2)
         frames = ep["camera/rgb"][:10]
         assert frames.shape == (10, 48, 64, 3) and frames.dtype == "uint8", frames.shape
         assert ep["audio/pcm"][:].shape[1] == 4

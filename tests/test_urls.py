@@ -14,6 +14,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from htouch.dataset.location import UrlPath, forget_listings, location
@@ -249,3 +250,22 @@ def test_spectrogram_caches_uploaded_with_a_dataset_are_read_at_its_url(s3, tmp_
     want = spectrograms.EpisodeSpectrograms(ep, params).frames([0, 5, 5, 2])
     np.testing.assert_array_equal(remote.frames([0, 5, 5, 2]), want)
     assert frames.cache_status(at_url, 16) == "missing"
+
+
+def test_a_packed_dataset_at_a_url_reads_as_the_local_copy(s3, cli, tmp_path):
+    local = tmp_path / "ds"
+    shutil.copytree(s3["local"], local)
+    assert cli("pack", local, "1", "2").code == 0  # packed and unpacked episodes side by side
+    s3["fs"].put(str(local), f"{BUCKET}/packed", recursive=True)
+    url = f"s3://{BUCKET}/packed"
+    for args in (("ls", "--json"), ("validate", "--json")):
+        a, b = cli(args[0], local, *args[1:]), cli(args[0], url, *args[1:])
+        assert a.code == b.code == 0, (a.err, b.err)
+        assert json.loads(a.out) == json.loads(b.out)
+    a = json.loads(cli("inspect", "2", "--dataset", local, "--json").out)
+    b = json.loads(cli("inspect", f"{url}/episode_000002.zip", "--json").out)
+    assert b.pop("path") == f"{url}/episode_000002.zip"
+    a.pop("path")
+    assert a == b
+    ep, mine = Dataset(url).episode(1), Dataset(local).episode(1)
+    assert np.array_equal(ep.read("camera/rgb"), mine.read("camera/rgb"))

@@ -1,4 +1,4 @@
-"""Dataset commands: synth, ls."""
+"""Dataset commands: synth, ls, pack."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ import typer
 from rich.markup import escape
 
 from htouch.cli import app
-from htouch.cli.common import DatasetArgument, console, err_console, fmt_path, local_path, print_rows, progress_bar
+from htouch.cli.common import (
+    DatasetArgument,
+    LocalDatasetArgument,
+    console,
+    err_console,
+    fmt_path,
+    local_path,
+    print_rows,
+    progress_bar,
+)
 from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import find_dataset
 from htouch.errors import DatasetError, HtouchError
@@ -83,6 +92,48 @@ def ls(dataset: str = DatasetArgument,
     if incoming:  # on stderr: the listing on stdout stays a listing (JSON, tab-separated lines)
         err_console.print(f"[yellow]{len(incoming)} incomplete episode(s) in .incoming[/] "
                       "(being recorded, or left by a crash: `htouch validate --repair`)")
+    for line in refused:
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if refused:
+        raise typer.Exit(2)
+
+
+@app.command()
+def pack(dataset: str = LocalDatasetArgument,
+         episodes: list[str] = typer.Argument(None, show_default=False,
+                                              help="Episodes to pack (episode_12 or 12). Default: every committed "
+                                                   "episode not packed yet.")) -> None:
+    """Store each committed episode as one file (`episode_000012.zip`) instead of a directory of one file per
+    chunk; every command reads it as before, and so does plain zarr (docs/format.md, "Packed episodes").
+
+    Each file is written under a temporary name, checked against the episode's checksum manifest, renamed into
+    place, and only then is the directory removed: a crash at any point leaves the episode readable, and running
+    the command again finishes the job. A damaged episode is left as it is and named (exit 2).
+
+    Example: [bold]htouch pack demo_data[/]
+    """
+    from htouch.dataset.packed import pack_episode
+    from htouch.dataset.schema import parse_episode_name
+
+    ds = find_dataset(local_path(dataset, "htouch pack"))
+    ds.writable("htouch pack")
+    if episodes:
+        indices = []
+        for ref in episodes:
+            index = parse_episode_name(ref)
+            if index is None:
+                raise HtouchError(f"{ref!r} is not an episode name (expected e.g. episode_12 or 12)")
+            indices.append(index)
+    else:
+        indices = ds.episode_indices()
+    refused = []
+    with progress_bar(f"packing {len(indices)} episode(s)", len(indices)) as advance:
+        for index in indices:
+            try:
+                console.print(escape(pack_episode(ds, index)), highlight=False, soft_wrap=True)
+            except DatasetError as e:
+                refused.append(str(e))
+            advance()
     for line in refused:
         err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if refused:

@@ -1,9 +1,10 @@
-"""Named points between the steps of a commit and of a repair, where a test can simulate a kill.
+"""Named points between the steps of a commit, a repair and a pack, where a test can simulate a kill.
 
-The writer's `commit` and repair's salvage call `reached(name)` between steps that change the disk. It does
-nothing unless a test has set `hook`; tests/test_commit_crash.py sets one that ends a child process right there
-(os._exit, as a kill would) and then checks that `htouch validate --repair` commits the episode with its label,
-or quarantines it only when no data had been flushed. The names, in the order each operation reaches them:
+The writer's `commit`, repair's salvage and `htouch pack` (packed.py) call `reached(name)` between steps that
+change the disk. It does nothing unless a test has set `hook`; tests/test_commit_crash.py sets one that ends a
+child process right there (os._exit, as a kill would) and then checks that `htouch validate --repair` commits
+the episode with its label, or quarantines it only when no data had been flushed; tests/test_pack.py checks that
+the episode being packed is always there and reads the same. The names, in the order each operation reaches them:
 """
 
 from __future__ import annotations
@@ -26,12 +27,20 @@ REPAIR = (
     "repair.renamed",  # the episode is in place
 )
 
+PACK = (
+    "pack.written",  # the packed file is complete under its temporary name (fsynced), not yet checked
+    "pack.verified",  # it reads back and every member matches the manifest
+    "pack.renamed",  # it is in place beside the directory: readers use it from now on
+    "pack.moved",  # the directory is moved aside into .incoming/.deleting-NAME
+    "pack.removed",  # the directory is deleted
+)
+
 hook: Callable[[str], None] | None = None
 
 
 def reached(name: str) -> None:
-    """Mark that the operation got to `name` (one of COMMIT or REPAIR); calls `hook` if a test set one."""
+    """Mark that the operation got to `name` (one of COMMIT, REPAIR or PACK); calls `hook` if a test set one."""
     if hook is not None:
-        if name not in COMMIT + REPAIR:
+        if name not in COMMIT + REPAIR + PACK:
             raise ValueError(f"unknown crash point {name!r}")
         hook(name)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from htouch.dataset.location import UrlPath
+from htouch.dataset.location import StoredPath, UrlPath
 from htouch.dataset.schema import check_strict_json
 from htouch.errors import DatasetError
 
@@ -110,7 +110,7 @@ def read_json(path: Path, what: str, strict: bool = False) -> dict[str, Any]:
     """A JSON object from `path`; DatasetError naming the file if it is missing, not JSON or not an object.
     strict=True also refuses NaN and Infinity (which Python's json accepts but strict parsers do not)."""
     try:
-        if isinstance(path, UrlPath):
+        if isinstance(path, StoredPath):
             data = json.loads(path.read_bytes(), parse_constant=_refuse_constant if strict else None)
         else:
             with open(path) as f:

@@ -54,9 +54,10 @@ def is_url(value: Any) -> bool:
     return isinstance(value, UrlPath) or url_scheme(value) not in (None, "file")
 
 
-def location(value: str | os.PathLike[str] | UrlPath) -> Path | UrlPath:
-    """A command-line or stored dataset location as a Path (local, file:// included) or a UrlPath."""
-    if isinstance(value, (Path, UrlPath)):
+def location(value: str | os.PathLike[str] | StoredPath) -> Path | StoredPath:
+    """A command-line or stored dataset location as a Path (local, file:// included) or a UrlPath (a
+    StoredPath, such as an episode packed into one file, is returned as it is)."""
+    if isinstance(value, (Path, StoredPath)):
         return value
     scheme = url_scheme(value)
     if scheme == "file":
@@ -77,9 +78,10 @@ def refuse_url(value: Any, command: str) -> None:
                            "run it on a local copy (and upload the result)")
 
 
-def zarr_source(path: Path | UrlPath) -> Any:
-    """What zarr.open_group / open_array take for a path: the path string, or a read-only fsspec store."""
-    return path.zarr_store() if isinstance(path, UrlPath) else str(path)
+def zarr_source(path: Path | StoredPath) -> Any:
+    """What zarr.open_group / open_array take for a path: the path string, or the StoredPath's read-only store
+    (fsspec for a URL, the packed file for a packed episode)."""
+    return path.zarr_store() if isinstance(path, StoredPath) else str(path)
 
 
 class _Stat(NamedTuple):
@@ -127,7 +129,27 @@ def reading(url: str) -> Iterator[None]:
         raise err from None
 
 
-class UrlPath:
+class StoredPath:
+    """A path htouch reads through its own methods, never through the operating system's file functions: a
+    file at a URL (UrlPath) or a file inside a packed episode (packed.ZipPath). Both offer the subset of
+    pathlib.Path that readers use plus `files()` (one listing with sizes) and `zarr_store()`; code that
+    would call os.scandir, os.walk or open on a Path branches on `isinstance(p, StoredPath)`."""
+
+    __slots__ = ()
+
+    def files(self) -> dict[str, int | None]:
+        raise NotImplementedError
+
+    def zarr_store(self) -> Any:
+        raise NotImplementedError
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(path relative to this folder, why) of what makes it unsafe or impossible to read (a packed file
+        that is not a sound zip); empty by default."""
+        return []
+
+
+class UrlPath(StoredPath):
     """A file or directory at a URL, read through an fsspec filesystem: the subset of pathlib.Path that
     readers of a dataset use. It deliberately has no __fspath__, so nothing hands it to the local file
     system by mistake. Immutable; pickles as its URL (DataLoader workers, spawn) and re-opens the filesystem."""

@@ -23,7 +23,7 @@ from typing import Any
 import xxhash
 
 from htouch.dataset.files import write_json_atomic
-from htouch.dataset.location import UrlPath, location
+from htouch.dataset.location import StoredPath, location
 from htouch.errors import DatasetError
 
 MANIFEST_FILE = "manifest.json"
@@ -50,7 +50,7 @@ class FileProblem:
 def file_hash(path: Path) -> str:
     """XXH3-128 of a file's bytes as 32 hex digits (what `xxh128sum` prints)."""
     h = xxhash.xxh3_128()
-    with path.open("rb") if isinstance(path, UrlPath) else open(path, "rb") as f:
+    with path.open("rb") if isinstance(path, StoredPath) else open(path, "rb") as f:
         while block := f.read(_READ_BYTES):
             h.update(block)
     return h.hexdigest()
@@ -58,7 +58,7 @@ def file_hash(path: Path) -> str:
 
 def episode_files(episode_dir: Path) -> list[str]:
     """Every file below the episode directory but the manifest, as sorted relative "/" paths."""
-    if isinstance(episode_dir, UrlPath):
+    if isinstance(episode_dir, StoredPath):  # a URL or a packed episode: one listing
         return sorted(p for p in episode_dir.files() if p != MANIFEST_FILE)
     out = []
     for folder, dirs, names in os.walk(episode_dir):

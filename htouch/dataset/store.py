@@ -3,6 +3,7 @@
     my_dataset/
       htouch.json                 dataset metadata (schema version, task, rig, split, stats, next index)
       episode_000000/             one committed episode (a Zarr v2 group)
+      episode_000001.zip          one committed episode packed into one file by `htouch pack` (packed.py)
       .incoming/episode_000001/   an episode being written; renamed into place when committed
       .quarantine/                incomplete episodes that could not be salvaged
       derived/                    caches computed from episodes (spectrograms)
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from htouch.dataset.files import contained, open_lock, read_json, write_json_atomic
 from htouch.dataset.location import UrlPath, location, reading
+from htouch.dataset.packed import PACKED_SUFFIX, ZipPath, episode_location, unpacked_path
 from htouch.dataset.schema import (
     DATASET_FORMAT,
     DERIVED,
@@ -129,6 +131,7 @@ class Dataset:
             self._open()
         self._checked: set[str] = set()  # episodes that passed the structural checks
         self.left_out: dict[int, str] = {}  # damaged episodes `leave_out_damaged` hides, with why
+        self._packed_at_url: set[int] | None = None  # at a URL: the packed episodes the last listing showed
 
     @property
     def remote(self) -> bool:
@@ -277,17 +280,28 @@ class Dataset:
                             yield i
 
     def episode_indices(self) -> list[int]:
-        """Indices of the committed episodes, in order (gaps stay gaps)."""
-        out = []
+        """Indices of the committed episodes, in order (gaps stay gaps): directories `episode_000012` and packed
+        files `episode_000012.zip` (packed.py)."""
+        out, packed = set(), set()
         for p in self.root.iterdir():
-            if p.is_dir() and p.name.startswith(EPISODE_PREFIX):
-                i = parse_episode_name(p.name)
-                if i is not None and p.name == episode_name(i) and i not in self.left_out:
-                    out.append(i)
+            if p.name.startswith(EPISODE_PREFIX):
+                name = p.name.removesuffix(PACKED_SUFFIX)
+                i = parse_episode_name(name)
+                if i is None or name != episode_name(i) or i in self.left_out:
+                    continue
+                if p.is_dir() if name == p.name else (p.is_file() or p.is_symlink()):
+                    out.add(i)
+                    if name != p.name:
+                        packed.add(i)
+        if self.remote:  # what the listing showed, so that opening an episode asks the storage nothing more
+            self._packed_at_url = packed
         return sorted(out)
 
-    def episode_path(self, index: int) -> Path:
-        return self.root / episode_name(index)
+    def episode_path(self, index: int) -> Path | ZipPath:
+        """Where committed episode `index` is: its directory, or its packed file as a ZipPath (the one place that
+        chooses: packed.episode_location). The directory is returned when neither exists."""
+        known = self._packed_at_url
+        return episode_location(self.root, episode_name(index), None if known is None else index in known)
 
     def episode(self, ref: int | str, check: bool = True) -> Episode:
         """Open a committed episode by index or name (`12`, `episode_12`, `episode_000012`) for reading.
@@ -304,7 +318,8 @@ class Dataset:
         if not path.is_dir() and not path.is_symlink():
             raise DatasetError(f"episode {index} not found in {self.root}")
         if not check or path.name in self._checked:
-            return open_episode(contained(self.root, path), dataset=self, structure=False)
+            contained(self.root, unpacked_path(path))
+            return open_episode(path, dataset=self, structure=False)
         ep = open_episode(path, dataset=self)
         self._checked.add(path.name)
         return ep
@@ -346,14 +361,19 @@ class Dataset:
     def delete_episode(self, index: int) -> None:
         """Delete a committed episode. Its index is never reused; later episodes keep theirs."""
         self.writable("deleting an episode")
-        path = self.episode_path(index)
-        if not path.is_dir():
+        path = unpacked_path(self.episode_path(index))
+        if not path.exists():
             raise DatasetError(f"episode {index} not found in {self.root}")
         contained(self.root, path)
         trash = self.path(INCOMING, f".deleting-{path.name}")
         trash.parent.mkdir(exist_ok=True)
         os.replace(path, trash)  # atomic: the episode is gone from the listing at once
-        shutil.rmtree(trash)
+        if trash.is_dir():
+            shutil.rmtree(trash)
+        else:
+            trash.unlink()
+        if self.episode_path(index).exists():  # the directory an interrupted pack left beside the packed file
+            self.delete_episode(index)
 
     def __repr__(self) -> str:
         return f"Dataset({str(self.root)!r}, task={self.task!r})"
@@ -394,9 +414,9 @@ def find_dataset(path: str | os.PathLike[str] | None = None) -> Dataset:
                        " (see the command's --help)")
 
 
-def resolve_episode_path(ref: str, dataset: str | os.PathLike[str] | None = None) -> tuple[Dataset, Path]:
+def resolve_episode_path(ref: str, dataset: str | os.PathLike[str] | None = None) -> tuple[Dataset, Path | ZipPath]:
     """Like `resolve_episode`, but without opening the episode (a validator reports an unreadable one)."""
-    if parse_episode_name(ref) is not None and not Path(ref).is_dir():
+    if parse_episode_name(ref) is not None and not Path(ref).exists():
         ds = find_dataset(dataset)
         index = parse_episode_name(ref)
         path = ds.episode_path(index)
@@ -411,9 +431,11 @@ def resolve_episode_path(ref: str, dataset: str | os.PathLike[str] | None = None
     root = ds.root.resolve()
     if path.parent != root:
         raise DatasetError(f"{ref} is not an episode directory of the dataset at {ds.root}")
-    index = parse_episode_name(path.name)
-    if index is None or path.name != episode_name(index):
-        raise DatasetError(f"{ref} is not a committed episode directory (expected a name like episode_000012)")
+    name = path.name.removesuffix(PACKED_SUFFIX)
+    index = parse_episode_name(name)
+    if index is None or name != episode_name(index):
+        raise DatasetError(f"{ref} is not a committed episode (expected a directory like episode_000012 or a packed "
+                           "file like episode_000012.zip)")
     return ds, ds.episode_path(index)
 
 
@@ -421,4 +443,4 @@ def resolve_episode(ref: str, dataset: str | os.PathLike[str] | None = None) -> 
     """An episode from a command-line reference: a name (`episode_12`, `12`) in the dataset found as in
     `find_dataset`, or a path to an episode directory inside a dataset."""
     ds, path = resolve_episode_path(ref, dataset)
-    return ds.episode(parse_episode_name(path.name))
+    return ds.episode(parse_episode_name(path.name.removesuffix(PACKED_SUFFIX)))

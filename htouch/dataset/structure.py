@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 
 from htouch.dataset.episode import Episode
-from htouch.dataset.location import UrlPath, location
+from htouch.dataset.location import StoredPath, location
 from htouch.dataset.schema import NS, TIMED_AXES, ArraySpec, episode_arrays
 from htouch.errors import DamagedEpisodeError, DatasetError
 
@@ -79,8 +79,11 @@ def unsafe_files(episode_dir: Path) -> list[tuple[str, str]]:
     """(path relative to the episode, why) of every entry no reader may open: symbolic links (even the
     episode directory itself), FIFOs, devices and sockets, and oversized metadata files. Reads no file.
     At a URL (no links or special files there) only the sizes of the metadata files are checked, from one
-    listing of the episode."""
-    if isinstance(episode_dir, UrlPath):
+    listing of the episode; in a packed episode (packed.py), that the file is a sound zip of plain members too."""
+    if isinstance(episode_dir, StoredPath):
+        problems = episode_dir.problems()
+        if problems:
+            return problems
         return sorted((rel, f"is {size} bytes; a metadata file is at most {METADATA_MAX_BYTES} bytes")
                       for rel, size in episode_dir.files().items()
                       if rel.rsplit("/", 1)[-1] in METADATA_NAMES and (size or 0) > METADATA_MAX_BYTES)
@@ -123,7 +126,7 @@ def chunk_index(name: str, separator: str = ".") -> int | None:
 def chunk_files(array_dir: Path, separator: str = ".") -> dict[int, int]:
     """Chunk index (along time) -> file size in bytes of the chunk files present (trailing dimensions are one
     chunk each; with "/" separators a chunk is a directory and its size is given as 0)."""
-    if isinstance(array_dir, UrlPath):
+    if isinstance(array_dir, StoredPath):
         out = {}
         for rel, size in array_dir.files().items():
             first, sep, _ = rel.partition("/")

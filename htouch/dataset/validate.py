@@ -24,6 +24,7 @@ import numpy as np
 from htouch.dataset.episode import Episode, SampleParams
 from htouch.dataset.location import UrlPath, location
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, MISSING, ManifestError, read_manifest, verify_files
+from htouch.dataset.packed import ZipPath, interrupted_packs
 from htouch.dataset.schema import (
     EVENT_KINDS,
     METADATA_FILE,
@@ -95,6 +96,10 @@ CHECKS = {
     "dataset.link": "a symbolic link among the dataset's own folders and files (.incoming, .quarantine, derived, "
                     "lock files): htouch neither reads nor writes through it",
     "episode.files": "a symbolic link, FIFO, device or oversized metadata file in an episode (it is not read)",
+    "episode.packed": "a packed episode file that is not a sound zip (truncated, damaged, compressed or linked "
+                      "members, names leaving the episode): it is not read",
+    "episode.pack": "an interrupted `htouch pack` left a temporary file or the directory beside the packed file "
+                    "(harmless: readers use the packed file; `htouch pack` again clears it)",
     "checksum.none": "the episode has no checksum manifest (committed by an htouch without checksums)",
     "checksum.manifest": "the checksum manifest is missing (the episode was committed with one) or damaged",
     "checksum.missing": "a file listed in the manifest is missing",
@@ -510,8 +515,8 @@ def validate_episode(path: str | os.PathLike[str], dataset_rig: RigSpec | None =
     path = location(path)
     unsafe = unsafe_files(path)
     if unsafe:  # nothing of it is opened: a link could lead out of the dataset, a FIFO block, /dev/zero never end
-        return [Finding("episode.files", ERROR, path.name, rel, None, f"{why}; the episode is not read")
-                for rel, why in unsafe]
+        check = "episode.packed" if isinstance(path, ZipPath) else "episode.files"
+        return [Finding(check, ERROR, path.name, rel, None, f"{why}; the episode is not read") for rel, why in unsafe]
     try:
         ep = Episode(path)
     except Exception as e:  # noqa: BLE001 - an unreadable episode is a finding, not a crash
@@ -575,4 +580,7 @@ def validate_dataset(ds: Dataset, episodes: list[Path] | None = None, limits: Va
             report.findings.append(Finding("dataset.link", ERROR, "", rel, None, f"is a symbolic link (to {target}); "
                                            "htouch neither reads nor writes through it: replace it with a directory"))
         incomplete_findings(ds, report)
+        for name, what in interrupted_packs(ds.root):
+            report.findings.append(Finding("episode.pack", WARNING, name, "", None,
+                                           f"{what}; run `htouch pack` on the dataset again to finish"))
     return report

@@ -20,7 +20,7 @@ import numpy as np
 
 from htouch.dataset.audio import resample
 from htouch.dataset.episode import Episode
-from htouch.dataset.location import UrlPath
+from htouch.dataset.location import StoredPath
 from htouch.dataset.schema import NS
 from htouch.dataset.store import Dataset
 from htouch.dataset.validate import ERROR, Report, validate_dataset
@@ -260,7 +260,7 @@ class ExportReport:
 
 def tree_bytes(path: Path) -> int:
     """Bytes of the files below `path` (or of the file itself)."""
-    if isinstance(path, UrlPath):
+    if isinstance(path, StoredPath):  # a URL, or a packed episode (the bytes of its members)
         return sum(size or 0 for size in path.files().values())
     path = Path(path)
     if path.is_file():
