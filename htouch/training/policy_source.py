@@ -6,6 +6,8 @@ sees its own episode). Each tick `command` returns the runner's next action (pre
 per-frame embedding cache; already through a SafetyFilter with the rig's limits, so the loop's own pass
 changes nothing more). On a simulated clock the loop lets the readers run dry before a re-plan, so the
 policy sees every frame and block captured up to that tick and a rollout does not depend on thread timing.
+An asynchronous runner (htouch.training.runner, module docstring) plans in its worker thread from a snapshot
+of the buffer taken at the tick it asks, so `command` returns at once; call `close` when done.
 
 An episode ends when the operator presses A (success) / B (failure) / the joystick (discard) on the teleop,
 whose motion is ignored (no clutch), or on a simulated rig when the task succeeds; otherwise at the time
@@ -115,8 +117,14 @@ class PolicySource:
         """The policy of a run directory, for a rig with these safety limits and this audio spec (`hearing`:
         what the policy hears instead of the rig's audio, see PolicyRunner)."""
         run = RunInfo.read(run_dir)
-        runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio, hearing=hearing)
+        runner_options = {k: kwargs.pop(k) for k in ("asynchronous", "latency_ticks", "channels_last") if k in kwargs}
+        runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio, hearing=hearing,
+                                       **runner_options)
         return cls(runner, run, **kwargs)
+
+    def close(self) -> None:
+        """Stop the runner's planner thread (asynchronous runners)."""
+        self.runner.close()
 
     # ---------------------------------------------------------------- streams (reader threads)
 
@@ -171,7 +179,12 @@ class PolicySource:
             self._ended_by = "task"
             return SourceCommand(None, "failure")
         position = state.ee_pose[:3]
-        if self.runner.needs_observation:
+        if self.runner.asynchronous:
+            with self._lock:
+                if not self._frames:
+                    return SourceCommand(None)  # no frame of this episode yet: hold until there is one
+            action = self.runner.act_at(now_ns, position, self._snapshot)
+        elif self.runner.needs_observation:
             with self._lock:
                 if not self._frames:
                     return SourceCommand(None)  # no frame of this episode yet: hold until there is one
@@ -181,6 +194,10 @@ class PolicySource:
         else:
             action = self.runner.act(position)
         return SourceCommand(action, None, self.runner.last.reasons if self.runner.last else ())
+
+    def _snapshot(self):
+        with self._lock:
+            return self.runner.buffer.snapshot()
 
     def interrupted(self) -> None:
         """Nothing to re-anchor: the plan's actions are deltas from wherever the robot is, at most h of them."""
@@ -199,7 +216,11 @@ class PolicySource:
         return Outcome(success, by, info)
 
     def episode_info(self) -> dict[str, Any]:
-        return {"action_source": self.kind, "policy": {**self.run.summary(), "execute": self.runner.execute}}
+        r = self.runner
+        planning = ("synchronous" if not r.asynchronous else "asynchronous" if r.latency_ticks is None
+                    else f"asynchronous, {r.latency_ticks} tick(s) latency")
+        return {"action_source": self.kind, "policy": {**self.run.summary(), "execute": r.execute,
+                                                      "planning": planning}}
 
 
 def check_rig_matches(run: RunInfo, rig: RigSpec) -> list[str]:
