@@ -173,7 +173,8 @@ class Planner:
         self._asked_at = 0.0  # monotonic seconds of the job in flight
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.plan_seconds: list[float] = []  # every plan's planning time, for benchmarks
+        self.plan_seconds: list[float] = []  # every plan's planning time (wall), for benchmarks
+        self.plan_cpu_seconds: list[float] = []  # and the worker thread's CPU time for it
 
     @property
     def pending(self) -> bool:
@@ -227,7 +228,7 @@ class Planner:
                 if self._closed:
                     return
                 t_ns, job = self._job
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 actions, error = job(), None
             except BaseException as e:  # noqa: BLE001 - raised in the control thread by take()
@@ -236,6 +237,7 @@ class Planner:
                 if error is None:
                     self._done = Plan(t_ns, actions, time.perf_counter() - start)
                     self.plan_seconds.append(self._done.seconds)
+                    self.plan_cpu_seconds.append(time.thread_time() - cpu)
                 else:
                     self._error = error
                 self._job = None
