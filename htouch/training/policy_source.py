@@ -37,6 +37,25 @@ from htouch.training.methods import PolicyConfig
 from htouch.training.run_dir import RunDir
 from htouch.training.runner import Hearing, PolicyRunner, RunnerCounters
 
+PLANNERS = ("sync", "async")
+DEFAULT_PLAN_LATENCY = 2  # ticks: a paper-preset re-plan on an idle core (about 56 ms) lands within two 30 Hz ticks
+
+
+def planning_options(planner: str, realtime: bool, latency_ticks: int | None = None) -> dict[str, Any]:
+    """PolicyRunner options for a planner name. "sync": plans in the control thread, exactly as before (the
+    re-plan tick waits for the model). "async": plans beside the loop with channels-last weights; on a
+    real-time clock each plan is used from the tick it arrives at, on a simulated clock exactly
+    `latency_ticks` ticks (default DEFAULT_PLAN_LATENCY) after it was asked, so results are deterministic."""
+    if planner not in PLANNERS:
+        raise HtouchError(f"--planner must be {' or '.join(PLANNERS)}, not {planner!r}")
+    if planner == "sync" or realtime:
+        if latency_ticks is not None:
+            raise HtouchError("--plan-latency is for --planner async on a simulated clock (in real time a plan is "
+                              "used when it arrives)")
+        return {} if planner == "sync" else {"asynchronous": True, "channels_last": True}
+    return {"asynchronous": True, "channels_last": True,
+            "latency_ticks": DEFAULT_PLAN_LATENCY if latency_ticks is None else latency_ticks}
+
 
 @dataclass
 class RunInfo:
