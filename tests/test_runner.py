@@ -380,3 +380,23 @@ def test_planner_failure_is_one_clear_error(latency_ticks):
         runner.close()
     with pytest.raises(HtouchError, match="asynchronous runner acts through step"):
         runner.act(HOME, [_frame(k) for k in range(4)])
+
+
+def test_onnxruntime_encoders_give_the_torch_actions():
+    """encoders="onnxruntime" (the onnx extra): the encoders exported in memory and run by ONNX Runtime give
+    the actions of the PyTorch encoders, for a policy that hears and one that does not."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    norm = ActionNormalization([0.001] * 6 + [0.5], [0.01] * 6 + [0.2])
+    for method in ("ours", "vision-only"):
+        model, config = _policy(method)
+        runners = [PolicyRunner(model, config, norm, SafetyFilter(LOOSE), encoders=e) for e in ("torch", "onnxruntime")]
+        for k in range(12):
+            for r in runners:
+                _feed(r, k)
+            a, b = (r.step(BASE + k * FRAME_NS, HOME) for r in runners)
+            np.testing.assert_allclose(b.delta_ee, a.delta_ee, rtol=1e-4, atol=1e-7)
+            assert b.gripper == pytest.approx(a.gripper, rel=1e-4)
+        assert runners[1].counters.frames_encoded == runners[0].counters.frames_encoded
+    with pytest.raises(HtouchError, match="encoders must be torch or onnxruntime, not 'tvm'"):
+        PolicyRunner(model, config, norm, SafetyFilter(), encoders="tvm")

@@ -43,7 +43,8 @@ DEFAULT_PLAN_LATENCY = 2  # ticks: a paper-preset re-plan on an idle core (about
 
 def planning_options(planner: str, realtime: bool, latency_ticks: int | None = None) -> dict[str, Any]:
     """PolicyRunner options for a planner name. "sync": plans in the control thread, exactly as before (the
-    re-plan tick waits for the model). "async": plans beside the loop with channels-last weights; on a
+    re-plan tick waits for the model). "async": plans beside the loop with the fastest encoders installed
+    (ONNX Runtime with the onnx extra, else PyTorch with channels-last weights); on a
     real-time clock each plan is used from the tick it arrives at, on a simulated clock exactly
     `latency_ticks` ticks (default DEFAULT_PLAN_LATENCY) after it was asked, so results are deterministic."""
     if planner not in PLANNERS:
@@ -52,9 +53,16 @@ def planning_options(planner: str, realtime: bool, latency_ticks: int | None = N
         if latency_ticks is not None:
             raise HtouchError("--plan-latency is for --planner async on a simulated clock (in real time a plan is "
                               "used when it arrives)")
-        return {} if planner == "sync" else {"asynchronous": True, "channels_last": True}
-    return {"asynchronous": True, "channels_last": True,
+        return {} if planner == "sync" else {"asynchronous": True, **_fastest_encoders()}
+    return {"asynchronous": True, **_fastest_encoders(),
             "latency_ticks": DEFAULT_PLAN_LATENCY if latency_ticks is None else latency_ticks}
+
+
+def _fastest_encoders() -> dict[str, Any]:
+    """ONNX Runtime encoders where installed (the onnx extra), else PyTorch's in channels-last."""
+    from htouch.training import onnx_encoders
+
+    return {"encoders": "onnxruntime"} if onnx_encoders.available() else {"channels_last": True}
 
 
 @dataclass
@@ -136,7 +144,8 @@ class PolicySource:
         """The policy of a run directory, for a rig with these safety limits and this audio spec (`hearing`:
         what the policy hears instead of the rig's audio, see PolicyRunner)."""
         run = RunInfo.read(run_dir)
-        runner_options = {k: kwargs.pop(k) for k in ("asynchronous", "latency_ticks", "channels_last") if k in kwargs}
+        runner_options = {k: kwargs.pop(k) for k in ("asynchronous", "latency_ticks", "channels_last", "encoders")
+                          if k in kwargs}
         runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio, hearing=hearing,
                                        **runner_options)
         return cls(runner, run, **kwargs)
@@ -238,6 +247,8 @@ class PolicySource:
         r = self.runner
         planning = ("synchronous" if not r.asynchronous else "asynchronous" if r.latency_ticks is None
                     else f"asynchronous, {r.latency_ticks} tick(s) latency")
+        if r.encoders != "torch":
+            planning += f", {r.encoders} encoders"
         return {"action_source": self.kind, "policy": {**self.run.summary(), "execute": r.execute,
                                                       "planning": planning}}
 

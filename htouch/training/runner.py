@@ -56,6 +56,7 @@ from htouch.training.checkpoints import load_run_checkpoint
 from htouch.training.data import DataSpec
 from htouch.training.methods import PolicyConfig
 from htouch.training.model import ActionNormalization, AudioVisualPolicy, preprocess_frames
+from htouch.training.onnx_encoders import OnnxEncoders
 from htouch.training.run_dir import WEIGHTS_NAME
 
 
@@ -147,6 +148,7 @@ class RunnerCounters:
     ticks_held: int = 0  # asynchronous: ticks with no planned action left (held still)
 
 
+ENCODER_BACKENDS = ("torch", "onnxruntime")
 PLAN_TIMEOUT_S = 30.0  # a plan asked for this long ago and still not made: the planner is stuck
 
 
@@ -249,7 +251,7 @@ class PolicyRunner:
                  safety: SafetyFilter, execute: int = 2, sample: SampleParams | None = None,
                  audio: AudioSpec | None = None, cache: bool = True, hearing: Hearing | None = None,
                  asynchronous: bool = False, latency_ticks: int | None = None, period_ns: int | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, encoders: str = "torch"):
         """`execute` = h, the actions run per model call (1 <= h <= H). `sample` fixes the observation window
         (default: the config's n_frames over 2 s, a 2 s clip); `audio` is the rig's audio spec, used to
         normalise live PCM in `buffer`. `cache=False` encodes every frame at every re-plan (for comparison).
@@ -257,8 +259,12 @@ class PolicyRunner:
         `asynchronous`: plan in a worker thread (module docstring), re-planning every h ticks of `period_ns`
         (default 1/30 s); `latency_ticks` (simulated clocks): adopt each plan exactly that many ticks after
         asking, 0 <= L <= H - h; None: as soon as it is there. `channels_last`: the model's weights in the
-        channels-last layout (faster convolutions on a CPU; changes `policy` in place). Call `close` when done
-        with an asynchronous runner (its worker thread is a daemon, so forgetting it does not block exit)."""
+        channels-last layout (faster convolutions on a CPU; changes `policy` in place). `encoders`: "torch", or
+        "onnxruntime" to run the encoders with ONNX Runtime (htouch.training.onnx_encoders; the onnx extra).
+        Call `close` when done with an asynchronous runner (its worker thread is a daemon, so forgetting it
+        does not block exit)."""
+        if encoders not in ENCODER_BACKENDS:
+            raise HtouchError(f"encoders must be {' or '.join(ENCODER_BACKENDS)}, not {encoders!r}")
         if not 1 <= execute <= config.horizon:
             raise HtouchError(f"execute must be between 1 and the horizon {config.horizon}, got {execute}")
         if latency_ticks is not None and not (asynchronous and 0 <= latency_ticks <= config.horizon - execute):
@@ -283,6 +289,14 @@ class PolicyRunner:
         self.last: FilteredAction | None = None  # the last command and what the safety filter changed
         self._plan: deque[np.ndarray] = deque()
         self._cache: dict[int, torch.Tensor] = {}  # asynchronous: used by the worker thread only
+        self.encoders = encoders
+        self._encoders: AudioVisualPolicy | OnnxEncoders = self.policy
+        if encoders == "onnxruntime":
+            spec_shape = None
+            if config.uses_audio:
+                silence = np.zeros(self.sample.clip.n_samples, np.float32)
+                spec_shape = (1, *audio_params.spectrogram(silence, self.sample.clip.rate_hz, self.spec_params).shape)
+            self._encoders = OnnxEncoders(self.policy, config.image_size, spec_shape, torch.get_num_threads())
         if channels_last:
             self.policy.to(memory_format=torch.channels_last)
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -444,7 +458,7 @@ class PolicyRunner:
             device = self.policy.pos_embedding.device
             x = preprocess_frames(np.stack([f.rgb for f in new.values()]), c.image_size).to(device)
             x = x.contiguous(memory_format=self._memory_format)
-            embeddings = dict(zip(new, self.policy.encode_frames(x), strict=True))
+            embeddings = dict(zip(new, self._encoders.encode_frames(x), strict=True))
             self.counters.frames_encoded += len(new)
         cache = {**self._cache, **embeddings} if new else self._cache
         if self.use_cache:
@@ -454,7 +468,7 @@ class PolicyRunner:
         if c.uses_audio:
             spec = audio_params.spectrogram(audio, self.sample.clip.rate_hz, self.spec_params) if audio.ndim == 1 \
                 else audio
-            audio_emb = self.policy.encode_audio(torch.as_tensor(spec, dtype=torch.float32,
+            audio_emb = self._encoders.encode_audio(torch.as_tensor(spec, dtype=torch.float32,
                                                                  device=frame_emb.device).unsqueeze(0))
             self.counters.audio_encoded += 1
         chunk = self.policy.head(frame_emb, audio_emb)[0].double().cpu().numpy()
