@@ -18,7 +18,8 @@ weights: latency does not depend on them), one torch thread. Per mode:
 - the process's CPU share and the load average (the machine may be shared: an experiment may be running).
 
 A second section times one re-plan's encoders (1 new frame + the audio clip) in the layouts considered,
-interleaved: eager (contiguous), channels-last, and TorchScript (traced, frozen) in channels-last.
+interleaved: eager (contiguous), channels-last, TorchScript (traced, frozen) in channels-last, and ONNX Runtime
+(htouch.training.onnx_encoders, with the onnx extra installed).
 
     .venv/bin/python tools/bench_async_policy.py          # 2-minute rollouts, writes docs/bench-async-policy.md
     .venv/bin/python tools/bench_async_policy.py --seconds 5 --preset tiny --repeats 3 --out /tmp/b.md  # smoke run
@@ -54,6 +55,7 @@ from htouch.collector.safety import SafetyLimits  # noqa: E402
 from htouch.dataset import audio  # noqa: E402
 from htouch.dataset.schema import NS, RigSpec  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
+from htouch.training import onnx_encoders  # noqa: E402
 from htouch.training.checkpoints import save_run_checkpoint  # noqa: E402
 from htouch.training.data import DataSpec  # noqa: E402
 from htouch.training.methods import policy_config  # noqa: E402
@@ -65,7 +67,10 @@ MODES = {  # name: PolicySource options
     "sync": dict(asynchronous=False, channels_last=False),
     "sync-channels-last": dict(asynchronous=False, channels_last=True),
     "async-channels-last": dict(asynchronous=True, channels_last=True),
+    "sync-onnxruntime": dict(asynchronous=False, encoders="onnxruntime"),
+    "async-onnxruntime": dict(asynchronous=True, encoders="onnxruntime"),
 }
+DEFAULT_MODES = ("sync", "async-channels-last", "sync-onnxruntime", "async-onnxruntime")
 
 
 # ------------------------------------------------------------------------------------ the stand-in rig
@@ -259,6 +264,9 @@ def encoder_layouts(preset: str, repeats: int) -> dict[str, tuple[float, float, 
 
     layouts = {"eager (contiguous)": run_model(eager, x), "channels-last": run_model(last, xl),
                "TorchScript frozen, channels-last": run_traced}
+    if onnx_encoders.available():
+        ort = onnx_encoders.OnnxEncoders(eager, config.image_size, tuple(spec.shape), torch.get_num_threads())
+        layouts["ONNX Runtime"] = lambda: (ort.encode_frames(x), ort.encode_audio(spec))
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in layouts}
     with torch.inference_mode():
         for fn in layouts.values():
@@ -275,17 +283,25 @@ def encoder_layouts(preset: str, repeats: int) -> dict[str, tuple[float, float, 
     return out
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=120.0, help="length of each rollout (default 120 s)")
     ap.add_argument("--preset", default="paper", choices=["paper", "tiny"])
-    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
+    ap.add_argument("--modes", default=None, help=f"comma-separated, of: {', '.join(MODES)} (default: "
+                    f"{', '.join(DEFAULT_MODES)}; the onnxruntime ones only with the onnx extra installed)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--wait-ms", type=float, default=10.0, help="a tick spending longer in the policy waited for it")
     ap.add_argument("--repeats", type=int, default=40, help="encoder timings per layout")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench-async-policy.md", help="markdown report")
     args = ap.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = ([m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else
+             [m for m in DEFAULT_MODES if "onnxruntime" not in m or onnx_encoders.available()])
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise SystemExit(f"--modes: unknown {unknown}; choose from {list(MODES)}")
@@ -296,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
              f"Command: `{shlex.join(['.venv/bin/python', 'tools/bench_async_policy.py', *(argv or sys.argv[1:])])}`  ",
              f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-             f"{args.threads} torch thread(s); load average before {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.", "",
+             f"{args.threads} torch thread(s), onnxruntime "
+             f"{_version('onnxruntime') if onnx_encoders.available() else 'not installed'}; load average before "
+             f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; this process's nice value {os.nice(0)}.", "",
              f"One {args.seconds:g} s rollout per mode of the {args.preset} preset (`ours`, h = 2 of H = 8) through "
              "the real recording loop on a stand-in rig that does not render (640x480 frames at 30 Hz, 4 x 32 kHz "
              "audio; every frame recorded as JPEG as in any rollout). See the script's docstring for the figures.",
@@ -324,13 +342,15 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['plan'][0]:.1f} / {r['plan'][1]:.1f} | {r['plan_cpu'][0]:.1f} | {r['skipped']} | "
                      f"{r['held']} | {r['frames']} ({r['frames_dropped']}) | {r['cpu_share']:.0%} | "
                      f"{lb[0]:.2f} -> {la[0]:.2f} |")
-    if "sync" in rows and "async-channels-last" in rows:
-        b, a = rows["sync"], rows["async-channels-last"]
-        lines += ["", "Before / after (sync / async-channels-last): re-plan wall p50 "
-                  f"{b['plan'][0] / a['plan'][0]:.2f}x, "
+    for after in ("async-channels-last", "async-onnxruntime"):
+        if "sync" not in rows or after not in rows:
+            continue
+        b, a = rows["sync"], rows[after]
+        lines += ["", f"Before / after (sync / {after}): re-plan wall p50 {b['plan'][0] / a['plan'][0]:.2f}x, "
                   f"p99 {b['plan'][1] / a['plan'][1]:.2f}x; policy time per tick p99 "
                   f"{b['command'][1] / a['command'][1]:.0f}x, max {b['command'][2] / a['command'][2]:.0f}x; "
-                  f"ticks waiting {b['waited']} -> {a['waited']}; loop overruns {b['overruns']} -> {a['overruns']}."]
+                  f"ticks waiting {b['waited']} -> {a['waited']}; loop overruns {b['overruns']} -> {a['overruns']}; "
+                  f"ticks per second {b['ticks'] / args.seconds:.1f} -> {a['ticks'] / args.seconds:.1f}."]
     lines += ["", "Synchronous re-plan figures are the re-plan ticks' time in the policy (observation, encoders, "
               "head); asynchronous ones the worker's planning time, during which the loop goes on. CPU p50 is the "
               "planning thread's own CPU time (load-independent); the wall figures include what the shared "
