@@ -215,6 +215,36 @@ def test_benchmark_smoke_run(tmp_path):
     assert len(rows) == 1 and rows[0].split("|")[9].strip() == "1.00"  # one frame encoded per re-plan
 
 
+def test_async_benchmark_smoke_run(tmp_path):
+    """tools/bench_async_policy.py records its rollouts through the real loop on the stand-in rig and writes its
+    report (tiny preset, 3 s rollouts; no timing asserted), leaving nothing in the temporary directory."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out, scratch = tmp_path / "bench-async-policy.md", tmp_path / "scratch"
+    scratch.mkdir()
+    r = subprocess.run([sys.executable, str(root / "tools" / "bench_async_policy.py"), "--seconds", "3", "--preset",
+                        "tiny", "--repeats", "2", "--modes", "sync,async-channels-last", "--out", str(out)],
+                       capture_output=True, text=True, cwd=root, timeout=300,
+                       env={**os.environ, "TMPDIR": str(scratch)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## Goals", "## One re-plan's encoders by layout"):
+        assert heading in text
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines()
+            if line.startswith(("| sync |", "| async-channels-last |")) and line.count("|") > 10}
+    assert set(rows) == {"sync", "async-channels-last"}
+    assert int(rows["sync"][11]) == 0 and int(rows["sync"][12]) == 0  # the synchronous runner skips and holds nothing
+    assert int(rows["async-channels-last"][12]) >= 1  # the first ticks hold until the first plan
+    assert list(scratch.iterdir()) == []
+    r = subprocess.run([sys.executable, str(root / "tools" / "bench_async_policy.py"), "--modes", "fastest"],
+                       capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode != 0 and "--modes: unknown ['fastest']" in r.stderr
+
+
 def test_runner_from_a_run_directory(tmp_path):
     from htouch.dataset.schema import RigSpec
     from htouch.training.checkpoints import save_run_checkpoint

@@ -227,6 +227,7 @@ def rollout(run: Path, spec: RigSpec, seconds: float, options: dict, wait_ms: fl
         "waited": int((ms > wait_ms).sum()), "overruns": timing.overruns,
         "period_p99": timing.percentile_ms("wall_periods_ns", 99),
         "plans": len(plans), "plan": percentiles(plans, 50, 99), "plan_cpu": percentiles(plans_cpu, 50, 99),
+        "frames_per_plan": c.frames_encoded / max(c.model_calls, 1),
         "skipped": c.actions_skipped, "held": c.ticks_held, "frames": result.outcomes[0].frames,
         "frames_dropped": result.outcomes[0].frames_dropped, "cpu_share": cpu_share,
         "load": (load_before, os.getloadavg()),
@@ -334,16 +335,16 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| mode | ticks | policy time per tick p50 / p99 / max (ms) | its CPU time p99 (ms) "
               f"| ticks > {args.wait_ms:g} ms in the policy "
               "| loop overruns | tick period p99 (ms) | re-plans | re-plan p50 / p99 (ms) | "
-              "re-plan CPU p50 / p99 (ms) | "
+              "re-plan CPU p50 / p99 (ms) | frames encoded per re-plan | "
               "actions skipped | ticks held | frames (dropped) | process CPU share | load average before -> after |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, r in rows.items():
         (lb, la) = r["load"]
         command = " / ".join(f"{v:.{2 if i == 0 else 1}f}" for i, v in enumerate(r["command"]))
         lines.append(f"| {mode} | {r['ticks']} | {command} | {r['command_cpu_p99']:.1f} | "
                      f"{r['waited']} | {r['overruns']} | {r['period_p99']:.1f} | {r['plans']} | "
                      f"{r['plan'][0]:.1f} / {r['plan'][1]:.1f} | {r['plan_cpu'][0]:.1f} / {r['plan_cpu'][1]:.1f} | "
-                     f"{r['skipped']} | "
+                     f"{r['frames_per_plan']:.2f} | {r['skipped']} | "
                      f"{r['held']} | {r['frames']} ({r['frames_dropped']}) | {r['cpu_share']:.0%} | "
                      f"{lb[0]:.2f} -> {la[0]:.2f} |")
     for after in ("async-channels-last", "async-onnxruntime"):
@@ -368,6 +369,14 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "A tick's CPU time in the policy is what it computed there; wall time over that is time the "
               "thread was not running (other processes on the shared cores, or the interpreter lock held by "
               "another thread of the process).", ""]
+    lines += ["Frames encoded per re-plan: with re-plans every h = 2 ticks each re-plan's older frames (2/3 s = 20 "
+              "ticks apart) were the newest of earlier re-plans and come from the cache, so one frame is encoded; "
+              "when re-plans come further apart than the encoders take (a loaded machine), older frames were "
+              "never the newest of a re-plan and up to all n frames are encoded, which makes each re-plan dearer "
+              "still.", "",
+              "On a shared machine the figures depend on the priority the process runs at (its nice value, in "
+              "the header): under Linux's scheduler a process at nice 15 gets about 1/28 of the CPU a nice-0 "
+              "process gets when they compete for a core.", ""]
     lines += ["Synchronous re-plan figures are the re-plan ticks' time in the policy (observation, encoders, "
               "head); asynchronous ones the worker's planning time, during which the loop goes on. CPU p50 is the "
               "planning thread's own CPU time (load-independent); the wall figures include what the shared "
