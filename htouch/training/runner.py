@@ -27,7 +27,10 @@ the i-th action commanded at or after the sample time), so a plan that arrives d
 starts at its action d: the d actions whose ticks passed while planning are skipped (counted in
 `actions_skipped`). A tick with no action left (before the first plan of an episode, or a plan later than
 the H - h spare actions of the previous one cover) holds still (`ticks_held`); no tick ever waits for the
-model. On a simulated clock, `latency_ticks=L` makes this deterministic: each plan is adopted exactly L ticks
+model. When planning takes longer than h ticks, the next plan is asked when the last arrives; if a divisor
+of the frames' spacing (2/3 s = 20 ticks: 4 or 5) lies between that latency and H, at that many ticks after
+the last ask, which keeps the older frames of each observation in the embedding cache.
+On a simulated clock, `latency_ticks=L` makes this deterministic: each plan is adopted exactly L ticks
 after it was asked (waited for then, which costs no simulated time); L = 0 is the synchronous schedule.
 A failure in the worker is raised by the next control step as one HtouchError.
 """
@@ -306,6 +309,12 @@ class PolicyRunner:
         self.planner = Planner() if asynchronous else None
         self._chunk: Plan | None = None  # asynchronous: the plan being executed
         self._asked_ns: int | None = None  # asynchronous: when the plan in flight (or the last one) was asked
+        self._next_ask_ns: int | None = None  # asynchronous: when the next plan is due
+        spacing = self.sample.frame_window_s / max(self.sample.n_frames - 1, 1) * NS / self.period_ns
+        # Ticks between the observation's frames, when whole: asking every divisor (or multiple) of it keeps
+        # each plan's older frames in the cache (they were the newest frames of earlier plans).
+        self._frame_spacing = round(spacing) if self.sample.n_frames > 1 and abs(spacing - round(spacing)) < 1e-6 \
+            else None
         self._last_t: int | None = None  # asynchronous: the last tick stepped
 
     @classmethod
@@ -333,7 +342,7 @@ class PolicyRunner:
         """True when the next step re-plans (synchronous: the executed part of the last plan is used up;
         asynchronous: the next tick asks for a plan)."""
         if self.asynchronous:
-            return self._last_t is None or self._due(self._last_t + self.period_ns)
+            return self._next_ask_ns is None or self._due((self._last_t or 0) + self.period_ns)
         return not self._plan
 
     def reset(self) -> None:
@@ -342,7 +351,7 @@ class PolicyRunner:
         if self.planner is not None:
             self.planner.cancel()
         self._plan.clear()
-        self._chunk = self._asked_ns = self._last_t = None
+        self._chunk = self._asked_ns = self._next_ask_ns = self._last_t = None
         self._cache.clear()
         self.buffer.clear()
         if self.hearing is not None:
@@ -382,8 +391,20 @@ class PolicyRunner:
     # ------------------------------------------------------------------------------- asynchronous
 
     def _due(self, t_ns: int) -> bool:
-        """Is a plan to be asked for at tick t (every h ticks; the first at once)?"""
-        return self._asked_ns is None or t_ns >= self._asked_ns + self.execute * self.period_ns - self.period_ns // 2
+        """Is a plan to be asked for at tick t (the first at once, then see `_interval`)?"""
+        return self._next_ask_ns is None or t_ns >= self._next_ask_ns - self.period_ns // 2
+
+    def _interval(self, latency: int) -> int:
+        """Ticks from one plan's asking to the next's, for a plan that arrived `latency` ticks after it was
+        asked: h, or when planning takes longer, the smallest divisor of the frame spacing from the latency up
+        to H (a plan still covers the ticks until the next arrives), else the latency. Asking at intervals
+        that do not divide the spacing leaves the older frames of each observation uncached: up to n encodes
+        per plan on a machine already too slow for one."""
+        need = max(self.execute, latency)
+        if need == self.execute or self._frame_spacing is None:
+            return need
+        s = self._frame_spacing
+        return min([d for d in range(need, min(s, self.config.horizon) + 1) if s % d == 0] or [need])
 
     def act_at(self, t_ns: int, ee_position: np.ndarray, observe: Callable[[], ObservationBuffer]) -> Action:
         """One control step at tick t of an asynchronous runner. `observe()` returns the observation buffer as
@@ -402,7 +423,7 @@ class PolicyRunner:
         if not self.planner.pending and self._due(t_ns):
             buffer = observe()
             self.planner.submit(t_ns, lambda: self._plan_from(buffer, t_ns))
-            self._asked_ns = t_ns
+            self._asked_ns, self._next_ask_ns = t_ns, t_ns + self.execute * self.period_ns
             if self.latency_ticks == 0:
                 self._adopt(self.planner.take(wait=True), t_ns)
         i = -1 if self._chunk is None else (t_ns - self._chunk.t_ns + self.period_ns // 2) // self.period_ns
@@ -416,7 +437,9 @@ class PolicyRunner:
         if plan is None:
             return
         self._chunk = plan
-        self.counters.actions_skipped += max(0, (t_ns - plan.t_ns + self.period_ns // 2) // self.period_ns)
+        late = max(0, (t_ns - plan.t_ns + self.period_ns // 2) // self.period_ns)
+        self.counters.actions_skipped += late
+        self._next_ask_ns = plan.t_ns + self._interval(late) * self.period_ns
 
     def _plan_from(self, buffer: ObservationBuffer, t_ns: int) -> np.ndarray:
         """The worker's job: the observation at t from the snapshot, and the plan (all H actions)."""
