@@ -433,3 +433,29 @@ def test_onnxruntime_encoders_give_the_torch_actions():
         assert runners[1].counters.frames_encoded == runners[0].counters.frames_encoded
     with pytest.raises(HtouchError, match="encoders must be torch or onnxruntime, not 'tvm'"):
         PolicyRunner(model, config, norm, SafetyFilter(), encoders="tvm")
+
+
+def test_onnxruntime_encoders_write_and_send_nothing(tmp_path):
+    """ONNX Runtime's Linux builds keep a telemetry device id under ~/.cache and a session file in $TMPDIR
+    for their uploader; a runner with its encoders (imported the way the CLI does) leaves both empty."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import os
+    import subprocess
+    import sys
+
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(), tmp.mkdir()
+    code = "\n".join([
+        "from htouch.training.runner import PolicyRunner",  # as the CLI does: htouch first, then onnxruntime
+        "import onnxruntime",
+        "from htouch.collector.safety import SafetyFilter",
+        "from htouch.training.methods import policy_config",
+        "from htouch.training.model import ActionNormalization, build_policy",
+        "c = policy_config('tiny', 'ours')",
+        "r = PolicyRunner(build_policy(c), c, ActionNormalization.identity(), SafetyFilter(), encoders='onnxruntime')",
+    ])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(home.rglob("*")) == [] and list(tmp.rglob("*")) == []

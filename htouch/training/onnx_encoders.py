@@ -6,12 +6,17 @@ thread here ONNX Runtime runs them in about 0.65x the CPU time of PyTorch in cha
 made (a few seconds for the paper preset; nothing is read from or written to disk), each with the same
 pre-processing as AudioVisualPolicy.encode_frames / encode_audio; fusion and head stay in PyTorch.
 Optional: the `onnx` extra (onnxruntime, and onnx, which torch's exporter needs).
+
+ONNX Runtime's official Linux builds collect telemetry and upload it (1DS, with a device id under ~/.cache
+and a session file in $TMPDIR); importing this module sets ORT_DISABLE_TELEMETRY=1 (before onnxruntime is imported),
+which turns all of that off for the process (nothing connects anywhere, nothing is written).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import warnings
 
 import numpy as np
@@ -20,6 +25,10 @@ from torch import nn
 
 from htouch.errors import HtouchError
 from htouch.training.model import AudioVisualPolicy
+
+# Read once, when onnxruntime initialises: set on import of this module (which the policy runner imports), so
+# that it is set before anything in the process imports onnxruntime (module docstring).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 
 def available() -> bool:
