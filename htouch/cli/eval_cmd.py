@@ -183,8 +183,9 @@ def rollout(
         if who == NO_OPERATOR:
             raise HtouchError("the real robot needs an operator who can stop it (--operator quest or keyboard)")
     root = record if record is not None else run.parent / f"{run.name}-rollouts"
-    if planner is not None or plan_latency is not None:  # bad flags fail before a rig opens
-        planning_options(planner or "async", bool(realtime) or cfg.kind != "sim", plan_latency)
+    if planner is not None or plan_latency is not None:  # bad flags fail before a rig opens (checked again after)
+        paced = bool(realtime) or cfg.kind != "sim"
+        planning_options(planner or ("async" if paced else "sync"), paced, plan_latency)
     try:
         the_rig = build_rig(cfg, task, who, seed=seed, variation=variation, realtime=realtime)
     except DeviceError as e:
