@@ -263,6 +263,34 @@ def test_eval_refuses_a_policy_on_another_task_and_bad_options(cli, tiny_run):
         assert r.code == 2 and "got 1e+09 (allowed: 0.1..86400 s)" in r.err and len(r.err.strip().splitlines()) == 1
 
 
+def test_eval_with_the_planner_beside_the_loop_is_deterministic(cli, tiny_run, tmp_path):
+    """--planner async on the simulated clock: each plan is used --plan-latency ticks after it was asked (its
+    first actions skipped, counted), the same actions on every run; bad planner options are one line."""
+    actions = []
+    for k in range(2):
+        out, record = tmp_path / f"eval{k}.json", tmp_path / f"rollouts{k}"
+        r = cli("eval", tiny_run, "--episodes", "1", "--max-seconds", "1.5", "--threads", "1", "--planner", "async",
+                "--plan-latency", "3", "--record", record, "--out", out)
+        assert r.code == 0, r.err
+        ep = Dataset(record).episode(0)
+        info = ep.attrs["info"]
+        assert info["policy"]["planning"].startswith("asynchronous, 3 tick(s) latency")
+        counters = info["policy_counters"]
+        assert counters["ticks_held"] == 3  # until the first plan; then 4 ticks apart, each one in time
+        assert counters["actions_skipped"] in (3 * (counters["model_calls"] - 1), 3 * counters["model_calls"])
+        assert json.loads(out.read_text())["settings"]["planner"] == "async"
+        actions.append(ep.read("action/delta_ee"))
+    np.testing.assert_array_equal(actions[0], actions[1])
+    assert np.all(actions[0][:3] == 0) and np.any(actions[0][3:] != 0)  # held until the first plan arrived
+    for flags, message in [(["--planner", "fast"], "--planner must be sync or async, not 'fast'"),
+                           (["--plan-latency", "1"], "--plan-latency is for --planner async"),
+                           (["--planner", "async", "--plan-latency", "7"], "latency_ticks must be between 0 and")]:
+        r = cli("eval", tiny_run, "--episodes", "1", *flags)
+        assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    r = cli("rollout", tiny_run, "--rig", "sim", "--realtime", "--plan-latency", "2")
+    assert r.code == 2 and "--plan-latency is for --planner async on a simulated clock" in r.err
+
+
 def test_rollout_on_the_simulated_rig_records_episodes_that_validate(cli, tiny_run, tmp_path):
     dest = tmp_path / "rollouts"
     r = cli("rollout", tiny_run, "--rig", "sim", "--episodes", "1", "--max-seconds", "3", "--record", dest,

@@ -4,6 +4,9 @@ command through the safety filter."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +17,7 @@ from htouch.dataset.episode import SampleParams
 from htouch.dataset.schema import NS, AudioSpec
 from htouch.errors import HtouchError
 from htouch.training.methods import policy_config
-from htouch.training.model import ActionNormalization, build_policy
+from htouch.training.model import ActionNormalization, AudioVisualPolicy, build_policy
 from htouch.training.runner import ObservationBuffer, PolicyRunner
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 
@@ -212,6 +215,36 @@ def test_benchmark_smoke_run(tmp_path):
     assert len(rows) == 1 and rows[0].split("|")[9].strip() == "1.00"  # one frame encoded per re-plan
 
 
+def test_async_benchmark_smoke_run(tmp_path):
+    """tools/bench_async_policy.py records its rollouts through the real loop on the stand-in rig and writes its
+    report (tiny preset, 3 s rollouts; no timing asserted), leaving nothing in the temporary directory."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out, scratch = tmp_path / "bench-async-policy.md", tmp_path / "scratch"
+    scratch.mkdir()
+    r = subprocess.run([sys.executable, str(root / "tools" / "bench_async_policy.py"), "--seconds", "3", "--preset",
+                        "tiny", "--repeats", "2", "--modes", "sync,async-channels-last", "--out", str(out)],
+                       capture_output=True, text=True, cwd=root, timeout=300,
+                       env={**os.environ, "TMPDIR": str(scratch)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## Goals", "## One re-plan's encoders by layout"):
+        assert heading in text
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines()
+            if line.startswith(("| sync |", "| async-channels-last |")) and line.count("|") > 10}
+    assert set(rows) == {"sync", "async-channels-last"}
+    assert int(rows["sync"][12]) == 0 and int(rows["sync"][13]) == 0  # the synchronous runner skips and holds nothing
+    assert int(rows["async-channels-last"][13]) >= 1  # the first ticks hold until the first plan
+    assert list(scratch.iterdir()) == []
+    r = subprocess.run([sys.executable, str(root / "tools" / "bench_async_policy.py"), "--modes", "fastest"],
+                       capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode != 0 and "--modes: unknown ['fastest']" in r.stderr
+
+
 def test_runner_from_a_run_directory(tmp_path):
     from htouch.dataset.schema import RigSpec
     from htouch.training.checkpoints import save_run_checkpoint
@@ -233,3 +266,196 @@ def test_runner_from_a_run_directory(tmp_path):
     save_run_checkpoint(tmp_path / "bare", model, config, {})
     with pytest.raises(HtouchError, match="no action_normalization"):
         PolicyRunner.from_run(tmp_path / "bare", SafetyFilter())
+
+
+# ------------------------------------------------------------------------------ planning beside the loop
+
+
+class SlowPolicy(AudioVisualPolicy):
+    """The real model, made slow (a real sleep before the head) or failing, as a loaded CPU would make it."""
+
+    delay_s = 0.0
+    fail = False
+
+    def head(self, frame_emb, audio_emb):
+        if self.fail:
+            raise RuntimeError("out of memory in the head")
+        time.sleep(self.delay_s)
+        return super().head(frame_emb, audio_emb)
+
+
+def _slow_policy(method: str = "vision-only", **kw) -> tuple[SlowPolicy, object]:
+    torch.manual_seed(0)
+    config = policy_config("tiny", method, dropout=0.0, **kw)
+    return SlowPolicy(config).eval(), config
+
+
+def _feed(runner: PolicyRunner, k: int) -> None:
+    """The stream up to tick k (frames 10 ms before each tick, 10 ms audio blocks)."""
+    runner.buffer.add_frame(_frame(k, phase_ns=10_000_000))
+    for j in range(int(k * 10 / 3), int((k + 1) * 10 / 3)):
+        runner.buffer.add_audio(_block(j))
+
+
+def test_async_runner_with_instant_planning_returns_the_synchronous_actions():
+    """latency_ticks=0 (each plan adopted at the tick it was asked): through the worker thread, the very
+    actions of the synchronous runner, tick by tick, with the same model calls and encodes."""
+    model, config = _policy()
+    norm = ActionNormalization([0.001] * 6 + [0.5], [0.01] * 6 + [0.2])
+    sync = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2)
+    lockstep = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2, asynchronous=True, latency_ticks=0,
+                            period_ns=FRAME_NS)
+    try:
+        for k in range(40):
+            for r in (sync, lockstep):
+                _feed(r, k)
+            t = BASE + k * FRAME_NS
+            a, b = sync.step(t, HOME), lockstep.step(t, HOME)
+            np.testing.assert_array_equal(a.delta_ee, b.delta_ee)
+            assert a.gripper == b.gripper
+        assert dataclasses.asdict(sync.counters) == dataclasses.asdict(lockstep.counters)
+        assert lockstep.counters.model_calls == 20 and lockstep.counters.ticks_held == 0
+    finally:
+        lockstep.close()
+
+
+def test_async_runner_skips_the_actions_whose_tick_passed():
+    """latency_ticks=3 (a plan arrives 3 ticks after it was asked): the first 3 ticks hold, then tick t
+    executes action (t - t_asked) / period of the newest plan, which is the chunk the model gives for the
+    observation at t_asked; 3 actions of every plan are skipped. One plan is made at a time, so with a
+    latency over h = 2 ticks the next is asked after the last arrives, 4 ticks after the last was asked
+    (the smallest divisor of the frames' 20-tick spacing >= 3: each plan encodes only its newest frame)."""
+    model, config = _policy("vision-only")
+    norm = ActionNormalization([0.001] * 6 + [0.5], [0.01] * 6 + [0.2])
+    runner = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), execute=2, asynchronous=True, latency_ticks=3,
+                          period_ns=FRAME_NS)
+    snapshots: dict[int, ObservationBuffer] = {}
+    try:
+        for k in range(30):
+            _feed(runner, k)
+            t = BASE + k * FRAME_NS
+            action = runner.act_at(t, HOME, lambda t=t: snapshots.setdefault(t, runner.buffer.snapshot()))
+            if k < 3:
+                assert np.all(action.delta_ee == 0)
+                continue
+            asked = max(s for s in snapshots if s <= t - 3 * FRAME_NS)
+            frames = snapshots[asked].frames(asked)
+            expected = _expected_chunk(model, config, frames, None, norm)[(t - asked) // FRAME_NS]
+            np.testing.assert_allclose(action.delta_ee, expected[:6], rtol=1e-4, atol=1e-7, err_msg=f"tick {k}")
+        assert sorted(snapshots) == [BASE + k * FRAME_NS for k in range(0, 30, 4)]
+        assert runner.counters.ticks_held == 3
+        calls = runner.counters.model_calls
+        assert runner.counters.frames_encoded - calls <= 3  # one new frame per plan once the 2 s window filled
+        assert runner.counters.actions_skipped == 3 * (runner.counters.model_calls - 1)  # the last one is in flight
+    finally:
+        runner.close()
+    with pytest.raises(HtouchError, match="latency_ticks must be between 0 and horizon - execute = 6"):
+        PolicyRunner(model, config, norm, SafetyFilter(), execute=2, asynchronous=True, latency_ticks=7)
+
+
+def test_ticks_never_wait_for_a_slow_planner():
+    """A planner 5 ticks slow (a real sleep in the model): in real time at 30 Hz, every step returns at once;
+    ticks hold until the first plan, and each plan is executed from the tick it arrives at, aligned to the
+    time it was asked."""
+    model, config = _slow_policy()
+    model.delay_s = 5 * FRAME_NS / NS
+    runner = PolicyRunner(model, config, ActionNormalization.identity(), SafetyFilter(LOOSE), execute=2,
+                          asynchronous=True, period_ns=FRAME_NS)
+    steps, executed = [], []
+    try:
+        start = time.monotonic_ns()
+        for k in range(45):
+            time.sleep(max(0.0, (start + k * FRAME_NS - time.monotonic_ns()) / NS))
+            _feed(runner, k)
+            t = BASE + k * FRAME_NS
+            held, t0 = runner.counters.ticks_held, time.perf_counter()
+            action = runner.step(t, HOME)
+            steps.append(time.perf_counter() - t0)
+            if runner.counters.ticks_held == held:  # a planned action, not a hold
+                executed.append((t, runner._chunk.t_ns, action))
+        model.delay_s = 0.0
+    finally:
+        runner.close()
+    assert max(steps) < 0.5 * model.delay_s or max(steps) < 0.05, f"a step took {max(steps) * 1e3:.0f} ms"
+    assert runner.counters.ticks_held >= 5  # nothing to do before the first plan
+    assert runner.counters.model_calls >= 3 and runner.counters.actions_skipped >= 4 * runner.counters.model_calls
+    assert len(executed) >= 10
+    for t, asked, action in executed:  # the chunk of the observation at `asked`, at the index of tick t
+        snapshot = ObservationBuffer(AudioSpec(), runner.sample)
+        for k in range((asked - BASE) // FRAME_NS + 1):
+            snapshot.add_frame(_frame(k, phase_ns=10_000_000))
+        chunk = _expected_chunk(model, config, snapshot.frames(asked), None, ActionNormalization.identity())
+        np.testing.assert_allclose(action.delta_ee, chunk[(t - asked) // FRAME_NS, :6], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("latency_ticks", [None, 0])
+def test_planner_failure_is_one_clear_error(latency_ticks):
+    model, config = _slow_policy()
+    model.fail = True
+    runner = PolicyRunner(model, config, ActionNormalization.identity(), SafetyFilter(), asynchronous=True,
+                          latency_ticks=latency_ticks, period_ns=FRAME_NS)
+    try:
+        deadline = time.monotonic() + 10
+        with pytest.raises(HtouchError, match="the policy failed while planning: RuntimeError: out of memory"):
+            k = 0
+            while time.monotonic() < deadline:
+                _feed(runner, k)
+                runner.step(BASE + k * FRAME_NS, HOME)
+                k += 1
+                time.sleep(0.005)
+        with pytest.raises(HtouchError, match="the policy failed while planning"):  # until the episode is reset
+            runner.step(BASE + k * FRAME_NS, HOME)
+        model.fail = False
+        runner.reset()
+        _feed(runner, 0)
+        runner.step(BASE, HOME)
+    finally:
+        runner.close()
+    with pytest.raises(HtouchError, match="asynchronous runner acts through step"):
+        runner.act(HOME, [_frame(k) for k in range(4)])
+
+
+def test_onnxruntime_encoders_give_the_torch_actions():
+    """encoders="onnxruntime" (the onnx extra): the encoders exported in memory and run by ONNX Runtime give
+    the actions of the PyTorch encoders, for a policy that hears and one that does not."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    norm = ActionNormalization([0.001] * 6 + [0.5], [0.01] * 6 + [0.2])
+    for method in ("ours", "vision-only"):
+        model, config = _policy(method)
+        runners = [PolicyRunner(model, config, norm, SafetyFilter(LOOSE), encoders=e) for e in ("torch", "onnxruntime")]
+        for k in range(12):
+            for r in runners:
+                _feed(r, k)
+            a, b = (r.step(BASE + k * FRAME_NS, HOME) for r in runners)
+            np.testing.assert_allclose(b.delta_ee, a.delta_ee, rtol=1e-4, atol=1e-7)
+            assert b.gripper == pytest.approx(a.gripper, rel=1e-4)
+        assert runners[1].counters.frames_encoded == runners[0].counters.frames_encoded
+    with pytest.raises(HtouchError, match="encoders must be torch or onnxruntime, not 'tvm'"):
+        PolicyRunner(model, config, norm, SafetyFilter(), encoders="tvm")
+
+
+def test_onnxruntime_encoders_write_and_send_nothing(tmp_path):
+    """ONNX Runtime's Linux builds keep a telemetry device id under ~/.cache and a session file in $TMPDIR
+    for their uploader; a runner with its encoders (imported the way the CLI does) leaves both empty."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import os
+    import subprocess
+    import sys
+
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(), tmp.mkdir()
+    code = "\n".join([
+        "from htouch.training.runner import PolicyRunner",  # as the CLI does: htouch first, then onnxruntime
+        "import onnxruntime",
+        "from htouch.collector.safety import SafetyFilter",
+        "from htouch.training.methods import policy_config",
+        "from htouch.training.model import ActionNormalization, build_policy",
+        "c = policy_config('tiny', 'ours')",
+        "r = PolicyRunner(build_policy(c), c, ActionNormalization.identity(), SafetyFilter(), encoders='onnxruntime')",
+    ])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(home.rglob("*")) == [] and list(tmp.rglob("*")) == []

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for htouch: the Debian packages in tools/apt-packages.txt, a virtual
-# environment in .venv, and htouch installed into it (editable, with the test, hardware, viewer and URL extras).
+# environment in .venv, and htouch installed into it (editable, with the test, hardware, viewer, URL and ONNX extras).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ fi
 stamp=.venv/.htouch-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     echo "setup: installing htouch and its dependencies into .venv (first time: a few minutes)"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,hardware,viewer,url]' 2>&1 | { grep -v "^WARNING: Location" || true; }
-    .venv/bin/python -c "import htouch, torch, torchaudio, zarr, imagecodecs, mujoco, av, rerun, s3fs"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,hardware,viewer,url,onnx]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+    .venv/bin/python -c "import htouch, torch, torchaudio, zarr, imagecodecs, mujoco, av, rerun, s3fs, onnx, onnxruntime"
     touch "$stamp"
 fi

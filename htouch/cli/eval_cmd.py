@@ -21,6 +21,10 @@ from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
 TIME_LIMIT_HELP = f"(default: {TIME_LIMIT_FACTOR:g} x the longest training demonstration)."
 RunArgument = typer.Argument(..., help="Run directory of a trained policy (`htouch train --run`).")
 EXECUTE_HELP = "h: actions executed per model call without re-planning (the paper: 2)."
+PLANNER_HELP = ("sync: the policy plans in the control loop (the re-plan tick waits for it); async: beside it, "
+                "re-planning every h ticks and skipping the actions whose tick passed while planning (docs/eval.md)")
+PLAN_LATENCY_HELP = ("--planner async on the fast simulated clock: each plan is used this many ticks after it was "
+                     "asked (default 2), deterministically.")
 
 
 @contextlib.contextmanager
@@ -75,6 +79,8 @@ def eval_(
                               "audio."),
     audio_from: Path = typer.Option(None, "--audio-from", help="Dataset that --audio shuffled takes its audio from "
                                     "(default: the run's training dataset).", show_default=False),
+    planner: str = typer.Option("sync", "--planner", help=PLANNER_HELP + "."),
+    plan_latency: int = typer.Option(None, "--plan-latency", help=PLAN_LATENCY_HELP, show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the results (as written to the results file) as "
                                  "JSON on stdout instead of the tables."),
 ) -> None:
@@ -91,7 +97,7 @@ def eval_(
 
     config = EvalConfig(run_dir=run, task=task, episodes=episodes, variation=variation, seed=seed, execute=execute,
                         max_seconds=max_seconds, record=record, force=force, threads=threads, audio=audio,
-                        audio_from=audio_from)
+                        audio_from=audio_from, planner=planner, plan_latency=plan_latency)
     with _episode_bar(episodes, f"eval {variation}") as advance:
         try:
             result = evaluate(config, on_episode=lambda e: advance(e.success))
@@ -136,6 +142,9 @@ def rollout(
                                       show_default=False),
     realtime: bool = typer.Option(None, "--realtime/--fast", help="Simulated rig: pace it to the wall clock (default "
                                   "with a person watching) or run it as fast as it goes.", show_default=False),
+    planner: str = typer.Option(None, "--planner", help=PLANNER_HELP + " (default: async when the rig runs in real "
+                                "time, sync on the fast simulated clock).", show_default=False),
+    plan_latency: int = typer.Option(None, "--plan-latency", help=PLAN_LATENCY_HELP, show_default=False),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before the real robot moves."),
     force: bool = typer.Option(False, "--force", help="Run the policy on a task it was not trained on."),
     no_panel: bool = typer.Option(False, "--no-panel", help="Plain progress lines instead of the live panel."),
@@ -158,7 +167,7 @@ def rollout(
     from htouch.dataset.store import Dataset
     from htouch.rigs import NO_OPERATOR, build_rig
     from htouch.training.evaluate import sim_rig_config, task_and_time_limit
-    from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches
+    from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches, planning_options
 
     cfg = rig_config(config, rig)
     info = RunInfo.read(run)
@@ -174,6 +183,9 @@ def rollout(
         if who == NO_OPERATOR:
             raise HtouchError("the real robot needs an operator who can stop it (--operator quest or keyboard)")
     root = record if record is not None else run.parent / f"{run.name}-rollouts"
+    if planner is not None or plan_latency is not None:  # bad flags fail before a rig opens (checked again after)
+        paced = bool(realtime) or cfg.kind != "sim"
+        planning_options(planner or ("async" if paced else "sync"), paced, plan_latency)
     try:
         the_rig = build_rig(cfg, task, who, seed=seed, variation=variation, realtime=realtime)
     except DeviceError as e:
@@ -184,13 +196,17 @@ def rollout(
         source = PolicySource.from_run(run, cfg.safety, the_rig.spec.audio, execute,
                                        operator=the_rig.operator != NO_OPERATOR, start_on_clutch=the_rig.human,
                                        mapping=cfg.mapping, task_success=the_rig.task_success,
-                                       task_progress=the_rig.task_progress, task_failed=the_rig.task_failed)
+                                       task_progress=the_rig.task_progress, task_failed=the_rig.task_failed,
+                                       **planning_options(planner or ("async" if the_rig.realtime else "sync"),
+                                                          the_rig.realtime, plan_latency))
+        the_rig.closers.append(source.close)
         ds = Dataset.open_or_create(root, task, the_rig.spec)
         if the_rig.kind == "real" and not yes:
             typer.confirm(f"The robot will move on its own, driven by the {info.config.method} policy of "
                           f"{fmt_path(run)} (task {task}), for {episodes} rollout(s) of up to {limit:g} s. "
                           "Hold the grip to start each one; A / B stop it. Go on?", abort=True)
-        console.print(f"{the_rig.description}; policy {info.config.method} from {fmt_path(run)} (h = {execute}); "
+        console.print(f"{the_rig.description}; policy {info.config.method} from {fmt_path(run)} (h = {execute}, "
+                      f"{source.episode_info()['policy']['planning']} planning); "
                       f"recording into {fmt_path(ds.root)}", highlight=False, soft_wrap=True)
         recorder = Recorder(the_rig, ds, cfg.control, cfg.mapping, cfg.safety, variation=variation, source=source)
         result = run_session(recorder, episodes, f"htouch rollout: {info.config.method} on {task} "

@@ -36,7 +36,13 @@ from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
 from htouch.sim.scene import VARIATIONS
 from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
-from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches, require_task
+from htouch.training.policy_source import (
+    PolicySource,
+    RunInfo,
+    check_rig_matches,
+    planning_options,
+    require_task,
+)
 
 FALLBACK_TIME_LIMIT_S = 60.0  # when the training dataset cannot be read
 CONFIDENCE = 0.95
@@ -66,6 +72,8 @@ class EvalConfig:
     threads: int | None = None  # torch threads for the policy (None: torch's default)
     audio: str = "real"  # what the policy hears: real, silent or shuffled (htouch.training.diagnostics)
     audio_from: Path | None = None  # shuffled audio's dataset (None: the run's training dataset)
+    planner: str = "sync"  # "async": planned beside the loop, each plan used plan_latency ticks after asking
+    plan_latency: int | None = None  # async: ticks (None: policy_source.DEFAULT_PLAN_LATENCY)
 
     def check(self) -> None:
         if self.episodes < 1:
@@ -76,6 +84,7 @@ class EvalConfig:
             raise HtouchError(f"--seed must be 0 or more, got {self.seed}")
         if self.threads is not None and self.threads < 1:
             raise HtouchError(f"--threads must be at least 1, got {self.threads}")
+        planning_options(self.planner, False, self.plan_latency)
 
 
 @dataclass
@@ -244,7 +253,9 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
                                                                   check_rig_matches(run, rig.spec)]
             source = PolicySource.from_run(config.run_dir, rig_config.safety, rig.spec.audio, config.execute,
                                            hearing=hearing, operator=False, task_success=rig.task_success,
-                                           task_progress=rig.task_progress, task_failed=rig.task_failed)
+                                           task_progress=rig.task_progress, task_failed=rig.task_failed,
+                                           **planning_options(config.planner, False, config.plan_latency))
+            rig.closers.append(source.close)
             with _dataset_dir(config.record) as root:
                 ds = Dataset.open_or_create(root, task, rig.spec)
                 recorder = Recorder(rig, ds, rig_config.control, rig_config.mapping, rig_config.safety,

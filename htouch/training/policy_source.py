@@ -6,6 +6,8 @@ sees its own episode). Each tick `command` returns the runner's next action (pre
 per-frame embedding cache; already through a SafetyFilter with the rig's limits, so the loop's own pass
 changes nothing more). On a simulated clock the loop lets the readers run dry before a re-plan, so the
 policy sees every frame and block captured up to that tick and a rollout does not depend on thread timing.
+An asynchronous runner (htouch.training.runner, module docstring) plans in its worker thread from a snapshot
+of the buffer taken at the tick it asks, so `command` returns at once; call `close` when done.
 
 An episode ends when the operator presses A (success) / B (failure) / the joystick (discard) on the teleop,
 whose motion is ignored (no clutch), or on a simulated rig when the task succeeds; otherwise at the time
@@ -34,6 +36,33 @@ from htouch.training.checkpoints import model_digest, read_run_config
 from htouch.training.methods import PolicyConfig
 from htouch.training.run_dir import RunDir
 from htouch.training.runner import Hearing, PolicyRunner, RunnerCounters
+
+PLANNERS = ("sync", "async")
+DEFAULT_PLAN_LATENCY = 2  # ticks: a paper-preset re-plan on an idle core (about 56 ms) lands within two 30 Hz ticks
+
+
+def planning_options(planner: str, realtime: bool, latency_ticks: int | None = None) -> dict[str, Any]:
+    """PolicyRunner options for a planner name. "sync": plans in the control thread, exactly as before (the
+    re-plan tick waits for the model). "async": plans beside the loop with the fastest encoders installed
+    (ONNX Runtime with the onnx extra, else PyTorch with channels-last weights); on a
+    real-time clock each plan is used from the tick it arrives at, on a simulated clock exactly
+    `latency_ticks` ticks (default DEFAULT_PLAN_LATENCY) after it was asked, so results are deterministic."""
+    if planner not in PLANNERS:
+        raise HtouchError(f"--planner must be {' or '.join(PLANNERS)}, not {planner!r}")
+    if planner == "sync" or realtime:
+        if latency_ticks is not None:
+            raise HtouchError("--plan-latency is for --planner async on a simulated clock (in real time a plan is "
+                              "used when it arrives)")
+        return {} if planner == "sync" else {"asynchronous": True, **_fastest_encoders()}
+    return {"asynchronous": True, **_fastest_encoders(),
+            "latency_ticks": DEFAULT_PLAN_LATENCY if latency_ticks is None else latency_ticks}
+
+
+def _fastest_encoders() -> dict[str, Any]:
+    """ONNX Runtime encoders where installed (the onnx extra), else PyTorch's in channels-last."""
+    from htouch.training import onnx_encoders
+
+    return {"encoders": "onnxruntime"} if onnx_encoders.available() else {"channels_last": True}
 
 
 @dataclass
@@ -115,8 +144,15 @@ class PolicySource:
         """The policy of a run directory, for a rig with these safety limits and this audio spec (`hearing`:
         what the policy hears instead of the rig's audio, see PolicyRunner)."""
         run = RunInfo.read(run_dir)
-        runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio, hearing=hearing)
+        runner_options = {k: kwargs.pop(k) for k in ("asynchronous", "latency_ticks", "channels_last", "encoders")
+                          if k in kwargs}
+        runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio, hearing=hearing,
+                                       **runner_options)
         return cls(runner, run, **kwargs)
+
+    def close(self) -> None:
+        """Stop the runner's planner thread (asynchronous runners)."""
+        self.runner.close()
 
     # ---------------------------------------------------------------- streams (reader threads)
 
@@ -171,7 +207,12 @@ class PolicySource:
             self._ended_by = "task"
             return SourceCommand(None, "failure")
         position = state.ee_pose[:3]
-        if self.runner.needs_observation:
+        if self.runner.asynchronous:
+            with self._lock:
+                if not self._frames:
+                    return SourceCommand(None)  # no frame of this episode yet: hold until there is one
+            action = self.runner.act_at(now_ns, position, self._snapshot)
+        elif self.runner.needs_observation:
             with self._lock:
                 if not self._frames:
                     return SourceCommand(None)  # no frame of this episode yet: hold until there is one
@@ -181,6 +222,10 @@ class PolicySource:
         else:
             action = self.runner.act(position)
         return SourceCommand(action, None, self.runner.last.reasons if self.runner.last else ())
+
+    def _snapshot(self):
+        with self._lock:
+            return self.runner.buffer.snapshot()
 
     def interrupted(self) -> None:
         """Nothing to re-anchor: the plan's actions are deltas from wherever the robot is, at most h of them."""
@@ -199,7 +244,13 @@ class PolicySource:
         return Outcome(success, by, info)
 
     def episode_info(self) -> dict[str, Any]:
-        return {"action_source": self.kind, "policy": {**self.run.summary(), "execute": self.runner.execute}}
+        r = self.runner
+        planning = ("synchronous" if not r.asynchronous else "asynchronous" if r.latency_ticks is None
+                    else f"asynchronous, {r.latency_ticks} tick(s) latency")
+        if r.encoders != "torch":
+            planning += f", {r.encoders} encoders"
+        return {"action_source": self.kind, "policy": {**self.run.summary(), "execute": r.execute,
+                                                      "planning": planning}}
 
 
 def check_rig_matches(run: RunInfo, rig: RigSpec) -> list[str]:

@@ -17,13 +17,31 @@ Use it from a live stream with `ObservationBuffer` (add every Frame / AudioBlock
     runner = PolicyRunner.from_run("runs/zip-ours", SafetyFilter(rig_config.safety), execute=2)
     for each Frame / AudioBlock read:  runner.buffer.add_frame(frame) / runner.buffer.add_audio(block)
     every control tick:  robot.apply(runner.step(clock.now_ns(), robot.state().ee_pose[:3]))
+
+Planning beside the control loop (`asynchronous=True`): a re-plan of the paper preset takes longer than a
+30 Hz tick on a CPU, so the synchronous runner makes the re-plan tick late. The asynchronous runner asks a
+worker thread (`Planner`) for the next plan every h ticks, with the observation up to the tick it asks at
+(a snapshot of the buffer; frames and clip are chosen for that time), and keeps executing the current plan
+meanwhile. Action i of a plan asked at time t is meant for the tick at t + i * period (as in training:
+the i-th action commanded at or after the sample time), so a plan that arrives d ticks after it was asked
+starts at its action d: the d actions whose ticks passed while planning are skipped (counted in
+`actions_skipped`). A tick with no action left (before the first plan of an episode, or a plan later than
+the H - h spare actions of the previous one cover) holds still (`ticks_held`); no tick ever waits for the
+model. When planning takes longer than h ticks, the next plan is asked when the last arrives; if a divisor
+of the frames' spacing (2/3 s = 20 ticks: 4 or 5) lies between that latency and H, at that many ticks after
+the last ask, which keeps the older frames of each observation in the embedding cache.
+On a simulated clock, `latency_ticks=L` makes this deterministic: each plan is adopted exactly L ticks
+after it was asked (waited for then, which costs no simulated time); L = 0 is the synchronous schedule.
+A failure in the worker is raised by the next control step as one HtouchError.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +59,7 @@ from htouch.training.checkpoints import load_run_checkpoint
 from htouch.training.data import DataSpec
 from htouch.training.methods import PolicyConfig
 from htouch.training.model import ActionNormalization, AudioVisualPolicy, preprocess_frames
+from htouch.training.onnx_encoders import OnnxEncoders
 from htouch.training.run_dir import WEIGHTS_NAME
 
 
@@ -81,6 +100,15 @@ class ObservationBuffer:
     def clear(self) -> None:
         self._frames.clear(), self._frame_times.clear(), self._blocks.clear(), self._block_times.clear()
 
+    def snapshot(self) -> ObservationBuffer:
+        """A copy that later additions do not change (the lists are copied, not the frames and blocks they
+        hold: microseconds), for a planner thread to choose its observation from."""
+        copy = ObservationBuffer.__new__(ObservationBuffer)
+        copy.audio, copy.sample, copy.keep_ns = self.audio, self.sample, self.keep_ns
+        copy._frames, copy._frame_times = list(self._frames), list(self._frame_times)
+        copy._blocks, copy._block_times = list(self._blocks), list(self._block_times)
+        return copy
+
     def frames(self, t_ns: int) -> list[Frame]:
         """The n_frames frames of the observation at time t, oldest first (repeats where frames are missing)."""
         if not self._frames:
@@ -119,18 +147,132 @@ class RunnerCounters:
     frames_from_cache: int = 0  # frames of a re-plan whose embedding was cached
     audio_encoded: int = 0  # clips through the audio encoder
     safety_changed: int = 0  # commands the safety filter changed
+    actions_skipped: int = 0  # asynchronous: planned actions whose tick had passed when the plan arrived
+    ticks_held: int = 0  # asynchronous: ticks with no planned action left (held still)
+
+
+ENCODER_BACKENDS = ("torch", "onnxruntime")
+PLAN_TIMEOUT_S = 30.0  # a plan asked for this long ago and still not made: the planner is stuck
+
+
+@dataclass
+class Plan:
+    """A chunk from the planner: action i (de-normalised, (H, action_dim)) is for the tick at t_ns + i * period."""
+
+    t_ns: int  # the time of the observation it was made from (the tick it was asked at)
+    actions: np.ndarray
+    seconds: float  # wall time the planning took
+
+
+class Planner:
+    """One worker thread that makes plans one at a time: `submit` a job (a function returning the chunk),
+    `take` the plan when it is done. The worker starts at the first job; `close` stops it. An exception in a
+    job is kept and raised by `take` as HtouchError (the original as its cause)."""
+
+    def __init__(self, name: str = "htouch-planner"):
+        self.name = name
+        self._cond = threading.Condition()
+        self._job: tuple[int, Callable[[], np.ndarray]] | None = None
+        self._done: Plan | None = None
+        self._error: BaseException | None = None
+        self._asked_at = 0.0  # monotonic seconds of the job in flight
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.plan_seconds: list[float] = []  # every plan's planning time (wall), for benchmarks
+        self.plan_cpu_seconds: list[float] = []  # and the worker thread's CPU time for it
+
+    @property
+    def pending(self) -> bool:
+        """A job was submitted and its plan not taken yet."""
+        with self._cond:
+            return self._job is not None or self._done is not None or self._error is not None
+
+    def submit(self, t_ns: int, job: Callable[[], np.ndarray]) -> None:
+        with self._cond:
+            if self._closed:
+                raise HtouchError("the planner was closed")
+            if self._job is not None or self._done is not None:
+                raise HtouchError("the planner has a plan in flight; take it before asking for another")
+            self._job, self._asked_at = (int(t_ns), job), time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def take(self, wait: bool = False) -> Plan | None:
+        """The finished plan (once), or None while it is being made (`wait`: block until it is made, at most
+        PLAN_TIMEOUT_S). Raises HtouchError if the job failed or the planner is stuck."""
+        with self._cond:
+            if wait:
+                self._cond.wait_for(lambda: self._job is None, PLAN_TIMEOUT_S)
+            if self._error is not None:
+                e = self._error
+                raise HtouchError(f"the policy failed while planning: {type(e).__name__}: {e}") from e
+            if self._job is not None and time.monotonic() - self._asked_at > PLAN_TIMEOUT_S:
+                raise HtouchError(f"the policy has not returned a plan in {PLAN_TIMEOUT_S:g} s")
+            plan, self._done = self._done, None
+            return plan
+
+    def cancel(self) -> None:
+        """Forget the job in flight (waiting for it to finish, at most PLAN_TIMEOUT_S) and any error."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._job is None, PLAN_TIMEOUT_S)
+            self._done = self._error = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(PLAN_TIMEOUT_S)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job is not None or self._closed)
+                if self._closed:
+                    return
+                t_ns, job = self._job
+            start, cpu = time.perf_counter(), time.thread_time()
+            try:
+                actions, error = job(), None
+            except BaseException as e:  # noqa: BLE001 - raised in the control thread by take()
+                actions, error = None, e
+            with self._cond:
+                if error is None:
+                    self._done = Plan(t_ns, actions, time.perf_counter() - start)
+                    self.plan_seconds.append(self._done.seconds)
+                    self.plan_cpu_seconds.append(time.thread_time() - cpu)
+                else:
+                    self._error = error
+                self._job = None
+                self._cond.notify_all()
 
 
 class PolicyRunner:
     def __init__(self, policy: AudioVisualPolicy, config: PolicyConfig, normalization: ActionNormalization,
                  safety: SafetyFilter, execute: int = 2, sample: SampleParams | None = None,
-                 audio: AudioSpec | None = None, cache: bool = True, hearing: Hearing | None = None):
+                 audio: AudioSpec | None = None, cache: bool = True, hearing: Hearing | None = None,
+                 asynchronous: bool = False, latency_ticks: int | None = None, period_ns: int | None = None,
+                 channels_last: bool = False, encoders: str = "torch"):
         """`execute` = h, the actions run per model call (1 <= h <= H). `sample` fixes the observation window
         (default: the config's n_frames over 2 s, a 2 s clip); `audio` is the rig's audio spec, used to
         normalise live PCM in `buffer`. `cache=False` encodes every frame at every re-plan (for comparison).
-        `hearing` replaces the live audio the policy hears (`heard_clip`); None: the real audio."""
+        `hearing` replaces the live audio the policy hears (`heard_clip`); None: the real audio.
+        `asynchronous`: plan in a worker thread (module docstring), re-planning every h ticks of `period_ns`
+        (default 1/30 s); `latency_ticks` (simulated clocks): adopt each plan exactly that many ticks after
+        asking, 0 <= L <= H - h; None: as soon as it is there. `channels_last`: the model's weights in the
+        channels-last layout (faster convolutions on a CPU; changes `policy` in place). `encoders`: "torch", or
+        "onnxruntime" to run the encoders with ONNX Runtime (htouch.training.onnx_encoders; the onnx extra).
+        Call `close` when done with an asynchronous runner (its worker thread is a daemon, so forgetting it
+        does not block exit)."""
+        if encoders not in ENCODER_BACKENDS:
+            raise HtouchError(f"encoders must be {' or '.join(ENCODER_BACKENDS)}, not {encoders!r}")
         if not 1 <= execute <= config.horizon:
             raise HtouchError(f"execute must be between 1 and the horizon {config.horizon}, got {execute}")
+        if latency_ticks is not None and not (asynchronous and 0 <= latency_ticks <= config.horizon - execute):
+            raise HtouchError(f"latency_ticks must be between 0 and horizon - execute = {config.horizon - execute} "
+                              f"with asynchronous planning, got {latency_ticks}")
         if len(normalization.mean) != config.action_dim:
             raise HtouchError(f"action normalization has {len(normalization.mean)} dimensions; the policy predicts "
                               f"{config.action_dim}")
@@ -149,35 +291,76 @@ class PolicyRunner:
         self.counters = RunnerCounters()
         self.last: FilteredAction | None = None  # the last command and what the safety filter changed
         self._plan: deque[np.ndarray] = deque()
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache: dict[int, torch.Tensor] = {}  # asynchronous: used by the worker thread only
+        self.encoders = encoders
+        self._encoders: AudioVisualPolicy | OnnxEncoders = self.policy
+        if encoders == "onnxruntime":
+            spec_shape = None
+            if config.uses_audio:
+                silence = np.zeros(self.sample.clip.n_samples, np.float32)
+                spec_shape = (1, *audio_params.spectrogram(silence, self.sample.clip.rate_hz, self.spec_params).shape)
+            self._encoders = OnnxEncoders(self.policy, config.image_size, spec_shape, torch.get_num_threads())
+        if channels_last:
+            self.policy.to(memory_format=torch.channels_last)
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.asynchronous = asynchronous
+        self.latency_ticks = latency_ticks
+        self.period_ns = int(period_ns or round(NS / 30))
+        self.planner = Planner() if asynchronous else None
+        self._chunk: Plan | None = None  # asynchronous: the plan being executed
+        self._asked_ns: int | None = None  # asynchronous: when the plan in flight (or the last one) was asked
+        self._next_ask_ns: int | None = None  # asynchronous: when the next plan is due
+        spacing = self.sample.frame_window_s / max(self.sample.n_frames - 1, 1) * NS / self.period_ns
+        # Ticks between the observation's frames, when whole: asking every divisor (or multiple) of it keeps
+        # each plan's older frames in the cache (they were the newest frames of earlier plans).
+        self._frame_spacing = round(spacing) if self.sample.n_frames > 1 and abs(spacing - round(spacing)) < 1e-6 \
+            else None
+        self._last_t: int | None = None  # asynchronous: the last tick stepped
 
     @classmethod
     def from_run(cls, run_dir: str | Path, safety: SafetyFilter, execute: int = 2, audio: AudioSpec | None = None,
-                 name: str = WEIGHTS_NAME, hearing: Hearing | None = None) -> PolicyRunner:
+                 name: str = WEIGHTS_NAME, hearing: Hearing | None = None, **options) -> PolicyRunner:
         """A runner for a trained policy: the weights, config, action normalization and observation window of a
         run directory (as `htouch train` writes it). `audio` is the live rig's audio spec, which normalises its
-        PCM; by default the training rig's."""
+        PCM; by default the training rig's. `options`: asynchronous, latency_ticks, channels_last (the control
+        period is the training rig's action rate)."""
         model, config, extra = load_run_checkpoint(run_dir, name)
         if "action_normalization" not in extra:
             raise HtouchError(f"{run_dir}: config.json has no action_normalization")
         norm = ActionNormalization.from_dict(extra["action_normalization"])
         sample = DataSpec.from_dict(extra["data"]).sample_params if isinstance(extra.get("data"), dict) else None
-        if audio is None and isinstance(extra.get("rig"), dict):
-            audio = RigSpec.from_dict(extra["rig"]).audio
-        return cls(model, config, norm, safety, execute=execute, sample=sample, audio=audio, hearing=hearing)
+        rig = RigSpec.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
+        if audio is None and rig is not None:
+            audio = rig.audio
+        if rig is not None and "period_ns" not in options:
+            options["period_ns"] = int(round(NS / rig.action.rate_hz))
+        return cls(model, config, norm, safety, execute=execute, sample=sample, audio=audio, hearing=hearing,
+                   **options)
 
     @property
     def needs_observation(self) -> bool:
-        """True when the next step re-plans (the executed part of the last plan is used up)."""
+        """True when the next step re-plans (synchronous: the executed part of the last plan is used up;
+        asynchronous: the next tick asks for a plan)."""
+        if self.asynchronous:
+            return self._next_ask_ns is None or self._due((self._last_t or 0) + self.period_ns)
         return not self._plan
 
     def reset(self) -> None:
-        """Start a new episode: no plan, no cached frames, an empty buffer (counters keep counting)."""
+        """Start a new episode: no plan, no cached frames, an empty buffer (counters keep counting). An
+        asynchronous runner first lets a plan in flight finish (it is thrown away)."""
+        if self.planner is not None:
+            self.planner.cancel()
         self._plan.clear()
+        self._chunk = self._asked_ns = self._next_ask_ns = self._last_t = None
         self._cache.clear()
         self.buffer.clear()
         if self.hearing is not None:
             self.hearing.reset()
+
+    def close(self) -> None:
+        """Stop an asynchronous runner's worker thread (nothing to do for a synchronous one)."""
+        if self.planner is not None:
+            self.planner.close()
 
     def heard_clip(self, t_ns: int) -> np.ndarray:
         """The audio clip the policy hears at time t: the live buffer's, or what `hearing` puts in its place.
@@ -187,6 +370,8 @@ class PolicyRunner:
 
     def step(self, t_ns: int, ee_position: np.ndarray) -> Action:
         """One control step at time t from the live `buffer`."""
+        if self.asynchronous:
+            return self.act_at(t_ns, ee_position, self.buffer.snapshot)
         if not self._plan:
             clip = self.heard_clip(t_ns) if self.config.uses_audio else None
             return self.act(ee_position, self.buffer.frames(t_ns), clip)
@@ -197,17 +382,89 @@ class PolicyRunner:
         """One control step. When a re-plan is due, `frames` (n_frames Frames, oldest first, uint8 RGB; each
         time stamp names the frame in the cache) and `audio` (the mono normalised clip at the clip rate, or its
         spectrogram already computed) are required; otherwise they are ignored."""
+        if self.asynchronous:
+            raise HtouchError("an asynchronous runner acts through step or act_at")
         if not self._plan:
             self._replan(frames, audio)
-        raw = self._plan.popleft()
-        gripper = float(raw[6]) if self.config.action_dim == 7 else self.safety.last_gripper
+        return self._command(self._plan.popleft(), ee_position)
+
+    # ------------------------------------------------------------------------------- asynchronous
+
+    def _due(self, t_ns: int) -> bool:
+        """Is a plan to be asked for at tick t (the first at once, then see `_interval`)?"""
+        return self._next_ask_ns is None or t_ns >= self._next_ask_ns - self.period_ns // 2
+
+    def _interval(self, latency: int) -> int:
+        """Ticks from one plan's asking to the next's, for a plan that arrived `latency` ticks after it was
+        asked: h, or when planning takes longer, the smallest divisor of the frame spacing from the latency up
+        to H (a plan still covers the ticks until the next arrives), else the latency. Asking at intervals
+        that do not divide the spacing leaves the older frames of each observation uncached: up to n encodes
+        per plan on a machine already too slow for one."""
+        need = max(self.execute, latency)
+        if need == self.execute or self._frame_spacing is None:
+            return need
+        s = self._frame_spacing
+        return min([d for d in range(need, min(s, self.config.horizon) + 1) if s % d == 0] or [need])
+
+    def act_at(self, t_ns: int, ee_position: np.ndarray, observe: Callable[[], ObservationBuffer]) -> Action:
+        """One control step at tick t of an asynchronous runner. `observe()` returns the observation buffer as
+        of t (a snapshot the caller will not change; called only when a plan is asked for). Returns at once
+        with the current plan's action for t, or a hold (zero motion, the last gripper command) when none is
+        left; raises HtouchError if the worker failed."""
+        if self.planner is None:
+            raise HtouchError("act_at is for an asynchronous runner (asynchronous=True)")
+        t_ns = int(t_ns)
+        self._last_t = t_ns
+        if self._asked_ns is not None and self.planner.pending:
+            if self.latency_ticks is None:
+                self._adopt(self.planner.take(), t_ns)
+            elif t_ns >= self._asked_ns + self.latency_ticks * self.period_ns - self.period_ns // 2:
+                self._adopt(self.planner.take(wait=True), t_ns)
+        if not self.planner.pending and self._due(t_ns):
+            buffer = observe()
+            self.planner.submit(t_ns, lambda: self._plan_from(buffer, t_ns))
+            self._asked_ns, self._next_ask_ns = t_ns, t_ns + self.execute * self.period_ns
+            if self.latency_ticks == 0:
+                self._adopt(self.planner.take(wait=True), t_ns)
+        i = -1 if self._chunk is None else (t_ns - self._chunk.t_ns + self.period_ns // 2) // self.period_ns
+        if not 0 <= i < len(self._chunk.actions if self._chunk is not None else ()):
+            self.counters.ticks_held += 1
+            return self._command(np.zeros(self.config.action_dim), ee_position, hold=True)
+        return self._command(self._chunk.actions[i], ee_position)
+
+    def _adopt(self, plan: Plan | None, t_ns: int) -> None:
+        """Execute `plan` from tick t on: its actions for earlier ticks are skipped."""
+        if plan is None:
+            return
+        self._chunk = plan
+        late = max(0, (t_ns - plan.t_ns + self.period_ns // 2) // self.period_ns)
+        self.counters.actions_skipped += late
+        self._next_ask_ns = plan.t_ns + self._interval(late) * self.period_ns
+
+    def _plan_from(self, buffer: ObservationBuffer, t_ns: int) -> np.ndarray:
+        """The worker's job: the observation at t from the snapshot, and the plan (all H actions)."""
+        frames = buffer.frames(t_ns)
+        clip = None
+        if self.config.uses_audio:
+            real = buffer.clip(t_ns)
+            clip = real if self.hearing is None else self.hearing.clip(real, t_ns)
+        return self._chunk_for(frames, clip)
+
+    def _command(self, raw: np.ndarray, ee_position: np.ndarray, hold: bool = False) -> Action:
+        gripper = float(raw[6]) if self.config.action_dim == 7 and not hold else self.safety.last_gripper
         self.last = self.safety(Action(raw[:6].copy(), gripper), ee_position)
         self.counters.steps += 1
         self.counters.safety_changed += bool(self.last.reasons)
         return self.last.action
 
-    @torch.inference_mode()
+    # ------------------------------------------------------------------------------- planning
+
     def _replan(self, frames: Sequence[Frame] | None, audio: np.ndarray | None) -> None:
+        self._plan.extend(self._chunk_for(frames, audio)[:self.execute])
+
+    @torch.inference_mode()
+    def _chunk_for(self, frames: Sequence[Frame] | None, audio: np.ndarray | None) -> np.ndarray:
+        """The de-normalised (H, action_dim) chunk for this observation (see `act`)."""
         c = self.config
         if frames is None or len(frames) != c.n_frames:
             raise HtouchError(f"re-planning needs {c.n_frames} frames, got {0 if frames is None else len(frames)}")
@@ -223,7 +480,8 @@ class PolicyRunner:
         if new:
             device = self.policy.pos_embedding.device
             x = preprocess_frames(np.stack([f.rgb for f in new.values()]), c.image_size).to(device)
-            embeddings = dict(zip(new, self.policy.encode_frames(x), strict=True))
+            x = x.contiguous(memory_format=self._memory_format)
+            embeddings = dict(zip(new, self._encoders.encode_frames(x), strict=True))
             self.counters.frames_encoded += len(new)
         cache = {**self._cache, **embeddings} if new else self._cache
         if self.use_cache:
@@ -233,14 +491,14 @@ class PolicyRunner:
         if c.uses_audio:
             spec = audio_params.spectrogram(audio, self.sample.clip.rate_hz, self.spec_params) if audio.ndim == 1 \
                 else audio
-            audio_emb = self.policy.encode_audio(torch.as_tensor(spec, dtype=torch.float32,
+            audio_emb = self._encoders.encode_audio(torch.as_tensor(spec, dtype=torch.float32,
                                                                  device=frame_emb.device).unsqueeze(0))
             self.counters.audio_encoded += 1
         chunk = self.policy.head(frame_emb, audio_emb)[0].double().cpu().numpy()
         self.counters.model_calls += 1
         actions = self.normalization.denormalize(chunk)
-        self._plan.extend(actions[:self.execute])
         if self.use_cache:  # later re-plans look at later times: frames older than this plan's oldest are done
             oldest = min(keys)
             for k in [k for k in self._cache if k < oldest]:
                 del self._cache[k]
+        return actions
