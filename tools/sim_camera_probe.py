@@ -33,6 +33,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import cross_val_predict
+from threadpoolctl import threadpool_limits
 
 from htouch.collector.config import CameraConfig, RigConfig
 from htouch.sim.rig import SimRig
@@ -73,7 +74,8 @@ def cv_r2(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     out = {}
     for name, model in (("ridge", RidgeCV(alphas=np.logspace(-2, 4, 13))),
                         ("trees", HistGradientBoostingRegressor(max_iter=200, random_state=0))):
-        pred = cross_val_predict(model, x, y, cv=5)
+        with threadpool_limits(1):  # OpenMP's spinning threads crawl on a shared, loaded machine
+            pred = cross_val_predict(model, x, y, cv=5)
         out[name] = float(1.0 - np.mean((pred - y) ** 2) / np.var(y))
     return out
 
