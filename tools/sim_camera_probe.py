@@ -111,7 +111,7 @@ def probe_task(name: str, scenes: int, width: int, height: int, seed: int) -> di
 
 def report(results: list[dict[str, object]], args: argparse.Namespace, argv: list[str]) -> str:
     lines = ["# What the simulated camera sees of the decisive contact", "",
-             f"Command: `.venv/bin/python tools/sim_camera_probe.py {shlex.join(argv)}`", "",
+             f"Command: `{shlex.join(['.venv/bin/python', 'tools/sim_camera_probe.py', *argv])}`", "",
              f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; {platform.machine()}, "
              f"Python {platform.python_version()}; {args.scenes} scenes per task (train looks, seed {args.seed}), "
              f"frames {args.width}x{args.height}.", "",
