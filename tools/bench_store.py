@@ -690,7 +690,7 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     import torch
 
     from htouch.dataset import frames as frame_cache
-    from htouch.dataset import spectrograms
+    from htouch.dataset import rowcache, spectrograms
     from htouch.training.data import DataSpec, PolicySamples, collate
     from htouch.training.methods import policy_config
     from htouch.training.model import ActionNormalization
@@ -711,7 +711,7 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     for ep in episodes:
         frame_cache.build(ep, size)
     build_s = time.perf_counter() - t0
-    cache_bytes = frame_cache.dir_size(frame_cache.key_dir(ds.root, size))
+    cache_bytes = rowcache.dir_size(frame_cache.key_dir(ds.root, size))
     log(f"training inputs: {size} px frame caches built ({build_s:.0f} s, {cache_bytes / 1e6:.0f} MB)")
     cached = PolicySamples(ds, idx, spec, norm, preload_mb=0)
     assert today.frame_sources["decoded"] == 2 and cached.frame_sources["cache"] == 2
@@ -783,7 +783,7 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
             "cpu_rates": {k: n / v for k, v in cpu.items()}, "diff": diff,
             "parts_ms": {k: v / n * 1e3 for k, v in parts.items()}, "cache_bytes": cache_bytes,
             "cache_build_s": build_s, "spec_build_s": spec_build_s, "frames": n_frames,
-            "spec_bytes": spectrograms.dir_size(spectrograms.key_dir(ds.root, spec.spec_params, spec.clip))}
+            "spec_bytes": rowcache.dir_size(spectrograms.key_dir(ds.root, spec.spec_params, spec.clip))}
 
 
 # ------------------------------------------------------------------------------------------------ 4. memory

@@ -100,7 +100,7 @@ def spectrogram(
 
     Example: [bold]htouch spectrogram demo_data --kind avid[/]
     """
-    from htouch.dataset import spectrograms
+    from htouch.dataset import rowcache, spectrograms
 
     params = spectrogram_params(kind)
     ds = find_dataset(local_path(dataset, "htouch spectrogram (caching spectrograms)"))
@@ -119,7 +119,7 @@ def spectrogram(
     console.print(f"[green]{params.kind}[/] {params_key(DEFAULT_CLIP, params)}: {len(todo)} episode(s) computed"
                   f"{f' ({stale} stale)' if stale else ''}, {len(jobs) - len(todo)} up to date; "
                   f"{sum(j.frames for j in jobs)} frames of shape {shape} in {fmt_path(key_dir)} "
-                  f"({spectrograms.dir_size(key_dir) / 1e6:.1f} MB)")
+                  f"({rowcache.dir_size(key_dir) / 1e6:.1f} MB)")
 
 
 @app.command()
@@ -144,6 +144,7 @@ def frames(
     Example: [bold]htouch frames demo_data --preset paper[/]
     """
     from htouch.dataset import frames as frame_cache
+    from htouch.dataset import rowcache
     from htouch.training.data import DataSpec
     from htouch.training.methods import policy_config
 
@@ -171,7 +172,7 @@ def frames(
         key_dir = frame_cache.key_dir(ds.root, s)
         console.print(f"[green]{s} px[/]: {len(todo)} episode(s) built{f' ({notes})' if notes else ''}, "
                       f"{len(jobs) - len(todo)} up to date; {sum(j.frames for j in jobs)} frames in "
-                      f"{fmt_path(key_dir)} ({frame_cache.dir_size(key_dir) / 1e6:.1f} MB)")
+                      f"{fmt_path(key_dir)} ({rowcache.dir_size(key_dir) / 1e6:.1f} MB)")
 
 
 @app.command()

@@ -24,8 +24,6 @@ A dataset at a URL is read from the store (no memory map over HTTP); `htouch fra
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import xxhash
-import zarr
 
 from htouch.dataset import rowcache
 from htouch.dataset.episode import Episode
@@ -191,12 +188,6 @@ def build(episode: Episode, size: int, progress: Progress | None = None) -> Path
     if episode.dataset is not None:
         episode.dataset.writable("htouch frames (caching frames)")
     final = cache_path(episode, size)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for left in final.parent.glob(f".{final.name}.tmp*"):  # left by a build that was killed
-        pid = left.name.rpartition(".tmp")[2]
-        if pid == str(os.getpid()) or not _alive(pid):
-            shutil.rmtree(left, ignore_errors=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     n = len(episode.camera_times)
 
     def blocks():
@@ -206,31 +197,4 @@ def build(episode: Episode, size: int, progress: Progress | None = None) -> Path
             if progress:
                 progress(stop - start)
 
-    try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-        rowcache.write_rows(tmp, n, _row(size), np.uint8, blocks())
-        group.attrs[ATTR] = _expected(episode, size)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old{os.getpid()}")
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def dir_size(path: Path) -> int:
-    """Bytes of all files below `path` (0 if it does not exist)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+    return rowcache.replace(final, n, _row(size), np.uint8, blocks(), ATTR, _expected(episode, size))

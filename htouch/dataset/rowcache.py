@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,47 @@ def write_rows(path: Path, n: int, row_shape: tuple[int, ...], dtype: Any, block
         flush()
     if n:
         _chunk_file(path, HASHES, 0, 1).write_bytes(hashes.tobytes())
+
+
+def replace(final: Path, n: int, row_shape: tuple[int, ...], dtype: Any, blocks: Iterable[np.ndarray],
+            attr: str, attrs: dict[str, Any]) -> Path:
+    """Write a cache of n rows from `blocks` (see write_rows) with `attrs` under the group attribute `attr`, and
+    put it at `final` atomically: a reader sees the old cache or the complete new one; a killed build leaves only
+    a hidden temporary directory, removed by the next build."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for left in final.parent.glob(f".{final.name}.tmp*"):  # left by a build that was killed
+        pid = left.name.rpartition(".tmp")[2]
+        if pid == str(os.getpid()) or not _alive(pid):
+            shutil.rmtree(left, ignore_errors=True)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    try:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        write_rows(tmp, n, row_shape, dtype, blocks)
+        group.attrs[attr] = attrs
+        if final.exists():
+            old = final.with_name(f".{final.name}.old{os.getpid()}")
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of all files below `path` (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def status(path: Path, n: int, row_shape: tuple[int, ...], dtype: Any) -> str | None:

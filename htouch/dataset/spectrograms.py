@@ -30,8 +30,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -255,40 +253,10 @@ def build(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFAUL
     if not params_file.exists():
         write_json_atomic(params_file, {"key": final.parent.name, "params": dataclasses.asdict(params),
                                         "clip": dataclasses.asdict(clip)})
-    for left in final.parent.glob(f".{final.name}.tmp*"):  # left by a build that was killed
-        if left.name.rpartition(".tmp")[2] == str(os.getpid()) or not _alive(left.name.rpartition(".tmp")[2]):
-            shutil.rmtree(left, ignore_errors=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shape = spec_shape(params, clip)
     n = len(episode.camera_times)
     block = rowcache.rows_per_chunk(shape, np.float32, n)
     blocks = (compute(episode, params, clip, range(start, min(start + block, n)), progress)
               for start in range(0, n, block))
-    try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-        rowcache.write_rows(tmp, n, shape, np.float32, blocks)
-        group.attrs[ATTR] = {**_expected_attrs(episode, params, clip), "kind": params.kind, "shape": [n, *shape]}
-        if final.exists():
-            old = final.with_name(f".{final.name}.old{os.getpid()}")
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def dir_size(path: Path) -> int:
-    """Bytes of all files below `path` (0 if it does not exist)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+    attrs = {**_expected_attrs(episode, params, clip), "kind": params.kind, "shape": [n, *shape]}
+    return rowcache.replace(final, n, shape, np.float32, blocks, ATTR, attrs)
