@@ -19,7 +19,7 @@ from htouch.dataset.schema import CameraSpec, RigSpec
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 
-pytest_plugins = ["tests.netguard_plugin", "pytester"]
+pytest_plugins = ["tests.netguard_plugin", "tests.schedguard_plugin", "pytester"]
 
 TINY_RIG = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48))
 
