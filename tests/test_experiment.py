@@ -15,7 +15,8 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     out, work = tmp_path / "results.md", tmp_path / "work"
     args = ("experiment", "--tasks", "zip", "--methods", "ours,vision-only", "--episodes-per-task", "2",
             "--eval-episodes", "1", "--epochs", "1", "--max-seconds", "2",
-            "--operator-episodes", "1", "--play-episodes", "2", "--av-epochs", "1", "--out", out, "--work", work)
+            "--operator-episodes", "1", "--play-episodes", "2", "--av-epochs", "1", "--stride", "4", "--out", out,
+            "--work", work)
     r = cli(*args)
     assert r.code == 0, r.err
     stages = ("scripted operator, hearing and deaf (1 scenes each)", "2 play episodes",
