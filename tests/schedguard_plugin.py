@@ -1,6 +1,7 @@
-"""Keep the test process on normal scheduling. libfranka puts the thread that runs a control loop on the
-highest real-time priority (SCHED_FIFO 99), and threads inherit it from the thread that starts them: one such
-thread left behind in the pytest process would starve every later test (and the machine, on 2 cores).
+"""Keep the test process on normal scheduling. Native libraries put threads on the highest real-time priority
+(SCHED_FIFO 99: SVT-AV1 does it to its caller when run as root, libfranka to a control loop's thread), and threads
+inherit it from the thread that starts them: one such thread left behind in the pytest process would starve every
+later test (and the machine, on 2 cores).
 
 After each test, any thread of this process found on a real-time policy goes back to SCHED_OTHER, and the
 session's summary names the tests after which that happened, so the cause can be found."""

@@ -218,6 +218,19 @@ def test_av1_by_default(tiny_ds, tmp_path):
     assert report.rows_per_s > 0 and report.bytes_out > 0
 
 
+def test_the_av1_encoder_leaves_no_thread_real_time(tiny_ds, tmp_path):
+    """SVT-AV1 run as root (as here) makes its caller and its workers SCHED_FIFO 99; the export undoes it."""
+    realtime = (os.SCHED_FIFO, os.SCHED_RR)
+    export_lerobot(tiny_ds, tmp_path / "lr")
+    assert os.sched_getscheduler(0) not in realtime
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            policy = os.sched_getscheduler(int(task.name))
+        except OSError:  # ended meanwhile
+            continue
+        assert policy not in realtime, f"thread {task.name}"
+
+
 def test_rolls_over_into_several_files(tiny_ds, tmp_path):
     """Past the size limits a new data and video file starts at the next episode (LeRobot's chunk-XXX/file-XXX):
     with limits of 0 MB every episode gets its own files, and the episode table points into them."""

@@ -181,6 +181,32 @@ class _RollingFiles:
         return path.exists() and path.stat().st_size >= self.limit
 
 
+def _realtime_threads() -> set[int]:
+    """Ids of this process's threads on a real-time scheduling policy (Linux; empty elsewhere)."""
+    tasks = Path("/proc/self/task")
+    if not hasattr(os, "sched_getscheduler") or not tasks.is_dir():
+        return set()
+    found = set()
+    for task in tasks.iterdir():
+        try:
+            if os.sched_getscheduler(int(task.name)) in (os.SCHED_FIFO, os.SCHED_RR):
+                found.add(int(task.name))
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
+def _back_to_normal_scheduling(before: set[int]) -> None:
+    """SVT-AV1, run as root, puts the thread that first encodes and every worker thread it starts on SCHED_FIFO
+    99: an export would starve the machine (a robot's control loop with it) and leave the caller real-time. Set
+    the threads that became real-time since `before` back to SCHED_OTHER."""
+    for tid in _realtime_threads() - before:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            continue
+
+
 class _Video:
     """The episodes' frames one after another in MP4 files (frame k of the file at pts k, time base 1/fps), with
     the mono listening track as an AAC stream; rolls to a new file once one reaches file_mb."""
@@ -224,7 +250,10 @@ class _Video:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts, frame.time_base = self.frames, Fraction(1, self.fps)
             self.frames += 1
+            before = _realtime_threads() if self.frames == 1 else None
             self.container.mux(self.vstream.encode(frame))
+            if before is not None:  # the encoder starts its threads with the file's first frame
+                _back_to_normal_scheduling(before)
 
     def add_audio(self, mono: np.ndarray) -> None:
         import av
