@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import os
 import platform
 import shlex
@@ -48,6 +49,27 @@ from htouch.dataset.store import Dataset  # noqa: E402
 
 GOAL_P99_MS = 40.0
 GOAL_DROPPED = 0
+
+
+def run_delay_ns(tid: int) -> int:
+    """Time the thread has spent runnable but waiting for a CPU (Linux schedstat), ns."""
+    return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[1])
+
+
+@dataclass
+class GcPauses:
+    """Every garbage collection while recording: generation, wall and CPU time (a collection holds the
+    interpreter lock: every thread waits)."""
+
+    rows: list[tuple[int, int, int]] = field(default_factory=list)
+    _start: tuple[int, int] = (0, 0)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = (time.perf_counter_ns(), time.thread_time_ns())
+        else:
+            self.rows.append((info["generation"], time.perf_counter_ns() - self._start[0],
+                              time.thread_time_ns() - self._start[1]))
 
 
 def thread_part(name: str | None, main_id: int, tid: int) -> str:
@@ -137,14 +159,29 @@ def record(seconds: float, scratch: Path) -> dict:
         return writer
 
     ds.new_episode = new_timed_episode
+
+    # Each tick's wake-up on the wall clock with the control thread's CPU wait (runqueue) so far: of a long
+    # period, how much the OS gave the cores to others, and how much was the interpreter lock or work.
+    wakes: list[tuple[int, int, int]] = []
+    sleep_until = rig.clock.sleep_until
+    control_tid = threading.get_native_id()
+
+    def sampled_sleep(t_ns: int) -> None:
+        sleep_until(t_ns)
+        wakes.append((time.monotonic_ns(), run_delay_ns(control_tid), time.thread_time_ns()))
+
+    rig.clock.sleep_until = sampled_sleep
+    gc_pauses = GcPauses()
     rec = Recorder(rig, ds, config.control, config.mapping, config.safety)
     poller = threading.Thread(target=probe.run, daemon=True, name="bench-probe")
     probe.sample_cpu()
     poller.start()
     load0, wall0, cpu0 = os.getloadavg(), time.monotonic(), os.times()
+    gc.callbacks.append(gc_pauses)
     try:
         result = rec.run(1)
     finally:
+        gc.callbacks.remove(gc_pauses)
         probe.sample_cpu()
         load1, wall1, cpu1 = os.getloadavg(), time.monotonic(), os.times()
         probe.stop.set()
@@ -164,12 +201,21 @@ def record(seconds: float, scratch: Path) -> dict:
     wall = wall1 - wall0
     gaps = int(np.sum(np.clip(np.diff(numbers) - 1, 0, None))) if len(numbers) > 1 else 0
     writer_dropped = dict(ep.attrs.get("dropped_rows", {}))
+    w = np.array(wakes[-(len(periods) + 1):], dtype=np.int64)  # the recording's ticks (the last wakes)
+    excess = np.diff(w[:, 0]) / 1e6 - 1e3 / config.control.rate_hz
+    cpu_wait = np.diff(w[:, 1]) / 1e6
+    long = np.diff(w[:, 0]) / 1e6 > GOAL_P99_MS
+    tick_cpu = np.diff(w[:, 2]) / 1e6
+    gcs = np.array(gc_pauses.rows, dtype=np.int64).reshape(-1, 3)
     return {
         "recorded_s": outcome.duration_s, "wall_s": wall, "ticks": rec.timing.ticks,
         "period": [float(np.percentile(periods, q)) for q in (50, 95, 99)] + [float(periods.max())],
-        "period_std": float(periods.std()), "over_goal": int((periods > GOAL_P99_MS).sum()),
+        "period_std": float(periods.std()), "over_goal": int(long.sum()),
+        "long_excess_ms": float(excess[long].sum()),
+        "long_cpu_wait_ms": float(np.minimum(cpu_wait, excess)[long].sum()),
         "overruns": rec.timing.overruns,
         "work": [float(np.percentile(work, q)) for q in (50, 99)] + [float(work.max())],
+        "tick_cpu": [float(np.percentile(tick_cpu, q)) for q in (50, 99)] + [float(tick_cpu.max())],
         "frames": len(times), "frames_expected": int(round(outcome.duration_s * spec.camera.rate_hz)),
         "gaps": gaps, "camera_dropped": rig.camera.dropped, "writer_dropped": writer_dropped,
         "dropped": gaps + writer_dropped.get("camera", 0),
@@ -179,6 +225,8 @@ def record(seconds: float, scratch: Path) -> dict:
         "faults": {k: sum(1 for e in events if e["kind"] == k) for k in
                    ("frame_drop", "camera_stall", "audio_overflow", "teleop_lost", "robot_error",
                     "writer_queue_full")},
+        "gc": {gen: (int((gcs[:, 0] == gen).sum()), float(gcs[gcs[:, 0] == gen, 1].max(initial=0) / 1e6),
+                     float(gcs[gcs[:, 0] == gen, 2].max(initial=0) / 1e6)) for gen in range(3)},
         "queue": [float(np.percentile(probe.depths, q)) for q in (50, 99)] + [max(probe.depths)]
         if probe.depths else [0.0, 0.0, 0],
         "queue_capacity": writer.queue_size,
@@ -192,7 +240,7 @@ def record(seconds: float, scratch: Path) -> dict:
 
 
 def report(r: dict, command: str, nice: int) -> str:
-    p, w, d, q = r["period"], r["work"], r["delay"], r["queue"]
+    p, w, c, d, q = r["period"], r["work"], r["tick_cpu"], r["delay"], r["queue"]
     period_ok = p[2] <= GOAL_P99_MS
     dropped_ok = r["dropped"] <= GOAL_DROPPED
     lines = [
@@ -229,8 +277,11 @@ def report(r: dict, command: str, nice: int) -> str:
         f"| tick period p50 / p95 / p99 / max (wall) | {p[0]:.2f} / {p[1]:.2f} / {p[2]:.2f} / {p[3]:.1f} ms |",
         f"| tick period std (jitter) | {r['period_std']:.2f} ms |",
         f"| ticks over {GOAL_P99_MS:.0f} ms | {r['over_goal']} |",
+        f"| their time over the period, of it waiting for a CPU (runqueue) | {r['long_excess_ms']:.0f} ms, "
+        f"{r['long_cpu_wait_ms']:.0f} ms ({100 * r['long_cpu_wait_ms'] / max(r['long_excess_ms'], 1e-9):.0f} %) |",
         f"| overruns (tick > 1 period late) | {r['overruns']} |",
-        f"| work per tick p50 / p99 / max | {w[0]:.2f} / {w[1]:.2f} / {w[2]:.1f} ms |",
+        f"| work per tick p50 / p99 / max (wall) | {w[0]:.2f} / {w[1]:.2f} / {w[2]:.1f} ms |",
+        f"| control thread CPU per tick p50 / p99 / max | {c[0]:.2f} / {c[1]:.2f} / {c[2]:.1f} ms |",
         f"| frames stored (recorded time x 30 Hz) | {r['frames']} ({r['frames_expected']}) |",
         f"| frames dropped (frame-number gaps + rows the writer dropped) | {r['dropped']} |",
         f"| frames late (handed out > {r['frame_period_ms']:.1f} ms after capture) | {r['late']} |",
@@ -241,6 +292,8 @@ def report(r: dict, command: str, nice: int) -> str:
         "| fault events | " + (", ".join(f"{k} {v}" for k, v in r["faults"].items() if v) or "none") + " |",
         f"| writer queue depth p50 / p99 / max (of {r['queue_capacity']}) | {q[0]:.0f} / {q[1]:.0f} / {q[2]} |",
         f"| commit time | {r['commit_s']:.2f} s |",
+        "| garbage collections (generation: count, longest wall / CPU) | "
+        + "; ".join(f"{g}: {n}, {w:.1f} / {c:.1f} ms" for g, (n, w, c) in r["gc"].items()) + " |",
         f"| episode size on disk | {r['bytes'] / 1e6:.1f} MB |",
         f"| CPU, whole process | {r['process_cores']:.2f} cores |",
     ]
