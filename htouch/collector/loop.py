@@ -53,6 +53,12 @@ if TYPE_CHECKING:
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
 EARLY_KEEP_S = 1.0  # items handed out while no episode records are kept this long (see Recorder._keep_early)
+# Rows a live recording's writer may queue while it flushes (its thread does not drain the queue meanwhile) or
+# waits for a busy machine's cores: a real rig makes about 220 a second (30 frames, 100 audio blocks, 30 each
+# of state, action and teleop), so about 4.5 s before rows are dropped, instead of the writer's default 1.2 s
+# (on a loaded machine a flush took more than a second: docs/bench-recorder.md). The memory it may hold is
+# mostly frames: about 140, 130 MB at 640x480.
+WRITER_QUEUE_ROWS = 1024
 END_COMMANDS = ("success", "failure", "discard")
 # Event kinds only the loop records (once per occurrence). A teleop device reporting its own loss (input
 # ended, connection dropped) is shown, and its reason goes into the loop's teleop_lost event.
@@ -146,6 +152,8 @@ class Recorder:
         self.on_outcome: Callable[[EpisodeOutcome], None] = lambda _outcome: None  # after each episode ends
         self.writer_options = dict(writer_options or {})
         self.writer_options.setdefault("blocking", not rig.realtime)
+        if not self.writer_options["blocking"]:  # (a blocking writer makes the loop wait instead)
+            self.writer_options.setdefault("queue_size", WRITER_QUEUE_ROWS)
 
         self.clock = rig.clock
         self.period_ns = int(round(NS / self.control.rate_hz))
