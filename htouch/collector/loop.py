@@ -19,6 +19,7 @@ clock is simulated time and the loop runs as fast as the simulation goes; it the
 from __future__ import annotations
 
 import collections
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -261,17 +262,25 @@ class Recorder:
         self.target = episodes
         rig = self.rig
         started = []
+        first_freeze = gc.get_freeze_count() == 0
         try:
             for device in (rig.robot, rig.camera, rig.microphones, rig.teleop):
                 device.start()
                 started.append(device)
             for reader in self._readers:
                 reader.start()
+            # A full garbage collection walks every object of the process (tens of thousands after the imports:
+            # about 15-30 ms of CPU, more wall on a busy machine) holding the interpreter lock, so every thread
+            # stops, the control thread too. Objects that exist now live as long as the session: leave them out
+            # of collections (docs/bench-recorder.md).
+            gc.freeze()
             while len(self.result.committed) < episodes and not self._stop_requested and not self.result.error:
                 self._episode()
         except KeyboardInterrupt:
             self._interrupt()
         finally:
+            if first_freeze:
+                gc.unfreeze()
             self.phase = "stopped"
             for reader in self._readers:
                 reader.stop()
