@@ -239,7 +239,7 @@ def record(seconds: float, scratch: Path) -> dict:
     }
 
 
-def report(r: dict, command: str, nice: int) -> str:
+def report(r: dict, command: str, nice: int, note: str = "") -> str:
     p, w, c, d, q = r["period"], r["work"], r["tick_cpu"], r["delay"], r["queue"]
     period_ok = p[2] <= GOAL_P99_MS
     dropped_ok = r["dropped"] <= GOAL_DROPPED
@@ -253,9 +253,9 @@ def report(r: dict, command: str, nice: int) -> str:
         "",
         f"- {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, Python "
         f"{platform.python_version()}, this process at nice {nice}.",
-        "- The machine is shared: a long experiment runs on the same cores. 1-minute load average before / "
-        f"mean while measuring / max / after: {r['load'][0]:.2f} / {r['load'][1]:.2f} / {r['load'][2]:.2f} / "
-        f"{r['load'][3]:.2f}.",
+        f"- {note + ' ' if note else ''}1-minute load average before / mean while measuring / max / after: "
+        f"{r['load'][0]:.2f} / {r['load'][1]:.2f} / {r['load'][2]:.2f} / {r['load'][3]:.2f} "
+        f"(on {os.cpu_count()} CPUs).",
         "- Stand-in rig (tools/standin_rig.py): camera 640x480 RGB at 30 Hz (a precomputed second of varied "
         "images, stored as JPEG by the writer), 4 microphones at 32 kHz in 10 ms blocks, the Quest's readings "
         "at 72 Hz with the grip held, robot state read at the control rate (30 Hz); real time on the host "
@@ -305,6 +305,11 @@ def report(r: dict, command: str, nice: int) -> str:
         "",
         "- Tick periods are host wall-clock times between the loop's wake-ups while recording (the loop's own "
         "record); an overrun is a tick that woke more than one period late.",
+        "- Time over the period of the ticks over the goal, and of it waiting for a CPU: from the control "
+        "thread's run delay in /proc (schedstat), the time it was ready to run while the OS ran other tasks "
+        "(other processes on the shared cores, or this process's other threads). The rest is waiting for the "
+        "interpreter lock held by another thread of this process (a garbage collection, the writer, zarr) or "
+        "the tick's own work, whose CPU time is given per tick.",
         "- Frames dropped: jumps in the stored frame numbers (the stand-in camera, like the RealSense backend, "
         "drops the oldest of 8 queued frames when the reader falls behind) plus camera rows the writer could "
         "not queue. A late frame reached the camera reader more than one frame period after its capture.",
@@ -321,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=120.0, help="length of the recording (default 120 s)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench-recorder.md", help="markdown report")
+    ap.add_argument("--note", default="", help="what else ran on the machine, for the report")
     args = ap.parse_args(argv)
     if not args.seconds > 0:
         ap.error(f"--seconds must be more than 0, got {args.seconds:g}")
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     command = shlex.join(["python", "tools/bench_recorder.py", *(sys.argv[1:] if argv is None else argv)])
-    text = report(r, command, os.nice(0))
+    text = report(r, command, os.nice(0), args.note.strip())
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(args.out)
