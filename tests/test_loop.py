@@ -2,6 +2,7 @@
 when it must, the session goes on, indices are never reused, Ctrl-C keeps what was committed and nothing
 half-done, and a slow writer never slows the control loop."""
 
+import gc
 import time
 
 import numpy as np
@@ -168,6 +169,18 @@ def test_ctrl_c_discards_only_the_unfinished_episode(tmp_path, how):
     assert ds.episode(0).success is True and errors(ds) == []
     assert world.camera.stopped == world.robot.stopped == 1  # devices released
     assert ds.reserve_index() == 2  # the discarded index is never handed out again
+
+
+def test_the_session_leaves_its_long_lived_objects_out_of_garbage_collections(tmp_path):
+    """While recording, what existed when the session started is frozen (a full collection would otherwise walk
+    it all with every thread stopped); afterwards the collector is as it was."""
+    assert gc.get_freeze_count() == 0
+    seen = []
+    plan = Plan(end_s=1.0, callback_at=(0.5, lambda: seen.append((gc.get_freeze_count(), gc.isenabled()))))
+    _, ds, _, result = record(tmp_path / "ds", [plan], 1)
+    assert result.committed == [0] and errors(ds) == []
+    assert len(seen) == 1 and seen[0][0] > 1000 and seen[0][1]  # frozen, and collections still run
+    assert gc.get_freeze_count() == 0
 
 
 def test_start_on_clutch_waits_for_the_grip(tmp_path):

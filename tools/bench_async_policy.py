@@ -31,11 +31,9 @@ import argparse
 import datetime as dt
 import os
 import platform
-import queue
 import shlex
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -44,16 +42,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 import torch  # noqa: E402
+from standin_rig import stand_in_rig  # noqa: E402  (the rig that does not render, shared with bench_recorder)
 
 from htouch.collector.config import ControlConfig  # noqa: E402
-from htouch.collector.devices import Action, AudioBlock, Frame, MonotonicClock, RobotState  # noqa: E402
 from htouch.collector.loop import Recorder  # noqa: E402
-from htouch.collector.rig import NoOperator, Rig  # noqa: E402
 from htouch.collector.safety import SafetyLimits  # noqa: E402
 from htouch.dataset import audio  # noqa: E402
-from htouch.dataset.schema import NS, RigSpec  # noqa: E402
+from htouch.dataset.schema import RigSpec  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
 from htouch.training import onnx_encoders  # noqa: E402
 from htouch.training.checkpoints import save_run_checkpoint  # noqa: E402
@@ -62,7 +60,6 @@ from htouch.training.methods import policy_config  # noqa: E402
 from htouch.training.model import ActionNormalization, build_policy, preprocess_frames  # noqa: E402
 from htouch.training.policy_source import PolicySource  # noqa: E402
 
-HOME = np.array([0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0])
 MODES = {  # name: PolicySource options
     "sync": dict(asynchronous=False, channels_last=False),
     "sync-channels-last": dict(asynchronous=False, channels_last=True),
@@ -71,94 +68,6 @@ MODES = {  # name: PolicySource options
     "async-onnxruntime": dict(asynchronous=True, encoders="onnxruntime"),
 }
 DEFAULT_MODES = ("sync", "async-channels-last", "sync-onnxruntime", "async-onnxruntime")
-
-
-# ------------------------------------------------------------------------------------ the stand-in rig
-
-
-class _Producer:
-    """A thread that puts an item on a queue every `period_ns` of the monotonic clock (no catching up on
-    missed periods: a late producer drops, like a device whose buffer overflowed)."""
-
-    def __init__(self, period_ns: int, make):
-        self.period_ns, self.make = period_ns, make
-        self.queue: queue.Queue = queue.Queue(maxsize=256)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-
-    def read(self, timeout_s: float):
-        try:
-            return self.queue.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-
-    def _run(self) -> None:
-        n, t0 = 0, time.monotonic_ns()
-        while not self._stop.is_set():
-            due = t0 + n * self.period_ns
-            delay = (due - time.monotonic_ns()) / NS
-            if delay > 0:
-                time.sleep(delay)
-            try:
-                self.queue.put_nowait(self.make(n, due))
-            except queue.Full:
-                pass
-            n += 1
-
-
-def stand_in_camera(spec: RigSpec) -> _Producer:
-    rng = np.random.default_rng(0)
-    pool = [rng.integers(0, 256, (spec.camera.height, spec.camera.width, 3), dtype=np.uint8) for _ in range(8)]
-    return _Producer(int(round(NS / spec.camera.rate_hz)), lambda n, t: Frame(t, n, pool[n % len(pool)]))
-
-
-def stand_in_microphones(spec: RigSpec) -> _Producer:
-    block = int(spec.audio.rate_hz // 100)
-    pcm = np.random.default_rng(1).integers(-2000, 2000, (100 * block, spec.audio.channels), dtype=np.int16)
-    return _Producer(NS // 100, lambda n, t: AudioBlock(t, pcm[(n % 100) * block:(n % 100 + 1) * block]))
-
-
-class StandInRobot:
-    """Integrates the commanded motion (position only), renders nothing."""
-
-    def __init__(self):
-        self.pose = HOME.copy()
-        self.gripper = 0.04
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def state(self) -> RobotState:
-        return RobotState(time.monotonic_ns(), self.pose.copy(), np.zeros(7), self.gripper)
-
-    def home(self) -> None:
-        self.pose = HOME.copy()
-
-    def apply(self, action: Action) -> None:
-        self.pose[:3] = np.clip(self.pose[:3] + action.delta_ee[:3], [0.3, -0.3, 0.05], [0.7, 0.3, 0.5])
-        self.gripper = 0.08 * float(action.gripper)
-
-    def recover(self) -> None:
-        pass
-
-
-def stand_in_rig(spec: RigSpec) -> Rig:
-    return Rig(camera=stand_in_camera(spec), microphones=stand_in_microphones(spec), teleop=NoOperator(),
-               robot=StandInRobot(), clock=MonotonicClock(), spec=spec, kind="real", operator="none",
-               realtime=True, description="stand-in rig (no rendering)")
 
 
 # ------------------------------------------------------------------------------------ one rollout

@@ -19,6 +19,7 @@ clock is simulated time and the loop runs as fast as the simulation goes; it the
 from __future__ import annotations
 
 import collections
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,12 @@ if TYPE_CHECKING:
 READY_TIMEOUT_S = 10.0  # camera and microphones must deliver within this after homing
 FAST_LAG_S = 0.25  # on a simulated clock, how far (simulated time) a reader may fall behind the loop
 EARLY_KEEP_S = 1.0  # items handed out while no episode records are kept this long (see Recorder._keep_early)
+# Rows a live recording's writer may queue while it flushes (its thread does not drain the queue meanwhile) or
+# waits for a busy machine's cores: a real rig makes about 220 a second (30 frames, 100 audio blocks, 30 each
+# of state, action and teleop), so about 4.5 s before rows are dropped, instead of the writer's default 1.2 s
+# (on a loaded machine a flush took more than a second: docs/bench-recorder.md). The memory it may hold is
+# mostly frames: about 140, 130 MB at 640x480.
+WRITER_QUEUE_ROWS = 1024
 END_COMMANDS = ("success", "failure", "discard")
 # Event kinds only the loop records (once per occurrence). A teleop device reporting its own loss (input
 # ended, connection dropped) is shown, and its reason goes into the loop's teleop_lost event.
@@ -146,6 +153,8 @@ class Recorder:
         self.on_outcome: Callable[[EpisodeOutcome], None] = lambda _outcome: None  # after each episode ends
         self.writer_options = dict(writer_options or {})
         self.writer_options.setdefault("blocking", not rig.realtime)
+        if not self.writer_options["blocking"]:  # (a blocking writer makes the loop wait instead)
+            self.writer_options.setdefault("queue_size", WRITER_QUEUE_ROWS)
 
         self.clock = rig.clock
         self.period_ns = int(round(NS / self.control.rate_hz))
@@ -253,17 +262,25 @@ class Recorder:
         self.target = episodes
         rig = self.rig
         started = []
+        first_freeze = gc.get_freeze_count() == 0
         try:
             for device in (rig.robot, rig.camera, rig.microphones, rig.teleop):
                 device.start()
                 started.append(device)
             for reader in self._readers:
                 reader.start()
+            # A full garbage collection walks every object of the process (tens of thousands after the imports:
+            # about 15-30 ms of CPU, more wall on a busy machine) holding the interpreter lock, so every thread
+            # stops, the control thread too. Objects that exist now live as long as the session: leave them out
+            # of collections (docs/bench-recorder.md).
+            gc.freeze()
             while len(self.result.committed) < episodes and not self._stop_requested and not self.result.error:
                 self._episode()
         except KeyboardInterrupt:
             self._interrupt()
         finally:
+            if first_freeze:
+                gc.unfreeze()
             self.phase = "stopped"
             for reader in self._readers:
                 reader.stop()

@@ -131,6 +131,7 @@ class EpisodeWriter:
         }
         self._save_attrs()
 
+        self.queue_size = queue_size
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._events: list[tuple[int, str, str]] = []
         self._events_lock = threading.Lock()
@@ -179,6 +180,11 @@ class EpisodeWriter:
     def dropped(self) -> dict[str, int]:
         """Rows not stored per stream because the queue was full."""
         return dict(self._dropped)
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the writer thread (of at most `queue_size`; past that, rows are dropped)."""
+        return self._queue.qsize()
 
     def _check_open(self) -> None:
         if self._error is not None:
