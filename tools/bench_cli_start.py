@@ -35,8 +35,11 @@ COMMANDS = {  # name -> arguments after `python -m htouch`; DATASET is replaced 
 
 
 def run(tree: Path, args: list[str], dataset: Path) -> float:
-    """Wall seconds of one `python -m htouch ARGS` from `tree` (the command must succeed)."""
+    """Wall seconds of one `python -m htouch ARGS` from `tree` (the command must succeed). Python may write its
+    bytecode caches (an installed htouch has them): with PYTHONDONTWRITEBYTECODE set, a fresh checkout would
+    compile every module on every run and the figures would time the compiler."""
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if args == ["COMPLETE"]:  # what bash runs on a TAB (click's completion protocol)
         env.update(_HTOUCH_COMPLETE="complete_bash", COMP_WORDS="htouch l", COMP_CWORD="1")
         args = []
@@ -69,7 +72,8 @@ def main() -> None:
             trees[args.against] = old
         try:
             times: dict[tuple[str, str], list[float]] = {}
-            for cmd in COMMANDS.values():  # one untimed run each: the page cache holds the files after it
+            for cmd in COMMANDS.values():  # one untimed run each: the page cache holds the files after it, and
+                #                            the bytecode caches are written
                 for tree in trees.values():
                     run(tree, cmd, dataset)
             for i in range(args.repeats):
