@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -34,8 +35,10 @@ COMMANDS = {  # name -> arguments after `python -m htouch`; DATASET is replaced 
 }
 
 
-def run(tree: Path, args: list[str], dataset: Path) -> float:
-    """Wall seconds of one `python -m htouch ARGS` from `tree` (the command must succeed). Python may write its
+def run(tree: Path, args: list[str], dataset: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one `python -m htouch ARGS` from `tree` (the command must succeed).
+    The CPU time is what the process itself spent, which other load on the machine changes far less than the
+    wall time (waiting for a core). Python may write its
     bytecode caches (an installed htouch has them): with PYTHONDONTWRITEBYTECODE set, a fresh checkout would
     compile every module on every run and the figures would time the compiler."""
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
@@ -44,12 +47,14 @@ def run(tree: Path, args: list[str], dataset: Path) -> float:
         env.update(_HTOUCH_COMPLETE="complete_bash", COMP_WORDS="htouch l", COMP_CWORD="1")
         args = []
     argv = [sys.executable, "-m", "htouch", *[str(dataset) if a == "DATASET" else a for a in args]]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child is reaped: its times are counted now
     if r.returncode != 0:
         raise SystemExit(f"{shlex.join(argv)} in {tree} exited {r.returncode}: {r.stderr.strip()[-300:]}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -71,7 +76,7 @@ def main() -> None:
                            capture_output=True)
             trees[args.against] = old
         try:
-            times: dict[tuple[str, str], list[float]] = {}
+            times: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (wall, CPU) seconds of each run
             for cmd in COMMANDS.values():  # one untimed run each: the page cache holds the files after it, and
                 #                            the bytecode caches are written
                 for tree in trees.values():
@@ -88,20 +93,25 @@ def main() -> None:
 
     load = os.getloadavg()
     labels = list(trees)
-    head = "| command | " + " | ".join(f"{label}: median s" for label in labels)
-    head += " | ratio |" if len(labels) == 2 else " |"
+    pair = len(labels) == 2
+    head = "| command | " + " | ".join(f"{label}: wall s" for label in labels) + (" | ratio |" if pair else " |")
+    head += " ".join(f" {label}: CPU s |" for label in labels) + (" ratio |" if pair else "")
     lines = ["# Command-line start time", "",
              f"Command: `{shlex.join(['.venv/bin/python', 'tools/bench_cli_start.py', *sys.argv[1:]])}`", "",
              f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}; load average while measuring "
              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min).", "",
-             f"Wall time of a fresh `python -m htouch ...` process on a 3-episode synthetic dataset, median of "
-             f"{args.repeats} runs" + (", the two trees alternating on every run." if len(labels) == 2 else "."), "",
-             head, "|---|" + "---:|" * (len(labels) + (1 if len(labels) == 2 else 0))]
+             f"Wall time and CPU time (user + system) of a fresh `python -m htouch ...` process on a 3-episode "
+             f"synthetic dataset, median of {args.repeats} runs"
+             + (", the two trees alternating on every run; ratio: the other tree's median over this tree's." if pair
+                else "."), "",
+             head, "|---|" + "---:|" * 2 * (len(labels) + pair)]
     for name in COMMANDS:
-        medians = [statistics.median(times[(name, label)]) for label in labels]
-        row = f"| `{name}` | " + " | ".join(f"{m:.2f}" for m in medians)
-        row += f" | {medians[1] / medians[0]:.1f}x |" if len(labels) == 2 else " |"
+        row = f"| `{name}` |"
+        for k in (0, 1):  # wall, then CPU
+            medians = [statistics.median(t[k] for t in times[(name, label)]) for label in labels]
+            row += " " + " | ".join(f"{m:.2f}" for m in medians) + " |"
+            row += f" {medians[1] / medians[0]:.2f}x |" if pair else ""
         lines.append(row)
     text = "\n".join(lines) + "\n"
     print(text)
