@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """How long the command line takes to answer: `htouch --help`, `ls`, `inspect` and `validate --quick` on a
-small synthetic dataset, timed as a user runs them (a fresh `python -m htouch` process each time, wall clock).
+small synthetic dataset, timed as a user runs them (a fresh `python -m htouch` process each time, wall clock and
+the CPU time of the process), and which packages the imports of `htouch ls` spend their time in.
 
 With `--against REV` the same commands run from a checkout of an earlier revision (a temporary git worktree)
 as well, alternating with this tree's on every repetition, so both see the same machine load; the table gives
@@ -57,6 +58,26 @@ def run(tree: Path, args: list[str], dataset: Path) -> tuple[float, float]:
     return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def import_shares(tree: Path, args: list[str], dataset: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Milliseconds of import time of one `python -m htouch ARGS` from `tree` by top-level package (the self
+    times `python -X importtime` reports, which it inflates somewhat), the `top` largest and the rest as
+    "other"; the last entry is the total."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    argv = [sys.executable, "-X", "importtime", "-m", "htouch", *[str(dataset) if a == "DATASET" else a for a in args]]
+    r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    per: dict[str, float] = {}
+    for line in r.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or not parts[0].strip().isdigit():
+            continue  # the header line, or the command's own output
+        package = parts[2].strip().split(".")[0]
+        per[package] = per.get(package, 0.0) + int(parts[0]) / 1000
+    ranked = sorted(per.items(), key=lambda kv: -kv[1])
+    rest = sum(ms for _, ms in ranked[top:])
+    return ranked[:top] + [("other", rest), ("all imports", sum(per.values()))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", help="an earlier revision to time side by side (git worktree, removed after)")
@@ -86,6 +107,7 @@ def main() -> None:
                     for label, tree in trees.items():
                         times.setdefault((name, label), []).append(run(tree, cmd, dataset))
                 print(f"repeat {i + 1}/{args.repeats} done", file=sys.stderr)
+            shares = import_shares(ROOT, COMMANDS["htouch ls"], dataset)
         finally:
             if args.against:
                 subprocess.run(["git", "worktree", "remove", "--force", str(trees[args.against])], cwd=ROOT,
@@ -113,6 +135,11 @@ def main() -> None:
             row += " " + " | ".join(f"{m:.2f}" for m in medians) + " |"
             row += f" {medians[1] / medians[0]:.2f}x |" if pair else ""
         lines.append(row)
+    lines += ["", "Where the imports of `htouch ls` go in this tree: milliseconds of `python -X importtime` self time "
+              "by top-level package, one run (importtime inflates them somewhat; the shares are what counts).", "",
+              "| package | ms | share |", "|---|---:|---:|"]
+    total = shares[-1][1]
+    lines += [f"| {name} | {ms:.0f} | {100 * ms / total:.0f} % |" for name, ms in shares]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text)
