@@ -1,8 +1,15 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from htouch.dataset.store import Dataset
+from tests.conftest import tiny_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_synth_then_ls(cli, tmp_path):
@@ -42,3 +49,32 @@ def test_every_command_has_help_with_example(cli):
         r = cli(name, "--help")
         assert r.code == 0, name
         assert "Example" in r.out, f"htouch {name} --help shows no example"
+
+
+def _modules_imported(args: list[str], tmp_path) -> set[str]:
+    """The modules a fresh `python -m htouch ARGS` process has imported when it exits."""
+    out = tmp_path / "modules.json"
+    program = ("import json, runpy, sys\n"
+               "out = sys.argv.pop(1)\n"
+               "try:\n"
+               "    runpy.run_module('htouch', run_name='__main__', alter_sys=True)\n"
+               "finally:\n"
+               "    open(out, 'w').write(json.dumps(sorted(sys.modules)))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    r = subprocess.run([sys.executable, "-c", program, str(out), *args], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return set(json.loads(out.read_text()))
+
+
+def test_the_quick_commands_start_without_heavy_imports(tmp_path):
+    """--help (and so shell completion, which loads the same commands) imports neither numpy nor zarr; listing,
+    inspecting and checking a dataset import no torch (docs/bench-cli.md times them)."""
+    ds = tiny_dataset(tmp_path / "ds", n=1, seconds=2.0)
+    help_modules = _modules_imported(["--help"], tmp_path)
+    assert "htouch.cli.dataset_cmds" in help_modules  # the commands were loaded
+    assert not {"numpy", "zarr", "torch"} & help_modules
+    for args in (["ls", str(ds.root)], ["inspect", "0", "--dataset", str(ds.root)],
+                 ["validate", str(ds.root), "--quick"]):
+        modules = _modules_imported(args, tmp_path)
+        assert "zarr" in modules and "torch" not in modules, args

@@ -90,3 +90,18 @@ def test_same_seed_same_episode(tmp_path):
     ds = Dataset.create(tmp_path / "c", "zip", TINY_RIG)
     write_synthetic_episode(ds, SyntheticEpisode(duration_s=3.0, seed=8))
     assert _tree_digest(ds.episode_path(0)) != digests[0]
+
+
+def test_a_checked_episode_reads_what_the_store_holds(tiny_ds):
+    """The structural checks hand the arrays they decoded to the episode (Episode.adopt): a read gets them once,
+    as the store holds them, and later reads go to the store again (changing one read changes no other)."""
+    checked = tiny_ds.episode(0)
+    plain = Dataset(tiny_ds.root).episode(0, check=False)  # nothing adopted: every read decodes from the store
+    for path in ("camera/timestamp_ns", "audio/block_offset", "state/ee_pose", "action/delta_ee"):
+        first = checked.read(path)
+        np.testing.assert_array_equal(first, plain.read(path))
+        first[0] = -1
+        np.testing.assert_array_equal(checked.read(path), plain.read(path))
+    assert checked.duration_s == plain.duration_s and checked.events() == plain.events()
+    np.testing.assert_array_equal(checked.sample(checked.camera_times[30]).state,
+                                  plain.sample(plain.camera_times[30]).state)

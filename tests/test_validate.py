@@ -244,3 +244,13 @@ def test_measured_rate_averages_alternating_periods_and_skips_gaps():
     assert abs(measured_rate_hz((device * 1e9).astype(np.int64)) - 30.0) < 0.05
     stalled = np.cumsum([0] + [33_333_333] * 60 + [500_000_000] + [33_333_333] * 60)
     assert abs(measured_rate_hz(stalled) - 30.0) < 1e-3
+
+
+def test_frozen_camera_is_found_across_decoding_batches(tiny_ds):
+    """Identical consecutive frames over frozen_camera_s are one warning, also when the run spans several
+    decoding batches (frames are compared byte by byte); a moving camera's frames give none."""
+    assert not by_check(findings(tiny_ds, frame_batch=8), "camera.frozen")
+    write_array(tiny_ds, "camera/rgb", lambda x: np.concatenate([x[:10], np.repeat(x[10:11], 30, axis=0), x[40:]]))
+    for batch in (8, 32, 1000):
+        found = by_check(findings(tiny_ds, frame_batch=batch), "camera.frozen")
+        assert len(found) == 1 and found[0].message.startswith("30 identical frames over 0.97 s"), (batch, found)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """How long the command line takes to answer: `htouch --help`, `ls`, `inspect` and `validate --quick` on a
-small synthetic dataset, timed as a user runs them (a fresh `python -m htouch` process each time, wall clock).
+small synthetic dataset, timed as a user runs them (a fresh `python -m htouch` process each time, wall clock and
+the CPU time of the process), and which packages the imports of `htouch ls` spend their time in.
 
 With `--against REV` the same commands run from a checkout of an earlier revision (a temporary git worktree)
 as well, alternating with this tree's on every repetition, so both see the same machine load; the table gives
@@ -16,6 +17,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -34,19 +36,46 @@ COMMANDS = {  # name -> arguments after `python -m htouch`; DATASET is replaced 
 }
 
 
-def run(tree: Path, args: list[str], dataset: Path) -> float:
-    """Wall seconds of one `python -m htouch ARGS` from `tree` (the command must succeed)."""
+def run(tree: Path, args: list[str], dataset: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one `python -m htouch ARGS` from `tree` (the command must succeed).
+    The CPU time is what the process itself spent, which other load on the machine changes far less than the
+    wall time (waiting for a core). Python may write its
+    bytecode caches (an installed htouch has them): with PYTHONDONTWRITEBYTECODE set, a fresh checkout would
+    compile every module on every run and the figures would time the compiler."""
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if args == ["COMPLETE"]:  # what bash runs on a TAB (click's completion protocol)
         env.update(_HTOUCH_COMPLETE="complete_bash", COMP_WORDS="htouch l", COMP_CWORD="1")
         args = []
     argv = [sys.executable, "-m", "htouch", *[str(dataset) if a == "DATASET" else a for a in args]]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child is reaped: its times are counted now
     if r.returncode != 0:
         raise SystemExit(f"{shlex.join(argv)} in {tree} exited {r.returncode}: {r.stderr.strip()[-300:]}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def import_shares(tree: Path, args: list[str], dataset: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Milliseconds of import time of one `python -m htouch ARGS` from `tree` by top-level package (the self
+    times `python -X importtime` reports, which it inflates somewhat), the `top` largest and the rest as
+    "other"; the last entry is the total."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    argv = [sys.executable, "-X", "importtime", "-m", "htouch", *[str(dataset) if a == "DATASET" else a for a in args]]
+    r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    per: dict[str, float] = {}
+    for line in r.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or not parts[0].strip().isdigit():
+            continue  # the header line, or the command's own output
+        package = parts[2].strip().split(".")[0]
+        per[package] = per.get(package, 0.0) + int(parts[0]) / 1000
+    ranked = sorted(per.items(), key=lambda kv: -kv[1])
+    rest = sum(ms for _, ms in ranked[top:])
+    return ranked[:top] + [("other", rest), ("all imports", sum(per.values()))]
 
 
 def main() -> None:
@@ -68,8 +97,9 @@ def main() -> None:
                            capture_output=True)
             trees[args.against] = old
         try:
-            times: dict[tuple[str, str], list[float]] = {}
-            for cmd in COMMANDS.values():  # one untimed run each: the page cache holds the files after it
+            times: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (wall, CPU) seconds of each run
+            for cmd in COMMANDS.values():  # one untimed run each: the page cache holds the files after it, and
+                #                            the bytecode caches are written
                 for tree in trees.values():
                     run(tree, cmd, dataset)
             for i in range(args.repeats):
@@ -77,6 +107,7 @@ def main() -> None:
                     for label, tree in trees.items():
                         times.setdefault((name, label), []).append(run(tree, cmd, dataset))
                 print(f"repeat {i + 1}/{args.repeats} done", file=sys.stderr)
+            shares = import_shares(ROOT, COMMANDS["htouch ls"], dataset)
         finally:
             if args.against:
                 subprocess.run(["git", "worktree", "remove", "--force", str(trees[args.against])], cwd=ROOT,
@@ -84,21 +115,31 @@ def main() -> None:
 
     load = os.getloadavg()
     labels = list(trees)
-    head = "| command | " + " | ".join(f"{label}: median s" for label in labels)
-    head += " | ratio |" if len(labels) == 2 else " |"
+    pair = len(labels) == 2
+    head = "| command | " + " | ".join(f"{label}: wall s" for label in labels) + (" | ratio |" if pair else " |")
+    head += " ".join(f" {label}: CPU s |" for label in labels) + (" ratio |" if pair else "")
     lines = ["# Command-line start time", "",
              f"Command: `{shlex.join(['.venv/bin/python', 'tools/bench_cli_start.py', *sys.argv[1:]])}`", "",
              f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}; load average while measuring "
              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min).", "",
-             f"Wall time of a fresh `python -m htouch ...` process on a 3-episode synthetic dataset, median of "
-             f"{args.repeats} runs" + (", the two trees alternating on every run." if len(labels) == 2 else "."), "",
-             head, "|---|" + "---:|" * (len(labels) + (1 if len(labels) == 2 else 0))]
+             f"Wall time and CPU time (user + system) of a fresh `python -m htouch ...` process on a 3-episode "
+             f"synthetic dataset, median of {args.repeats} runs"
+             + (", the two trees alternating on every run; ratio: the other tree's median over this tree's." if pair
+                else "."), "",
+             head, "|---|" + "---:|" * 2 * (len(labels) + pair)]
     for name in COMMANDS:
-        medians = [statistics.median(times[(name, label)]) for label in labels]
-        row = f"| `{name}` | " + " | ".join(f"{m:.2f}" for m in medians)
-        row += f" | {medians[1] / medians[0]:.1f}x |" if len(labels) == 2 else " |"
+        row = f"| `{name}` |"
+        for k in (0, 1):  # wall, then CPU
+            medians = [statistics.median(t[k] for t in times[(name, label)]) for label in labels]
+            row += " " + " | ".join(f"{m:.2f}" for m in medians) + " |"
+            row += f" {medians[1] / medians[0]:.2f}x |" if pair else ""
         lines.append(row)
+    lines += ["", "Where the imports of `htouch ls` go in this tree: milliseconds of `python -X importtime` self time "
+              "by top-level package, one run (importtime inflates them somewhat; the shares are what counts).", "",
+              "| package | ms | share |", "|---|---:|---:|"]
+    total = shares[-1][1]
+    lines += [f"| {name} | {ms:.0f} | {100 * ms / total:.0f} % |" for name, ms in shares]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text)

@@ -114,8 +114,9 @@ def open_store(kind: str, path: Path, zip_path: Path, v3_path: Path, ds: Any) ->
         from htouch.dataset.structure import open_episode
 
         return open_episode(open_packed(zip_path), dataset=ds)
-    ep = Episode.__new__(Episode)  # the same reader over another zarr store
+    ep = Episode.__new__(Episode)  # the same reader over another zarr store (what Episode.__init__ sets)
     ep.path, ep.dataset = path, ds
+    ep._arrays, ep._decoded = {}, {}
     if kind == "zip, zarr ZipStore":
         ep.group = zarr.open_group(zarr.storage.ZipStore(zip_path, mode="r"), mode="r", zarr_format=2)
     else:

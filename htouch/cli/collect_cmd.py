@@ -14,8 +14,7 @@ from rich.table import Table
 
 from htouch.cli import app
 from htouch.cli.common import console, err_console, fmt_path, local_path
-from htouch.collector.devices import DeviceError
-from htouch.errors import HtouchError
+from htouch.errors import DeviceError, HtouchError
 
 if TYPE_CHECKING:
     from htouch.collector.config import RigConfig

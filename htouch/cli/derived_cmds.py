@@ -18,7 +18,7 @@ from htouch.cli.common import (
     local_path,
     progress_bar,
 )
-from htouch.dataset.audio import DEFAULT_CLIP, SPECTROGRAM_KINDS, params_key, spectrogram_params
+from htouch.dataset.audio import DEFAULT_CLIP, DEFAULT_MAX_WINDOWS, SPECTROGRAM_KINDS, params_key, spectrogram_params
 from htouch.dataset.files import read_json
 from htouch.dataset.schema import METADATA_FILE
 from htouch.dataset.split import (
@@ -29,7 +29,6 @@ from htouch.dataset.split import (
     split_dataset,
     success_label,
 )
-from htouch.dataset.stats import DEFAULT_MAX_WINDOWS, QUANTILE_KEYS, STATS_KEY, compute_stats, store_stats
 from htouch.dataset.store import find_dataset
 from htouch.errors import DatasetError, HtouchError
 from htouch.training.methods import DEFAULT_METHOD, METHOD_SPECS
@@ -196,6 +195,8 @@ def stats(
 
     Example: [bold]htouch stats demo_data --kind logmel[/]
     """
+    from htouch.dataset.stats import QUANTILE_KEYS, STATS_KEY, compute_stats, store_stats  # numpy: not at start
+
     kinds = [spectrogram_params(k).kind for k in (kind or list(SPECTROGRAM_KINDS))]
     if windows < 1:
         raise HtouchError(f"--windows must be at least 1, got {windows}")

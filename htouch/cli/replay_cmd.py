@@ -10,8 +10,7 @@ from rich.table import Table
 from htouch.cli import app
 from htouch.cli.collect_cmd import EXAMPLE_RIG, ctrl_c_stops
 from htouch.cli.common import DatasetOption, console, fmt_path, progress_bar, progress_to
-from htouch.collector.devices import DeviceError
-from htouch.errors import HtouchError
+from htouch.errors import DeviceError, HtouchError
 
 
 @app.command()

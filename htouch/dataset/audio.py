@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from htouch.errors import HtouchError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torchaudio.transforms as AT
 
-# torch and torchaudio are imported where a signal is processed, not here: listing and checking a dataset
-# (which read the parameters above) start without them.
+# numpy, torch and torchaudio are imported where a signal is processed, not here: the command line (which
+# reads the parameters below for its options and help) starts without them.
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class ByolaParams(LogMelParams):
 
     kind: str = "byol-a"
     n_fft: int = 1024
-    log_eps: float = float(np.finfo(np.float32).eps)
+    log_eps: float = 2.0 ** -23  # float32 machine epsilon (numpy.finfo(numpy.float32).eps)
     f_min: float = 60.0
     f_max: float = 7800.0
 
@@ -72,6 +71,9 @@ class ByolaParams(LogMelParams):
 SpectrogramParams = LogMelParams | AvidParams | ByolaParams
 SPECTROGRAM_KINDS = {"logmel": LogMelParams, "avid": AvidParams, "byol-a": ByolaParams}
 DEFAULT_CLIP = ClipParams()
+# Spectrogram windows in the deterministic subsample `htouch stats` describes when it computes them (stats.py);
+# here, beside the other spectrogram parameters, because the command line shows it as a default.
+DEFAULT_MAX_WINDOWS = 256
 
 
 def spectrogram_params(kind: str) -> SpectrogramParams:
@@ -96,6 +98,8 @@ def params_key(clip: ClipParams, params: SpectrogramParams) -> str:
 def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
     """Band-limited resampling (torchaudio's windowed sinc) of a float signal along its last axis (a 1-D signal,
     or (channels, samples))."""
+    import numpy as np
+
     a, b = int(round(from_hz)), int(round(to_hz))
     if a == b:
         return x.astype(np.float32, copy=False)
@@ -117,6 +121,7 @@ def mel_transform(params: LogMelParams) -> AT.MelSpectrogram:
 
 def spectrogram(clip: np.ndarray, clip_rate_hz: int, params: SpectrogramParams) -> np.ndarray:
     """Spectrogram of one mono clip (float32). logmel: (n_mels, frames); avid: (1, frames, 257)."""
+    import numpy as np
     import torch
     import torchaudio.functional as AF
 

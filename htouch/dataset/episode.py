@@ -137,6 +137,15 @@ class Episode:
             self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
         except DatasetError as e:
             raise DatasetError(f"{self.path}: {e}") from None
+        self._arrays: dict[str, zarr.Array] = {}  # opened so far: opening one reads its metadata from the store
+        self._decoded: dict[str, np.ndarray] = {}  # decoded by the structural checks, until first read
+
+    def adopt(self, arrays: dict[str, zarr.Array], decoded: dict[str, np.ndarray]) -> None:
+        """Keep the arrays the structural checks just opened and decoded (structure.open_episode), so that
+        reading the episode next does not open and decode them again (each a round trip to the store). An
+        adopted decoded array is handed to its first `read` and then forgotten."""
+        self._arrays.update(arrays)
+        self._decoded.update(decoded)
 
     # ---------------------------------------------------------------- metadata
 
@@ -159,12 +168,15 @@ class Episode:
     # ---------------------------------------------------------------- arrays
 
     def array(self, path: str) -> zarr.Array:
+        if path in self._arrays:
+            return self._arrays[path]
         try:
             arr = self.group[path]
         except KeyError:
             raise DatasetError(f"{self.name}: array {path} is missing") from None
         if not isinstance(arr, zarr.Array):
             raise DatasetError(f"{self.name}: {path} is not an array")
+        self._arrays[path] = arr
         return arr
 
     @property
@@ -181,6 +193,8 @@ class Episode:
     def read(self, path: str) -> np.ndarray:
         if not self.has_audio and path.startswith("audio/"):
             return _NO_AUDIO[path].copy()
+        if path in self._decoded:
+            return self._decoded.pop(path)
         try:
             return self.array(path)[...]
         except DatasetError:

@@ -17,8 +17,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
 
@@ -93,6 +91,8 @@ def make_split(ds: Dataset, val_fraction: float, seed: int) -> Split:
         groups.setdefault(key, Stratum(ep.success, ep.variation)).train.append(ep.index)
     if not groups:
         raise DatasetError(f"dataset {ds.root} has no episodes to split")
+    import numpy as np  # here, not at the top: the command line reads this module's defaults at start
+
     strata = []
     for key in sorted(groups):
         s = groups[key]

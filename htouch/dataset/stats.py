@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from htouch.dataset import audio
-from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
+from htouch.dataset.audio import DEFAULT_CLIP, DEFAULT_MAX_WINDOWS, ClipParams, SpectrogramParams
 from htouch.dataset.schema import episode_arrays
 from htouch.dataset.split import training_episodes
 from htouch.dataset.store import Dataset
@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # the episode reader and the spectrogram cache are imported w
 STATS_KEY = "stats"
 QUANTILES = (1, 5, 50, 95, 99)
 QUANTILE_KEYS = tuple(f"q{q:02d}" for q in QUANTILES)
-DEFAULT_MAX_WINDOWS = 256
 SUBSAMPLE_SEED = 0
 
 Progress = Callable[[int], None]

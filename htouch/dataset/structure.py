@@ -390,8 +390,13 @@ def first_bad_chunk(arr: Any, length: int, chunk_len: int, present: set[int] | N
 
 
 def structure_findings(ep: Episode) -> list[Finding]:
-    """The errors of the cheap structural checks of an opened episode (empty if it is sound)."""
-    return [f for f in StructureCheck(ep).run_structure() if f.severity == ERROR]
+    """The errors of the cheap structural checks of an opened episode (empty if it is sound); a sound episode
+    keeps the arrays the checks opened and decoded (`Episode.adopt`)."""
+    check = StructureCheck(ep)
+    errors = [f for f in check.run_structure() if f.severity == ERROR]
+    if not errors:
+        ep.adopt(check.arrays, check.data)
+    return errors
 
 
 def damaged(name: str, problems: list[str]) -> DamagedEpisodeError:
