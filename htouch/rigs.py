@@ -70,7 +70,7 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
         raise
     sources = [sim] + [d for d in (teleop,) if hasattr(d, "pop_events")]
     return Rig(camera=sim.camera, microphones=sim.microphones, teleop=teleop, robot=sim.robot, clock=sim.clock,
-               spec=sim.rig_spec(), kind="sim", operator=operator, realtime=realtime,
+               streams=sim.stream_specs(), kind="sim", operator=operator, realtime=realtime,
                description=f"simulated rig (task {task}, {variation}, seed {seed}) "
                            + ("with no operator" if operator == NO_OPERATOR else f"driven by the {operator} operator")
                            + ("" if realtime else ", faster than real time"),
@@ -129,7 +129,7 @@ def _build_real(config: RigConfig, operator: str) -> Rig:
         raise
     devices = (camera, microphones, teleop, robot)
     return Rig(camera=camera, microphones=microphones, teleop=teleop, robot=robot, clock=clock,
-               spec=config.rig_spec(n_joints=robot.n_joints), kind="real", operator=operator, realtime=True,
+               streams=config.stream_specs(n_joints=robot.n_joints), kind="real", operator=operator, realtime=True,
                description=f"real rig {config.name or config.source} driven by the {operator} operator",
                event_sources=[d for d in devices if hasattr(d, "pop_events")],
                info={"rig": "real", "rig_config": config.source}, help=help_text)
@@ -209,7 +209,7 @@ def probe_sim() -> list[tuple[str, str, bool, str]]:
 
 def sim_config_for(ep: Episode) -> RigConfig:
     """A simulated rig like the one the episode was recorded with: camera, microphones, control rate."""
-    spec = ep.rig
+    spec = ep.streams
     cam, aud = spec.camera, spec.audio
     return RigConfig(
         kind="sim",

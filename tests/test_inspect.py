@@ -11,12 +11,12 @@ import pytest
 import zarr
 
 from htouch.dataset.plot import audio_envelope, audio_spectrogram, strip_frame_indices
-from htouch.dataset.schema import CameraSpec, RigSpec
+from htouch.dataset.schema import CameraSpec, StreamSpecs
 from htouch.dataset.store import Dataset
 from htouch.dataset.summary import episode_row, summarize
 from htouch.dataset.synthetic import DC_OFFSETS, SyntheticEpisode, write_synthetic_episode
 
-RIG = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48))  # the fixtures' tiny size
+RIG = StreamSpecs(name="synthetic", camera=CameraSpec(width=64, height=48))  # the fixtures' tiny size
 SECONDS = 4.0
 DROPS = ((0.5, 3), (2.5, 1))
 GAP = (1.0, 0.3)  # lost audio just before the first contact (seed 0 puts its onset near 1.33 s)
@@ -121,7 +121,7 @@ def test_envelope_is_decimated_and_keeps_the_extremes(gt_ds):
     ep = ds.episode(0)
     env = audio_envelope(ep, max_points=50)
     assert 0 < len(env.t0_s) <= 50
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     x = (ep.read("audio/pcm").astype(np.float64) - spec.center) / spec.scale
     np.testing.assert_allclose(env.hi.max(axis=0), x.max(axis=0))
     np.testing.assert_allclose(env.lo.min(axis=0), x.min(axis=0))

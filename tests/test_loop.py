@@ -14,14 +14,14 @@ from htouch.dataset.store import Dataset
 from htouch.dataset.validate import validate_dataset
 from htouch.dataset.writer import EpisodeWriter
 from htouch.errors import HtouchError, WriterError
-from tests.loop_devices import NS, TEST_SPEC, Plan, PlannedWorld
+from tests.loop_devices import NS, TEST_STREAMS, Plan, PlannedWorld
 
 
 def record(root, plans, episodes, *, stepped=True, control=None, sources=(), **kw):
     world = PlannedWorld(plans, stepped=stepped)
     rig = world.rig()
     rig.event_sources = list(sources)
-    ds = Dataset.open_or_create(root, "zip", TEST_SPEC)
+    ds = Dataset.open_or_create(root, "zip", TEST_STREAMS)
     rec = Recorder(rig, ds, control or ControlConfig(), **kw)
     try:
         result = rec.run(episodes)
@@ -88,7 +88,7 @@ def test_faults_are_events_and_the_session_goes_on(tmp_path):
     world_ref.append(world)
     rig = world.rig()
     rig.event_sources = [EventSource()]
-    ds = Dataset.create(tmp_path / "ds", "zip", TEST_SPEC)
+    ds = Dataset.create(tmp_path / "ds", "zip", TEST_STREAMS)
     result = Recorder(rig, ds, ControlConfig()).run(1)
     assert result.committed == [0]
     ep = ds.episode(0)
@@ -158,7 +158,7 @@ def test_ctrl_c_discards_only_the_unfinished_episode(tmp_path, how):
             else Plan(end_s=9, callback_at=(1.0, lambda: holder[0].request_stop())))
     world = PlannedWorld([Plan(end_s=2.6), plan])
     rig = world.rig()
-    ds = Dataset.create(tmp_path / "ds", "zip", TEST_SPEC)
+    ds = Dataset.create(tmp_path / "ds", "zip", TEST_STREAMS)
     rec = Recorder(rig, ds, ControlConfig())
     holder.append(rec)
     result = rec.run(3)

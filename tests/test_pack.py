@@ -69,7 +69,7 @@ def test_a_packed_episode_is_one_file_holding_the_same_arrays_and_attributes(_pa
         a, b = plain.episode(i), packed.episode(i)
         assert isinstance(b.path, ZipPath) and b.name == a.name
         assert a.attrs == b.attrs
-        for spec in episode_arrays(a.rig):
+        for spec in episode_arrays(a.streams):
             assert np.array_equal(a.read(spec.path), b.read(spec.path)), spec.path
         t = int(a.sample_times(SampleParams(horizon=5))[10])
         sa, sb = a.sample(t, SampleParams(horizon=5)), b.sample(t, SampleParams(horizon=5))

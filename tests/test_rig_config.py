@@ -55,7 +55,7 @@ def test_values_and_rig_spec(tmp_path):
                     '[microphones]\nchannels = 2\nrate_hz = 16000\n[control]\nrate_hz = 10\n')
     cfg = load_rig_config(path)
     assert cfg.source == str(path) and isinstance(cfg.control.rate_hz, float)  # an int where a float goes
-    spec = cfg.rig_spec(n_joints=7)
+    spec = cfg.stream_specs(n_joints=7)
     assert (spec.camera.width, spec.camera.height, spec.camera.rate_hz) == (64, 48, 15.0)
     assert spec.audio.channels == 2 and spec.audio.channel_names == ["mic0", "mic1"]
     assert spec.state.rate_hz == spec.action.rate_hz == spec.teleop.rate_hz == 10.0

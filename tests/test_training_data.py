@@ -80,7 +80,7 @@ def test_samples_start_at_the_first_frame_where_the_runner_starts_acting(split_d
     ep = split_ds.episode(plan.train[0])
     t0 = int(ep.camera_times[0])
     assert samples.episodes[0].times[0] == t0
-    buffer = ObservationBuffer(ep.rig.audio, SPEC.sample_params)
+    buffer = ObservationBuffer(ep.streams.audio, SPEC.sample_params)
     buffer.add_frame(Frame(t0, 0, ep.array("camera/rgb")[0]))  # what a live loop has at its first re-plan
     live = np.stack([f.rgb for f in buffer.frames(t0)])
     first = samples[0]

@@ -111,7 +111,7 @@ def main() -> None:
         trip, codec = r["trip"], r["codec"]
         same = [k for k, v in r["exact"].items() if v]
         differ = [k for k, v in r["exact"].items() if not v]
-        cam = ds.rig.camera
+        cam = ds.streams.camera
         text = "\n".join([
             f"- source: {source}; exported with {exported.video_codec} (crf 30), {exported.rows} rows",
             f"- import speed: {report.rows / seconds:.0f} frames/s on one core ({report.rows} rows, {report.frames} "

@@ -146,7 +146,7 @@ def measure_recording(task: str, episodes: int, width: int, height: int, seed: i
     rig = build_rig(config, task, "scripted", seed=seed)
     sim = next(source for source in rig.event_sources if isinstance(source, SimRig))
     try:
-        dataset = Dataset.open_or_create(tmp / "ds", task, rig.spec)
+        dataset = Dataset.open_or_create(tmp / "ds", task, rig.streams)
         recorder = Recorder(rig, dataset, config.control, config.mapping, config.safety)
         sampler = ThreadSampler()
         sampler.start()

@@ -157,12 +157,12 @@ def ensure_venv(venv: Path, version: str) -> Path:
 
 
 def make_dataset(path: Path, episodes: int, seconds: float):
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
     from htouch.dataset.split import split_dataset
     from htouch.dataset.synthetic import write_synthetic_dataset
 
-    rig = RigSpec(name="synthetic", camera=CameraSpec(width=128, height=96))
-    ds = write_synthetic_dataset(path, episodes, seconds=seconds, seed=0, rig=rig)
+    streams = StreamSpecs(name="synthetic", camera=CameraSpec(width=128, height=96))
+    ds = write_synthetic_dataset(path, episodes, seconds=seconds, seed=0, streams=streams)
     split_dataset(ds, 0.34, 0)
     return ds
 
@@ -210,8 +210,8 @@ def describe(args, work: Path):
 
     if args.dataset is not None:
         ds = Dataset(args.dataset)
-        cam, mic = ds.rig.camera, ds.rig.audio
-        return ds, (f"`{args.dataset}` ({len(ds.episode_indices())} episodes of task {ds.task}, rig {ds.rig.name}: "
+        cam, mic = ds.streams.camera, ds.streams.audio
+        return ds, (f"`{args.dataset}` ({len(ds.episode_indices())} episodes of task {ds.task}, rig {ds.streams.name}: "
                     f"{cam.width}x{cam.height} at {cam.rate_hz:g} fps, {mic.channels} channels at {mic.rate_hz:g} Hz)")
     ds = make_dataset(work / "ds", args.episodes, args.seconds)
     return ds, (f"synthetic: {args.episodes} episodes x {args.seconds:g} s, 128x96 at 30 fps, 4 channels at 32 kHz, "

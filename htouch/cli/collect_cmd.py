@@ -117,7 +117,7 @@ def collect(
     except DeviceError as e:
         raise HtouchError(f"cannot open the {cfg.kind} rig: {e}") from None
     try:
-        ds = Dataset.open_or_create(root, task, the_rig.spec)
+        ds = Dataset.open_or_create(root, task, the_rig.streams)
         resumed = ds.episode_indices()
         if resumed and the_rig.resume is not None:
             the_rig.resume(ds)

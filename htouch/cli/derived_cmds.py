@@ -200,7 +200,7 @@ def stats(
     if windows < 1:
         raise HtouchError(f"--windows must be at least 1, got {windows}")
     ds = find_dataset(dataset)
-    if not kind and not ds.rig.has_audio:
+    if not kind and not ds.streams.has_audio:
         kinds = []  # no microphones: state and actions only
     result, notes = compute_stats(ds, kinds, DEFAULT_CLIP, windows, progress_bar=progress_bar)
     if not ds.remote:

@@ -511,7 +511,7 @@ class Recorder:
         return None
 
     def _record_teleop(self, writer: EpisodeWriter, reading: TeleopReading) -> None:
-        names = self.rig.spec.teleop
+        names = self.rig.streams.teleop
         writer.teleop(reading.timestamp_ns, np.asarray(reading.controller_pose, dtype=float),
                       [bool(reading.buttons.get(n, False)) for n in names.button_names],
                       [float(reading.analog.get(n, 0.0)) for n in names.analog_names])
@@ -618,16 +618,16 @@ class Recorder:
     def status(self) -> LiveStatus:
         rec = self._recording
         now = self.clock.now_ns()
-        spec = self.rig.spec
-        nominal = {"camera": spec.camera.rate_hz, "audio": spec.audio.rate_hz, "state": self.control.rate_hz,
-                   "action": self.control.rate_hz, "teleop": spec.teleop.rate_hz}
+        streams = self.rig.streams
+        nominal = {"camera": streams.camera.rate_hz, "audio": streams.audio.rate_hz, "state": self.control.rate_hz,
+                   "action": self.control.rate_hz, "teleop": streams.teleop.rate_hz}
         last = self._last_teleop_ts
         return LiveStatus(
             phase=self.phase, message=self.message, episode_index=rec.index if rec else None,
             attempt=self.attempt, committed=len(self.result.committed), target=self.target,
             elapsed_s=(now - rec.start_ns) / NS if rec else 0.0,
             rates={k: (m.rate(), nominal[k]) for k, m in self.rates.items()},
-            audio=self.audio_levels, audio_channel_names=list(spec.audio.channel_names),
+            audio=self.audio_levels, audio_channel_names=list(streams.audio.channel_names),
             frames_dropped=rec.frames_dropped if rec else 0, camera_stalls=rec.camera_stalls if rec else 0,
             audio_overflows=rec.audio_overflows if rec else 0, teleop_losses=rec.teleop_losses if rec else 0,
             robot_errors=rec.robot_errors if rec else 0,

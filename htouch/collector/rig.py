@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from htouch.collector.devices import Camera, Clock, Microphones, Robot, Teleop, TeleopReading
-from htouch.dataset.schema import RigSpec
+from htouch.dataset.schema import StreamSpecs
 
 SIM_OPERATORS = ("scripted", "keyboard")
 REAL_OPERATORS = ("quest", "keyboard")
@@ -25,7 +25,7 @@ class Rig:
     teleop: Teleop
     robot: Robot
     clock: Clock
-    spec: RigSpec  # the stream specs stored in the dataset
+    streams: StreamSpecs  # the stream specs stored in the dataset
     kind: str  # "sim" or "real"
     operator: str  # "scripted", "keyboard" or "quest"
     realtime: bool  # the clock paces to the wall clock (False: simulated time, as fast as it goes)

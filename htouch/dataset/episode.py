@@ -20,7 +20,7 @@ import zarr
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, resample
 from htouch.dataset.location import UrlPath, location, zarr_source
-from htouch.dataset.schema import ATTR_FORMAT, NS, AudioSpec, RigSpec, check_strict_json
+from htouch.dataset.schema import ATTR_FORMAT, NS, AudioSpec, StreamSpecs, check_strict_json
 from htouch.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Episode:
             if key in self.attrs and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
                 raise DatasetError(f"{self.path}: episode attribute {key} is {value!r}, expected {what}")
         try:
-            self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
+            self.streams = StreamSpecs.from_dict(self.attrs.get("rig", {}))
         except DatasetError as e:
             raise DatasetError(f"{self.path}: {e}") from None
 
@@ -171,7 +171,7 @@ class Episode:
     def has_audio(self) -> bool:
         """False for an episode of a rig without microphones: it has no audio arrays, and the audio readers
         below give zero blocks and zero samples (silence) instead."""
-        return self.rig.has_audio
+        return self.streams.has_audio
 
     @property
     def audio_samples(self) -> int:
@@ -260,7 +260,7 @@ class Episode:
 
     def audio_clip(self, t_ns: int, clip: ClipParams = DEFAULT_CLIP) -> np.ndarray:
         """The clip [t - window, t], mono, normalised, resampled to clip.rate_hz; silence where no audio."""
-        return gather_audio_clip(t_ns, self.audio_block_times, self.audio_block_offsets, self._pcm, self.rig.audio,
+        return gather_audio_clip(t_ns, self.audio_block_times, self.audio_block_offsets, self._pcm, self.streams.audio,
                                  clip, self.name)
 
     def sample_times(self, params: SampleParams, stride: int = 1) -> np.ndarray:

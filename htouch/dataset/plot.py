@@ -65,7 +65,7 @@ def audio_spectrogram(ep: Episode, params: LogMelParams | None = None) -> Episod
     mel_hz = np.linspace(0, params.rate_hz / 2, fb.shape[0])[fb.argmax(axis=0)]
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
     n_total = ep.audio_samples
-    rate = ep.rig.audio.rate_hz
+    rate = ep.streams.audio.rate_hz
     if len(times) == 0 or n_total == 0:
         return EpisodeSpectrogram(np.zeros(0), np.zeros((params.n_mels, 0), np.float32), mel_hz, params)
     last_len = max(n_total - int(offsets[-1]), 1)
@@ -88,7 +88,7 @@ class AudioEnvelope:
 
 def audio_envelope(ep: Episode, max_points: int = ENVELOPE_POINTS) -> AudioEnvelope:
     """Per-channel min/max of (x - center) / scale over runs of whole audio blocks, placed by block time."""
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     start_ns, _ = ep.time_range_ns()
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
     pcm = ep.read("audio/pcm")
@@ -158,13 +158,13 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     summary = summary or summarize(ep)
     start_ns = summary.start_ns
     span = max([summary.duration_s, *(e.t_s for e in summary.events)], default=0.0) or 1.0
-    rig = ep.rig
+    streams = ep.streams
 
     # --- data ------------------------------------------------------------------------------------------
     cam = ep.camera_times
     frame_idx = strip_frame_indices(cam, start_ns, span, n_frames)
     rgb = ep.array("camera/rgb")
-    stride = max(1, -(-rig.camera.width // STRIP_MAX_WIDTH))
+    stride = max(1, -(-streams.camera.width // STRIP_MAX_WIDTH))
     try:
         frames = [rgb[int(i)][::stride, ::stride] for i in frame_idx]
     except Exception as e:  # a frame that does not decode
@@ -188,7 +188,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     # --- layout (heights in inches; the strip's height keeps the frames' aspect ratio) ------------------
     fig_w, left, right = 16.0, 0.075, 0.905
     n_strip = max(len(frame_idx), 1)
-    strip_h = fig_w * (right - left) / n_strip * rig.camera.height / rig.camera.width
+    strip_h = fig_w * (right - left) / n_strip * streams.camera.height / streams.camera.width
     channels = [c.name for c in summary.audio.channels]
     heights = ([strip_h, 0.22 * max(len(kinds), 1) + 0.2] + [0.7] * len(channels)
                + [1.7, 1.0, 1.0, 0.8, 1.0])

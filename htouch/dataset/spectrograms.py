@@ -89,7 +89,7 @@ def fingerprint(episode: Episode) -> str:
         h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
         h.update(b"|")
     h.update(json.dumps({"pcm_shape": list(episode._pcm.shape),
-                         "audio": dataclasses.asdict(episode.rig.audio)}, sort_keys=True).encode())
+                         "audio": dataclasses.asdict(episode.streams.audio)}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 

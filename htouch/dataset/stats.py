@@ -46,7 +46,7 @@ ProgressBar = Callable[[str, int], AbstractContextManager[Progress]]
 
 def stream_arrays(ds: Dataset, stream: str) -> list[str]:
     """The data arrays of a stream (time stamps excluded), as the schema defines them."""
-    return [a.path for a in episode_arrays(ds.rig) if a.stream == stream and a.name != "timestamp_ns"]
+    return [a.path for a in episode_arrays(ds.streams) if a.stream == stream and a.name != "timestamp_ns"]
 
 
 def check_finite(x: np.ndarray, episode: Episode, what: str) -> None:

@@ -53,7 +53,7 @@ from htouch.collector.devices import Action, AudioBlock, Frame
 from htouch.collector.safety import FilteredAction, SafetyFilter
 from htouch.dataset import audio as audio_params
 from htouch.dataset.episode import SampleParams, frame_indices, gather_audio_clip
-from htouch.dataset.schema import NS, AudioSpec, RigSpec
+from htouch.dataset.schema import NS, AudioSpec, StreamSpecs
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import load_run_checkpoint
 from htouch.training.data import DataSpec
@@ -329,11 +329,11 @@ class PolicyRunner:
             raise HtouchError(f"{run_dir}: config.json has no action_normalization")
         norm = ActionNormalization.from_dict(extra["action_normalization"])
         sample = DataSpec.from_dict(extra["data"]).sample_params if isinstance(extra.get("data"), dict) else None
-        rig = RigSpec.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
-        if audio is None and rig is not None:
-            audio = rig.audio
-        if rig is not None and "period_ns" not in options:
-            options["period_ns"] = int(round(NS / rig.action.rate_hz))
+        streams = StreamSpecs.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
+        if audio is None and streams is not None:
+            audio = streams.audio
+        if streams is not None and "period_ns" not in options:
+            options["period_ns"] = int(round(NS / streams.action.rate_hz))
         return cls(model, config, norm, safety, execute=execute, sample=sample, audio=audio, hearing=hearing,
                    **options)
 

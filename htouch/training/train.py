@@ -586,7 +586,7 @@ class Session:
         return {
             "action_normalization": self.normalization.to_dict(),
             "data": self.spec.to_dict(),
-            "rig": ds.rig.to_dict(),
+            "rig": ds.streams.to_dict(),
             "dataset": {"root": str(ds.root.resolve()), "task": ds.task, "train_episodes": self.plan.train,
                         "val_episodes": self.plan.val, "stats_computed": self.plan.stats.get("computed")},
             "encoders": self.encoder_origin, "encoder_pretraining": self.encoder_pretraining,
