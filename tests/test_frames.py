@@ -88,7 +88,8 @@ def test_training_samples_are_the_same_from_the_cache_and_batched(cached_ds, tmp
             for k in a:
                 torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     torch.testing.assert_close(batch["frames"], torch.stack([want[i]["frames"] for i in order[:7]]), rtol=0, atol=0)
-    torch.testing.assert_close(batch["spec"], torch.stack([want[i]["spec"] for i in order[:7]]), rtol=0, atol=0)
+    torch.testing.assert_close(batch["spectrogram"], torch.stack([want[i]["spectrogram"] for i in order[:7]]),
+                               rtol=0, atol=0)
 
 
 def test_a_cache_of_another_episode_is_stale_and_decoded_around_then_rebuilt(cached_ds, cli):

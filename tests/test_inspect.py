@@ -101,10 +101,10 @@ def test_episode_row_still_serves_ls(gt_ds):
 def test_spectrogram_is_louder_in_contact_and_aligned_across_the_audio_gap(gt_ds):
     ds, truth = gt_ds
     ep = ds.episode(0)
-    spec = audio_spectrogram(ep)
-    assert spec.logmel.shape[0] == spec.params.n_mels == len(spec.mel_hz)
-    energy = spec.logmel.mean(axis=0)
-    t = spec.times_s
+    mel = audio_spectrogram(ep)
+    assert mel.logmel.shape[0] == mel.params.n_mels == len(mel.mel_hz)
+    energy = mel.logmel.mean(axis=0)
+    t = mel.times_s
     (a, b, _), (tap, tap_end, _) = truth.contacts
     in_contact = (t > a + 0.05) & (t < b - 0.05)
     lost = (t > GAP[0] - 0.05) & (t < GAP[0] + GAP[1] + 0.05)

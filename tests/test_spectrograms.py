@@ -27,7 +27,7 @@ def _snapshot(root):
 @pytest.fixture(scope="module")
 def _cached(tmp_path_factory):
     """Two 2.5 s episodes with both caches built."""
-    root = tmp_path_factory.mktemp("spec") / "ds"
+    root = tmp_path_factory.mktemp("spectrograms") / "ds"
     ds = tiny_dataset(root, n=2, seconds=2.5)
     before = {ep.name: _snapshot(ep.path) for ep in ds.episodes()}
     for kind in KINDS:
@@ -45,8 +45,8 @@ def cached_ds(_cached, tmp_path) -> Dataset:
 
 def test_shapes_for_a_2s_window(_cached):
     ds = Dataset(_cached[0])
-    assert spectrograms.spec_shape(audio.spectrogram_params("logmel")) == (64, 201)
-    assert spectrograms.spec_shape(audio.spectrogram_params("avid")) == (1, 200, 257)
+    assert spectrograms.spectrogram_shape(audio.spectrogram_params("logmel")) == (64, 201)
+    assert spectrograms.spectrogram_shape(audio.spectrogram_params("avid")) == (1, 200, 257)
     ep = ds.episode(0)
     assert EpisodeSpectrograms(ep, "logmel").all().shape == (len(ep.camera_times), 64, 201)
     assert EpisodeSpectrograms(ep, "avid").all().shape == (len(ep.camera_times), 1, 200, 257)

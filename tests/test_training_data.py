@@ -66,9 +66,9 @@ def test_a_sample_is_what_the_episode_reader_gives_at_that_time(split_ds):
         assert item["mask"].tolist() == ref.action_mask.tolist()
         # spectrogram: raw, of the clip ending at the sample time (the model normalises it)
         frame = int(np.searchsorted(ep.camera_times, times[i]))
-        np.testing.assert_array_equal(item["spec"].numpy(), spectrograms.spectrogram_at(ep, frame, "avid"))
+        np.testing.assert_array_equal(item["spectrogram"].numpy(), spectrograms.spectrogram_at(ep, frame, "avid"))
     batch = collate([samples[0], samples[1]])
-    assert batch["frames"].shape == (2, 4, 3, 32, 32) and batch["spec"].shape == (2, 1, 200, 257)
+    assert batch["frames"].shape == (2, 4, 3, 32, 32) and batch["spectrogram"].shape == (2, 1, 200, 257)
 
 
 def test_samples_start_at_the_first_frame_where_the_runner_starts_acting(split_ds):

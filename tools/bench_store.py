@@ -629,8 +629,8 @@ class PaperTrainingReader:
     """The paper layout as a training sample: its reader's frames resized as htouch's training resizes them and
     the spectrogram computed from its clip (audio.spectrogram, as a loader of that layout must)."""
 
-    def __init__(self, paper: PaperLayoutEpisode, params: Any, size: int, spec_params: Any):
-        self.paper, self.params, self.size, self.spec_params = paper, params, size, spec_params
+    def __init__(self, paper: PaperLayoutEpisode, params: Any, size: int, spectrogram_params: Any):
+        self.paper, self.params, self.size, self.spectrogram_params = paper, params, size, spectrogram_params
 
     def sample(self, t_ns: int) -> dict[str, Any]:
         import torch
@@ -639,8 +639,8 @@ class PaperTrainingReader:
         from htouch.dataset.frames import resize_frames
 
         frames, clip, actions = self.paper.sample(t_ns, self.params)
-        spec = audio.spectrogram(clip, self.params.clip.rate_hz, self.spec_params)
-        return {"frames": resize_frames(frames, self.size), "spec": torch.from_numpy(spec),
+        spectrogram = audio.spectrogram(clip, self.params.clip.rate_hz, self.spectrogram_params)
+        return {"frames": resize_frames(frames, self.size), "spectrogram": torch.from_numpy(spectrogram),
                 "actions": torch.from_numpy(actions)}
 
 
@@ -671,7 +671,7 @@ class ScaledDecodeReader:
         import torch
 
         e, row = self.samples.locate(index)
-        return {"frames": self.frames(e, e.frame_idx[row]), "spec": self.samples.spectrogram(index),
+        return {"frames": self.frames(e, e.frame_idx[row]), "spectrogram": self.samples.spectrogram(index),
                 "actions": torch.from_numpy(e.actions[row]), "mask": torch.from_numpy(e.mask[row])}
 
 
@@ -701,10 +701,11 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     t0 = time.perf_counter()
     n_frames = 0
     for ep in episodes:
-        spectrograms.build(ep, spec.spec_params, spec.clip)
+        spectrograms.build(ep, spec.spectrogram_params, spec.clip)
         n_frames += len(ep.camera_times)
-    spec_build_s = time.perf_counter() - t0
-    log(f"training inputs: {spec.audio_kind} spectrogram caches built ({spec_build_s:.0f} s); opening today's path")
+    spectrogram_build_s = time.perf_counter() - t0
+    log(f"training inputs: {spec.audio_kind} spectrogram caches built ({spectrogram_build_s:.0f} s); "
+        "opening today's path")
     norm = ActionNormalization.identity(spec.action_dim)
     idx = [ep.index for ep in episodes]
     today = PolicySamples(ds, idx, spec, norm, preload_mb=0)  # before the frame caches exist: decodes
@@ -717,7 +718,7 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     cached = PolicySamples(ds, idx, spec, norm, preload_mb=0)
     assert today.frame_sources["decoded"] == 2 and cached.frame_sources["cache"] == 2
     scaled = ScaledDecodeReader(today, size)
-    paper = [PaperTrainingReader(p, spec.sample_params, size, spec.spec_params) for p in papers]
+    paper = [PaperTrainingReader(p, spec.sample_params, size, spec.spectrogram_params) for p in papers]
 
     rng = np.random.default_rng(2)
     window = int(max(spec.frame_window_s, spec.clip.window_s) * 1e9)  # the paper reader does not pad
@@ -748,9 +749,9 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     for name in TRAIN_READERS[1:]:
         got = batch_of(name, batches[0])
         d = (got["frames"].float() - ref["frames"].float()).abs()
-        sd = float((got["spec"] - ref["spec"]).abs().max())
-        diff[name] = {"max": float(d.max()), "mean": float(d.mean()), "spec": sd,
-                      "spec_scale": float(ref["spec"].abs().max())}
+        sd = float((got["spectrogram"] - ref["spectrogram"]).abs().max())
+        diff[name] = {"max": float(d.max()), "mean": float(d.mean()), "spectrogram": sd,
+                      "spectrogram_scale": float(ref["spectrogram"].abs().max())}
         if name.startswith("frame cache") and not (d.max() == 0 and sd == 0 and torch.equal(got["actions"],
                                                                                            ref["actions"])):
             raise RuntimeError(f"{name} returns other samples than today's path")
@@ -777,14 +778,14 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
             t0 = time.perf_counter()
             e.caches[size].read(np.unique(e.frame_idx[rows]))
             t1 = time.perf_counter()
-            e.spectrograms.frames(np.unique(e.spec_frame[rows]))
+            e.spectrograms.frames(np.unique(e.spectrogram_frame[rows]))
             parts["frames"] += t1 - t0
             parts["spectrograms"] += time.perf_counter() - t1
     return {"spec": spec, "batches": len(batches), "samples": n, "rates": {k: n / v for k, v in spent.items()},
             "cpu_rates": {k: n / v for k, v in cpu.items()}, "diff": diff,
             "parts_ms": {k: v / n * 1e3 for k, v in parts.items()}, "cache_bytes": cache_bytes,
-            "cache_build_s": build_s, "spec_build_s": spec_build_s, "frames": n_frames,
-            "spec_bytes": rowcache.dir_size(spectrograms.key_dir(ds.root, spec.spec_params, spec.clip))}
+            "cache_build_s": build_s, "spectrogram_build_s": spectrogram_build_s, "frames": n_frames,
+            "spectrogram_bytes": rowcache.dir_size(spectrograms.key_dir(ds.root, spec.spectrogram_params, spec.clip))}
 
 
 # ------------------------------------------------------------------------------------------------ 4. memory
@@ -1069,7 +1070,7 @@ def training_section(r: dict[str, Any]) -> list[str]:
          f"from 640x480), then resized to {spec.image_size} as training resizes.",
          f"- *frame cache*: `htouch frames` stored every frame already resized ({tr['frames']} frames in "
          f"{tr['cache_build_s']:.0f} s, {mb(tr['cache_bytes'])} MB at {spec.image_size} px, uncompressed; "
-         f"the spectrogram caches: {mb(tr['spec_bytes'])} MB); `PolicySamples` reads it through a memory "
+         f"the spectrogram caches: {mb(tr['spectrogram_bytes'])} MB); `PolicySamples` reads it through a memory "
          "map. *per sample*: `__getitem__` as before; *batched*: `__getitems__` (what torch's DataLoader "
          "calls with a batch's indices), by episode: its spectrograms in one read, its frames copied from the "
          "memory-mapped chunk files straight into each sample.",
@@ -1094,8 +1095,8 @@ def training_section(r: dict[str, Any]) -> list[str]:
           f"Scaled DCT decoding changes the frames by up to {scaled['max']:.0f} levels (mean {scaled['mean']:.2f}) "
           "at the same size: it would change what the policy sees in training and no longer match the policy "
           "runner's full-size resize, for a smaller gain. The paper-layout reader's spectrograms differ from "
-          f"htouch's by at most {tr['diff'][TRAIN_READERS[4]]['spec']:.2g} (values up to "
-          f"{tr['diff'][TRAIN_READERS[4]]['spec_scale']:.3g}; its clip is gathered its own way, section 3).", ""]
+          f"htouch's by at most {tr['diff'][TRAIN_READERS[4]]['spectrogram']:.2g} (values up to "
+          f"{tr['diff'][TRAIN_READERS[4]]['spectrogram_scale']:.3g}; its clip is gathered its own way, section 3).", ""]
     return L
 
 

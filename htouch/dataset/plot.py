@@ -172,7 +172,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     tick()
     env = audio_envelope(ep)
     tick()
-    spec = audio_spectrogram(ep)
+    mel = audio_spectrogram(ep)
     tick()
     st_t = (ep.state_times - start_ns) / NS
     act_t = (ep.action_times - start_ns) / NS
@@ -202,7 +202,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     axes += [fig.add_subplot(gs[i], sharex=axes[0]) for i in range(1, len(heights))]
     ax_strip, ax_ev = axes[0], axes[1]
     ax_ch = axes[2:2 + len(channels)]
-    ax_spec, ax_dpos, ax_drot, ax_grip, ax_ee = axes[2 + len(channels):]
+    ax_mel, ax_dpos, ax_drot, ax_grip, ax_ee = axes[2 + len(channels):]
 
     # --- frames -----------------------------------------------------------------------------------------
     slot = span / n_strip
@@ -266,7 +266,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
                 color="#d62728" if ch.clipped else "black")
         ax.tick_params(axis="y", labelsize=7)
 
-    for ax in [*ax_ch, ax_spec]:
+    for ax in [*ax_ch, ax_mel]:
         for t0, t1 in lost_audio:
             ax.axvspan(t0, t1, facecolor="none", edgecolor="#999999", hatch="///", lw=0)
     for t0, t1 in lost_audio:
@@ -276,17 +276,17 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
                 bbox=dict(fc="white", lw=0, pad=1))
 
     # --- spectrogram ----------------------------------------------------------------------------------
-    if spec.logmel.shape[1]:
-        half = spec.params.hop / spec.params.rate_hz / 2
-        finite = spec.logmel[spec.logmel > np.log(spec.params.log_eps) + 1]
+    if mel.logmel.shape[1]:
+        half = mel.params.hop / mel.params.rate_hz / 2
+        finite = mel.logmel[mel.logmel > np.log(mel.params.log_eps) + 1]
         vmin, vmax = (np.percentile(finite, [5, 99.7]) if finite.size else (None, None))
-        ax_spec.imshow(spec.logmel, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-                       extent=(spec.times_s[0] - half, spec.times_s[-1] + half, 0, spec.logmel.shape[0]),
+        ax_mel.imshow(mel.logmel, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
+                      extent=(mel.times_s[0] - half, mel.times_s[-1] + half, 0, mel.logmel.shape[0]),
                        interpolation="nearest")
-        marks = [f for f in (250, 500, 1000, 2000, 4000, 8000) if f <= spec.mel_hz[-1]]
-        bins = [int(np.argmin(np.abs(spec.mel_hz - f))) + 0.5 for f in marks]
-        ax_spec.set_yticks(bins, [f"{f / 1000:g}k" if f >= 1000 else str(f) for f in marks], fontsize=7)
-    ax_spec.set_ylabel("log-mel\nmono (Hz)", rotation=0, ha="right", va="center")
+        marks = [f for f in (250, 500, 1000, 2000, 4000, 8000) if f <= mel.mel_hz[-1]]
+        bins = [int(np.argmin(np.abs(mel.mel_hz - f))) + 0.5 for f in marks]
+        ax_mel.set_yticks(bins, [f"{f / 1000:g}k" if f >= 1000 else str(f) for f in marks], fontsize=7)
+    ax_mel.set_ylabel("log-mel\nmono (Hz)", rotation=0, ha="right", va="center")
 
     # --- actions and state ----------------------------------------------------------------------------------
     def traces(ax, t, ys, names, ylabel):
@@ -329,7 +329,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
              f"{summary.duration_s:.2f} s" + (f"  ·  task {summary.task}" if summary.task else ""))
     facts = (f"camera {cam_s.frames} frames, {cam_s.dropped} dropped   ·   audio {aud.seconds:.2f} s, "
              f"{aud.overflow_blocks} overflow blocks, {clipped} clipped samples   ·   "
-             f"log-mel {spec.params.n_mels} bands, hop {spec.params.hop / spec.params.rate_hz * 1e3:g} ms")
+             f"log-mel {mel.params.n_mels} bands, hop {mel.params.hop / mel.params.rate_hz * 1e3:g} ms")
     fig.text(left, 1 - 0.18 / fig_h, title, fontsize=13, weight="bold", va="top")
     fig.text(left, 1 - 0.45 / fig_h, facts, fontsize=9, va="top", color="#333333")
     tick()

@@ -90,10 +90,10 @@ def array_stats(ds: Dataset, episodes: list[Episode], paths: list[str]) -> dict[
 # ------------------------------------------------------------------------------------------ spectrograms
 
 
-def bins_last(specs: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+def bins_last(values: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     """(n, *spectrogram shape) -> (values, bins): every time column of every window, one column per bin."""
     axis = audio.freq_axis(params) + 1
-    moved = np.moveaxis(specs, axis, -1)
+    moved = np.moveaxis(values, axis, -1)
     return moved.reshape(-1, moved.shape[-1])
 
 
@@ -163,9 +163,9 @@ class SpectrogramStats:
         return len(self.chosen) + (len(self.pairs) if self.all_cached else 0)
 
     def _read(self, src: EpisodeSpectrograms, idx: np.ndarray, progress: Progress | None) -> np.ndarray:
-        specs = src.frames(idx, progress)
-        check_finite(specs.reshape(len(specs), -1), src.episode, f"the {self.params.kind} spectrogram ({src.source})")
-        return bins_last(specs, self.params)
+        values = src.frames(idx, progress)
+        check_finite(values.reshape(len(values), -1), src.episode, f"the {self.params.kind} spectrogram ({src.source})")
+        return bins_last(values, self.params)
 
     def run(self, progress: Progress | None = None) -> dict[str, Any]:
         p, clip = self.params, self.clip

@@ -167,13 +167,13 @@ def log_episode(ep: Episode, rec: Any, *, max_hz: int = WAVEFORM_MAX_HZ,
             entity = f"audio/waveform/{name}"
             _scalars(rec, rr, entity, values[:, c:c + 1], [name], index)
             rows[entity] = len(t)
-        spec = audio_spectrogram(ep)
-        for k, (ts, column) in enumerate(zip(spec.times_s, spec.logmel.T, strict=True)):
+        mel = audio_spectrogram(ep)
+        for k, (ts, column) in enumerate(zip(mel.times_s, mel.logmel.T, strict=True)):
             rec.set_time(TIME, duration=np.timedelta64(int(round(ts * NS)), "ns"))
             rec.set_time("spectrogram_hop", sequence=k)
             rec.log("audio/spectrogram", rr.BarChart(column.astype(np.float32)))
         rec.reset_time()
-        rows["audio/spectrogram"] = spec.logmel.shape[1]
+        rows["audio/spectrogram"] = mel.logmel.shape[1]
 
     # state and actions
     st = ep.state_times

@@ -254,7 +254,7 @@ def policy_embeddings(run_dir: str | Path, dataset: str | Path | None = None, *,
             frames = to_float(batch["frames"])
             b, n = frames.shape[:2]
             frame_emb = model.encode_frames(frames.flatten(0, 1)).view(b, n, -1)
-            audio_emb = model.encode_audio(batch.get("spec"))
+            audio_emb = model.encode_audio(batch.get("spectrogram"))
             image.append(frame_emb[:, -1].numpy())
             if audio_emb is not None:
                 audio.append(audio_emb.numpy())

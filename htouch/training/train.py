@@ -233,8 +233,8 @@ class EndToEnd:
 
     def predict(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         frames = to_float(batch["frames"].to(self.device, non_blocking=True))
-        spec = batch["spec"].to(self.device, non_blocking=True) if "spec" in batch else None
-        return module(frames, spec)
+        spectrogram = batch["spectrogram"].to(self.device, non_blocking=True) if "spectrogram" in batch else None
+        return module(frames, spectrogram)
 
 
 class EmbeddingTable:
@@ -261,8 +261,8 @@ class EmbeddingTable:
             if policy.audio_encoder is not None:
                 for start in range(0, len(samples), batch):
                     idx = range(start, min(start + batch, len(samples)))
-                    spec = torch.stack([samples.spectrogram(i) for i in idx]).to(device)
-                    audio.append(policy.encode_audio(spec))
+                    spectrogram = torch.stack([samples.spectrogram(i) for i in idx]).to(device)
+                    audio.append(policy.encode_audio(spectrogram))
                     if progress:
                         progress(len(idx))
         self.frames = torch.cat(tables)  # (frames, D)
