@@ -68,13 +68,13 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
     except BaseException:
         sim.close()
         raise
-    sources = [sim] + [d for d in (teleop,) if hasattr(d, "pop_events")]
+    emitters = [sim] + [d for d in (teleop,) if hasattr(d, "pop_events")]
     return Rig(camera=sim.camera, microphones=sim.microphones, teleop=teleop, robot=sim.robot, clock=sim.clock,
                streams=sim.stream_specs(), kind="sim", operator=operator, realtime=realtime,
                description=f"simulated rig (task {task}, {variation}, seed {seed}) "
                            + ("with no operator" if operator == NO_OPERATOR else f"driven by the {operator} operator")
                            + ("" if realtime else ", faster than real time"),
-               event_sources=sources, task_success=sim.task.success, task_progress=sim.task.progress,
+               event_emitters=emitters, task_success=sim.task.success, task_progress=sim.task.progress,
                task_failed=lambda: sim.task.damage is not None,
                info={"rig": "sim", "seed": seed, "sim_variation": variation},
                episode_info=lambda: {"sim_episode": sim.episode_index}, help=help_text,
@@ -130,9 +130,9 @@ def _build_real(config: RigConfig, operator: str) -> Rig:
     devices = (camera, microphones, teleop, robot)
     return Rig(camera=camera, microphones=microphones, teleop=teleop, robot=robot, clock=clock,
                streams=config.stream_specs(n_joints=robot.n_joints), kind="real", operator=operator, realtime=True,
-               description=f"real rig {config.name or config.source} driven by the {operator} operator",
-               event_sources=[d for d in devices if hasattr(d, "pop_events")],
-               info={"rig": "real", "rig_config": config.source}, help=help_text)
+               description=f"real rig {config.name or config.path} driven by the {operator} operator",
+               event_emitters=[d for d in devices if hasattr(d, "pop_events")],
+               info={"rig": "real", "rig_config": config.path}, help=help_text)
 
 
 ROBOT_NAMES = {"panda": "Panda", "fr3": "FR3"}  # [robot] kind -> what the user is told

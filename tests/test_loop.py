@@ -17,10 +17,10 @@ from htouch.errors import HtouchError, WriterError
 from tests.loop_devices import NS, TEST_STREAMS, Plan, PlannedWorld
 
 
-def record(root, plans, episodes, *, stepped=True, control=None, sources=(), **kw):
+def record(root, plans, episodes, *, stepped=True, control=None, emitters=(), **kw):
     world = PlannedWorld(plans, stepped=stepped)
     rig = world.rig()
-    rig.event_sources = list(sources)
+    rig.event_emitters = list(emitters)
     ds = Dataset.open_or_create(root, "zip", TEST_STREAMS)
     rec = Recorder(rig, ds, control or ControlConfig(), **kw)
     try:
@@ -69,7 +69,7 @@ def test_lifecycle_labels_discard_and_resume(tmp_path):
 
 
 def test_faults_are_events_and_the_session_goes_on(tmp_path):
-    class EventSource:
+    class EventEmitter:
         """Ground-truth contacts (like the simulated rig) and a teleop device reporting its own loss."""
 
         def __init__(self):
@@ -87,7 +87,7 @@ def test_faults_are_events_and_the_session_goes_on(tmp_path):
     world = PlannedWorld([faults])
     world_ref.append(world)
     rig = world.rig()
-    rig.event_sources = [EventSource()]
+    rig.event_emitters = [EventEmitter()]
     ds = Dataset.create(tmp_path / "ds", "zip", TEST_STREAMS)
     result = Recorder(rig, ds, ControlConfig()).run(1)
     assert result.committed == [0]

@@ -104,7 +104,7 @@ def test_training_samples_and_spectrogram_caches_are_the_same(plain_ds, packed_d
     for ds in (plain_ds, packed_ds):
         plan = plan_dataset(ds, SPEC)
         samples = PolicySamples(ds, plan.train, SPEC, plan.action_normalization(), preload_mb=0)
-        assert samples.spec_sources == {"cache": 1, "computed": 0}
+        assert samples.spectrogram_provenance == {"cache": 1, "computed": 0}
         out.append([samples[i] for i in range(0, len(samples), 7)])
     for a, b in zip(*out, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)

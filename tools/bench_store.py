@@ -43,7 +43,7 @@ NOISE_SIGMA = 2.0  # sensor noise added to every frame (uint8 levels)
 PACED_SPEED = 4.0  # the memory run's "paced" mode feeds at this multiple of real time (10 min must fit)
 MAX_TICK_S = 1 / 30  # caller latency check: no tick's calls may take a whole camera period
 TRAIN_BATCH = 32  # the training-input readers deliver batches of this many samples (the paper's batch size)
-TRAIN_GOAL_TODAY, TRAIN_GOAL_PAPER = 10.0, 20.0  # issue 13: the new path vs today's training path / the paper layout
+TRAIN_GOAL_TODAY, TRAIN_GOAL_PAPER = 10.0, 20.0  # goal speed-ups of the new path over today's path / the paper layout
 
 
 @dataclass(frozen=True)
@@ -716,7 +716,7 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     cache_bytes = rowcache.dir_size(frame_cache.key_dir(ds.root, size))
     log(f"training inputs: {size} px frame caches built ({build_s:.0f} s, {cache_bytes / 1e6:.0f} MB)")
     cached = PolicySamples(ds, idx, spec, norm, preload_mb=0)
-    assert today.frame_sources["decoded"] == 2 and cached.frame_sources["cache"] == 2
+    assert today.frame_provenance["decoded"] == 2 and cached.frame_provenance["cache"] == 2
     scaled = ScaledDecodeReader(today, size)
     paper = [PaperTrainingReader(p, spec.sample_params, size, spec.spectrogram_params) for p in papers]
 

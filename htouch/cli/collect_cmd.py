@@ -188,7 +188,7 @@ def rig_check(
 
     cfg = rig_config(config, None)
     rows = probe_sim() if cfg.kind == "sim" else probe_real(cfg, operator)
-    where = fmt_path(Path(cfg.source)) if cfg.source else "no rig file: the simulated rig"
+    where = fmt_path(Path(cfg.path)) if cfg.path else "no rig file: the simulated rig"
     table = Table(title=f"rig check: {where} ({cfg.kind})", title_justify="left")
     for col in ("device", "the config asks for", "found", ""):
         table.add_column(col)

@@ -227,13 +227,13 @@ class RigConfig:
     safety: SafetyLimits = field(default_factory=SafetyLimits)
     mapping: MappingConfig = field(default_factory=MappingConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
-    source: str = ""  # the file it was read from
+    path: str = ""  # the file it was read from
 
     def check_real(self) -> None:
         """HtouchError unless this config can drive the real robot: its address must be set in the file
         (there is no default, so that nothing is ever dialled that the user did not write down)."""
         if not self.robot.host:
-            raise HtouchError(f"{self.source or 'rig config'} [robot] host: not set; a real rig needs the "
+            raise HtouchError(f"{self.path or 'rig config'} [robot] host: not set; a real rig needs the "
                               "address of its Franka controller (an IP address or a host name)")
 
     def stream_specs(self, n_joints: int = 7, joint_unit: str = "rad") -> StreamSpecs:
@@ -253,7 +253,7 @@ class RigConfig:
         )
 
 
-_TABLES = {f.name: f.type for f in dataclasses.fields(RigConfig) if f.name not in ("kind", "name", "source")}
+_TABLES = {f.name: f.type for f in dataclasses.fields(RigConfig) if f.name not in ("kind", "name", "path")}
 
 
 def load_rig_config(path: str | Path) -> RigConfig:
@@ -275,7 +275,7 @@ def rig_config_from_dict(data: dict[str, Any], where: str = "rig config") -> Rig
     unknown table or key, a wrong type, a number outside BOUNDS, a bad address or a real rig without
     `[robot] host`."""
     hints = typing.get_type_hints(RigConfig)
-    top: dict[str, Any] = {"source": where}
+    top: dict[str, Any] = {"path": where}
     for key, value in data.items():
         if key == "rig":
             top.update(_build_kw(_RigTable, value, where, "rig"))

@@ -301,7 +301,7 @@ class Recorder:
         self._say(f"attempt {self.attempt}: moving home")
         self._home()
         self.source.reset()
-        self._drain_sources()
+        self._drain_emitters()
         self.phase = "ready"
         self._say("ready: " + self.source.ready_hint)
         tick = self._ready()
@@ -354,9 +354,9 @@ class Recorder:
         return {**self.rig.info, **extra, "operator": self.rig.operator, "attempt": self.attempt,
                 "control_rate_hz": self.control.rate_hz, **self.source.episode_info()}
 
-    def _drain_sources(self) -> None:
-        for source in self.rig.event_sources:
-            source.pop_events()
+    def _drain_emitters(self) -> None:
+        for emitter in self.rig.event_emitters:
+            emitter.pop_events()
 
     def _ready(self) -> int | None:
         """Tick (holding still) until teleop, camera and microphones all deliver; the tick to start at."""
@@ -385,7 +385,7 @@ class Recorder:
                 raise HtouchError(f"no data from the {' and '.join(silent)} for {READY_TIMEOUT_S:.0f} s "
                                   f"after homing{': ' + detail if detail else ''}")
             self._send(Action.hold(self._gripper), state, None, now)
-            self._drain_sources()
+            self._drain_emitters()
             next_t += self.period_ns
 
     def _tick_from_now(self, tick: int) -> int:
@@ -495,8 +495,8 @@ class Recorder:
         self._send(action if action is not None else Action.hold(self._gripper), state, rec, now,
                    command.clipped if command is not None else ())
 
-        for source in self.rig.event_sources:
-            for t, kind, detail in source.pop_events():
+        for emitter in self.rig.event_emitters:
+            for t, kind, detail in emitter.pop_events():
                 if kind in LOOP_EVENTS:
                     self._say(f"{kind}: {', '.join(f'{k} {v}' for k, v in detail.items())}")
                     if kind == "teleop_lost":

@@ -43,7 +43,7 @@ from htouch.dataset import audio, rowcache
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode
 from htouch.dataset.files import contained, write_json_atomic
-from htouch.dataset.location import location, zarr_source
+from htouch.dataset.location import location, zarr_store_or_path
 from htouch.dataset.schema import DERIVED
 from htouch.dataset.store import Dataset
 from htouch.dataset.structure import unsafe_files
@@ -106,7 +106,7 @@ def cache_status(episode: Episode, params: SpectrogramParams, clip: ClipParams =
     if unsafe_files(path):  # rebuilt (the links themselves are removed), never read through
         return "stale: holds a symbolic link or special file"
     try:
-        attrs = zarr.open_group(zarr_source(path), mode="r", zarr_format=2).attrs.asdict().get(ATTR, {})
+        attrs = zarr.open_group(zarr_store_or_path(path), mode="r", zarr_format=2).attrs.asdict().get(ATTR, {})
     except Exception as e:  # an unreadable cache (or one of the older layout, an array) is stale: it is rebuilt
         return f"stale: unreadable ({type(e).__name__})"
     expected = _expected_attrs(episode, params, clip)
@@ -167,7 +167,7 @@ class EpisodeSpectrograms:
         self.cache = open_cache(episode, self.params, clip)
 
     @property
-    def source(self) -> str:
+    def provenance(self) -> str:
         return "cache" if self.cache is not None else "computed"
 
     def __len__(self) -> int:

@@ -374,7 +374,7 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
     streams = _streams(info, export, key, state_dim, htouch_state, audio, fps)
     task = str(export.get("task") or "") if export else ""
     task = task or _first_task(src) or "task"
-    # htouch indices: the source episode's own (an htouch export) when every one is known and unique.
+    # htouch indices: the exported episode's own (an htouch export) when every one is known and unique.
     names = [parse_episode_name(str(r.get("htouch/episode") or "")) for r in episodes]
     if all(n is not None for n in names) and len(set(names)) == len(names):
         index_of = {r["episode_index"]: int(n) for r, n in zip(episodes, names, strict=True)}

@@ -242,8 +242,8 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
     train_eps = audio_episodes(ds, selection.indices)
     if not train_eps:
         raise DatasetError(f"{ds.root} has no audio: none of the {len(selection.indices)} episode(s) of its "
-                           f"{selection.source} recorded a contact-microphone sample, and audio-visual pretraining "
-                           "needs sound")
+                           f"{selection.episode_set} recorded a contact-microphone sample, and audio-visual "
+                           "pretraining needs sound")
     left = len(selection.indices) - len(train_eps)
     notes = selection.notes + ([f"{left} episode(s) without audio left out"] if left else [])
     split = ds.metadata.get(SPLIT_KEY)
@@ -313,7 +313,7 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
              "epochs": c.epochs, "seed": c.seed, "final_loss": losses[-1],
              "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     record = {**short, "objective": "cross-modal instance discrimination: symmetric InfoNCE, in-batch negatives",
-              "episode_set": selection.source, "labels": "ignored (play data)", "moments": n,
+              "episode_set": selection.episode_set, "labels": "ignored (play data)", "moments": n,
               "settings": _settings(c), "chance_loss": math.log(c.batch_size), "losses": losses,
               "train_audio_to_video_top1": top1, "retrieval": {"on": eval_on, "before": before, "after": after},
               "samples_per_s": steps * c.batch_size * c.epochs / max(train_seconds, 1e-9),

@@ -135,7 +135,7 @@ class DatasetPlan:
     train: list[int]
     val: list[int]
     stats: dict[str, Any]
-    stats_source: str  # "stored" or "computed"
+    stats_provenance: str  # "stored" or "computed"
     notes: list[str] = field(default_factory=list)
 
     def action_normalization(self, action_dim: int = 7) -> ActionNormalization:
@@ -210,7 +210,7 @@ def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: b
     normalisation statistics stay the whole split's, so runs on different counts are compared alike."""
     train, val, notes = dataset_split(ds)
     kinds = [spec.audio_kind] if spec.audio_kind else []
-    stats, source, stat_notes = ensure_stats(ds, kinds, spec.clip, train, progress_bar, write)
+    stats, provenance, stat_notes = ensure_stats(ds, kinds, spec.clip, train, progress_bar, write)
     notes = stat_notes[:1] + notes + [n for n in stat_notes[1:] if n not in notes]
     if episodes is not None:
         if episodes > len(train):
@@ -218,7 +218,7 @@ def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: b
         notes.append(f"training on the first {episodes} of the split's {len(train)} train episodes (--episodes); "
                      "validation and normalisation statistics from the whole split")
         train = sorted(train)[:episodes]
-    return DatasetPlan(train, val, stats, source, notes)
+    return DatasetPlan(train, val, stats, provenance, notes)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -304,18 +304,18 @@ class PolicySamples(torch.utils.data.Dataset):
                                "after their first camera frame: no training sample")
         self.sample_episode = np.repeat(np.arange(len(lengths)), lengths)
         self.sample_row = np.concatenate([np.arange(n) for n in lengths])
-        self.spec_sources = {"cache": 0, "computed": 0}
+        self.spectrogram_provenance = {"cache": 0, "computed": 0}
         if spec.spectrogram_params is not None:
             for e in self.episodes:
                 e.spectrograms = EpisodeSpectrograms(e.ep, spec.spectrogram_params, spec.clip)
-                self.spec_sources[e.spectrograms.source] += 1
-        self.frame_sources = {"cache": 0, "decoded": 0}
+                self.spectrogram_provenance[e.spectrograms.provenance] += 1
+        self.frame_provenance = {"cache": 0, "decoded": 0}
         for e in self.episodes:
             for size in self.frame_sizes():
                 cache = frame_cache.open_cache(e.ep, size)
                 if cache is not None:
                     e.caches[size] = cache
-            self.frame_sources["cache" if len(e.caches) == len(self.frame_sizes()) else "decoded"] += 1
+            self.frame_provenance["cache" if len(e.caches) == len(self.frame_sizes()) else "decoded"] += 1
         self.preloaded = {"frames": False, "spectrograms": False}
         if preload_mb > 0:
             self.preload(preload_mb, progress)
@@ -495,19 +495,20 @@ class PolicySamples(torch.utils.data.Dataset):
 
     def frame_cache_hint(self) -> str | None:
         """A note for the user when frames are decoded for every sample (not in memory, not all cached)."""
-        if self.preloaded["frames"] or not self.frame_sources["decoded"]:
+        if self.preloaded["frames"] or not self.frame_provenance["decoded"]:
             return None
         sizes = " ".join(f"--size {s}" for s in self.frame_sizes())
-        return (f"frames are decoded from JPEG for every sample ({self.frame_sources['decoded']} episode(s) have "
+        return (f"frames are decoded from JPEG for every sample ({self.frame_provenance['decoded']} episode(s) have "
                 f"no frame cache); `htouch frames DATASET {sizes}` makes training read them without decoding")
 
     def describe(self) -> str:
         parts = [f"{len(self)} samples from {len(self.episodes)} episode(s)",
-                 f"frames at {'/'.join(map(str, self.frame_sizes()))} px: {self.frame_sources['cache']} episode(s) "
-                 f"cached, {self.frame_sources['decoded']} decoded"]
+                 f"frames at {'/'.join(map(str, self.frame_sizes()))} px: {self.frame_provenance['cache']} episode(s) "
+                 f"cached, {self.frame_provenance['decoded']} decoded"]
         if self.spec.spectrogram_params is not None:
-            parts.append(f"{self.spec.audio_kind} spectrograms: {self.spec_sources['cache']} episode(s) cached, "
-                         f"{self.spec_sources['computed']} computed")
+            counts = self.spectrogram_provenance
+            parts.append(f"{self.spec.audio_kind} spectrograms: {counts['cache']} episode(s) cached, "
+                         f"{counts['computed']} computed")
         kept = [k for k, v in self.preloaded.items() if v]
         parts.append(f"in memory: {', '.join(kept) if kept else 'nothing (read per sample)'}")
         return "; ".join(parts)

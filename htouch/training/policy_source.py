@@ -72,7 +72,7 @@ class RunInfo:
     run_dir: Path
     config: PolicyConfig
     task: str | None  # the training dataset's task
-    streams: StreamSpecs | None  # the training dataset's rig (camera size, audio)
+    streams: StreamSpecs | None  # the training dataset's streams (camera size, audio)
     random_init: list[str]  # encoders that started from random weights
     training: dict[str, Any]
     dataset_root: str | None = None  # the training dataset

@@ -367,7 +367,7 @@ def _check_run_dir(config: TrainConfig) -> dict[str, Any] | None:
 
 
 class Session:
-    """Everything one training needs, set up from a TrainConfig: data, model, optimizer, the batch source.
+    """Everything one training needs, set up from a TrainConfig: data, model, optimizer, the feed of batches.
     `train` runs it to the end; the benchmark times `train_epoch` on a few batches."""
 
     def __init__(self, config: TrainConfig, reporter: Reporter | None = None, env: ddp.DistEnv | None = None):
@@ -449,11 +449,11 @@ class Session:
             with self.reporter.phase("encoding frames and audio once (frozen encoders)", work) as advance:
                 tables = [EmbeddingTable(s, self.model, self.device, progress=advance)
                           for s in (self.train_set, self.val_set)]
-            self.source: EndToEnd | FrozenEncoders = FrozenEncoders(*tables, per_rank, c.seed, env)
+            self.feed: EndToEnd | FrozenEncoders = FrozenEncoders(*tables, per_rank, c.seed, env)
             self.module = ddp.wrap(HeadOnly(self.model), env, self.device)
         else:
             workers = c.num_workers if c.num_workers is not None else _default_workers(self.device, env)
-            self.source = EndToEnd(self.train_set, self.val_set, per_rank, workers, c.seed, env, self.device)
+            self.feed = EndToEnd(self.train_set, self.val_set, per_rank, workers, c.seed, env, self.device)
             self.module = ddp.wrap(self.model, env, self.device)
 
     def _samples(self, ds: Dataset, episodes: list[int], augment: bool, what: str) -> PolicySamples:
@@ -513,7 +513,7 @@ class Session:
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> tuple[float, int, float]:
         """One pass over this rank's shard; returns (mean loss over all ranks, samples over all ranks, seconds)."""
         self.module.train()
-        n_batches, batches = self.source.train_batches(epoch)
+        n_batches, batches = self.feed.train_batches(epoch)
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
         self.reporter.epoch_start(epoch + 1, self.config.epochs, n_batches)
@@ -524,7 +524,7 @@ class Session:
                 break
             actions = batch["actions"].to(self.device, non_blocking=True)
             mask = batch["mask"].to(self.device, non_blocking=True)
-            pred = self.source.predict(self.module, batch)
+            pred = self.feed.predict(self.module, batch)
             loss, n = masked_mse(pred, actions, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -547,10 +547,10 @@ class Session:
         total, count = 0.0, 0
         start = time.perf_counter()
         with torch.no_grad():
-            for batch in self.source.val_batches():
+            for batch in self.feed.val_batches():
                 actions = batch["actions"].to(self.device)
                 mask = batch["mask"].to(self.device)
-                loss, n = masked_mse(self.source.predict(self.module, batch), actions, mask)
+                loss, n = masked_mse(self.feed.predict(self.module, batch), actions, mask)
                 total += float(loss) * n
                 count += n
         total, count = ddp.all_sum([total, count], self.env, self.device)
