@@ -209,14 +209,14 @@ def probe_sim() -> list[tuple[str, str, bool, str]]:
 
 def sim_config_for(ep: Episode) -> RigConfig:
     """A simulated rig like the one the episode was recorded with: camera, microphones, control rate."""
-    spec = ep.streams
-    cam, aud = spec.camera, spec.audio
+    streams = ep.streams
+    cam, aud = streams.camera, streams.audio
     return RigConfig(
         kind="sim",
         camera=CameraConfig(width=cam.width, height=cam.height, fps=max(int(round(cam.rate_hz)), 1)),
         microphones=MicrophoneConfig(channels=min(max(aud.channels, 1), 4), rate_hz=int(round(aud.rate_hz)),
                                      center=aud.center, scale=aud.scale),
-        control=ControlConfig(rate_hz=float(spec.action.rate_hz)))
+        control=ControlConfig(rate_hz=float(streams.action.rate_hz)))
 
 
 def sim_for_episode(ep: Episode, task: str) -> Any:
