@@ -68,13 +68,13 @@ def _build_sim(config: RigConfig, task: str, operator: str, seed: int, variation
     except BaseException:
         sim.close()
         raise
-    sources = [sim] + [d for d in (teleop,) if hasattr(d, "pop_events")]
+    emitters = [sim] + [d for d in (teleop,) if hasattr(d, "pop_events")]
     return Rig(camera=sim.camera, microphones=sim.microphones, teleop=teleop, robot=sim.robot, clock=sim.clock,
-               spec=sim.rig_spec(), kind="sim", operator=operator, realtime=realtime,
+               streams=sim.stream_specs(), kind="sim", operator=operator, realtime=realtime,
                description=f"simulated rig (task {task}, {variation}, seed {seed}) "
                            + ("with no operator" if operator == NO_OPERATOR else f"driven by the {operator} operator")
                            + ("" if realtime else ", faster than real time"),
-               event_sources=sources, task_success=sim.task.success, task_progress=sim.task.progress,
+               event_emitters=emitters, task_success=sim.task.success, task_progress=sim.task.progress,
                task_failed=lambda: sim.task.damage is not None,
                info={"rig": "sim", "seed": seed, "sim_variation": variation},
                episode_info=lambda: {"sim_episode": sim.episode_index}, help=help_text,
@@ -129,10 +129,10 @@ def _build_real(config: RigConfig, operator: str) -> Rig:
         raise
     devices = (camera, microphones, teleop, robot)
     return Rig(camera=camera, microphones=microphones, teleop=teleop, robot=robot, clock=clock,
-               spec=config.rig_spec(n_joints=robot.n_joints), kind="real", operator=operator, realtime=True,
-               description=f"real rig {config.name or config.source} driven by the {operator} operator",
-               event_sources=[d for d in devices if hasattr(d, "pop_events")],
-               info={"rig": "real", "rig_config": config.source}, help=help_text)
+               streams=config.stream_specs(n_joints=robot.n_joints), kind="real", operator=operator, realtime=True,
+               description=f"real rig {config.name or config.path} driven by the {operator} operator",
+               event_emitters=[d for d in devices if hasattr(d, "pop_events")],
+               info={"rig": "real", "rig_config": config.path}, help=help_text)
 
 
 ROBOT_NAMES = {"panda": "Panda", "fr3": "FR3"}  # [robot] kind -> what the user is told
@@ -209,14 +209,14 @@ def probe_sim() -> list[tuple[str, str, bool, str]]:
 
 def sim_config_for(ep: Episode) -> RigConfig:
     """A simulated rig like the one the episode was recorded with: camera, microphones, control rate."""
-    spec = ep.rig
-    cam, aud = spec.camera, spec.audio
+    streams = ep.streams
+    cam, aud = streams.camera, streams.audio
     return RigConfig(
         kind="sim",
         camera=CameraConfig(width=cam.width, height=cam.height, fps=max(int(round(cam.rate_hz)), 1)),
         microphones=MicrophoneConfig(channels=min(max(aud.channels, 1), 4), rate_hz=int(round(aud.rate_hz)),
                                      center=aud.center, scale=aud.scale),
-        control=ControlConfig(rate_hz=float(spec.action.rate_hz)))
+        control=ControlConfig(rate_hz=float(streams.action.rate_hz)))
 
 
 def sim_for_episode(ep: Episode, task: str) -> Any:

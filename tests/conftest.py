@@ -15,13 +15,13 @@ import pytest
 # build imports triton (through torchvision -> torch._dynamo), and triton's LLVM crashes the process when
 # Mesa's offscreen renderer was loaded before it (docs/sim.md, Limits).
 import htouch.training.model  # noqa: F401, E402
-from htouch.dataset.schema import CameraSpec, RigSpec
+from htouch.dataset.schema import CameraSpec, StreamSpecs
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
 
 pytest_plugins = ["tests.netguard_plugin", "tests.schedguard_plugin", "pytester"]
 
-TINY_RIG = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48))
+TINY_RIG = StreamSpecs(name="synthetic", camera=CameraSpec(width=64, height=48))
 
 
 def wait_until(condition, timeout: float = 5.0) -> None:

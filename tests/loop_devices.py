@@ -18,12 +18,12 @@ from scipy.spatial.transform import Rotation
 
 from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, MonotonicClock, RobotState, TeleopReading
 from htouch.collector.rig import Rig
-from htouch.dataset.schema import AudioSpec, CameraSpec, RigSpec, StateSpec, TeleopSpec
+from htouch.dataset.schema import AudioSpec, CameraSpec, StateSpec, StreamSpecs, TeleopSpec
 
 NS = 1_000_000_000
 HOME = np.array([0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0])
 CONTROL_HZ = 30.0
-TEST_SPEC = RigSpec(name="test-rig", camera=CameraSpec(width=64, height=48, rate_hz=30.0),
+TEST_STREAMS = StreamSpecs(name="test-rig", camera=CameraSpec(width=64, height=48, rate_hz=30.0),
                     audio=AudioSpec(rate_hz=16000.0, channels=2, channel_names=["mic0", "mic1"]),
                     state=StateSpec(rate_hz=CONTROL_HZ), teleop=TeleopSpec(rate_hz=CONTROL_HZ))
 
@@ -81,7 +81,7 @@ class PlannedCamera(_Queued):
     def __init__(self, world: PlannedWorld):
         super().__init__()
         self.world = world
-        self.spec = TEST_SPEC.camera
+        self.spec = TEST_STREAMS.camera
 
     def read(self, timeout_s: float) -> Frame | None:
         w = self.world
@@ -96,7 +96,7 @@ class PlannedCamera(_Queued):
 class PlannedMicrophones(_Queued):
     def __init__(self):
         super().__init__()
-        self.spec = TEST_SPEC.audio
+        self.spec = TEST_STREAMS.audio
 
     def read(self, timeout_s: float) -> AudioBlock | None:
         try:
@@ -242,7 +242,7 @@ class PlannedWorld:
         """Queue the frames and blocks captured up to until_ns."""
         with self._lock:
             plan = self.plan
-            period = NS / TEST_SPEC.camera.rate_hz
+            period = NS / TEST_STREAMS.camera.rate_hz
             while self._next_frame_ns <= until_ns:
                 t = int(self._next_frame_ns)
                 self._next_frame_ns += period
@@ -258,7 +258,7 @@ class PlannedWorld:
                 rgb[:, self._frame_number % 64] = 255  # a moving bar: no two neighbours are equal
                 rgb[..., 1] = 60
                 self.camera.queue.put(Frame(t, self._frame_number, rgb))
-            block_ns = self.AUDIO_BLOCK * NS / TEST_SPEC.audio.rate_hz
+            block_ns = self.AUDIO_BLOCK * NS / TEST_STREAMS.audio.rate_hz
             while self._next_block_ns + block_ns <= until_ns:
                 t = int(self._next_block_ns)
                 self._next_block_ns += block_ns
@@ -289,5 +289,5 @@ class PlannedWorld:
     def rig(self) -> Rig:
         self.start_producer()
         return Rig(camera=self.camera, microphones=self.microphones, teleop=self.teleop, robot=self.robot,
-                   clock=self.clock, spec=TEST_SPEC, kind="test", operator="scripted", realtime=not self.stepped,
+                   clock=self.clock, streams=TEST_STREAMS, kind="test", operator="scripted", realtime=not self.stepped,
                    description="test rig", info={"rig": "test"}, closers=[self.stop_producer])

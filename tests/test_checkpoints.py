@@ -255,9 +255,9 @@ def test_run_checkpoint_round_trip(tmp_path):
     assert weights == run / "model.safetensors" and not list(run.glob("*.tmp*"))  # no temporary file left
     loaded, config2, extra = load_run_checkpoint(run)
     assert config2 == config and extra == _extra() and not loaded.training
-    frames, spec = torch.rand(2, 4, 3, 64, 64), torch.randn(2, 1, 200, 257) * 20 - 50
+    frames, spectrogram = torch.rand(2, 4, 3, 64, 64), torch.randn(2, 1, 200, 257) * 20 - 50
     with torch.no_grad():
-        torch.testing.assert_close(loaded(frames, spec), model.eval()(frames, spec))
+        torch.testing.assert_close(loaded(frames, spectrogram), model.eval()(frames, spectrogram))
     doc = json.loads((run / "config.json").read_text())
     assert doc["format"] == "htouch-policy" and doc["policy"]["method"] == "ours"
     save_run_checkpoint(run, model, config, _extra(), name="last")

@@ -32,7 +32,7 @@ def test_collect_sim_then_validate_and_resume(cli, tmp_path, tiny_sim):
     assert r.code == 0, r.err
     assert "simulated rig" in r.out and "scripted operator" in r.out
     ds = Dataset(root)
-    assert ds.episode_indices() == [0, 1] and ds.rig.camera.width == 64
+    assert ds.episode_indices() == [0, 1] and ds.streams.camera.width == 64
     ep = ds.episode(1)
     # Each episode names the simulated scene it was recorded in (for replay).
     assert ep.attrs["info"]["rig"] == "sim"

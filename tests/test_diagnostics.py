@@ -98,14 +98,14 @@ def test_shuffled_audio_comes_from_another_time_of_another_episode_the_same_per_
             ep = ds.episode(draw["episode"])
             times = ep.audio_block_times
             length = int(times[-1] - times[0])
-            source_t = shuffled.source_time(t0 + dt)
-            np.testing.assert_array_equal(clip, ep.audio_clip(source_t))  # the source's real audio there
-            shift = (source_t - int(times[0]) - dt) % length  # another time: a quarter to three quarters away
+            donor_t = shuffled.donor_time(t0 + dt)
+            np.testing.assert_array_equal(clip, ep.audio_clip(donor_t))  # the donor's real audio there
+            shift = (donor_t - int(times[0]) - dt) % length  # another time: a quarter to three quarters away
             assert SHIFT_RANGE[0] * length - 1 <= shift <= SHIFT_RANGE[1] * length + 1
             assert shift == pytest.approx(draw["shift_s"] * NS, abs=1e5)
             assert not np.array_equal(clip, real)
     assert shuffled.draws == again.draws and shuffled.draws != other.draws
-    assert len({d["episode"] for d in shuffled.draws}) > 1  # the source episode is drawn, not fixed
+    assert len({d["episode"] for d in shuffled.draws}) > 1  # the donor episode is drawn, not fixed
 
 
 def test_eval_silent_records_real_audio_and_names_its_results(cli, runs, tmp_path):

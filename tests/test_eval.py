@@ -25,7 +25,7 @@ from htouch.training.methods import policy_config
 from htouch.training.model import ActionNormalization, build_policy
 from htouch.training.policy_source import PolicySource, RunInfo
 from htouch.training.runner import ObservationBuffer, PolicyRunner
-from tests.loop_devices import TEST_SPEC, Plan, PlannedWorld
+from tests.loop_devices import TEST_STREAMS, Plan, PlannedWorld
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.training_helpers import train_tiny_run
 
@@ -38,8 +38,8 @@ def tiny_policy(method: str = "ours"):
     return build_policy(config).eval(), config
 
 
-def run_info(tmp_path: Path, config, rig) -> RunInfo:
-    return RunInfo(run_dir=tmp_path, config=config, task="zip", rig=rig, random_init=[], training={})
+def run_info(tmp_path: Path, config, streams) -> RunInfo:
+    return RunInfo(run_dir=tmp_path, config=config, task="zip", streams=streams, random_init=[], training={})
 
 
 class Tap:
@@ -86,11 +86,11 @@ def test_policy_source_sees_every_frame_and_block_up_to_each_tick(tmp_path):
     rig = build_rig(cfg, "zip", NO_OPERATOR, seed=3)
     rig.camera, rig.microphones = Tap(rig.camera), Tap(rig.microphones)
     model, config = tiny_policy()
-    runner = PolicyRunner(model, config, NORM, SafetyFilter(cfg.safety), execute=2, audio=rig.spec.audio)
-    source = PolicySource(runner, run_info(tmp_path, config, rig.spec), operator=False,
+    runner = PolicyRunner(model, config, NORM, SafetyFilter(cfg.safety), execute=2, audio=rig.streams.audio)
+    source = PolicySource(runner, run_info(tmp_path, config, rig.streams), operator=False,
                           task_success=rig.task_success, task_progress=rig.task_progress)
     log = spy_commands(source)
-    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", rig.spec)
+    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", rig.streams)
     try:
         result = Recorder(rig, ds, cfg.control, safety=cfg.safety, source=source).run(1)
     finally:
@@ -101,15 +101,15 @@ def test_policy_source_sees_every_frame_and_block_up_to_each_tick(tmp_path):
     assert runner.counters.model_calls >= 15 and runner.counters.frames_encoded >= 15
 
     frames = [f for f in rig.camera.items if f.timestamp_ns >= start]
-    rate = rig.spec.audio.rate_hz
+    rate = rig.streams.audio.rate_hz
     blocks = [b for b in rig.microphones.items if b.timestamp_ns >= start]
-    replay = PolicyRunner(model, config, NORM, SafetyFilter(cfg.safety), execute=2, audio=rig.spec.audio)
+    replay = PolicyRunner(model, config, NORM, SafetyFilter(cfg.safety), execute=2, audio=rig.streams.audio)
     replans = 0
     for now, position, action in log:
         if action is None:
             continue
         if replay.needs_observation:
-            buffer = ObservationBuffer(rig.spec.audio, replay.sample)
+            buffer = ObservationBuffer(rig.streams.audio, replay.sample)
             for f in frames:
                 if f.timestamp_ns <= now:
                     buffer.add_frame(f)
@@ -142,10 +142,10 @@ def test_a_policy_with_an_operator_starts_on_the_grip_holds_on_silence_and_stops
     world = PlannedWorld([Plan(grip_s=0.5, end_s=2.5, end_button="B", teleop_silence=(1.2, 1.7))])
     rig = world.rig()
     model, config = tiny_policy()
-    runner = PolicyRunner(model, config, NORM, SafetyFilter(), execute=2, audio=TEST_SPEC.audio)
-    source = PolicySource(runner, run_info(tmp_path, config, TEST_SPEC), operator=True, start_on_clutch=True)
+    runner = PolicyRunner(model, config, NORM, SafetyFilter(), execute=2, audio=TEST_STREAMS.audio)
+    source = PolicySource(runner, run_info(tmp_path, config, TEST_STREAMS), operator=True, start_on_clutch=True)
     log = spy_commands(source)
-    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", TEST_SPEC)
+    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", TEST_STREAMS)
     try:
         result = Recorder(rig, ds, ControlConfig(), source=source).run(1)
     finally:
@@ -168,13 +168,13 @@ def test_a_policy_with_an_operator_starts_on_the_grip_holds_on_silence_and_stops
 
 def test_policy_source_ends_an_episode_when_the_task_succeeds(tmp_path):
     model, config = tiny_policy("vision-only")
-    runner = PolicyRunner(model, config, NORM, SafetyFilter(), execute=2, audio=TEST_SPEC.audio)
+    runner = PolicyRunner(model, config, NORM, SafetyFilter(), execute=2, audio=TEST_STREAMS.audio)
     done = [False]
-    source = PolicySource(runner, run_info(tmp_path, config, TEST_SPEC), operator=False,
+    source = PolicySource(runner, run_info(tmp_path, config, TEST_STREAMS), operator=False,
                           task_success=lambda: done[0], task_progress=lambda: 0.25 + 0.75 * done[0])
     world = PlannedWorld([Plan(end_button=None, callback_at=(1.0, lambda: done.__setitem__(0, True)))])
     rig = world.rig()
-    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", TEST_SPEC)
+    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", TEST_STREAMS)
     try:
         result = Recorder(rig, ds, ControlConfig(max_episode_s=5.0), source=source).run(1)
     finally:
@@ -189,13 +189,13 @@ def test_policy_source_ends_an_episode_when_the_task_succeeds(tmp_path):
 def test_policy_source_ends_an_episode_as_a_failure_when_the_task_breaks(tmp_path):
     """A simulated part that broke: success is out of reach, the rollout ends at once as a failure."""
     model, config = tiny_policy("vision-only")
-    runner = PolicyRunner(model, config, NORM, SafetyFilter(), execute=2, audio=TEST_SPEC.audio)
+    runner = PolicyRunner(model, config, NORM, SafetyFilter(), execute=2, audio=TEST_STREAMS.audio)
     broke = [False]
-    source = PolicySource(runner, run_info(tmp_path, config, TEST_SPEC), operator=False,
+    source = PolicySource(runner, run_info(tmp_path, config, TEST_STREAMS), operator=False,
                           task_success=lambda: False, task_progress=lambda: 0.0, task_failed=lambda: broke[0])
     world = PlannedWorld([Plan(end_button=None, callback_at=(1.0, lambda: broke.__setitem__(0, True)))])
     rig = world.rig()
-    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", TEST_SPEC)
+    ds = Dataset.open_or_create(tmp_path / "rollouts", "zip", TEST_STREAMS)
     try:
         result = Recorder(rig, ds, ControlConfig(max_episode_s=5.0), source=source).run(1)
     finally:

@@ -31,7 +31,7 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
 
     demos = Dataset(work / "zip" / "demos")
     assert len(demos.episode_indices()) == 2 and all(ep.success for ep in demos.episodes())
-    assert demos.rig.camera.width == 64 and demos.metadata["split"]["val"]
+    assert demos.streams.camera.width == 64 and demos.metadata["split"]["val"]
     assert set(demos.metadata["stats"]["spectrogram"]) == {"avid"}
 
     play = Dataset(work / "zip" / "play")

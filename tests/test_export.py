@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from htouch.dataset.schema import AudioSpec, CameraSpec, RigSpec
+from htouch.dataset.schema import AudioSpec, CameraSpec, StreamSpecs
 from htouch.dataset.split import split_dataset
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
@@ -35,7 +35,7 @@ from htouch.interop.lerobot import (
 )
 
 # 48 kHz at 30 fps: 1600 samples a frame without resampling, so the windows can be checked sample by sample.
-RIG48 = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48), audio=AudioSpec(rate_hz=48000.0))
+RIG48 = StreamSpecs(name="synthetic", camera=CameraSpec(width=64, height=48), audio=AudioSpec(rate_hz=48000.0))
 
 
 @pytest.fixture(scope="module")
@@ -250,10 +250,10 @@ def test_rolls_over_into_several_files(tiny_ds, tmp_path):
 
 
 def test_episode_of_another_rig_is_refused(tiny_ds, tmp_path):
-    rig = tiny_ds.rig.to_dict()
-    rig["audio"]["channels"] = 2
-    rig["audio"]["channel_names"] = ["a", "b"]
-    tiny_ds.update_metadata(rig=rig)  # the episodes keep the rig they were recorded with: a validation warning
+    streams = tiny_ds.streams.to_dict()
+    streams["audio"]["channels"] = 2
+    streams["audio"]["channel_names"] = ["a", "b"]
+    tiny_ds.update_metadata(rig=streams)  # the episodes keep the rig they were recorded with: a validation warning
     with pytest.raises(HtouchError, match=r"episode_000000 differs from the dataset's rig \(audio channels 4 "
                                           r"\(dataset: 2\)\)"):
         export_lerobot(Dataset(tiny_ds.root), tmp_path / "lr")

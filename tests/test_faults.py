@@ -298,7 +298,7 @@ CHILD = textwrap.dedent("""
 
     NS = 1_000_000_000
     ds = Dataset(sys.argv[1])
-    rig = ds.rig
+    rig = ds.streams
     rng = np.random.default_rng(0)
 
     def record(w, seconds, sleep):
@@ -380,7 +380,7 @@ def test_kill_9_while_writing_then_repair(cli, tiny_ds, tmp_path):
     assert ds.episode_indices() == [0, 1, 2, 3]
     ep = ds.episode(3)
     assert ep.attrs["status"] == "salvaged" and ep.attrs["salvaged"] is True and ep.success is None
-    for spec in episode_arrays(ds.rig):  # exactly up to the last flush
+    for spec in episode_arrays(ds.streams):  # exactly up to the last flush
         assert ep.array(spec.path).shape[0] == flushed[spec.path], spec.path
     n = flushed["camera/rgb"]
     np.testing.assert_array_equal(ep.read("camera/frame_number"), np.arange(n))

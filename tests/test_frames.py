@@ -71,7 +71,7 @@ def test_training_samples_are_the_same_from_the_cache_and_batched(cached_ds, tmp
     plan = plan_dataset(cached_ds, SPEC)
     norm = plan.action_normalization()
     cached = PolicySamples(cached_ds, plan.train, SPEC, norm, augment=augment, seed=3, preload_mb=0)
-    assert cached.frame_sources == {"cache": 1, "decoded": 0}
+    assert cached.frame_provenance == {"cache": 1, "decoded": 0}
     assert "1 episode(s) cached, 0 decoded" in cached.describe()
     preloaded = PolicySamples(cached_ds, plan.train, SPEC, norm, augment=augment, seed=3)
     assert preloaded.preloaded["frames"]
@@ -80,7 +80,7 @@ def test_training_samples_are_the_same_from_the_cache_and_batched(cached_ds, tmp
     batch = next(iter(loader))  # a shuffled batch through a DataLoader, which calls __getitems__
     results = [_all_items(cached), _all_items(preloaded), cached.__getitems__(list(range(len(cached))))]
     plain = PolicySamples(_uncached(cached_ds), plan.train, SPEC, norm, augment=augment, seed=3, preload_mb=0)
-    assert plain.frame_sources == {"cache": 0, "decoded": 1}
+    assert plain.frame_provenance == {"cache": 0, "decoded": 1}
     want = _all_items(plain)
     for got in results:
         for a, b in zip(got, want, strict=True):
@@ -88,7 +88,8 @@ def test_training_samples_are_the_same_from_the_cache_and_batched(cached_ds, tmp
             for k in a:
                 torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     torch.testing.assert_close(batch["frames"], torch.stack([want[i]["frames"] for i in order[:7]]), rtol=0, atol=0)
-    torch.testing.assert_close(batch["spec"], torch.stack([want[i]["spec"] for i in order[:7]]), rtol=0, atol=0)
+    torch.testing.assert_close(batch["spectrogram"], torch.stack([want[i]["spectrogram"] for i in order[:7]]),
+                               rtol=0, atol=0)
 
 
 def test_a_cache_of_another_episode_is_stale_and_decoded_around_then_rebuilt(cached_ds, cli):

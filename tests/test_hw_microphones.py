@@ -179,7 +179,7 @@ def test_unknown_device_is_a_one_line_error_and_probe_never_raises():
     config = MicrophoneConfig(device="no-such-mic-xyz")
     mics = SoundDeviceMicrophones(config)
     assert isinstance(mics, Microphones)
-    assert mics.spec == RigConfig(microphones=config).rig_spec().audio
+    assert mics.spec == RigConfig(microphones=config).stream_specs().audio
     with pytest.raises(DeviceError, match="no audio input matching 'no-such-mic-xyz'") as err:
         mics.start()
     assert "\n" not in str(err.value)

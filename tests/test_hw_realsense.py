@@ -47,7 +47,7 @@ def test_playback_gives_every_frame_with_pixels_numbers_and_paced_time_stamps(re
     config = CameraConfig(file=str(path), width=64, height=48, fps=30, latency_ms=4.0)
     camera = RealSenseCamera(config)
     assert isinstance(camera, Camera)
-    assert camera.spec == RigConfig(camera=config).rig_spec().camera
+    assert camera.spec == RigConfig(camera=config).stream_specs().camera
     t_start = time.monotonic_ns()
     frames = play(camera)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from htouch.dataset.schema import AudioSpec, CameraSpec, RigSpec, episode_arrays
+from htouch.dataset.schema import AudioSpec, CameraSpec, StreamSpecs, episode_arrays
 from htouch.dataset.split import split_dataset
 from htouch.dataset.store import Dataset
 from htouch.dataset.synthetic import SyntheticEpisode, write_synthetic_episode
@@ -23,7 +23,7 @@ from htouch.interop.common import frame_grid
 from htouch.interop.lerobot import CAMERA_KEY, DATA_PATH, INFO_PATH, VIDEO_PATH, export_lerobot
 from htouch.interop.lerobot_import import import_lerobot
 
-RIG48 = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48), audio=AudioSpec(rate_hz=48000.0))
+RIG48 = StreamSpecs(name="synthetic", camera=CameraSpec(width=64, height=48), audio=AudioSpec(rate_hz=48000.0))
 PSNR_FLOOR_DB = 30.0  # H.264 at crf 30, then the rig's JPEG at quality 90, on 64x48 synthetic frames
 
 
@@ -60,7 +60,7 @@ def test_round_trip_validates_and_keeps_labels(round_trip):
     assert back.metadata["split"]["train"] == ds.metadata["split"]["train"]
     assert back.metadata["split"]["val"] == ds.metadata["split"]["val"]
     assert back.metadata["imported"]["from"] == "lerobot" and back.metadata["imported"]["audio"] == "sidecar"
-    assert back.rig.audio == ds.rig.audio and back.rig.state.n_joints == ds.rig.state.n_joints
+    assert back.streams.audio == ds.streams.audio and back.streams.state.n_joints == ds.streams.state.n_joints
     for i in ds.episode_indices():
         a, b = ds.episode(i), back.episode(i)
         assert (b.success, b.variation) == (a.success, a.variation)
@@ -130,11 +130,11 @@ def no_audio(round_trip, tmp_path_factory):
 
 def test_no_audio_is_first_class(no_audio, cli):
     ds, report = no_audio
-    assert not ds.rig.has_audio and ds.rig.audio.channels == 0 and report.audio == "none"
-    assert report.state_layout == "joints" and ds.rig.state.n_joints == 15
+    assert not ds.streams.has_audio and ds.streams.audio.channels == 0 and report.audio == "none"
+    assert report.state_layout == "joints" and ds.streams.state.n_joints == 15
     assert _errors(ds) == []
     ep = ds.episode(0)
-    assert not (ep.path / "audio").exists() and all(s.stream != "audio" for s in episode_arrays(ds.rig))
+    assert not (ep.path / "audio").exists() and all(s.stream != "audio" for s in episode_arrays(ds.streams))
     assert ep.audio_samples == 0 and len(ep.audio_block_times) == 0
     assert not ep.audio_clip(int(ep.camera_times[10])).any()
     assert np.array_equal(ep.read("state/ee_pose")[0], [0, 0, 0, 0, 0, 0, 1])
@@ -180,8 +180,8 @@ def test_crashed_episode_without_microphones_is_salvaged(tmp_path):
     """Repair (htouch validate --repair) handles a rig without audio arrays too."""
     from htouch.dataset.repair import repair_incoming
 
-    rig = RigSpec(camera=CameraSpec(width=32, height=24), audio=AudioSpec(channels=0, channel_names=[]))
-    ds = Dataset.create(tmp_path / "ds", "zip", rig)
+    streams = StreamSpecs(camera=CameraSpec(width=32, height=24), audio=AudioSpec(channels=0, channel_names=[]))
+    ds = Dataset.create(tmp_path / "ds", "zip", streams)
     w = ds.new_episode(flush_interval_s=0.01)
     for k in range(40):
         t = 5_000_000_000 + k * 33_333_333

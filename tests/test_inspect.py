@@ -11,12 +11,12 @@ import pytest
 import zarr
 
 from htouch.dataset.plot import audio_envelope, audio_spectrogram, strip_frame_indices
-from htouch.dataset.schema import CameraSpec, RigSpec
+from htouch.dataset.schema import CameraSpec, StreamSpecs
 from htouch.dataset.store import Dataset
 from htouch.dataset.summary import episode_row, summarize
 from htouch.dataset.synthetic import DC_OFFSETS, SyntheticEpisode, write_synthetic_episode
 
-RIG = RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48))  # the fixtures' tiny size
+RIG = StreamSpecs(name="synthetic", camera=CameraSpec(width=64, height=48))  # the fixtures' tiny size
 SECONDS = 4.0
 DROPS = ((0.5, 3), (2.5, 1))
 GAP = (1.0, 0.3)  # lost audio just before the first contact (seed 0 puts its onset near 1.33 s)
@@ -101,10 +101,10 @@ def test_episode_row_still_serves_ls(gt_ds):
 def test_spectrogram_is_louder_in_contact_and_aligned_across_the_audio_gap(gt_ds):
     ds, truth = gt_ds
     ep = ds.episode(0)
-    spec = audio_spectrogram(ep)
-    assert spec.logmel.shape[0] == spec.params.n_mels == len(spec.mel_hz)
-    energy = spec.logmel.mean(axis=0)
-    t = spec.times_s
+    mel = audio_spectrogram(ep)
+    assert mel.logmel.shape[0] == mel.params.n_mels == len(mel.mel_hz)
+    energy = mel.logmel.mean(axis=0)
+    t = mel.times_s
     (a, b, _), (tap, tap_end, _) = truth.contacts
     in_contact = (t > a + 0.05) & (t < b - 0.05)
     lost = (t > GAP[0] - 0.05) & (t < GAP[0] + GAP[1] + 0.05)
@@ -121,7 +121,7 @@ def test_envelope_is_decimated_and_keeps_the_extremes(gt_ds):
     ep = ds.episode(0)
     env = audio_envelope(ep, max_points=50)
     assert 0 < len(env.t0_s) <= 50
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     x = (ep.read("audio/pcm").astype(np.float64) - spec.center) / spec.scale
     np.testing.assert_allclose(env.hi.max(axis=0), x.max(axis=0))
     np.testing.assert_allclose(env.lo.min(axis=0), x.min(axis=0))

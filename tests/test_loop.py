@@ -15,14 +15,14 @@ from htouch.dataset.store import Dataset
 from htouch.dataset.validate import validate_dataset
 from htouch.dataset.writer import EpisodeWriter
 from htouch.errors import HtouchError, WriterError
-from tests.loop_devices import NS, TEST_SPEC, Plan, PlannedWorld
+from tests.loop_devices import NS, TEST_STREAMS, Plan, PlannedWorld
 
 
-def record(root, plans, episodes, *, stepped=True, control=None, sources=(), **kw):
+def record(root, plans, episodes, *, stepped=True, control=None, emitters=(), **kw):
     world = PlannedWorld(plans, stepped=stepped)
     rig = world.rig()
-    rig.event_sources = list(sources)
-    ds = Dataset.open_or_create(root, "zip", TEST_SPEC)
+    rig.event_emitters = list(emitters)
+    ds = Dataset.open_or_create(root, "zip", TEST_STREAMS)
     rec = Recorder(rig, ds, control or ControlConfig(), **kw)
     try:
         result = rec.run(episodes)
@@ -70,7 +70,7 @@ def test_lifecycle_labels_discard_and_resume(tmp_path):
 
 
 def test_faults_are_events_and_the_session_goes_on(tmp_path):
-    class EventSource:
+    class EventEmitter:
         """Ground-truth contacts (like the simulated rig) and a teleop device reporting its own loss."""
 
         def __init__(self):
@@ -88,8 +88,8 @@ def test_faults_are_events_and_the_session_goes_on(tmp_path):
     world = PlannedWorld([faults])
     world_ref.append(world)
     rig = world.rig()
-    rig.event_sources = [EventSource()]
-    ds = Dataset.create(tmp_path / "ds", "zip", TEST_SPEC)
+    rig.event_emitters = [EventEmitter()]
+    ds = Dataset.create(tmp_path / "ds", "zip", TEST_STREAMS)
     result = Recorder(rig, ds, ControlConfig()).run(1)
     assert result.committed == [0]
     ep = ds.episode(0)
@@ -159,7 +159,7 @@ def test_ctrl_c_discards_only_the_unfinished_episode(tmp_path, how):
             else Plan(end_s=9, callback_at=(1.0, lambda: holder[0].request_stop())))
     world = PlannedWorld([Plan(end_s=2.6), plan])
     rig = world.rig()
-    ds = Dataset.create(tmp_path / "ds", "zip", TEST_SPEC)
+    ds = Dataset.create(tmp_path / "ds", "zip", TEST_STREAMS)
     rec = Recorder(rig, ds, ControlConfig())
     holder.append(rec)
     result = rec.run(3)

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from htouch.dataset.schema import MAX_EPISODE_INDEX, AudioSpec, RigSpec, episode_name, parse_episode_name
+from htouch.dataset.schema import MAX_EPISODE_INDEX, AudioSpec, StreamSpecs, episode_name, parse_episode_name
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError
 
@@ -25,9 +25,9 @@ def edit_json(path, change) -> None:
 
 
 def test_a_rig_with_infinity_is_not_written_to_htouch_json(tmp_path):
-    rig = RigSpec(audio=AudioSpec(scale=math.inf))
+    streams = StreamSpecs(audio=AudioSpec(scale=math.inf))
     with pytest.raises(DatasetError, match=r"htouch\.json.*audio\.scale is inf, which JSON cannot store"):
-        Dataset.create(tmp_path / "ds", "zip", rig)
+        Dataset.create(tmp_path / "ds", "zip", streams)
     assert not (tmp_path / "ds" / "htouch.json").exists()
 
 

@@ -25,7 +25,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _spec(config: PolicyConfig, batch: int, seed: int = 0) -> torch.Tensor | None:
+def _spectrogram(config: PolicyConfig, batch: int, seed: int = 0) -> torch.Tensor | None:
     if not config.uses_audio:
         return None
     rng = np.random.default_rng(seed)
@@ -56,7 +56,7 @@ def test_paper_model_parameter_count_and_parts():
     assert model.pos_embedding.shape == (1, 5, 512)
     # one forward at the paper's sizes: 4 frames of 224 px and the AVID (1, 200, 257) spectrogram
     with torch.no_grad():
-        out = model.eval()(_frames(model.config, 1), _spec(model.config, 1))
+        out = model.eval()(_frames(model.config, 1), _spectrogram(model.config, 1))
     assert out.shape == (1, model.config.horizon, 7) and torch.isfinite(out).all()
 
 
@@ -73,7 +73,7 @@ def test_every_method_predicts_the_action_chunk(method):
     config = policy_config("tiny", method, horizon=5)
     model = build_policy(config).eval()
     with torch.no_grad():
-        out = model(_frames(config, 3), _spec(config, 3))
+        out = model(_frames(config, 3), _spectrogram(config, 3))
     assert out.shape == (3, 5, 7) and torch.isfinite(out).all()
     assert model.pos_embedding.shape[1] == (4 if method == "vision-only" else 5)
     if method == "vision-only":
@@ -86,7 +86,7 @@ def test_every_method_predicts_the_action_chunk(method):
 def test_action_dim_6_without_gripper():
     config = policy_config("tiny", "ours", action_dim=6, horizon=3)
     with torch.no_grad():
-        assert build_policy(config).eval()(_frames(config, 2), _spec(config, 2)).shape == (2, 3, 6)
+        assert build_policy(config).eval()(_frames(config, 2), _spectrogram(config, 2)).shape == (2, 3, 6)
 
 
 @pytest.mark.parametrize("method", ["ours", "vision-only", "byol-a"])
@@ -95,11 +95,11 @@ def test_cached_frame_embeddings_give_the_same_actions(method):
     torch.manual_seed(1)
     config = policy_config("tiny", method)
     model = build_policy(config).eval()
-    frames, spec = _frames(config, 2), _spec(config, 2)
+    frames, spectrogram = _frames(config, 2), _spectrogram(config, 2)
     with torch.no_grad():
-        full = model(frames, spec)
+        full = model(frames, spectrogram)
         one_by_one = torch.stack([torch.cat([model.encode_frames(f[i:i + 1]) for i in range(4)]) for f in frames])
-        pieced = model.head(one_by_one, model.encode_audio(spec))
+        pieced = model.head(one_by_one, model.encode_audio(spectrogram))
     torch.testing.assert_close(pieced, full, rtol=1e-4, atol=1e-5)
 
 
@@ -109,12 +109,12 @@ def test_training_moves_every_trainable_part_and_frozen_audio_stays_put():
         config = policy_config("tiny", method, dropout=0.0)
         model = build_policy(config).train()
         frozen_before = {k: v.clone() for k, v in model.audio_encoder.state_dict().items()}
-        frames, spec = _frames(config, 4), _spec(config, 4)
+        frames, spectrogram = _frames(config, 4), _spectrogram(config, 4)
         target = torch.randn(4, config.horizon, 7)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         losses = []
         for _ in range(15):
-            loss = torch.nn.functional.mse_loss(model(frames, spec), target)
+            loss = torch.nn.functional.mse_loss(model(frames, spectrogram), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -135,15 +135,15 @@ def test_spectrogram_statistics_normalise_inside_the_model(tiny_ds):
     torch.manual_seed(0)
     config = policy_config("tiny", "ours")
     model = build_policy(config).eval()
-    frames, spec = _frames(config, 2), _spec(config, 2)
+    frames, spectrogram = _frames(config, 2), _spectrogram(config, 2)
     with torch.no_grad():
-        before = model(frames, spec)
+        before = model(frames, spectrogram)
     stats, _ = compute_stats(tiny_ds, kinds=("avid",), max_windows=8)
     model.set_spectrogram_stats(stats["spectrogram"]["avid"])
     assert torch.allclose(model.spec_mean, torch.tensor(stats["spectrogram"]["avid"]["mean"], dtype=torch.float32))
     assert "spec_mean" in model.state_dict()  # saved with the weights
     with torch.no_grad():
-        assert not torch.allclose(model(frames, spec), before)
+        assert not torch.allclose(model(frames, spectrogram), before)
     with pytest.raises(HtouchError, match="needs avid with 257 bins"):
         model.set_spectrogram_stats({"kind": "logmel", "mean": [0.0] * 64, "std": [1.0] * 64})
     with pytest.raises(HtouchError, match="htouch stats"):

@@ -69,7 +69,7 @@ def test_a_packed_episode_is_one_file_holding_the_same_arrays_and_attributes(_pa
         a, b = plain.episode(i), packed.episode(i)
         assert isinstance(b.path, ZipPath) and b.name == a.name
         assert a.attrs == b.attrs
-        for spec in episode_arrays(a.rig):
+        for spec in episode_arrays(a.streams):
             assert np.array_equal(a.read(spec.path), b.read(spec.path)), spec.path
         t = int(a.sample_times(SampleParams(horizon=5))[10])
         sa, sb = a.sample(t, SampleParams(horizon=5)), b.sample(t, SampleParams(horizon=5))
@@ -104,7 +104,7 @@ def test_training_samples_and_spectrogram_caches_are_the_same(plain_ds, packed_d
     for ds in (plain_ds, packed_ds):
         plan = plan_dataset(ds, SPEC)
         samples = PolicySamples(ds, plan.train, SPEC, plan.action_normalization(), preload_mb=0)
-        assert samples.spec_sources == {"cache": 1, "computed": 0}
+        assert samples.spectrogram_provenance == {"cache": 1, "computed": 0}
         out.append([samples[i] for i in range(0, len(samples), 7)])
     for a, b in zip(*out, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -132,7 +132,7 @@ def test_video_has_every_frame_at_its_time_and_audio_where_the_contacts_are(cli,
     shown = np.array([t for t, _ in frames])
     np.testing.assert_allclose(shown, (times - times[0]) / NS, atol=0.0015)
     assert np.abs(frames[100][1].astype(int) - ep.array("camera/rgb")[100].astype(int)).mean() < 12
-    assert rate == int(ep.rig.audio.rate_hz)
+    assert rate == int(ep.streams.audio.rate_hz)
     assert len(audio) / rate == pytest.approx((times[-1] - times[0]) / NS, abs=0.1)
 
     def rms(start_s, end_s):
@@ -156,7 +156,7 @@ def test_video_raw_audio_keeps_the_level(cli, tmp_path):
     _, audio, _, _ = _decode(out)
     ep = ds.episode(0)
     pcm = ep.read("audio/pcm").astype(np.float32)
-    expected_peak = np.max(np.abs((pcm.mean(axis=1) - ep.rig.audio.center) / ep.rig.audio.scale))
+    expected_peak = np.max(np.abs((pcm.mean(axis=1) - ep.streams.audio.center) / ep.streams.audio.scale))
     assert np.max(np.abs(audio)) == pytest.approx(expected_peak, rel=0.2)
 
 

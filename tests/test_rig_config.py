@@ -49,17 +49,17 @@ def test_the_example_as_shipped_is_refused_until_its_host_is_edited():
     assert "placeholder" in message and "IP address or host name" in message
 
 
-def test_values_and_rig_spec(tmp_path):
+def test_values_and_stream_specs(tmp_path):
     path = tmp_path / "rig.toml"
     path.write_text('[rig]\nkind = "sim"\n[camera]\nwidth = 64\nheight = 48\nfps = 15\n'
                     '[microphones]\nchannels = 2\nrate_hz = 16000\n[control]\nrate_hz = 10\n')
     cfg = load_rig_config(path)
-    assert cfg.source == str(path) and isinstance(cfg.control.rate_hz, float)  # an int where a float goes
-    spec = cfg.rig_spec(n_joints=7)
-    assert (spec.camera.width, spec.camera.height, spec.camera.rate_hz) == (64, 48, 15.0)
-    assert spec.audio.channels == 2 and spec.audio.channel_names == ["mic0", "mic1"]
-    assert spec.state.rate_hz == spec.action.rate_hz == spec.teleop.rate_hz == 10.0
-    assert spec.name == "sim"
+    assert cfg.path == str(path) and isinstance(cfg.control.rate_hz, float)  # an int where a float goes
+    streams = cfg.stream_specs(n_joints=7)
+    assert (streams.camera.width, streams.camera.height, streams.camera.rate_hz) == (64, 48, 15.0)
+    assert streams.audio.channels == 2 and streams.audio.channel_names == ["mic0", "mic1"]
+    assert streams.state.rate_hz == streams.action.rate_hz == streams.teleop.rate_hz == 10.0
+    assert streams.name == "sim"
 
 
 def test_empty_file_is_the_default_sim_rig(tmp_path):

@@ -128,7 +128,7 @@ def test_live_stream_encodes_only_the_new_frame_per_replan():
 def test_buffer_chooses_frames_and_audio_as_training_samples_do(tiny_ds):
     ep = tiny_ds.episode(0)
     params = SampleParams(n_frames=4, horizon=8)
-    buffer = ObservationBuffer(ep.rig.audio, params)
+    buffer = ObservationBuffer(ep.streams.audio, params)
     rgb, numbers = ep.array("camera/rgb"), ep.read("camera/frame_number")
     pcm, offsets = ep.read("audio/pcm"), ep.audio_block_offsets
     ends = np.append(offsets[1:], len(pcm))
@@ -246,19 +246,19 @@ def test_async_benchmark_smoke_run(tmp_path):
 
 
 def test_runner_from_a_run_directory(tmp_path):
-    from htouch.dataset.schema import RigSpec
+    from htouch.dataset.schema import StreamSpecs
     from htouch.training.checkpoints import save_run_checkpoint
     from htouch.training.data import DataSpec
 
     model, config = _policy(horizon=4)
     norm = ActionNormalization([0.0] * 7, [0.01] * 7)
-    rig = RigSpec(audio=AudioSpec(channels=2, channel_names=["a", "b"], center=100.0, scale=1000.0))
+    streams = StreamSpecs(audio=AudioSpec(channels=2, channel_names=["a", "b"], center=100.0, scale=1000.0))
     extra = {"action_normalization": norm.to_dict(), "data": DataSpec.from_policy(config).to_dict(),
-             "rig": rig.to_dict()}
+             "rig": streams.to_dict()}
     save_run_checkpoint(tmp_path / "run", model, config, extra)
     runner = PolicyRunner.from_run(tmp_path / "run", SafetyFilter(LOOSE), execute=3)
     assert runner.execute == 3 and runner.normalization == norm and runner.config == config
-    assert runner.buffer.audio == rig.audio and runner.sample == DataSpec.from_policy(config).sample_params
+    assert runner.buffer.audio == streams.audio and runner.sample == DataSpec.from_policy(config).sample_params
     clip = np.zeros(32000, np.float32)
     frames = [_frame(k) for k in range(4)]
     expected = _expected_chunk(model, config, frames, clip, norm)

@@ -50,15 +50,15 @@ def energy(x):
 
 def band_energy(x, lo, hi):
     """Energy of a mono signal between lo and hi Hz (numpy FFT)."""
-    spec = np.abs(np.fft.rfft(x - x.mean())) ** 2
+    power = np.abs(np.fft.rfft(x - x.mean())) ** 2
     f = np.fft.rfftfreq(len(x), 1 / RATE)
-    return float(spec[(f >= lo) & (f < hi)].sum())
+    return float(power[(f >= lo) & (f < hi)].sum())
 
 
 def centroid(x):
-    spec = np.abs(np.fft.rfft(x - x.mean())) ** 2
+    power = np.abs(np.fft.rfft(x - x.mean())) ** 2
     f = np.fft.rfftfreq(len(x), 1 / RATE)
-    return float((spec * f).sum() / spec.sum())
+    return float((power * f).sum() / power.sum())
 
 
 def impact_response(material, impulse=0.1, blocks=30, **cfg):

@@ -46,7 +46,7 @@ def test_devices_implement_the_protocols():
     with SimRig("zip", config=tiny_config()) as rig:
         assert isinstance(rig.camera, Camera) and isinstance(rig.microphones, Microphones)
         assert isinstance(rig.robot, Robot)
-        spec = rig.rig_spec()
+        spec = rig.stream_specs()
         assert (spec.camera.width, spec.camera.height) == (64, 48)
         assert spec.state.n_joints == rig.robot.n_joints == 2
         assert spec.audio.channels == 4 and spec.audio.rate_hz == 32000

@@ -27,7 +27,7 @@ def _snapshot(root):
 @pytest.fixture(scope="module")
 def _cached(tmp_path_factory):
     """Two 2.5 s episodes with both caches built."""
-    root = tmp_path_factory.mktemp("spec") / "ds"
+    root = tmp_path_factory.mktemp("spectrograms") / "ds"
     ds = tiny_dataset(root, n=2, seconds=2.5)
     before = {ep.name: _snapshot(ep.path) for ep in ds.episodes()}
     for kind in KINDS:
@@ -45,8 +45,8 @@ def cached_ds(_cached, tmp_path) -> Dataset:
 
 def test_shapes_for_a_2s_window(_cached):
     ds = Dataset(_cached[0])
-    assert spectrograms.spec_shape(audio.spectrogram_params("logmel")) == (64, 201)
-    assert spectrograms.spec_shape(audio.spectrogram_params("avid")) == (1, 200, 257)
+    assert spectrograms.spectrogram_shape(audio.spectrogram_params("logmel")) == (64, 201)
+    assert spectrograms.spectrogram_shape(audio.spectrogram_params("avid")) == (1, 200, 257)
     ep = ds.episode(0)
     assert EpisodeSpectrograms(ep, "logmel").all().shape == (len(ep.camera_times), 64, 201)
     assert EpisodeSpectrograms(ep, "avid").all().shape == (len(ep.camera_times), 1, 200, 257)
@@ -59,7 +59,7 @@ def test_cache_equals_on_the_fly(_cached, tmp_path, kind):
     params = audio.spectrogram_params(kind)
     ep = ds.episode(1)
     cached = EpisodeSpectrograms(ep, kind)
-    assert cached.source == "cache"
+    assert cached.provenance == "cache"
     n = len(ep.camera_times)
     frames = [0, 1, n // 2, n - 1]
     # Independently of the cache code: the documented definition, clip by clip, without preloaded audio.
@@ -72,7 +72,7 @@ def test_cache_equals_on_the_fly(_cached, tmp_path, kind):
     shutil.copytree(_cached[0], tmp_path / "nocache", ignore=shutil.ignore_patterns("derived"))
     bare = Dataset(tmp_path / "nocache").episode(1)
     otf = EpisodeSpectrograms(bare, kind)
-    assert otf.source == "computed"
+    assert otf.provenance == "computed"
     np.testing.assert_array_equal(otf.frames(frames), direct)
     np.testing.assert_array_equal(otf[-1], direct[-1])
     if kind == "logmel":  # a whole episode both ways (avid is the same code, and 4x larger)
@@ -106,7 +106,7 @@ def test_changed_params_use_a_new_key_not_the_old_cache(cached_ds):
     assert audio.params_key(DEFAULT_CLIP, other) != audio.params_key(DEFAULT_CLIP, LogMelParams())
     assert cache_status(ep, other) == "missing"
     spec = EpisodeSpectrograms(ep, other)
-    assert spec.source == "computed"
+    assert spec.provenance == "computed"
     assert spec[3].shape == (32, 201)
 
 
@@ -118,7 +118,7 @@ def test_cache_of_another_episode_is_stale_and_rebuilt(cached_ds, tmp_path, cli)
     params = audio.spectrogram_params("logmel")
     assert cache_status(ep, params) == "stale: fingerprint differ"
     spec = EpisodeSpectrograms(ep, "logmel")
-    assert spec.source == "computed"
+    assert spec.provenance == "computed"
     assert len(spec.all()) == len(ep.camera_times)
     r = cli("spectrogram", other.root, "--kind", "logmel")
     assert r.code == 0, r.err
@@ -135,7 +135,7 @@ def test_tampered_attributes_make_a_cache_stale(cached_ds):
     attrs[spectrograms.ATTR]["params"]["n_mels"] = 32
     zattrs.write_text(json.dumps(attrs))
     assert cache_status(ep, params) == "stale: params differ"
-    assert EpisodeSpectrograms(ep, params).source == "computed"
+    assert EpisodeSpectrograms(ep, params).provenance == "computed"
     zattrs.write_text("{not json")
     assert cache_status(ep, params).startswith("stale: unreadable")
 
@@ -171,7 +171,7 @@ def test_a_damaged_row_is_refused_with_one_line_and_the_older_layout_is_stale(ca
     data[row * 3 + 17] ^= 0x40  # one byte of row 3: still a float, a wrong one
     chunk.write_bytes(bytes(data))
     spec = EpisodeSpectrograms(ep, "logmel")
-    assert spec.source == "cache"
+    assert spec.provenance == "cache"
     np.testing.assert_array_equal(spec.frames([0, 1]), spectrograms.compute(ep, params, frames=[0, 1]))
     with pytest.raises(DatasetError, match=r"^episode_000000: its logmel spectrogram cache is damaged \(row 3 does "
                                            r"not match its checksum\); rebuild it with `htouch spectrogram --kind "
@@ -185,5 +185,5 @@ def test_a_damaged_row_is_refused_with_one_line_and_the_older_layout_is_stale(ca
                             zarr_format=2)
     old.attrs[spectrograms.ATTR] = json.loads(json.dumps(spectrograms._expected_attrs(ep, params, DEFAULT_CLIP)))
     assert cache_status(ep, params).startswith("stale: unreadable")
-    assert EpisodeSpectrograms(ep, "logmel").source == "computed"
+    assert EpisodeSpectrograms(ep, "logmel").provenance == "computed"
     assert "1 episode(s) computed (1 stale)" in cli("spectrogram", cached_ds.root, "--kind", "logmel").out

@@ -96,10 +96,10 @@ def test_stored_in_metadata_and_shown_by_ls(ds, cli):
 
 
 def test_training_episodes_follow_the_split(ds):
-    assert training_episodes(ds).source == "all episodes"
+    assert training_episodes(ds).episode_set == "all episodes"
     split = split_dataset(ds, 0.2, seed=0)
     sel = training_episodes(Dataset(ds.root))
-    assert sel.source == "train split" and sel.indices == split.train and not sel.notes
+    assert sel.episode_set == "train split" and sel.indices == split.train and not sel.notes
     write_synthetic_episode(ds, SyntheticEpisode(duration_s=1.0, seed=99))
     sel = training_episodes(Dataset(ds.root))
     assert sel.indices == split.train

@@ -17,7 +17,7 @@ NS = 1_000_000_000
 
 
 def write_rows(w, n=10, t0=0):
-    rig = w.dataset.rig
+    rig = w.dataset.streams
     for i in range(n):
         t = t0 + i * NS // 30
         w.camera(t, i, np.full((rig.camera.height, rig.camera.width, 3), i, np.uint8))
@@ -40,9 +40,9 @@ def test_open_or_create_refuses_other_task_or_rig(tmp_path):
     Dataset.create(tmp_path / "d", "zip", TINY_RIG)
     with pytest.raises(DatasetError, match="task"):
         Dataset.open_or_create(tmp_path / "d", "flip", TINY_RIG)
-    from htouch.dataset.schema import RigSpec
+    from htouch.dataset.schema import StreamSpecs
     with pytest.raises(DatasetError, match=r"different rig \(camera.height 48 -> 480, camera.width 64 -> 640"):
-        Dataset.open_or_create(tmp_path / "d", "zip", RigSpec())
+        Dataset.open_or_create(tmp_path / "d", "zip", StreamSpecs())
 
 
 def test_commit_makes_episode_visible_only_at_the_end(tmp_path):

@@ -87,7 +87,7 @@ def test_tiny_training_lowers_validation_loss_and_writes_the_run(ds, tmp_path):
                         ActionNormalization.from_dict(extra["action_normalization"]))
     batch = collate([val[i] for i in range(len(val))])
     with torch.no_grad():
-        loss, _ = masked_mse(model(to_float(batch["frames"]), batch["spec"]), batch["actions"], batch["mask"])
+        loss, _ = masked_mse(model(to_float(batch["frames"]), batch["spectrogram"]), batch["actions"], batch["mask"])
     assert float(loss) == pytest.approx(result.best_val_loss, rel=1e-4)
 
 
@@ -143,7 +143,7 @@ def _val_loss(ds, model, extra) -> float:
                         ActionNormalization.from_dict(extra["action_normalization"]))
     b = collate([val[i] for i in range(len(val))])
     with torch.no_grad():
-        return float(masked_mse(model(to_float(b["frames"]), b.get("spec")), b["actions"], b["mask"])[0])
+        return float(masked_mse(model(to_float(b["frames"]), b.get("spectrogram")), b["actions"], b["mask"])[0])
 
 
 def test_refusals(ds, tmp_path):

@@ -66,9 +66,9 @@ def test_a_sample_is_what_the_episode_reader_gives_at_that_time(split_ds):
         assert item["mask"].tolist() == ref.action_mask.tolist()
         # spectrogram: raw, of the clip ending at the sample time (the model normalises it)
         frame = int(np.searchsorted(ep.camera_times, times[i]))
-        np.testing.assert_array_equal(item["spec"].numpy(), spectrograms.spectrogram_at(ep, frame, "avid"))
+        np.testing.assert_array_equal(item["spectrogram"].numpy(), spectrograms.spectrogram_at(ep, frame, "avid"))
     batch = collate([samples[0], samples[1]])
-    assert batch["frames"].shape == (2, 4, 3, 32, 32) and batch["spec"].shape == (2, 1, 200, 257)
+    assert batch["frames"].shape == (2, 4, 3, 32, 32) and batch["spectrogram"].shape == (2, 1, 200, 257)
 
 
 def test_samples_start_at_the_first_frame_where_the_runner_starts_acting(split_ds):
@@ -80,7 +80,7 @@ def test_samples_start_at_the_first_frame_where_the_runner_starts_acting(split_d
     ep = split_ds.episode(plan.train[0])
     t0 = int(ep.camera_times[0])
     assert samples.episodes[0].times[0] == t0
-    buffer = ObservationBuffer(ep.rig.audio, SPEC.sample_params)
+    buffer = ObservationBuffer(ep.streams.audio, SPEC.sample_params)
     buffer.add_frame(Frame(t0, 0, ep.array("camera/rgb")[0]))  # what a live loop has at its first re-plan
     live = np.stack([f.rgb for f in buffer.frames(t0)])
     first = samples[0]
@@ -95,11 +95,11 @@ def test_preloaded_and_per_sample_reading_agree_and_the_cache_is_used(split_ds, 
     plan = plan_dataset(split_ds, SPEC)
     norm = plan.action_normalization()
     kept = PolicySamples(split_ds, plan.train, SPEC, norm, augment=True, seed=3)
-    assert kept.preloaded == {"frames": True, "spectrograms": True} and kept.spec_sources["computed"] == 1
+    assert kept.preloaded == {"frames": True, "spectrograms": True} and kept.spectrogram_provenance["computed"] == 1
     assert cli("spectrogram", split_ds.root, "--kind", "avid").code == 0
     streamed = PolicySamples(split_ds, plan.train, SPEC, norm, augment=True, seed=3, preload_mb=0)
     assert streamed.preloaded == {"frames": False, "spectrograms": False}
-    assert streamed.spec_sources == {"cache": 1, "computed": 0}
+    assert streamed.spectrogram_provenance == {"cache": 1, "computed": 0}
     for i in range(0, len(kept), 9):
         a, b = kept[i], streamed[i]
         assert a.keys() == b.keys()
@@ -138,7 +138,8 @@ def test_vision_only_reads_no_audio(split_ds):
     spec = DataSpec(image_size=16, horizon=3, audio_kind=None)
     plan = plan_dataset(split_ds, spec)
     samples = PolicySamples(split_ds, plan.val, spec, plan.action_normalization())
-    assert set(samples[0]) == {"frames", "actions", "mask"} and samples.spec_sources == {"cache": 0, "computed": 0}
+    assert set(samples[0]) == {"frames", "actions", "mask"}
+    assert samples.spectrogram_provenance == {"cache": 0, "computed": 0}
 
 
 def test_without_a_split_training_is_refused_with_the_command_to_run(tiny_ds):
@@ -154,16 +155,16 @@ def test_missing_or_outdated_stats_are_computed_and_stored(tiny_ds):
     split_ds = Dataset(tiny_ds.root)
     assert STATS_KEY not in split_ds.metadata
     plan = plan_dataset(split_ds, SPEC)
-    assert plan.stats_source == "computed" and "no stats" in plan.notes[0]
+    assert plan.stats_provenance == "computed" and "no stats" in plan.notes[0]
     stored = Dataset(split_ds.root).metadata[STATS_KEY]
     assert stored["episodes"] == plan.train and "avid" in stored["spectrogram"]
-    assert plan_dataset(Dataset(split_ds.root), SPEC).stats_source == "stored"
+    assert plan_dataset(Dataset(split_ds.root), SPEC).stats_provenance == "stored"
     # stats of all episodes (made before the split) are not the training set's: recomputed
     stats, _ = compute_stats(Dataset(split_ds.root), kinds=("avid",))
     stats["episodes"] = [0, 1]
     store_stats(split_ds, stats)
     again = plan_dataset(Dataset(split_ds.root), SPEC)
-    assert again.stats_source == "computed" and "other episodes" in again.notes[0]
+    assert again.stats_provenance == "computed" and "other episodes" in again.notes[0]
 
 
 def test_episodes_too_short_for_one_sample_are_refused(tmp_path):

@@ -250,7 +250,7 @@ def test_spectrogram_caches_uploaded_with_a_dataset_are_read_at_its_url(s3, tmp_
     at_url = Dataset(f"s3://{BUCKET}/cached").episode(1)
     remote = spectrograms.EpisodeSpectrograms(at_url, params)
     assert spectrograms.cache_status(at_url, params) == "fresh"
-    assert remote.source == "cache"
+    assert remote.provenance == "cache"
     want = spectrograms.EpisodeSpectrograms(ep, params).frames([0, 5, 5, 2])
     np.testing.assert_array_equal(remote.frames([0, 5, 5, 2]), want)
     assert frames.cache_status(at_url, 16) == "missing"

@@ -27,7 +27,7 @@ NS = 1_000_000_000
 
 def findings(ds, name="episode_000000", **limits):
     lim = ValidationLimits(**limits) if limits else DEFAULT_LIMITS
-    return validate_episode(ds.root / name, ds.rig, lim)
+    return validate_episode(ds.root / name, ds.streams, lim)
 
 
 def by_check(fs, check):

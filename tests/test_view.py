@@ -12,7 +12,7 @@ import numpy as np
 from rerun.chunk import RrdReader
 
 from htouch.dataset.plot import audio_spectrogram
-from htouch.dataset.schema import AudioSpec, CameraSpec, RigSpec
+from htouch.dataset.schema import AudioSpec, CameraSpec, StreamSpecs
 from htouch.dataset.store import Dataset
 from htouch.interop import rerun_view
 
@@ -36,7 +36,7 @@ def _read(path: Path) -> tuple[Counter, dict[str, set[str]], dict[str, list[np.n
 
 def _waveform_points(ep) -> int:
     """Points per channel, from the block sizes: every sample up to WAVEFORM_MAX_HZ, else min and max per run."""
-    step = rerun_view.waveform_step(ep.rig.audio.rate_hz)
+    step = rerun_view.waveform_step(ep.streams.audio.rate_hz)
     sizes = np.diff(np.append(ep.audio_block_offsets, ep.audio_samples))
     return int(sizes.sum()) if step == 1 else int(2 * np.sum(-(-sizes // step)))
 
@@ -50,7 +50,7 @@ def test_every_stream_in_the_rrd(cli, tiny_ds, tmp_path):
     ep = tiny_ds.episode(1)
     start = ep.time_range_ns()[0]
     n_tel = len(ep.read("teleop/timestamp_ns"))
-    mics = list(ep.rig.audio.channel_names)
+    mics = list(ep.streams.audio.channel_names)
     want = {"camera/rgb": len(ep.camera_times), "events": len(ep.events()),
             **{f"state/{k}": len(ep.state_times) for k in ("ee_position", "ee_orientation", "joints",
                                                            "gripper_width")},
@@ -74,9 +74,9 @@ def test_every_stream_in_the_rrd(cli, tiny_ds, tmp_path):
 
 def test_waveform_follows_the_blocks(tiny_ds):
     ep = tiny_ds.episode(0)
-    t, first, values = rerun_view.waveform(ep, max_hz=ep.rig.audio.rate_hz)  # every sample
+    t, first, values = rerun_view.waveform(ep, max_hz=ep.streams.audio.rate_hz)  # every sample
     pcm = ep.read("audio/pcm")
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     assert np.array_equal(values, (pcm.astype(np.float32) - spec.center) / np.float32(spec.scale))
     b = 5
     lo = ep.audio_block_offsets[b]
@@ -89,8 +89,8 @@ def test_waveform_follows_the_blocks(tiny_ds):
 
 
 def test_episode_without_microphones(cli, tmp_path):
-    rig = RigSpec(camera=CameraSpec(width=32, height=24), audio=AudioSpec(channels=0, channel_names=[]))
-    ds = Dataset.create(tmp_path / "ds", "zip", rig)
+    streams = StreamSpecs(camera=CameraSpec(width=32, height=24), audio=AudioSpec(channels=0, channel_names=[]))
+    ds = Dataset.create(tmp_path / "ds", "zip", streams)
     with ds.new_episode(blocking=True) as w:
         for k in range(20):
             t = 1_000_000_000 + k * 33_333_333

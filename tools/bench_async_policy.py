@@ -51,7 +51,7 @@ from htouch.collector.config import ControlConfig  # noqa: E402
 from htouch.collector.loop import Recorder  # noqa: E402
 from htouch.collector.safety import SafetyLimits  # noqa: E402
 from htouch.dataset import audio  # noqa: E402
-from htouch.dataset.schema import RigSpec  # noqa: E402
+from htouch.dataset.schema import StreamSpecs  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
 from htouch.training import onnx_encoders  # noqa: E402
 from htouch.training.checkpoints import save_run_checkpoint  # noqa: E402
@@ -73,13 +73,13 @@ DEFAULT_MODES = ("sync", "async-channels-last", "sync-onnxruntime", "async-onnxr
 # ------------------------------------------------------------------------------------ one rollout
 
 
-def make_run(preset: str, spec: RigSpec, where: Path) -> Path:
+def make_run(preset: str, streams: StreamSpecs, where: Path) -> Path:
     torch.manual_seed(0)
     config = policy_config(preset, "ours")
     model = build_policy(config).eval()
     norm = ActionNormalization([0.0] * 6 + [0.5], [0.002] * 6 + [0.2])
     extra = {"action_normalization": norm.to_dict(), "data": DataSpec.from_policy(config).to_dict(),
-             "rig": spec.to_dict(), "dataset": {"task": "stand-in"}}
+             "rig": streams.to_dict(), "dataset": {"task": "stand-in"}}
     save_run_checkpoint(where / "run", model, config, extra)
     return where / "run"
 
@@ -88,10 +88,10 @@ def percentiles(values, *qs) -> list[float]:
     return [float(np.percentile(values, q)) if len(values) else float("nan") for q in qs]
 
 
-def rollout(run: Path, spec: RigSpec, seconds: float, options: dict, wait_ms: float, where: Path) -> dict:
-    rig = stand_in_rig(spec)
+def rollout(run: Path, streams: StreamSpecs, seconds: float, options: dict, wait_ms: float, where: Path) -> dict:
+    rig = stand_in_rig(streams)
     limits = SafetyLimits()
-    source = PolicySource.from_run(run, limits, spec.audio, 2, operator=False, **options)
+    source = PolicySource.from_run(run, limits, streams.audio, 2, operator=False, **options)
     command_ns: list[int] = []
     command_cpu_ns: list[int] = []  # the control thread's own CPU time in the policy
     replan_tick: list[bool] = []
@@ -107,8 +107,8 @@ def rollout(run: Path, spec: RigSpec, seconds: float, options: dict, wait_ms: fl
         return out
 
     source.command = timed
-    ds = Dataset.open_or_create(where / f"rollouts-{len(list(where.iterdir()))}", "stand-in", spec)
-    control = ControlConfig(rate_hz=spec.action.rate_hz, max_episode_s=seconds)
+    ds = Dataset.open_or_create(where / f"rollouts-{len(list(where.iterdir()))}", "stand-in", streams)
+    control = ControlConfig(rate_hz=streams.action.rate_hz, max_episode_s=seconds)
     recorder = Recorder(rig, ds, control, safety=limits, source=source)
     load_before = os.getloadavg()
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -156,19 +156,20 @@ def encoder_layouts(preset: str, repeats: int) -> dict[str, tuple[float, float, 
     last.to(memory_format=torch.channels_last)
     rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     clip = np.random.default_rng(1).normal(0, 0.1, audio.DEFAULT_CLIP.n_samples).astype(np.float32)
-    spec = torch.from_numpy(audio.spectrogram(clip, audio.DEFAULT_CLIP.rate_hz,
-                                              audio.spectrogram_params(config.audio_kind)))[None]
+    spectrogram = torch.from_numpy(audio.spectrogram(clip, audio.DEFAULT_CLIP.rate_hz,
+                                                     audio.spectrogram_params(config.audio_kind)))[None]
     x = preprocess_frames(rgb[None], config.image_size)
     xl = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.compile / torch.export
         traced_image = torch.jit.freeze(torch.jit.trace(last.image_encoder, (xl,)))
-        shape = spec.unsqueeze(1).shape if spec.ndim == 3 else spec.shape  # what encode_audio feeds its encoder
+        # what encode_audio feeds its encoder
+        shape = spectrogram.unsqueeze(1).shape if spectrogram.ndim == 3 else spectrogram.shape
         audio_in = torch.randn(shape).contiguous(memory_format=torch.channels_last)
         traced_audio = torch.jit.freeze(torch.jit.trace(last.audio_encoder, (audio_in,)))
 
     def run_model(m, frames):
-        return lambda: (m.encode_frames(frames), m.encode_audio(spec))
+        return lambda: (m.encode_frames(frames), m.encode_audio(spectrogram))
 
     def run_traced():
         return (last.image_proj(traced_image((xl - last.image_mean) / last.image_std)),
@@ -177,8 +178,8 @@ def encoder_layouts(preset: str, repeats: int) -> dict[str, tuple[float, float, 
     layouts = {"eager (contiguous)": run_model(eager, x), "channels-last": run_model(last, xl),
                "TorchScript frozen, channels-last": run_traced}
     if onnx_encoders.available():
-        ort = onnx_encoders.OnnxEncoders(eager, config.image_size, tuple(spec.shape), torch.get_num_threads())
-        layouts["ONNX Runtime"] = lambda: (ort.encode_frames(x), ort.encode_audio(spec))
+        ort = onnx_encoders.OnnxEncoders(eager, config.image_size, tuple(spectrogram.shape), torch.get_num_threads())
+        layouts["ONNX Runtime"] = lambda: (ort.encode_frames(x), ort.encode_audio(spectrogram))
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in layouts}
     with torch.inference_mode():
         for fn in layouts.values():
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or not modes:
         raise SystemExit(f"--modes: unknown {unknown}; choose from {list(MODES)}")
     torch.set_num_threads(args.threads)
-    spec = RigSpec(name="stand-in")
+    streams = StreamSpecs(name="stand-in")
     load = os.getloadavg()
     lines = ["# Planning beside the control loop (asynchronous policy runner)", "",
              f"Command: `{shlex.join(['.venv/bin/python', 'tools/bench_async_policy.py', *(argv or sys.argv[1:])])}`  ",
@@ -233,10 +234,10 @@ def main(argv: list[str] | None = None) -> None:
              ""]
     rows = {}
     with tempfile.TemporaryDirectory(prefix="htouch-bench-async-") as tmp:
-        run = make_run(args.preset, spec, Path(tmp))
+        run = make_run(args.preset, streams, Path(tmp))
         for mode in modes:
             print(f"rollout: {mode} ({args.seconds:g} s)", flush=True)
-            rows[mode] = rollout(run, spec, args.seconds, MODES[mode], args.wait_ms, Path(tmp))
+            rows[mode] = rollout(run, streams, args.seconds, MODES[mode], args.wait_ms, Path(tmp))
             r = rows[mode]
             print(f"  ticks {r['ticks']}, policy per tick p50/p99/max {r['command'][0]:.2f}/{r['command'][1]:.1f}/"
                   f"{r['command'][2]:.1f} ms, waited {r['waited']}, overruns {r['overruns']}, re-plan p50/p99 "
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{b['command'][1] / a['command'][1]:.0f}x, max {b['command'][2] / a['command'][2]:.0f}x; "
                   f"ticks waiting {b['waited']} -> {a['waited']}; loop overruns {b['overruns']} -> {a['overruns']}; "
                   f"ticks per second {b['ticks'] / args.seconds:.1f} -> {a['ticks'] / args.seconds:.1f}."]
-    period_ms = 1e3 / spec.action.rate_hz
+    period_ms = 1e3 / streams.action.rate_hz
     lines += ["", "## Goals", "", "| mode | no tick computes policy work over "
               f"{args.wait_ms:g} ms (CPU) | no tick over {args.wait_ms:g} ms in the policy (wall) | re-plan wall p99 "
               f"<= {2 * period_ms:.1f} ms | re-plan CPU p99 <= {2 * period_ms:.1f} ms |", "|---|---|---|---|---|"]

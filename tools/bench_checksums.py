@@ -68,15 +68,15 @@ def timed(fn: Any) -> float:
 
 def run(seconds: float, repeats: int, width: int, height: int, tmp: Path, log: Any) -> dict[str, Any]:
     from htouch.dataset.manifest import read_manifest, verify_files
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
     from htouch.dataset.store import Dataset
     from htouch.dataset.validate import ChecksumOptions, validate_episode
 
-    rig = RigSpec(name="bench", camera=CameraSpec(width=width, height=height))
+    streams = StreamSpecs(name="bench", camera=CameraSpec(width=width, height=height))
     log(f"generating {min(300, int(seconds * 30))} photo-video frames at {width}x{height}")
-    frames = PhotoVideo(width, height).pool(min(300, int(seconds * rig.camera.rate_hz)))
-    rec = Recording(rig, seconds, frames, audio_pool(rig.audio.rate_hz, rig.audio.channels, 10.0))
-    ds = Dataset.create(tmp / "ds", "bench", rig)
+    frames = PhotoVideo(width, height).pool(min(300, int(seconds * streams.camera.rate_hz)))
+    rec = Recording(streams, seconds, frames, audio_pool(streams.audio.rate_hz, streams.audio.channels, 10.0))
+    ds = Dataset.create(tmp / "ds", "bench", streams)
     commits: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for r in range(repeats):
         for checksums in (True, False):
@@ -88,10 +88,10 @@ def run(seconds: float, repeats: int, width: int, height: int, tmp: Path, log: A
     validate: dict[str, list[float]] = {"full": [], "quick": [], "hash": []}
     for r in range(repeats):
         log(f"repeat {r + 1}/{repeats}: validate in full, --quick, and the hashing alone")
-        validate["full"].append(timed(lambda: validate_episode(path, rig, checksums=ChecksumOptions())))
-        validate["quick"].append(timed(lambda: validate_episode(path, rig, checksums=ChecksumOptions(False))))
+        validate["full"].append(timed(lambda: validate_episode(path, streams, checksums=ChecksumOptions())))
+        validate["quick"].append(timed(lambda: validate_episode(path, streams, checksums=ChecksumOptions(False))))
         validate["hash"].append(timed(lambda: verify_files(path, manifest)))
-    findings = [f.check for f in validate_episode(path, rig) if f.check.startswith("checksum.")]
+    findings = [f.check for f in validate_episode(path, streams) if f.check.startswith("checksum.")]
     assert not findings, findings  # the benchmark measures a clean episode
     return {"seconds": seconds, "repeats": repeats, "width": width, "height": height,
             "files": len(manifest["files"]), "bytes": tree_bytes(path), "commits": commits, "validate": validate}

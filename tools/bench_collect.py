@@ -160,7 +160,7 @@ def run(seconds: float, width: int, height: int, realtime: bool, scratch: Path) 
     rig = build_rig(cfg, "zip", "scripted", seed=0, realtime=realtime)
     rig.teleop = NoEndButtons(rig.teleop)
     root = scratch / ("paced" if realtime else "fast")
-    ds = Dataset.create(root, "zip", rig.spec)
+    ds = Dataset.create(root, "zip", rig.streams)
     # Wall time against simulated time at every tick: the map from a frame's time stamp to the wall clock.
     pairs: list[tuple[int, int]] = []
     sleep_until = rig.clock.sleep_until
@@ -224,7 +224,7 @@ def run(seconds: float, width: int, height: int, realtime: bool, scratch: Path) 
         "render_s": (render1 - render0) / NS,
         "audio_s": (audio1 - audio0) / NS,
         "frames": len(times),
-        "frames_expected": int(round(sim_s * rig.spec.camera.rate_hz)) + 1,
+        "frames_expected": int(round(sim_s * rig.streams.camera.rate_hz)) + 1,
         "frame_number_gaps": int(np.sum(np.clip(np.diff(numbers) - 1, 0, None))) if len(numbers) > 1 else 0,
         "frame_drop_events": sum(e["detail"].get("count", 0) for e in events if e["kind"] == "frame_drop"),
         "writer_dropped": dict(ep.attrs.get("dropped_rows", {})),

@@ -31,7 +31,7 @@ from htouch.collector.loop import Recorder  # noqa: E402
 from htouch.collector.rig import Rig  # noqa: E402
 from htouch.dataset.store import Dataset  # noqa: E402
 from tests.hw.fr3_sim import HOST, FrankySim, port_in_use  # noqa: E402
-from tests.loop_devices import TEST_SPEC, Plan, PlannedWorld  # noqa: E402
+from tests.loop_devices import TEST_STREAMS, Plan, PlannedWorld  # noqa: E402
 
 
 def bench_read_once(n: int) -> np.ndarray:
@@ -98,11 +98,11 @@ def with_recording(robot: FR3Robot, seconds: float) -> tuple[dict[str, float], d
     world = PlannedWorld([Plan(end_button=None)], stepped=False)
     world.start_producer()
     rig = Rig(camera=world.camera, microphones=world.microphones, teleop=world.teleop, robot=robot,
-              clock=world.clock, spec=TEST_SPEC, kind="real", operator="scripted", realtime=True,
+              clock=world.clock, streams=TEST_STREAMS, kind="real", operator="scripted", realtime=True,
               description="bench", closers=[world.stop_producer])
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ds = Dataset.create(Path(tmp) / "ds", "zip", TEST_SPEC)
+        ds = Dataset.create(Path(tmp) / "ds", "zip", TEST_STREAMS)
         recorder = Recorder(rig, ds, ControlConfig(max_episode_s=seconds))
         import threading
 

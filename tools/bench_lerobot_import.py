@@ -6,7 +6,7 @@
    exports it with `htouch export --format lerobot` (AV1 by default, as LeRobot records);
 2. imports the export with `htouch.interop.lerobot_import.import_lerobot`, pinned to one CPU (its writer thread and
    the decoder's threads too): frames/s on one core;
-3. compares the result with the source: frames (PSNR of the round trip, which holds the video codec and the rig's
+3. compares the result with the original: frames (PSNR of the round trip, which holds the video codec and the rig's
    image codec applied to the decoded frame, and of the video alone), states, actions, audio, events, labels,
    split, and validates it (`htouch validate`, checksums included);
 4. prints the figures and, with --write-doc, puts them in docs/interop.md between the markers.
@@ -100,7 +100,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="htouch-import-"))
     try:
-        ds, source = describe(args, work)
+        ds, dataset_text = describe(args, work)
         exported = export_lerobot(ds, work / "lr", vcodec=args.vcodec)
         report, seconds = on_one_core(import_lerobot, work / "lr", work / "back")
         back = Dataset(work / "back")
@@ -111,9 +111,9 @@ def main() -> None:
         trip, codec = r["trip"], r["codec"]
         same = [k for k, v in r["exact"].items() if v]
         differ = [k for k, v in r["exact"].items() if not v]
-        cam = ds.rig.camera
+        cam = ds.streams.camera
         text = "\n".join([
-            f"- source: {source}; exported with {exported.video_codec} (crf 30), {exported.rows} rows",
+            f"- dataset: {dataset_text}; exported with {exported.video_codec} (crf 30), {exported.rows} rows",
             f"- import speed: {report.rows / seconds:.0f} frames/s on one core ({report.rows} rows, {report.frames} "
             f"frames written, {report.episodes} episodes in {seconds:.1f} s: video decoded with PyAV, frames "
             f"re-encoded with the rig's {cam.codec}{f' q{cam.quality}' if cam.codec == 'jpeg' else ''}, checksums "
@@ -121,7 +121,7 @@ def main() -> None:
             f"- frames, round trip against the recorded frames (PSNR): min {trip.min():.1f} dB, median "
             f"{np.median(trip):.1f} dB, mean {trip.mean():.1f} dB; the video alone: min {codec.min():.1f} dB, "
             f"median {np.median(codec):.1f} dB",
-            (f"- equal to the source: {', '.join(same) or 'nothing'} (state and actions as LeRobot holds them, "
+            (f"- equal to the original: {', '.join(same) or 'nothing'} (state and actions as LeRobot holds them, "
              "float32; audio: PCM, block offsets, time stamps and overflow flags from the sidecar)"
              + (f"; differ: {', '.join(differ)}" if differ else "")
              + f"; split {'kept' if r['split'] else 'differs'}"),

@@ -122,9 +122,9 @@ def open_store(kind: str, path: Path, zip_path: Path, v3_path: Path, ds: Any) ->
     else:
         ep.group = zarr.open_group(str(v3_path), mode="r", zarr_format=3)
     ep.attrs = ep.group.attrs.asdict()["htouch_episode"]
-    from htouch.dataset.schema import RigSpec
+    from htouch.dataset.schema import StreamSpecs
 
-    ep.rig = RigSpec.from_dict(ep.attrs["rig"])
+    ep.streams = StreamSpecs.from_dict(ep.attrs["rig"])
     return ep
 
 
@@ -152,20 +152,20 @@ def raw_reads(path: Path, zip_path: Path, rng: np.random.Generator, n: int) -> d
 def run(lengths: list[float], samples: int, opens: int, width: int, height: int, tmp: Path, log: Any) -> dict:
     from htouch.dataset.episode import SampleParams
     from htouch.dataset.packed import pack_episode
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
     from htouch.dataset.store import Dataset
 
-    rig = RigSpec(name="bench", camera=CameraSpec(width=width, height=height))
+    streams = StreamSpecs(name="bench", camera=CameraSpec(width=width, height=height))
     log(f"generating {min(300, int(max(lengths) * 30))} photo-video frames at {width}x{height}")
-    frames = PhotoVideo(width, height).pool(min(300, int(max(lengths) * rig.camera.rate_hz)))
-    audio = audio_pool(rig.audio.rate_hz, rig.audio.channels, 10.0)
-    plain = Dataset.create(tmp / "plain", "bench", rig)
-    packed = Dataset.create(tmp / "packed", "bench", rig)
+    frames = PhotoVideo(width, height).pool(min(300, int(max(lengths) * streams.camera.rate_hz)))
+    audio = audio_pool(streams.audio.rate_hz, streams.audio.channels, 10.0)
+    plain = Dataset.create(tmp / "plain", "bench", streams)
+    packed = Dataset.create(tmp / "packed", "bench", streams)
     out: dict[str, Any] = {"lengths": lengths, "episodes": []}
     params = SampleParams()
     for k, seconds in enumerate(lengths):
         log(f"recording a {seconds:g} s episode")
-        path, _ = write_episode(plain, Recording(rig, seconds, frames, audio, seed=k))
+        path, _ = write_episode(plain, Recording(streams, seconds, frames, audio, seed=k))
         copy = packed.root / path.name
         import shutil
 
@@ -176,7 +176,7 @@ def run(lengths: list[float], samples: int, opens: int, width: int, height: int,
         zip_path = packed.root / f"{path.name}.zip"
         v3_path = tmp / "v3" / path.name
         log(f"{seconds:g} s: packed in {pack_s:.2f} s; writing the v3 sharded copy")
-        write_sharded(plain.episode(int(path.name.split("_")[1])).group, v3_path, rig.camera.quality)
+        write_sharded(plain.episode(int(path.name.split("_")[1])).group, v3_path, streams.camera.quality)
         sizes = {"unpacked": files_and_bytes(path), "zip, htouch": files_and_bytes(zip_path),
                  "zip, zarr ZipStore": files_and_bytes(zip_path), "v3 sharded": files_and_bytes(v3_path)}
         # opening: a fresh Dataset each time, so the structural checks run (htouch's stores) every time

@@ -141,7 +141,7 @@ def breakdown(preset: str, size: tuple[int, int], repeats: int) -> dict[str, flo
     params = audio.spectrogram_params(config.audio_kind)
     x1 = preprocess_frames(rgb[None], config.image_size)
     x4 = x1.repeat(4, 1, 1, 1)
-    spec = torch.from_numpy(audio.spectrogram(clip, audio.DEFAULT_CLIP.rate_hz, params))[None]
+    spectrogram = torch.from_numpy(audio.spectrogram(clip, audio.DEFAULT_CLIP.rate_hz, params))[None]
     buffer = PolicyRunner(model, config, ActionNormalization.identity(), SafetyFilter(), audio=AudioSpec()).buffer
     _, blocks = make_stream(3.0, 8, 8)
     for block in blocks:
@@ -149,14 +149,14 @@ def breakdown(preset: str, size: tuple[int, int], repeats: int) -> dict[str, flo
     t_clip = blocks[-1].timestamp_ns
     with torch.inference_mode():
         fe = model.encode_frames(x4)[None]
-        ae = model.encode_audio(spec)
+        ae = model.encode_audio(spectrogram)
         pieces = {
             "gather the 2 s clip from live blocks (-> 16 kHz mono)": lambda: buffer.clip(t_clip),
             "resize one 640x480 frame": lambda: preprocess_frames(rgb[None], config.image_size),
             "encode 1 frame (ResNet18)": lambda: model.encode_frames(x1),
             "encode 4 frames (batch)": lambda: model.encode_frames(x4),
             "spectrogram of the 2 s clip (avid)": lambda: audio.spectrogram(clip, audio.DEFAULT_CLIP.rate_hz, params),
-            "encode audio (AVID Conv2D)": lambda: model.encode_audio(spec),
+            "encode audio (AVID Conv2D)": lambda: model.encode_audio(spectrogram),
             "fusion block + head": lambda: model.head(fe, ae),
         }
         out = {}

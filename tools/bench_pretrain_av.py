@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     from rich.console import Console
 
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
     from htouch.dataset.split import split_dataset
     from htouch.dataset.synthetic import write_synthetic_dataset
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp)
         log(f"writing {EPISODES} synthetic 64x48 episodes of {SECONDS:g} s")
         ds = write_synthetic_dataset(tmp / "ds", EPISODES, seconds=SECONDS,
-                                     rig=RigSpec(name="synthetic", camera=CameraSpec(width=64, height=48)))
+                                     streams=StreamSpecs(name="synthetic", camera=CameraSpec(width=64, height=48)))
         split_dataset(ds, 0.34, seed=0)
         for preset in presets:
             results.append(measure(ds.root, tmp / f"out-{preset}", preset, log))

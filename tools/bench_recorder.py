@@ -124,9 +124,9 @@ class Probe:
 def record(seconds: float, scratch: Path) -> dict:
     """One episode of `seconds` on the stand-in rig; the figures."""
     config = RigConfig(kind="real", name="stand-in", control=ControlConfig(max_episode_s=seconds))
-    spec = config.rig_spec()
-    rig = stand_in_rig(spec, operator=True)
-    ds = Dataset.create(scratch / "data", "stand-in", spec)
+    streams = config.stream_specs()
+    rig = stand_in_rig(streams, operator=True)
+    ds = Dataset.create(scratch / "data", "stand-in", streams)
     probe = Probe(threading.main_thread().native_id)
 
     # Hand-out delay of every frame: capture time to the moment the camera reader got it (both host clock).
@@ -195,7 +195,7 @@ def record(seconds: float, scratch: Path) -> dict:
     outcome = result.outcomes[0]
     periods = np.array(rec.timing.wall_periods_ns) / 1e6
     work = np.array(rec.timing.work_ns) / 1e6
-    frame_period_ms = 1e3 / spec.camera.rate_hz
+    frame_period_ms = 1e3 / streams.camera.rate_hz
     delay_ms = np.array(delays) / 1e6
     writer = probe.writer[0]
     wall = wall1 - wall0
@@ -216,7 +216,7 @@ def record(seconds: float, scratch: Path) -> dict:
         "overruns": rec.timing.overruns,
         "work": [float(np.percentile(work, q)) for q in (50, 99)] + [float(work.max())],
         "tick_cpu": [float(np.percentile(tick_cpu, q)) for q in (50, 99)] + [float(tick_cpu.max())],
-        "frames": len(times), "frames_expected": int(round(outcome.duration_s * spec.camera.rate_hz)),
+        "frames": len(times), "frames_expected": int(round(outcome.duration_s * streams.camera.rate_hz)),
         "gaps": gaps, "camera_dropped": rig.camera.dropped, "writer_dropped": writer_dropped,
         "dropped": gaps + writer_dropped.get("camera", 0),
         "late": int((delay_ms > frame_period_ms).sum()), "frame_period_ms": frame_period_ms,

@@ -144,9 +144,9 @@ def measure_recording(task: str, episodes: int, width: int, height: int, seed: i
     tmp = Path(tempfile.mkdtemp(prefix="bench-sim-"))
     config = rig_config(width, height)
     rig = build_rig(config, task, "scripted", seed=seed)
-    sim = next(source for source in rig.event_sources if isinstance(source, SimRig))
+    sim = next(e for e in rig.event_emitters if isinstance(e, SimRig))
     try:
-        dataset = Dataset.open_or_create(tmp / "ds", task, rig.spec)
+        dataset = Dataset.open_or_create(tmp / "ds", task, rig.streams)
         recorder = Recorder(rig, dataset, config.control, config.mapping, config.safety)
         sampler = ThreadSampler()
         sampler.start()

@@ -43,7 +43,7 @@ NOISE_SIGMA = 2.0  # sensor noise added to every frame (uint8 levels)
 PACED_SPEED = 4.0  # the memory run's "paced" mode feeds at this multiple of real time (10 min must fit)
 MAX_TICK_S = 1 / 30  # caller latency check: no tick's calls may take a whole camera period
 TRAIN_BATCH = 32  # the training-input readers deliver batches of this many samples (the paper's batch size)
-TRAIN_GOAL_TODAY, TRAIN_GOAL_PAPER = 10.0, 20.0  # issue 13: the new path vs today's training path / the paper layout
+TRAIN_GOAL_TODAY, TRAIN_GOAL_PAPER = 10.0, 20.0  # goal speed-ups of the new path over today's path / the paper layout
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ class Recording:
     """Every row of a recording, generated before writing so that producing them is not measured.
     Frames and audio come from pools that are cycled; frame k is pool[(k + frame_offset) % len(pool)]."""
 
-    rig: Any
+    streams: Any
     seconds: float
     frames: list[np.ndarray]
     audio: np.ndarray  # (pool samples, channels) int16
@@ -219,20 +219,20 @@ class Recording:
     def __post_init__(self) -> None:
         from htouch.dataset.synthetic import AUDIO_BLOCK
 
-        rig, rng = self.rig, np.random.default_rng(self.seed)
+        streams, rng = self.streams, np.random.default_rng(self.seed)
         self.block = AUDIO_BLOCK
-        self.n = {"camera": int(self.seconds * rig.camera.rate_hz),
-                  "audio": int(self.seconds * rig.audio.rate_hz / AUDIO_BLOCK),
-                  "state": int(self.seconds * rig.state.rate_hz),
-                  "action": int(self.seconds * rig.action.rate_hz),
-                  "teleop": int(self.seconds * rig.teleop.rate_hz)}
-        self.rate = {"camera": rig.camera.rate_hz, "audio": rig.audio.rate_hz / AUDIO_BLOCK,
-                     "state": rig.state.rate_hz, "action": rig.action.rate_hz, "teleop": rig.teleop.rate_hz}
+        self.n = {"camera": int(self.seconds * streams.camera.rate_hz),
+                  "audio": int(self.seconds * streams.audio.rate_hz / AUDIO_BLOCK),
+                  "state": int(self.seconds * streams.state.rate_hz),
+                  "action": int(self.seconds * streams.action.rate_hz),
+                  "teleop": int(self.seconds * streams.teleop.rate_hz)}
+        self.rate = {"camera": streams.camera.rate_hz, "audio": streams.audio.rate_hz / AUDIO_BLOCK,
+                     "state": streams.state.rate_hz, "action": streams.action.rate_hz, "teleop": streams.teleop.rate_hz}
         ts = np.arange(self.n["state"]) / self.rate["state"]
         wave = lambda t, k: np.stack([np.sin(0.3 * (j + 1) * t + j) for j in range(k)], -1)  # noqa: E731
         self.ee_pose = np.concatenate([0.4 + 0.1 * wave(ts, 3), np.tile([1.0, 0, 0, 0], (len(ts), 1))], 1)
         self.ee_pose += rng.normal(0, 1e-5, self.ee_pose.shape)  # sensor noise, as the robot reports it
-        self.joints = 0.3 * wave(ts, rig.state.n_joints) + rng.normal(0, 1e-5, (len(ts), rig.state.n_joints))
+        self.joints = 0.3 * wave(ts, streams.state.n_joints) + rng.normal(0, 1e-5, (len(ts), streams.state.n_joints))
         self.gripper_width = 0.04 + 0.04 * np.sin(0.2 * ts)
         ta = np.arange(self.n["action"]) / self.rate["action"]
         self.delta_ee = 1e-3 * wave(ta, 6)
@@ -240,9 +240,9 @@ class Recording:
         tt = np.arange(self.n["teleop"]) / self.rate["teleop"]
         self.controller_pose = np.tile(np.eye(4), (len(tt), 1, 1))
         self.controller_pose[:, :3, 3] = wave(tt, 3) * 0.2 + rng.normal(0, 1e-4, (len(tt), 3))
-        self.buttons = np.zeros((len(tt), len(rig.teleop.button_names)), bool)
+        self.buttons = np.zeros((len(tt), len(streams.teleop.button_names)), bool)
         self.buttons[:, 0] = np.sin(0.2 * tt) > 0
-        self.analog = (0.5 + 0.5 * wave(tt, len(rig.teleop.analog_names))).astype(np.float32)
+        self.analog = (0.5 + 0.5 * wave(tt, len(streams.teleop.analog_names))).astype(np.float32)
 
     def time_ns(self, stream: str, i: int) -> int:
         return START_NS + round(i * NS / self.rate[stream])
@@ -293,10 +293,10 @@ class Recording:
                 on_tick(k)
 
 
-def new_dataset(root: Path, rig: Any) -> Any:
+def new_dataset(root: Path, streams: Any) -> Any:
     from htouch.dataset.store import Dataset
 
-    return Dataset.create(root, "bench", rig)
+    return Dataset.create(root, "bench", streams)
 
 
 def write_episode(ds: Any, rec: Recording, **kw: Any) -> tuple[Path, Any]:
@@ -308,10 +308,10 @@ def write_episode(ds: Any, rec: Recording, **kw: Any) -> tuple[Path, Any]:
 # ------------------------------------------------------------------------------------------------ 1. writer
 
 
-def bench_writer(tmp: Path, rig: Any, frames: list[np.ndarray], audio: np.ndarray, sizes: Sizes,
+def bench_writer(tmp: Path, streams: Any, frames: list[np.ndarray], audio: np.ndarray, sizes: Sizes,
                  log: Callable[[str], None]) -> dict[str, Any]:
-    rec = Recording(rig, sizes.throughput_s, frames, audio)
-    ds = new_dataset(tmp / "throughput", rig)
+    rec = Recording(streams, sizes.throughput_s, frames, audio)
+    ds = new_dataset(tmp / "throughput", streams)
     log(f"writer throughput: {sizes.throughput_s:g} s recording, blocking writer, as fast as it accepts")
     c0, t0 = cpu_seconds(), time.perf_counter()
     path, writer = write_episode(ds, rec)
@@ -323,7 +323,7 @@ def bench_writer(tmp: Path, rig: Any, frames: list[np.ndarray], audio: np.ndarra
                            "episode_bytes": tree_bytes(path), "dropped": writer.dropped}
 
     log(f"caller latency: {sizes.latency_s:g} s recording paced in real time, non-blocking writer")
-    rec = Recording(rig, sizes.latency_s, frames, audio)
+    rec = Recording(streams, sizes.latency_s, frames, audio)
     ticks: list[float] = []
     _, writer = write_episode(ds, rec, blocking=False, speed=1.0, tick_times=ticks)
     ms = np.array(ticks) * 1e3
@@ -333,44 +333,45 @@ def bench_writer(tmp: Path, rig: Any, frames: list[np.ndarray], audio: np.ndarra
     return out
 
 
-def raw_bytes_per_s(rig: Any) -> dict[str, float]:
+def raw_bytes_per_s(streams: Any) -> dict[str, float]:
     """Uncompressed bytes per second of each stream, from the schema's arrays at the rig's nominal rates."""
     from htouch.dataset.schema import episode_arrays
     from htouch.dataset.synthetic import AUDIO_BLOCK
 
-    rows = {"frames": rig.camera.rate_hz, "samples": rig.audio.rate_hz, "blocks": rig.audio.rate_hz / AUDIO_BLOCK}
+    rows = {"frames": streams.camera.rate_hz, "samples": streams.audio.rate_hz,
+            "blocks": streams.audio.rate_hz / AUDIO_BLOCK}
     out: dict[str, float] = {}
-    for a in episode_arrays(rig):
+    for a in episode_arrays(streams):
         if a.stream == "events":
             continue
         per_row = np.dtype(a.dtype).itemsize * int(np.prod(a.shape, dtype=np.int64))
-        rate = rows.get(a.axis) or rig.nominal_rate(a.stream)
+        rate = rows.get(a.axis) or streams.nominal_rate(a.stream)
         out[a.stream] = out.get(a.stream, 0.0) + per_row * rate
-    out["camera/rgb"] = rig.camera.width * rig.camera.height * 3 * rig.camera.rate_hz
+    out["camera/rgb"] = streams.camera.width * streams.camera.height * 3 * streams.camera.rate_hz
     return out
 
 
 # ------------------------------------------------------------------------------------------------ 2. quality
 
 
-def bench_quality(tmp: Path, rig: Any, video: PhotoVideo, frames: list[np.ndarray], synth: list[np.ndarray],
+def bench_quality(tmp: Path, streams: Any, video: PhotoVideo, frames: list[np.ndarray], synth: list[np.ndarray],
                   audio: np.ndarray, sizes: Sizes, log: Callable[[str], None]) -> list[dict[str, Any]]:
     from htouch.dataset.episode import Episode
 
-    n = int(sizes.quality_s * rig.camera.rate_hz)
-    default_q = rig.camera.quality
+    n = int(sizes.quality_s * streams.camera.rate_hz)
+    default_q = streams.camera.quality
     settings = [("photos", "jpeg", q) for q in sorted({80, 90, 95, default_q})] + [("photos", "png", None)]
     settings.append(("synthetic scene", "jpeg", default_q))
-    raw_frame = rig.camera.width * rig.camera.height * 3
+    raw_frame = streams.camera.width * streams.camera.height * 3
     rows = []
     for i, (video_name, codec, q) in enumerate(settings):
         pool = frames if video_name == "photos" else synth
-        cam = replace(rig.camera, codec=codec, quality=q if q is not None else rig.camera.quality)
-        qrig = replace(rig, camera=cam)
+        cam = replace(streams.camera, codec=codec, quality=q if q is not None else streams.camera.quality)
+        qstreams = replace(streams, camera=cam)
         label = f"{codec} {q}" if q is not None else codec
         log(f"image quality: {video_name}, {label}, {n} frames")
-        ds = new_dataset(tmp / f"quality{i}", qrig)
-        rec = Recording(qrig, n / rig.camera.rate_hz, pool[:n], audio)
+        ds = new_dataset(tmp / f"quality{i}", qstreams)
+        rec = Recording(qstreams, n / streams.camera.rate_hz, pool[:n], audio)
         t0 = time.perf_counter()
         path, _ = write_episode(ds, rec)
         wall = time.perf_counter() - t0
@@ -382,7 +383,7 @@ def bench_quality(tmp: Path, rig: Any, video: PhotoVideo, frames: list[np.ndarra
                      "bytes_per_frame": rgb_bytes / n, "ratio": rgb_bytes / (n * raw_frame),
                      "psnr_mean": float(np.mean(p_noisy)), "psnr_min": float(np.min(p_noisy)),
                      "psnr_clean": float(np.mean(p_clean)) if p_clean else None,
-                     "x_realtime": rec.seconds / wall, "default": codec == rig.camera.codec and q == default_q})
+                     "x_realtime": rec.seconds / wall, "default": codec == streams.camera.codec and q == default_q})
     return rows
 
 
@@ -439,8 +440,8 @@ class PaperLayoutEpisode:
 
     AUDIO_MODES = ("index", "skiprows", "memory")
 
-    def __init__(self, root: Path, rig: Any, audio_mode: str):
-        self.root, self.rig, self.audio_mode = root, rig, audio_mode
+    def __init__(self, root: Path, streams: Any, audio_mode: str):
+        self.root, self.streams, self.audio_mode = root, streams, audio_mode
         self.frame_times = np.loadtxt(root / "frames.csv", delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)[:, 1]
         acts = np.loadtxt(root / "actions.csv", delimiter=",", skiprows=1, ndmin=2)
         self.action_times, self.actions = acts[:, 0].astype(np.int64), acts[:, 1:]
@@ -495,7 +496,7 @@ class PaperLayoutEpisode:
         frames = np.stack([imagecodecs.jpeg8_decode((self.root / "frames" / f"{i:06d}.jpg").read_bytes())
                            for i in idx])
         t1 = time.perf_counter()
-        spec = self.rig.audio
+        spec = self.streams.audio
         n = int(round(params.clip.window_s * spec.rate_hz))
         last = int(round((t_ns - self.audio_t0) * spec.rate_hz / NS))  # the sample captured at t
         raw = self.audio_lines(last - n + 1, n)
@@ -540,21 +541,21 @@ READ_LAYOUTS = {  # reader name: (layout, audio mode)
 }
 
 
-def bench_reads(tmp: Path, rig: Any, frames: list[np.ndarray], audio: np.ndarray, sizes: Sizes,
+def bench_reads(tmp: Path, streams: Any, frames: list[np.ndarray], audio: np.ndarray, sizes: Sizes,
                 log: Callable[[str], None]) -> dict[str, Any]:
     from htouch.dataset.episode import Episode, SampleParams
 
     params = SampleParams()
-    ds = new_dataset(tmp / "reads", rig)
+    ds = new_dataset(tmp / "reads", streams)
     readers: dict[str, list[Any]] = {name: [] for name in READ_LAYOUTS}
     setup_s = dict.fromkeys(READ_LAYOUTS, 0.0)
     htouch_bytes = paper_bytes = 0
     for e in range(2):
-        rec = Recording(rig, sizes.read_episode_s, frames, audio, frame_offset=e * len(frames) // 3, seed=e)
+        rec = Recording(streams, sizes.read_episode_s, frames, audio, frame_offset=e * len(frames) // 3, seed=e)
         log(f"sample reads: writing episode {e + 1}/2 ({rec.seconds:g} s) and its paper-layout copy")
         path, _ = write_episode(ds, rec)
         proot = tmp / "paper_layout" / path.name
-        PaperLayoutEpisode.export(proot, rec, rig.camera.quality)
+        PaperLayoutEpisode.export(proot, rec, streams.camera.quality)
         htouch_bytes += tree_bytes(path)
         paper_bytes += tree_bytes(proot)
         for name, (kind, mode) in READ_LAYOUTS.items():
@@ -565,7 +566,7 @@ def bench_reads(tmp: Path, rig: Any, frames: list[np.ndarray], audio: np.ndarray
                     ep.preload_audio()
                 readers[name].append(ep)
             else:
-                readers[name].append(PaperLayoutEpisode(proot, rig, mode))
+                readers[name].append(PaperLayoutEpisode(proot, streams, mode))
             setup_s[name] += time.perf_counter() - t0
 
     rng = np.random.default_rng(1)
@@ -628,8 +629,8 @@ class PaperTrainingReader:
     """The paper layout as a training sample: its reader's frames resized as htouch's training resizes them and
     the spectrogram computed from its clip (audio.spectrogram, as a loader of that layout must)."""
 
-    def __init__(self, paper: PaperLayoutEpisode, params: Any, size: int, spec_params: Any):
-        self.paper, self.params, self.size, self.spec_params = paper, params, size, spec_params
+    def __init__(self, paper: PaperLayoutEpisode, params: Any, size: int, spectrogram_params: Any):
+        self.paper, self.params, self.size, self.spectrogram_params = paper, params, size, spectrogram_params
 
     def sample(self, t_ns: int) -> dict[str, Any]:
         import torch
@@ -638,8 +639,8 @@ class PaperTrainingReader:
         from htouch.dataset.frames import resize_frames
 
         frames, clip, actions = self.paper.sample(t_ns, self.params)
-        spec = audio.spectrogram(clip, self.params.clip.rate_hz, self.spec_params)
-        return {"frames": resize_frames(frames, self.size), "spec": torch.from_numpy(spec),
+        spectrogram = audio.spectrogram(clip, self.params.clip.rate_hz, self.spectrogram_params)
+        return {"frames": resize_frames(frames, self.size), "spectrogram": torch.from_numpy(spectrogram),
                 "actions": torch.from_numpy(actions)}
 
 
@@ -670,7 +671,7 @@ class ScaledDecodeReader:
         import torch
 
         e, row = self.samples.locate(index)
-        return {"frames": self.frames(e, e.frame_idx[row]), "spec": self.samples.spectrogram(index),
+        return {"frames": self.frames(e, e.frame_idx[row]), "spectrogram": self.samples.spectrogram(index),
                 "actions": torch.from_numpy(e.actions[row]), "mask": torch.from_numpy(e.mask[row])}
 
 
@@ -700,10 +701,11 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     t0 = time.perf_counter()
     n_frames = 0
     for ep in episodes:
-        spectrograms.build(ep, spec.spec_params, spec.clip)
+        spectrograms.build(ep, spec.spectrogram_params, spec.clip)
         n_frames += len(ep.camera_times)
-    spec_build_s = time.perf_counter() - t0
-    log(f"training inputs: {spec.audio_kind} spectrogram caches built ({spec_build_s:.0f} s); opening today's path")
+    spectrogram_build_s = time.perf_counter() - t0
+    log(f"training inputs: {spec.audio_kind} spectrogram caches built ({spectrogram_build_s:.0f} s); "
+        "opening today's path")
     norm = ActionNormalization.identity(spec.action_dim)
     idx = [ep.index for ep in episodes]
     today = PolicySamples(ds, idx, spec, norm, preload_mb=0)  # before the frame caches exist: decodes
@@ -714,9 +716,9 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     cache_bytes = rowcache.dir_size(frame_cache.key_dir(ds.root, size))
     log(f"training inputs: {size} px frame caches built ({build_s:.0f} s, {cache_bytes / 1e6:.0f} MB)")
     cached = PolicySamples(ds, idx, spec, norm, preload_mb=0)
-    assert today.frame_sources["decoded"] == 2 and cached.frame_sources["cache"] == 2
+    assert today.frame_provenance["decoded"] == 2 and cached.frame_provenance["cache"] == 2
     scaled = ScaledDecodeReader(today, size)
-    paper = [PaperTrainingReader(p, spec.sample_params, size, spec.spec_params) for p in papers]
+    paper = [PaperTrainingReader(p, spec.sample_params, size, spec.spectrogram_params) for p in papers]
 
     rng = np.random.default_rng(2)
     window = int(max(spec.frame_window_s, spec.clip.window_s) * 1e9)  # the paper reader does not pad
@@ -747,9 +749,9 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
     for name in TRAIN_READERS[1:]:
         got = batch_of(name, batches[0])
         d = (got["frames"].float() - ref["frames"].float()).abs()
-        sd = float((got["spec"] - ref["spec"]).abs().max())
-        diff[name] = {"max": float(d.max()), "mean": float(d.mean()), "spec": sd,
-                      "spec_scale": float(ref["spec"].abs().max())}
+        sd = float((got["spectrogram"] - ref["spectrogram"]).abs().max())
+        diff[name] = {"max": float(d.max()), "mean": float(d.mean()), "spectrogram": sd,
+                      "spectrogram_scale": float(ref["spectrogram"].abs().max())}
         if name.startswith("frame cache") and not (d.max() == 0 and sd == 0 and torch.equal(got["actions"],
                                                                                            ref["actions"])):
             raise RuntimeError(f"{name} returns other samples than today's path")
@@ -776,14 +778,14 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
             t0 = time.perf_counter()
             e.caches[size].read(np.unique(e.frame_idx[rows]))
             t1 = time.perf_counter()
-            e.spectrograms.frames(np.unique(e.spec_frame[rows]))
+            e.spectrograms.frames(np.unique(e.spectrogram_frame[rows]))
             parts["frames"] += t1 - t0
             parts["spectrograms"] += time.perf_counter() - t1
     return {"spec": spec, "batches": len(batches), "samples": n, "rates": {k: n / v for k, v in spent.items()},
             "cpu_rates": {k: n / v for k, v in cpu.items()}, "diff": diff,
             "parts_ms": {k: v / n * 1e3 for k, v in parts.items()}, "cache_bytes": cache_bytes,
-            "cache_build_s": build_s, "spec_build_s": spec_build_s, "frames": n_frames,
-            "spec_bytes": rowcache.dir_size(spectrograms.key_dir(ds.root, spec.spec_params, spec.clip))}
+            "cache_build_s": build_s, "spectrogram_build_s": spectrogram_build_s, "frames": n_frames,
+            "spectrogram_bytes": rowcache.dir_size(spectrograms.key_dir(ds.root, spec.spectrogram_params, spec.clip))}
 
 
 # ------------------------------------------------------------------------------------------------ 4. memory
@@ -791,12 +793,12 @@ def bench_training_inputs(ds: Any, episodes: list[Any], papers: list[PaperLayout
 
 def memory_child(mode: str, minutes: float, width: int, height: int) -> None:
     """Runs in a subprocess: write one long episode and print RSS figures as JSON (stdout's last line)."""
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
 
-    rig = RigSpec(name="bench", camera=CameraSpec(width=width, height=height))
+    streams = StreamSpecs(name="bench", camera=CameraSpec(width=width, height=height))
     frames = PhotoVideo(width, height).pool(30)
-    audio = audio_pool(rig.audio.rate_hz, rig.audio.channels, 1.0)
-    rec = Recording(rig, minutes * 60, frames, audio)
+    audio = audio_pool(streams.audio.rate_hz, streams.audio.channels, 1.0)
+    rec = Recording(streams, minutes * 60, frames, audio)
     marks_at = {max(0, round(m * rec.n["camera"]) - 1): m for m in (0.1, 0.5, 1.0)}
     marks: list[dict[str, Any]] = []
 
@@ -806,7 +808,7 @@ def memory_child(mode: str, minutes: float, width: int, height: int) -> None:
                           "peak_mb": proc_status_kb("VmHWM") / 1024})
 
     with tempfile.TemporaryDirectory(prefix="htouch-bench-mem-") as tmp:
-        ds = new_dataset(Path(tmp) / "ds", rig)
+        ds = new_dataset(Path(tmp) / "ds", streams)
         before = proc_status_kb("VmRSS") / 1024
         t0 = time.perf_counter()
         _, writer = write_episode(ds, rec, speed=PACED_SPEED if mode == "paced" else None, on_tick=on_tick)
@@ -869,10 +871,10 @@ def db(x: float | None) -> str:
 def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], str]:
     """The goal table (figure, value, goal, verdict) and the markdown document."""
     w, q, r, mem = res["writer"], res["quality"], res["reads"], res["memory"]
-    rig = res["rig"]
+    streams = res["streams"]
     lat = w["latency"]
     default = next(x for x in q if x["default"])
-    raw = raw_bytes_per_s(rig)
+    raw = raw_bytes_per_s(streams)
     ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
     rr = lambda name: f"{r['rates'][name]:.0f}"  # noqa: E731
     ratio = lambda a, b: r["rates"][a] / r["rates"][b]  # noqa: E731
@@ -926,10 +928,10 @@ def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], 
     L += [""]
 
     L += ["## 1. Writer throughput and caller latency", "",
-          f"A recording of {rig.camera.width}x{rig.camera.height} RGB at {rig.camera.rate_hz:g} Hz, "
-          f"{rig.audio.channels} x {rig.audio.rate_hz / 1000:g} kHz int16 audio in {res['audio_block']}-sample "
-          f"blocks, state at {rig.state.rate_hz:g} Hz, actions at {rig.action.rate_hz:g} Hz and teleop at "
-          f"{rig.teleop.rate_hz:g} Hz, written through `EpisodeWriter`. All rows are generated before writing "
+          f"A recording of {streams.camera.width}x{streams.camera.height} RGB at {streams.camera.rate_hz:g} Hz, "
+          f"{streams.audio.channels} x {streams.audio.rate_hz / 1000:g} kHz int16 audio in {res['audio_block']}-sample "
+          f"blocks, state at {streams.state.rate_hz:g} Hz, actions at {streams.action.rate_hz:g} Hz and teleop at "
+          f"{streams.teleop.rate_hz:g} Hz, written through `EpisodeWriter`. All rows are generated before writing "
           f"(frames from a pool of {res['pool_frames']} pre-rendered photo-video frames, cycled), so only the "
           "writer is measured.", "",
           f"- **Throughput** (`blocking=True`, the producer feeds as fast as the writer accepts; from creating the "
@@ -978,7 +980,7 @@ def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], 
     L += [f"| {c['label']} | {c['ratio'] * 100:.1f} % | {c['psnr_mean']:.1f} | {c['psnr_clean']:.1f} | "
           f"{c['encode_ms']:.0f} |" for c in res["candidates"]]
     L += ["", "The photo video: scikit-image's bundled photographs (" + ", ".join(PHOTOS) + ") scaled to "
-          f"{round(rig.camera.height * 16 / 15)} px high (x{min(res['photo_scales']):.1f} to "
+          f"{round(streams.camera.height * 16 / 15)} px high (x{min(res['photo_scales']):.1f} to "
           f"x{max(res['photo_scales']):.1f}) and laid side by side; four shots, one starting "
           "at each photo, in which the camera pans right at a tenth of the frame width per second, drifts "
           "vertically and zooms by up to 10 % (bicubic resampling); then Gaussian sensor noise, sigma "
@@ -987,7 +989,7 @@ def build_report(res: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], 
     L += quality_verdict(q, res["candidates"])
 
     L += ["## 3. Random training-sample reads", "",
-          f"Two episodes of {r['episode_s']:g} s (the photo video at JPEG {rig.camera.quality}). A sample is what "
+          f"Two episodes of {r['episode_s']:g} s (the photo video at JPEG {streams.camera.quality}). A sample is what "
           f"`Episode.sample` returns: {r['params'].n_frames} frames over {r['params'].frame_window_s:g} s, a "
           f"{r['params'].clip.window_s:g} s audio clip (channels averaged, normalised, resampled to "
           f"{r['params'].clip.rate_hz / 1000:g} kHz), and {r['params'].horizon} actions (htouch also returns "
@@ -1068,7 +1070,7 @@ def training_section(r: dict[str, Any]) -> list[str]:
          f"from 640x480), then resized to {spec.image_size} as training resizes.",
          f"- *frame cache*: `htouch frames` stored every frame already resized ({tr['frames']} frames in "
          f"{tr['cache_build_s']:.0f} s, {mb(tr['cache_bytes'])} MB at {spec.image_size} px, uncompressed; "
-         f"the spectrogram caches: {mb(tr['spec_bytes'])} MB); `PolicySamples` reads it through a memory "
+         f"the spectrogram caches: {mb(tr['spectrogram_bytes'])} MB); `PolicySamples` reads it through a memory "
          "map. *per sample*: `__getitem__` as before; *batched*: `__getitems__` (what torch's DataLoader "
          "calls with a batch's indices), by episode: its spectrograms in one read, its frames copied from the "
          "memory-mapped chunk files straight into each sample.",
@@ -1093,8 +1095,8 @@ def training_section(r: dict[str, Any]) -> list[str]:
           f"Scaled DCT decoding changes the frames by up to {scaled['max']:.0f} levels (mean {scaled['mean']:.2f}) "
           "at the same size: it would change what the policy sees in training and no longer match the policy "
           "runner's full-size resize, for a smaller gain. The paper-layout reader's spectrograms differ from "
-          f"htouch's by at most {tr['diff'][TRAIN_READERS[4]]['spec']:.2g} (values up to "
-          f"{tr['diff'][TRAIN_READERS[4]]['spec_scale']:.3g}; its clip is gathered its own way, section 3).", ""]
+          f"htouch's by at most {tr['diff'][TRAIN_READERS[4]]['spectrogram']:.2g} (values up to "
+          f"{tr['diff'][TRAIN_READERS[4]]['spectrogram_scale']:.3g}; its clip is gathered its own way, section 3).", ""]
     return L
 
 
@@ -1219,7 +1221,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     from rich.console import Console
 
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
     from htouch.dataset.synthetic import AUDIO_BLOCK
     from htouch.dataset.writer import EpisodeWriter
 
@@ -1230,23 +1232,24 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[dim]{time.perf_counter() - t_start:6.1f} s[/]  {msg}")
 
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    rig = RigSpec(name="bench", camera=CameraSpec(width=width, height=height))
+    streams = StreamSpecs(name="bench", camera=CameraSpec(width=width, height=height))
     log(f"pinned to CPU {cpu}; generating {sizes.pool_frames} photo-video frames and the synthetic scene")
     video = PhotoVideo(width, height)
     frames = video.pool(sizes.pool_frames)
-    synth = synthetic_scene_pool(width, height, int(sizes.quality_s * rig.camera.rate_hz))
-    audio = audio_pool(rig.audio.rate_hz, rig.audio.channels, 10.0 if not args.quick else 1.0)
+    synth = synthetic_scene_pool(width, height, int(sizes.quality_s * streams.camera.rate_hz))
+    audio = audio_pool(streams.audio.rate_hz, streams.audio.channels, 10.0 if not args.quick else 1.0)
 
     queue_size = inspect.signature(EpisodeWriter).parameters["queue_size"].default
-    res: dict[str, Any] = {"rig": rig, "audio_block": AUDIO_BLOCK, "pool_frames": len(frames), "queue_size": queue_size,
+    res: dict[str, Any] = {"streams": streams, "audio_block": AUDIO_BLOCK,
+                           "pool_frames": len(frames), "queue_size": queue_size,
                            "photo_scales": video.scales,
-                           "rows_per_s": sum(Recording(rig, 1, frames, audio).rate.values())}
+                           "rows_per_s": sum(Recording(streams, 1, frames, audio).rate.values())}
     with tempfile.TemporaryDirectory(prefix="htouch-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        res["writer"] = bench_writer(tmp, rig, frames, audio, sizes, log)
-        res["quality"] = bench_quality(tmp, rig, video, frames, synth, audio, sizes, log)
+        res["writer"] = bench_writer(tmp, streams, frames, audio, sizes, log)
+        res["quality"] = bench_quality(tmp, streams, video, frames, synth, audio, sizes, log)
         res["candidates"] = bench_candidates(video, frames, sizes.candidate_frames, log)
-        res["reads"] = bench_reads(tmp, rig, frames, audio, sizes, log)
+        res["reads"] = bench_reads(tmp, streams, frames, audio, sizes, log)
     del frames, synth
     res["memory"] = bench_memory(width, height, minutes, cpu, log)
 

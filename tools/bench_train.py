@@ -131,7 +131,7 @@ def measure(ds_root: Path, run_root: Path, preset: str, frozen: bool, batch: int
     samples, wall, cpu, taken, epoch = 0, 0.0, 0.0, 0, 1
     while wall < min_seconds or taken == 0:
         c0 = cpu_seconds()
-        n_batches, _ = session.source.train_batches(epoch)
+        n_batches, _ = session.feed.train_batches(epoch)
         _, n, seconds = session.train_epoch(epoch, max_batches=steps)
         cpu += cpu_seconds() - c0
         samples, wall, taken, epoch = samples + n, wall + seconds, taken + min(steps, n_batches), epoch + 1

@@ -45,7 +45,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from htouch.dataset.location import forget_listings
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
     from htouch.dataset.store import Dataset
     from htouch.dataset.summary import episode_row
     from htouch.dataset.synthetic import write_synthetic_dataset
@@ -58,8 +58,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "ds"
-            rig = RigSpec(name="synthetic", camera=CameraSpec(width=640, height=480))
-            write_synthetic_dataset(local, args.episodes, seconds=args.seconds, seed=0, rig=rig)
+            streams = StreamSpecs(name="synthetic", camera=CameraSpec(width=640, height=480))
+            write_synthetic_dataset(local, args.episodes, seconds=args.seconds, seed=0, streams=streams)
             files = sum(1 for p in local.rglob("*") if p.is_file())
             size = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
             fs = fsspec.filesystem("s3")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The import graph between htouch's packages, read from the source (every import statement, also those
+"""The import graph between htouch's packages, read from the code (every import statement, also those
 inside functions), with the arrows that point up the layering marked.
 
 The layers, lowest first: a package may import its own layer and those below it, never one above.
@@ -39,7 +39,7 @@ def package_edges(root: Path) -> dict[tuple[str, str], list[str]]:
     """(importing package, imported package) -> where ("htouch/dataset/x.py:12"), for every htouch import."""
     edges: dict[tuple[str, str], list[str]] = defaultdict(list)
     for path in sorted(root.rglob("*.py")):
-        source = _package(path, root)
+        importer = _package(path, root)
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             names = []
@@ -52,9 +52,9 @@ def package_edges(root: Path) -> dict[tuple[str, str], list[str]]:
                 if parts[0] != "htouch" or len(parts) < 2:
                     continue
                 target = parts[1]
-                if target != source:
+                if target != importer:
                     where = f"{root.name}/{path.relative_to(root).as_posix()}:{node.lineno}"
-                    edges[(source, target)].append(where)
+                    edges[(importer, target)].append(where)
     return dict(edges)
 
 

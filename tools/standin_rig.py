@@ -4,11 +4,11 @@ monotonic clock, for benchmarks of the recording loop (tools/bench_recorder.py, 
 Each device delivers the way its real backend does, so the recorder's readers, writer and control loop do
 the work they do on the real rig, without a simulator sharing the cores:
 
-- camera (RealSense): spec.camera's size at its rate from a producer thread; the frames are copies of a
+- camera (RealSense): streams.camera's size at its rate from a producer thread; the frames are copies of a
   precomputed second of varied images (a smooth scene with sensor noise and a moving object, so JPEG
   costs what it costs on camera images, unlike pure noise). A bounded queue of QUEUE_FRAMES drops the
   oldest frame when the reader falls behind; frame numbers count every frame made, so a gap is a drop.
-- microphones (sounddevice): spec.audio's channels at its rate in blocks of `blocksize` samples (the
+- microphones (sounddevice): streams.audio's channels at its rate in blocks of `blocksize` samples (the
   backend's default callback, 10 ms at 32 kHz); a bounded queue of QUEUE_S seconds drops blocks when full
   and flags the next one overflowed.
 - teleop (Quest): a reading about every 1/72 s from its own thread (oculus_reader's rate), stamped with the
@@ -36,7 +36,7 @@ from htouch.collector.devices import Action, AudioBlock, Frame, MonotonicClock, 
 from htouch.collector.hardware.microphones import SoundDeviceMicrophones
 from htouch.collector.hardware.realsense import RealSenseCamera
 from htouch.collector.rig import NoOperator, Rig
-from htouch.dataset.schema import NS, RigSpec
+from htouch.dataset.schema import NS, StreamSpecs
 
 HOME = np.array([0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0])
 QUEST_RATE_HZ = 72.0
@@ -123,20 +123,20 @@ def camera_frames(height: int, width: int, n: int = POOL_FRAMES, seed: int = 0) 
 
 
 class StandInCamera(_Producer):
-    def __init__(self, spec: RigSpec):
-        self.spec = spec.camera
-        pool = camera_frames(spec.camera.height, spec.camera.width)
-        super().__init__("camera", int(round(NS / spec.camera.rate_hz)), RealSenseCamera.QUEUE_FRAMES, True,
+    def __init__(self, streams: StreamSpecs):
+        self.spec = streams.camera
+        pool = camera_frames(streams.camera.height, streams.camera.width)
+        super().__init__("camera", int(round(NS / streams.camera.rate_hz)), RealSenseCamera.QUEUE_FRAMES, True,
                          lambda n, t, _lost: Frame(t, n, pool[n % len(pool)].copy()))
 
 
 class StandInMicrophones(_Producer):
-    def __init__(self, spec: RigSpec, blocksize: int = MicrophoneConfig.blocksize):
-        self.spec = spec.audio
-        channels = max(spec.audio.channels, 1)
+    def __init__(self, streams: StreamSpecs, blocksize: int = MicrophoneConfig.blocksize):
+        self.spec = streams.audio
+        channels = max(streams.audio.channels, 1)
         blocks = 100
         pcm = np.random.default_rng(1).normal(0, 300, (blocks * blocksize, channels)).astype(np.int16)
-        period_ns = int(round(blocksize * NS / spec.audio.rate_hz))
+        period_ns = int(round(blocksize * NS / streams.audio.rate_hz))
         capacity = max(4, int(SoundDeviceMicrophones.QUEUE_S * NS / period_ns))
 
         def make(n: int, t: int, lost: int) -> AudioBlock:
@@ -212,12 +212,12 @@ class StandInRobot:
         pass
 
 
-def stand_in_rig(spec: RigSpec, operator: bool = False) -> Rig:
-    """A real-time rig of stand-in devices with `spec`'s streams; operator=True: the Quest stand-in holds
+def stand_in_rig(streams: StreamSpecs, operator: bool = False) -> Rig:
+    """A real-time rig of stand-in devices recording `streams`; operator=True: the Quest stand-in holds
     the grip (demonstrations through the clutch), False: nobody at the controls (a policy drives)."""
-    camera, microphones = StandInCamera(spec), StandInMicrophones(spec)
+    camera, microphones = StandInCamera(streams), StandInMicrophones(streams)
     teleop = StandInTeleop() if operator else NoOperator()
     return Rig(camera=camera, microphones=microphones, teleop=teleop, robot=StandInRobot(), clock=MonotonicClock(),
-               spec=spec, kind="real", operator="quest" if operator else "none", realtime=True,
+               streams=streams, kind="real", operator="quest" if operator else "none", realtime=True,
                description="stand-in rig (no rendering)", info={"rig": "stand-in"},
                closers=[camera.stop, microphones.stop, teleop.stop])

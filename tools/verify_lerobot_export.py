@@ -8,8 +8,8 @@
    and torchcodec: several GB the first time; nothing of it enters htouch's environment);
 2. writes a small synthetic dataset (frame drops planted) or takes --dataset, and exports it with htouch, timing the
    export (frames/s on one core) and comparing its bytes with the htouch episodes;
-3. writes the frames, states, actions and audio htouch expects in each row (from htouch's reader: the source of
-   truth) to .npy files, then, in the side environment with HF_HUB_OFFLINE=1 (no network), loads the export with
+3. writes the frames, states, actions and audio htouch expects in each row (from htouch's reader: the
+   reference) to .npy files, then, in the side environment with HF_HUB_OFFLINE=1 (no network), loads the export with
    `lerobot.datasets.lerobot_dataset.LeRobotDataset(root=...)` and reads every item: every frame decoded by
    LeRobot's video decoder, its timestamp within LeRobot's tolerance, the PSNR against htouch's frame, the
    features, the episode boundaries and the split, plus one pass with `delta_timestamps` (frame and audio history)
@@ -157,18 +157,18 @@ def ensure_venv(venv: Path, version: str) -> Path:
 
 
 def make_dataset(path: Path, episodes: int, seconds: float):
-    from htouch.dataset.schema import CameraSpec, RigSpec
+    from htouch.dataset.schema import CameraSpec, StreamSpecs
     from htouch.dataset.split import split_dataset
     from htouch.dataset.synthetic import write_synthetic_dataset
 
-    rig = RigSpec(name="synthetic", camera=CameraSpec(width=128, height=96))
-    ds = write_synthetic_dataset(path, episodes, seconds=seconds, seed=0, rig=rig)
+    streams = StreamSpecs(name="synthetic", camera=CameraSpec(width=128, height=96))
+    ds = write_synthetic_dataset(path, episodes, seconds=seconds, seed=0, streams=streams)
     split_dataset(ds, 0.34, 0)
     return ds
 
 
 def expected_rows(ds, out: Path, ref: Path, report) -> dict:
-    """What each exported row must hold, from htouch's reader (the source of truth), as .npy files."""
+    """What each exported row must hold, from htouch's reader (the reference), as .npy files."""
     import pyarrow.parquet as pq
 
     from htouch.interop.common import episode_rows, frame_grid
@@ -210,8 +210,8 @@ def describe(args, work: Path):
 
     if args.dataset is not None:
         ds = Dataset(args.dataset)
-        cam, mic = ds.rig.camera, ds.rig.audio
-        return ds, (f"`{args.dataset}` ({len(ds.episode_indices())} episodes of task {ds.task}, rig {ds.rig.name}: "
+        cam, mic = ds.streams.camera, ds.streams.audio
+        return ds, (f"`{args.dataset}` ({len(ds.episode_indices())} episodes of task {ds.task}, rig {ds.streams.name}: "
                     f"{cam.width}x{cam.height} at {cam.rate_hz:g} fps, {mic.channels} channels at {mic.rate_hz:g} Hz)")
     ds = make_dataset(work / "ds", args.episodes, args.seconds)
     return ds, (f"synthetic: {args.episodes} episodes x {args.seconds:g} s, 128x96 at 30 fps, 4 channels at 32 kHz, "
@@ -249,7 +249,7 @@ def verify_lerobot(args, work: Path) -> tuple[str, str]:
     from htouch.interop.lerobot import export_lerobot
 
     python = ensure_venv(args.venv, args.lerobot)
-    ds, source = describe(args, work)
+    ds, dataset_text = describe(args, work)
     out = work / "lerobot"
     t = time.perf_counter()
     sizes = {} if args.file_mb is None else {"data_file_mb": args.file_mb, "video_file_mb": args.file_mb}
@@ -265,7 +265,7 @@ def verify_lerobot(args, work: Path) -> tuple[str, str]:
     video_mb = sum(p.stat().st_size for p in (out / "videos").rglob("*.mp4")) / 1e6
     n_files = len(list((out / "data").rglob("*.parquet"))), len(list((out / "videos").rglob("*.mp4")))
     lines = [
-        f"- source: {source}; {n_files[0]} data file(s), {n_files[1]} video file(s)",
+        f"- dataset: {dataset_text}; {n_files[0]} data file(s), {n_files[1]} video file(s)",
         f"- LeRobot {result['lerobot']} (torch {result['torch']}, torchvision {result['torchvision']}, "
         f"torchcodec {result['torchcodec']}; decoder `{result['backend']}`), HF_HUB_OFFLINE=1",
         f"- loaded every item ({result['items']} of {report.rows} rows, {report.episodes} episodes) through "
@@ -427,7 +427,7 @@ def verify_dp(args, work: Path) -> tuple[str, str]:
     from htouch.interop.dp import export_dp
 
     python, src = ensure_dp_venv(args.venv, args.dp_repo, args.maniwav_repo)
-    ds, source = describe(args, work)
+    ds, dataset_text = describe(args, work)
     out = work / "replay.zarr.zip"
     report, wall = on_one_core(export_dp, ds, out)
     ref = work / "ref"
@@ -454,7 +454,7 @@ def verify_dp(args, work: Path) -> tuple[str, str]:
     clones = f"DP_CLONE: real-stanford/diffusion_policy at {_commit(args.dp_repo)}" + (
         f", MANIWAV_CLONE: real-stanford/maniwav at {_commit(args.maniwav_repo)}" if args.maniwav_repo else "")
     lines = [
-        f"- source: {source}",
+        f"- dataset: {dataset_text}",
         f"- {clones} (clones of the GitHub repositories)",
         f"- Diffusion Policy's `ReplayBuffer` and `register_codecs()` (its own files, Python {result['python']}, "
         f"zarr {result['zarr']}, numcodecs {result['numcodecs']}, imagecodecs {result['imagecodecs']}: DP's pins)",

@@ -116,7 +116,7 @@ def collect(
     except DeviceError as e:
         raise HtouchError(f"cannot open the {cfg.kind} rig: {e}") from None
     try:
-        ds = Dataset.open_or_create(root, task, the_rig.spec)
+        ds = Dataset.open_or_create(root, task, the_rig.streams)
         resumed = ds.episode_indices()
         if resumed and the_rig.resume is not None:
             the_rig.resume(ds)
@@ -187,7 +187,7 @@ def rig_check(
 
     cfg = rig_config(config, None)
     rows = probe_sim() if cfg.kind == "sim" else probe_real(cfg, operator)
-    where = fmt_path(Path(cfg.source)) if cfg.source else "no rig file: the simulated rig"
+    where = fmt_path(Path(cfg.path)) if cfg.path else "no rig file: the simulated rig"
     table = Table(title=f"rig check: {where} ({cfg.kind})", title_justify="left")
     for col in ("device", "the config asks for", "found", ""):
         table.add_column(col)

@@ -18,7 +18,7 @@ from htouch.cli.common import (
     print_rows,
     progress_bar,
 )
-from htouch.dataset.schema import CameraSpec, RigSpec
+from htouch.dataset.schema import CameraSpec, StreamSpecs
 from htouch.dataset.store import find_dataset
 from htouch.errors import DatasetError, HtouchError
 
@@ -44,10 +44,10 @@ def synth(
     dataset = local_path(dataset, "htouch synth")
     if width < 16 or height < 16:
         raise HtouchError("--width and --height must be at least 16 pixels")
-    rig = RigSpec(name="synthetic", description="htouch synthetic generator",
+    streams = StreamSpecs(name="synthetic", description="htouch synthetic generator",
                   camera=CameraSpec(width=width, height=height, codec="png" if lossless else "jpeg", quality=quality))
     with progress_bar(f"writing {episodes} synthetic episodes", episodes) as advance:
-        ds = write_synthetic_dataset(dataset, episodes, task=task, seconds=seconds, seed=seed, rig=rig,
+        ds = write_synthetic_dataset(dataset, episodes, task=task, seconds=seconds, seed=seed, streams=streams,
                                      progress=lambda _: advance())
     console.print(f"[green]wrote[/] {episodes} episodes to {fmt_path(ds.root)}")
 
@@ -87,7 +87,7 @@ def ls(dataset: str = DatasetArgument,
             return f"{value:.1f}"
         return escape("" if value is None else str(value))
 
-    print_rows(f"{fmt_path(ds.root)}  (task {ds.task}, rig {ds.rig.name})", columns, rows, as_json, style)
+    print_rows(f"{fmt_path(ds.root)}  (task {ds.task}, rig {ds.streams.name})", columns, rows, as_json, style)
     incoming = ds.incoming_paths()
     if incoming:  # on stderr: the listing on stdout stays a listing (JSON, tab-separated lines)
         err_console.print(f"[yellow]{len(incoming)} incomplete episode(s) in .incoming[/] "

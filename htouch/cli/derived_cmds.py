@@ -114,7 +114,7 @@ def spectrogram(
             for job in todo:
                 spectrograms.build(job.episode, params, DEFAULT_CLIP, progress=adv)
     stale = sum(j.status.startswith("stale") for j in todo)
-    shape = spectrograms.spec_shape(params, DEFAULT_CLIP)
+    shape = spectrograms.spectrogram_shape(params, DEFAULT_CLIP)
     console.print(f"[green]{params.kind}[/] {params_key(DEFAULT_CLIP, params)}: {len(todo)} episode(s) computed"
                   f"{f' ({stale} stale)' if stale else ''}, {len(jobs) - len(todo)} up to date; "
                   f"{sum(j.frames for j in jobs)} frames of shape {shape} in {fmt_path(key_dir)} "
@@ -201,7 +201,7 @@ def stats(
     if windows < 1:
         raise HtouchError(f"--windows must be at least 1, got {windows}")
     ds = find_dataset(dataset)
-    if not kind and not ds.rig.has_audio:
+    if not kind and not ds.streams.has_audio:
         kinds = []  # no microphones: state and actions only
     result, notes = compute_stats(ds, kinds, DEFAULT_CLIP, windows, progress_bar=progress_bar)
     if not ds.remote:
@@ -224,16 +224,16 @@ def stats(
     console.print(table)
 
     if result["spectrogram"]:
-        spec = Table(title="spectrograms, per frequency bin (ranges over bins)", title_justify="left")
+        table = Table(title="spectrograms, per frequency bin (ranges over bins)", title_justify="left")
         for col in ("kind", "source", "windows", "bins", "mean", "std", "min", "q50", "max"):
-            spec.add_column(col, justify="left" if col in ("kind", "source") else "right")
+            table.add_column(col, justify="left" if col in ("kind", "source") else "right")
         for k, d in result["spectrogram"].items():
             windows_text = (f"{d['windows']} (quantiles {d['quantile_windows']})" if d["source"] == "cache"
                             else f"{d['windows']} of {d['windows_total']}")
-            spec.add_row(k, d["source"], windows_text, str(d["bins"]),
-                         *(f"{_num(min(d[s]))} .. {_num(max(d[s]))}" for s in ("mean", "std")),
-                         _num(min(d["min"])), f"{_num(min(d['q50']))} .. {_num(max(d['q50']))}", _num(max(d["max"])))
-        console.print(spec)
+            table.add_row(k, d["source"], windows_text, str(d["bins"]),
+                          *(f"{_num(min(d[s]))} .. {_num(max(d[s]))}" for s in ("mean", "std")),
+                          _num(min(d["min"])), f"{_num(min(d['q50']))} .. {_num(max(d['q50']))}", _num(max(d["max"])))
+        console.print(table)
     where = ("not stored: the dataset is at a URL, which htouch only reads (run `htouch stats` on a local copy "
              "to store them)") if ds.remote else f"stored in htouch.json under {STATS_KEY!r}"
     console.print(f"computed on the {result['episode_set']} ({len(result['episodes'])} episodes); {where}")

@@ -167,7 +167,7 @@ def rollout(
     from htouch.dataset.store import Dataset
     from htouch.rigs import NO_OPERATOR, build_rig
     from htouch.training.evaluate import sim_rig_config, task_and_time_limit
-    from htouch.training.policy_source import PolicySource, RunInfo, check_rig_matches, planning_options
+    from htouch.training.policy_source import PolicySource, RunInfo, check_streams_match, planning_options
 
     cfg = rig_config(config, rig)
     info = RunInfo.read(run)
@@ -191,16 +191,16 @@ def rollout(
     except DeviceError as e:
         raise HtouchError(f"cannot open the {cfg.kind} rig: {e}") from None
     try:
-        for note in check_rig_matches(info, the_rig.spec):
+        for note in check_streams_match(info, the_rig.streams):
             err_console.print(f"[yellow]note:[/] this rig's {escape(note)}", highlight=False)
-        source = PolicySource.from_run(run, cfg.safety, the_rig.spec.audio, execute,
+        source = PolicySource.from_run(run, cfg.safety, the_rig.streams.audio, execute,
                                        operator=the_rig.operator != NO_OPERATOR, start_on_clutch=the_rig.human,
                                        mapping=cfg.mapping, task_success=the_rig.task_success,
                                        task_progress=the_rig.task_progress, task_failed=the_rig.task_failed,
                                        **planning_options(planner or ("async" if the_rig.realtime else "sync"),
                                                           the_rig.realtime, plan_latency))
         the_rig.closers.append(source.close)
-        ds = Dataset.open_or_create(root, task, the_rig.spec)
+        ds = Dataset.open_or_create(root, task, the_rig.streams)
         if the_rig.kind == "real" and not yes:
             typer.confirm(f"The robot will move on its own, driven by the {info.config.method} policy of "
                           f"{fmt_path(run)} (task {task}), for {episodes} rollout(s) of up to {limit:g} s. "

@@ -1,1 +1,1 @@
-"""Devices, teleoperation mapping, safety and the recording loop (see the collector issue)."""
+"""Devices, teleoperation mapping, safety and the recording loop (docs/collect.md, docs/teleop-and-robot.md)."""

@@ -2,7 +2,7 @@
 
 Every table maps onto a dataclass below; unknown keys and wrong types are refused with the file, table
 and key named, so a typo never silently falls back to a default. `htouch rig check --config rig.toml`
-lists what the file asks for and what is found. `RigConfig.rig_spec()` turns it into the stream specs
+lists what the file asks for and what is found. `RigConfig.stream_specs()` turns it into the stream specs
 stored in the dataset.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from htouch.collector.mapping import MappingConfig
 from htouch.collector.safety import SafetyLimits
-from htouch.dataset.schema import ActionSpec, AudioSpec, CameraSpec, RigSpec, StateSpec, TeleopSpec
+from htouch.dataset.schema import ActionSpec, AudioSpec, CameraSpec, StateSpec, StreamSpecs, TeleopSpec
 from htouch.errors import HtouchError
 
 # The allowed range of every number in a rig file, inclusive, in one place: (table, key) -> (low, high).
@@ -227,20 +227,20 @@ class RigConfig:
     safety: SafetyLimits = field(default_factory=SafetyLimits)
     mapping: MappingConfig = field(default_factory=MappingConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
-    source: str = ""  # the file it was read from
+    path: str = ""  # the file it was read from
 
     def check_real(self) -> None:
         """HtouchError unless this config can drive the real robot: its address must be set in the file
         (there is no default, so that nothing is ever dialled that the user did not write down)."""
         if not self.robot.host:
-            raise HtouchError(f"{self.source or 'rig config'} [robot] host: not set; a real rig needs the "
+            raise HtouchError(f"{self.path or 'rig config'} [robot] host: not set; a real rig needs the "
                               "address of its Franka controller (an IP address or a host name)")
 
-    def rig_spec(self, n_joints: int = 7, joint_unit: str = "rad") -> RigSpec:
+    def stream_specs(self, n_joints: int = 7, joint_unit: str = "rad") -> StreamSpecs:
         """The stream specs stored in the dataset. State, actions and teleop are recorded once per
         control step, so their nominal rate is the control rate."""
         cam, mic, rate = self.camera, self.microphones, self.control.rate_hz
-        return RigSpec(
+        return StreamSpecs(
             name=self.name or self.kind,
             camera=CameraSpec(width=cam.width, height=cam.height, rate_hz=float(cam.fps), quality=cam.quality,
                               latency_ns=int(cam.latency_ms * 1e6), device=cam.serial or cam.file),
@@ -253,7 +253,7 @@ class RigConfig:
         )
 
 
-_TABLES = {f.name: f.type for f in dataclasses.fields(RigConfig) if f.name not in ("kind", "name", "source")}
+_TABLES = {f.name: f.type for f in dataclasses.fields(RigConfig) if f.name not in ("kind", "name", "path")}
 
 
 def load_rig_config(path: str | Path) -> RigConfig:
@@ -275,7 +275,7 @@ def rig_config_from_dict(data: dict[str, Any], where: str = "rig config") -> Rig
     unknown table or key, a wrong type, a number outside BOUNDS, a bad address or a real rig without
     `[robot] host`."""
     hints = typing.get_type_hints(RigConfig)
-    top: dict[str, Any] = {"source": where}
+    top: dict[str, Any] = {"path": where}
     for key, value in data.items():
         if key == "rig":
             top.update(_build_kw(_RigTable, value, where, "rig"))

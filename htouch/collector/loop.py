@@ -318,7 +318,7 @@ class Recorder:
         self._say(f"attempt {self.attempt}: moving home")
         self._home()
         self.source.reset()
-        self._drain_sources()
+        self._drain_emitters()
         self.phase = "ready"
         self._say("ready: " + self.source.ready_hint)
         tick = self._ready()
@@ -371,9 +371,9 @@ class Recorder:
         return {**self.rig.info, **extra, "operator": self.rig.operator, "attempt": self.attempt,
                 "control_rate_hz": self.control.rate_hz, **self.source.episode_info()}
 
-    def _drain_sources(self) -> None:
-        for source in self.rig.event_sources:
-            source.pop_events()
+    def _drain_emitters(self) -> None:
+        for emitter in self.rig.event_emitters:
+            emitter.pop_events()
 
     def _ready(self) -> int | None:
         """Tick (holding still) until teleop, camera and microphones all deliver; the tick to start at."""
@@ -402,7 +402,7 @@ class Recorder:
                 raise HtouchError(f"no data from the {' and '.join(silent)} for {READY_TIMEOUT_S:.0f} s "
                                   f"after homing{': ' + detail if detail else ''}")
             self._send(Action.hold(self._gripper), state, None, now)
-            self._drain_sources()
+            self._drain_emitters()
             next_t += self.period_ns
 
     def _tick_from_now(self, tick: int) -> int:
@@ -512,8 +512,8 @@ class Recorder:
         self._send(action if action is not None else Action.hold(self._gripper), state, rec, now,
                    command.clipped if command is not None else ())
 
-        for source in self.rig.event_sources:
-            for t, kind, detail in source.pop_events():
+        for emitter in self.rig.event_emitters:
+            for t, kind, detail in emitter.pop_events():
                 if kind in LOOP_EVENTS:
                     self._say(f"{kind}: {', '.join(f'{k} {v}' for k, v in detail.items())}")
                     if kind == "teleop_lost":
@@ -528,7 +528,7 @@ class Recorder:
         return None
 
     def _record_teleop(self, writer: EpisodeWriter, reading: TeleopReading) -> None:
-        names = self.rig.spec.teleop
+        names = self.rig.streams.teleop
         writer.teleop(reading.timestamp_ns, np.asarray(reading.controller_pose, dtype=float),
                       [bool(reading.buttons.get(n, False)) for n in names.button_names],
                       [float(reading.analog.get(n, 0.0)) for n in names.analog_names])
@@ -635,16 +635,16 @@ class Recorder:
     def status(self) -> LiveStatus:
         rec = self._recording
         now = self.clock.now_ns()
-        spec = self.rig.spec
-        nominal = {"camera": spec.camera.rate_hz, "audio": spec.audio.rate_hz, "state": self.control.rate_hz,
-                   "action": self.control.rate_hz, "teleop": spec.teleop.rate_hz}
+        streams = self.rig.streams
+        nominal = {"camera": streams.camera.rate_hz, "audio": streams.audio.rate_hz, "state": self.control.rate_hz,
+                   "action": self.control.rate_hz, "teleop": streams.teleop.rate_hz}
         last = self._last_teleop_ts
         return LiveStatus(
             phase=self.phase, message=self.message, episode_index=rec.index if rec else None,
             attempt=self.attempt, committed=len(self.result.committed), target=self.target,
             elapsed_s=(now - rec.start_ns) / NS if rec else 0.0,
             rates={k: (m.rate(), nominal[k]) for k, m in self.rates.items()},
-            audio=self.audio_levels, audio_channel_names=list(spec.audio.channel_names),
+            audio=self.audio_levels, audio_channel_names=list(streams.audio.channel_names),
             frames_dropped=rec.frames_dropped if rec else 0, camera_stalls=rec.camera_stalls if rec else 0,
             audio_overflows=rec.audio_overflows if rec else 0, teleop_losses=rec.teleop_losses if rec else 0,
             robot_errors=rec.robot_errors if rec else 0,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from htouch.collector.devices import Camera, Clock, Microphones, Robot, Teleop, TeleopReading
-from htouch.dataset.schema import RigSpec
+from htouch.dataset.schema import StreamSpecs
 
 SIM_OPERATORS = ("scripted", "keyboard")
 REAL_OPERATORS = ("quest", "keyboard")
@@ -25,12 +25,12 @@ class Rig:
     teleop: Teleop
     robot: Robot
     clock: Clock
-    spec: RigSpec  # the stream specs stored in the dataset
+    streams: StreamSpecs  # the stream specs stored in the dataset
     kind: str  # "sim" or "real"
     operator: str  # "scripted", "keyboard" or "quest"
     realtime: bool  # the clock paces to the wall clock (False: simulated time, as fast as it goes)
     description: str = ""  # one line for the user: what is driven by what
-    event_sources: list[Any] = field(default_factory=list)  # objects with pop_events() (sim contacts, ...)
+    event_emitters: list[Any] = field(default_factory=list)  # objects with pop_events() (sim contacts, ...)
     task_success: Callable[[], bool] | None = None  # ground truth of the task (simulated rig)
     task_failed: Callable[[], bool] | None = None  # the task can no longer succeed (a simulated part broke)
     task_progress: Callable[[], float] | None = None  # the task's reward in [0, 1] (simulated rig)

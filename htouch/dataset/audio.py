@@ -91,6 +91,7 @@ def freq_axis(params: SpectrogramParams) -> int:
 
 def params_key(clip: ClipParams, params: SpectrogramParams) -> str:
     """A short stable name for a (clip, spectrogram) parameter set, used to key cached arrays."""
+    # the blob's spelling ("spec" included) is part of every cache's name on disk: keep it as it is
     blob = json.dumps({"clip": dataclasses.asdict(clip), "spec": dataclasses.asdict(params)}, sort_keys=True)
     return f"{params.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

@@ -19,8 +19,8 @@ import zarr
 
 import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, resample
-from htouch.dataset.location import UrlPath, location, zarr_source
-from htouch.dataset.schema import ATTR_FORMAT, NS, AudioSpec, RigSpec, check_strict_json
+from htouch.dataset.location import UrlPath, location, zarr_store_or_path
+from htouch.dataset.schema import ATTR_FORMAT, NS, AudioSpec, StreamSpecs, check_strict_json
 from htouch.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def frame_indices(camera_times: np.ndarray, t_ns: int, params: SampleParams) -> 
 
 
 def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndarray, pcm: zarr.Array | np.ndarray,
-                      spec: AudioSpec, clip: ClipParams = DEFAULT_CLIP, source: str = "audio") -> np.ndarray:
+                      spec: AudioSpec, clip: ClipParams = DEFAULT_CLIP, where: str = "audio") -> np.ndarray:
     """The clip [t - window, t] from audio blocks (first-sample times, offsets into pcm (n, C)), mono,
     normalised, resampled to clip.rate_hz; silence where no audio. Shared by episodes and live buffers."""
     rate = spec.rate_hz
@@ -91,7 +91,7 @@ def gather_audio_clip(t_ns: int, block_times: np.ndarray, block_offsets: np.ndar
         try:
             raw = pcm[lo:hi].astype(np.float32)
         except Exception as e:
-            raise DatasetError(f"{source}: audio/pcm cannot be read ({type(e).__name__}: {e})") from None
+            raise DatasetError(f"{where}: audio/pcm cannot be read ({type(e).__name__}: {e})") from None
         mono[valid] = ((raw.mean(axis=1) - spec.center) / spec.scale)[idx[valid] - lo]
     return resample(mono, rate, clip.rate_hz)
 
@@ -117,7 +117,7 @@ class Episode:
         self.path = location(path)
         self.dataset = dataset
         try:
-            self.group = zarr.open_group(zarr_source(self.path), mode="r", zarr_format=2)
+            self.group = zarr.open_group(zarr_store_or_path(self.path), mode="r", zarr_format=2)
             attrs = self.group.attrs.asdict()
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise DatasetError(f"{self.path} is not an episode store (no Zarr group)") from None
@@ -134,7 +134,7 @@ class Episode:
             if key in self.attrs and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
                 raise DatasetError(f"{self.path}: episode attribute {key} is {value!r}, expected {what}")
         try:
-            self.rig = RigSpec.from_dict(self.attrs.get("rig", {}))
+            self.streams = StreamSpecs.from_dict(self.attrs.get("rig", {}))
         except DatasetError as e:
             raise DatasetError(f"{self.path}: {e}") from None
         self._arrays: dict[str, zarr.Array] = {}  # opened so far: opening one reads its metadata from the store
@@ -183,7 +183,7 @@ class Episode:
     def has_audio(self) -> bool:
         """False for an episode of a rig without microphones: it has no audio arrays, and the audio readers
         below give zero blocks and zero samples (silence) instead."""
-        return self.rig.has_audio
+        return self.streams.has_audio
 
     @property
     def audio_samples(self) -> int:
@@ -274,7 +274,7 @@ class Episode:
 
     def audio_clip(self, t_ns: int, clip: ClipParams = DEFAULT_CLIP) -> np.ndarray:
         """The clip [t - window, t], mono, normalised, resampled to clip.rate_hz; silence where no audio."""
-        return gather_audio_clip(t_ns, self.audio_block_times, self.audio_block_offsets, self._pcm, self.rig.audio,
+        return gather_audio_clip(t_ns, self.audio_block_times, self.audio_block_offsets, self._pcm, self.streams.audio,
                                  clip, self.name)
 
     def sample_times(self, params: SampleParams, stride: int = 1) -> np.ndarray:

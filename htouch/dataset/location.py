@@ -78,7 +78,7 @@ def refuse_url(value: Any, command: str) -> None:
                            "run it on a local copy (and upload the result)")
 
 
-def zarr_source(path: Path | StoredPath) -> Any:
+def zarr_store_or_path(path: Path | StoredPath) -> Any:
     """What zarr.open_group / open_array take for a path: the path string, or the StoredPath's read-only store
     (fsspec for a URL, the packed file for a packed episode)."""
     return path.zarr_store() if isinstance(path, StoredPath) else str(path)

@@ -65,7 +65,7 @@ def audio_spectrogram(ep: Episode, params: LogMelParams | None = None) -> Episod
     mel_hz = np.linspace(0, params.rate_hz / 2, fb.shape[0])[fb.argmax(axis=0)]
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
     n_total = ep.audio_samples
-    rate = ep.rig.audio.rate_hz
+    rate = ep.streams.audio.rate_hz
     if len(times) == 0 or n_total == 0:
         return EpisodeSpectrogram(np.zeros(0), np.zeros((params.n_mels, 0), np.float32), mel_hz, params)
     last_len = max(n_total - int(offsets[-1]), 1)
@@ -88,7 +88,7 @@ class AudioEnvelope:
 
 def audio_envelope(ep: Episode, max_points: int = ENVELOPE_POINTS) -> AudioEnvelope:
     """Per-channel min/max of (x - center) / scale over runs of whole audio blocks, placed by block time."""
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     start_ns, _ = ep.time_range_ns()
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
     pcm = ep.read("audio/pcm")
@@ -158,13 +158,13 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     summary = summary or summarize(ep)
     start_ns = summary.start_ns
     span = max([summary.duration_s, *(e.t_s for e in summary.events)], default=0.0) or 1.0
-    rig = ep.rig
+    streams = ep.streams
 
     # --- data ------------------------------------------------------------------------------------------
     cam = ep.camera_times
     frame_idx = strip_frame_indices(cam, start_ns, span, n_frames)
     rgb = ep.array("camera/rgb")
-    stride = max(1, -(-rig.camera.width // STRIP_MAX_WIDTH))
+    stride = max(1, -(-streams.camera.width // STRIP_MAX_WIDTH))
     try:
         frames = [rgb[int(i)][::stride, ::stride] for i in frame_idx]
     except Exception as e:  # a frame that does not decode
@@ -172,7 +172,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     tick()
     env = audio_envelope(ep)
     tick()
-    spec = audio_spectrogram(ep)
+    mel = audio_spectrogram(ep)
     tick()
     st_t = (ep.state_times - start_ns) / NS
     act_t = (ep.action_times - start_ns) / NS
@@ -188,7 +188,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     # --- layout (heights in inches; the strip's height keeps the frames' aspect ratio) ------------------
     fig_w, left, right = 16.0, 0.075, 0.905
     n_strip = max(len(frame_idx), 1)
-    strip_h = fig_w * (right - left) / n_strip * rig.camera.height / rig.camera.width
+    strip_h = fig_w * (right - left) / n_strip * streams.camera.height / streams.camera.width
     channels = [c.name for c in summary.audio.channels]
     heights = ([strip_h, 0.22 * max(len(kinds), 1) + 0.2] + [0.7] * len(channels)
                + [1.7, 1.0, 1.0, 0.8, 1.0])
@@ -202,7 +202,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
     axes += [fig.add_subplot(gs[i], sharex=axes[0]) for i in range(1, len(heights))]
     ax_strip, ax_ev = axes[0], axes[1]
     ax_ch = axes[2:2 + len(channels)]
-    ax_spec, ax_dpos, ax_drot, ax_grip, ax_ee = axes[2 + len(channels):]
+    ax_mel, ax_dpos, ax_drot, ax_grip, ax_ee = axes[2 + len(channels):]
 
     # --- frames -----------------------------------------------------------------------------------------
     slot = span / n_strip
@@ -266,7 +266,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
                 color="#d62728" if ch.clipped else "black")
         ax.tick_params(axis="y", labelsize=7)
 
-    for ax in [*ax_ch, ax_spec]:
+    for ax in [*ax_ch, ax_mel]:
         for t0, t1 in lost_audio:
             ax.axvspan(t0, t1, facecolor="none", edgecolor="#999999", hatch="///", lw=0)
     for t0, t1 in lost_audio:
@@ -276,17 +276,17 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
                 bbox=dict(fc="white", lw=0, pad=1))
 
     # --- spectrogram ----------------------------------------------------------------------------------
-    if spec.logmel.shape[1]:
-        half = spec.params.hop / spec.params.rate_hz / 2
-        finite = spec.logmel[spec.logmel > np.log(spec.params.log_eps) + 1]
+    if mel.logmel.shape[1]:
+        half = mel.params.hop / mel.params.rate_hz / 2
+        finite = mel.logmel[mel.logmel > np.log(mel.params.log_eps) + 1]
         vmin, vmax = (np.percentile(finite, [5, 99.7]) if finite.size else (None, None))
-        ax_spec.imshow(spec.logmel, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-                       extent=(spec.times_s[0] - half, spec.times_s[-1] + half, 0, spec.logmel.shape[0]),
+        ax_mel.imshow(mel.logmel, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
+                      extent=(mel.times_s[0] - half, mel.times_s[-1] + half, 0, mel.logmel.shape[0]),
                        interpolation="nearest")
-        marks = [f for f in (250, 500, 1000, 2000, 4000, 8000) if f <= spec.mel_hz[-1]]
-        bins = [int(np.argmin(np.abs(spec.mel_hz - f))) + 0.5 for f in marks]
-        ax_spec.set_yticks(bins, [f"{f / 1000:g}k" if f >= 1000 else str(f) for f in marks], fontsize=7)
-    ax_spec.set_ylabel("log-mel\nmono (Hz)", rotation=0, ha="right", va="center")
+        marks = [f for f in (250, 500, 1000, 2000, 4000, 8000) if f <= mel.mel_hz[-1]]
+        bins = [int(np.argmin(np.abs(mel.mel_hz - f))) + 0.5 for f in marks]
+        ax_mel.set_yticks(bins, [f"{f / 1000:g}k" if f >= 1000 else str(f) for f in marks], fontsize=7)
+    ax_mel.set_ylabel("log-mel\nmono (Hz)", rotation=0, ha="right", va="center")
 
     # --- actions and state ----------------------------------------------------------------------------------
     def traces(ax, t, ys, names, ylabel):
@@ -329,7 +329,7 @@ def plot_episode(ep: Episode, out: str | os.PathLike[str], summary: EpisodeSumma
              f"{summary.duration_s:.2f} s" + (f"  ·  task {summary.task}" if summary.task else ""))
     facts = (f"camera {cam_s.frames} frames, {cam_s.dropped} dropped   ·   audio {aud.seconds:.2f} s, "
              f"{aud.overflow_blocks} overflow blocks, {clipped} clipped samples   ·   "
-             f"log-mel {spec.params.n_mels} bands, hop {spec.params.hop / spec.params.rate_hz * 1e3:g} ms")
+             f"log-mel {mel.params.n_mels} bands, hop {mel.params.hop / mel.params.rate_hz * 1e3:g} ms")
     fig.text(left, 1 - 0.18 / fig_h, title, fontsize=13, weight="bold", va="top")
     fig.text(left, 1 - 0.45 / fig_h, facts, fontsize=9, va="top", color="#333333")
     tick()

@@ -34,7 +34,7 @@ import htouch.dataset.codecs  # noqa: F401 - registers the image codecs
 from htouch.dataset import crashpoints
 from htouch.dataset.files import contained, is_replacing_leftover, open_lock, write_json_atomic
 from htouch.dataset.manifest import EXTRA, MANIFEST_FILE, ManifestError, read_manifest, verify_files, write_manifest
-from htouch.dataset.schema import ATTR_FORMAT, NS, QUARANTINE, ArraySpec, RigSpec, episode_arrays
+from htouch.dataset.schema import ATTR_FORMAT, NS, QUARANTINE, ArraySpec, StreamSpecs, episode_arrays
 from htouch.dataset.store import Dataset
 from htouch.dataset.structure import first_bad_chunk, stored_chunks, unsafe_files
 from htouch.dataset.validate import PARTIAL_SUFFIX, chunk_of
@@ -111,7 +111,7 @@ def _repair_locked(ds: Dataset, path: Path) -> RepairResult:
     # are, label included, when nothing more has to be cut; any other is cut and marked salvaged.
     finished = attrs.get("status") in ("committed", "salvaged") and attrs.get("lengths") == lengths
     if not finished:
-        for spec in episode_arrays(RigSpec.from_dict(attrs["rig"])):
+        for spec in episode_arrays(StreamSpecs.from_dict(attrs["rig"])):
             arr = group[spec.path]
             if arr.shape[0] != lengths[spec.path]:
                 arr.resize((lengths[spec.path], *spec.shape))
@@ -157,7 +157,7 @@ def _salvage_plan(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, int
     try:
         group = zarr.open_group(str(path), mode="r+", zarr_format=2)
         attrs = dict(group.attrs.asdict()[ATTR_FORMAT])
-        specs = episode_arrays(RigSpec.from_dict(attrs["rig"]))
+        specs = episode_arrays(StreamSpecs.from_dict(attrs["rig"]))
         arrays = {s.path: group[s.path] for s in specs}
     except Exception as e:  # noqa: BLE001 - any unreadable part of the group
         if flushed is None:

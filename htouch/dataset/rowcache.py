@@ -28,7 +28,7 @@ import numpy as np
 import xxhash
 import zarr
 
-from htouch.dataset.location import UrlPath, zarr_source
+from htouch.dataset.location import UrlPath, zarr_store_or_path
 from htouch.errors import DatasetError
 
 DATA, HASHES = "data", "xxh3"
@@ -185,7 +185,7 @@ class Rows:
     def _checksums(self) -> np.ndarray:
         if self._hashes is None:
             if isinstance(self.path, UrlPath):
-                self._hashes = zarr.open_array(zarr_source(self.path / HASHES), mode="r", zarr_format=2)[...]
+                self._hashes = zarr.open_array(zarr_store_or_path(self.path / HASHES), mode="r", zarr_format=2)[...]
             else:
                 self._hashes = np.fromfile(_chunk_file(self.path, HASHES, 0, 1), dtype="<u8", count=self.n)
         return self._hashes
@@ -193,7 +193,7 @@ class Rows:
     def _gather(self, idx: np.ndarray) -> np.ndarray:
         if isinstance(self.path, UrlPath):
             if self._zarr is None:
-                self._zarr = zarr.open_array(zarr_source(self.path / DATA), mode="r", zarr_format=2)
+                self._zarr = zarr.open_array(zarr_store_or_path(self.path / DATA), mode="r", zarr_format=2)
             return self._zarr.get_orthogonal_selection((idx,))
         out = np.empty((len(idx), *self.row_shape), self.dtype)
         for j, (k, r) in enumerate(zip(*np.divmod(idx, self.chunk_rows), strict=True)):  # one copy per row

@@ -3,8 +3,9 @@
 The writer creates exactly these arrays and the validator checks exactly these, so the two can never
 disagree. docs/format.md describes the same layout for people; bump SCHEMA_VERSION when it changes.
 
-A rig is described by its stream specs (camera size, audio rate and channels, ...). They are stored in
-the dataset metadata and copied into every episode, and turn the schema below into concrete shapes.
+What a rig records is described by its stream specs (`StreamSpecs`: camera size, audio rate and channels,
+...). They are stored in the dataset metadata and copied into every episode (under the key "rig"), and turn
+the schema below into concrete shapes.
 """
 
 from __future__ import annotations
@@ -119,7 +120,10 @@ class TeleopSpec:
 
 
 @dataclass
-class RigSpec:
+class StreamSpecs:
+    """Every stream a rig records, as stored under "rig" in htouch.json and in each episode; `name` and
+    `description` name the rig that recorded them."""
+
     name: str = "synthetic"
     description: str = ""
     camera: CameraSpec = field(default_factory=CameraSpec)
@@ -132,11 +136,11 @@ class RigSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any) -> RigSpec:
+    def from_dict(cls, d: Any) -> StreamSpecs:
         """The spec stored in htouch.json or an episode; DatasetError naming the key for an unknown key, a
         wrong type, a non-finite number or a size or rate that is not positive."""
         if not isinstance(d, dict):
-            raise DatasetError(f"rig description is malformed: expected an object, got {d!r}")
+            raise DatasetError(f"stream specs are malformed: expected an object, got {d!r}")
         kw = {}
         for name, value in d.items():
             sub = _SPECS.get(name)
@@ -144,7 +148,7 @@ class RigSpec:
                 kw[name] = value  # name, description: checked below with the rest
                 continue
             if not isinstance(value, dict):
-                raise DatasetError(f"rig description is malformed: rig.{name} is {value!r}, not an object")
+                raise DatasetError(f"stream specs are malformed: rig.{name} is {value!r}, not an object")
             kw[name] = sub(**_checked_fields(sub, value, f"rig.{name}"))
         return cls(**_checked_fields(cls, kw, "rig"))
 
@@ -168,7 +172,7 @@ def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, 
     for name, value in values.items():
         hint = hints.get(name)
         if hint is None:
-            raise DatasetError(f"rig description is malformed: unknown key {where}.{name}")
+            raise DatasetError(f"stream specs are malformed: unknown key {where}.{name}")
         if isinstance(hint, type) and hint in _SPECS.values():
             continue  # built above
         ok = (isinstance(value, list) and all(isinstance(v, str) for v in value) if hint == list[str]
@@ -176,12 +180,12 @@ def _checked_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, 
               else isinstance(value, hint) and not isinstance(value, bool) if hint is int
               else isinstance(value, hint))
         if not ok:
-            raise DatasetError(f"rig description is malformed: {where}.{name} is {value!r}, expected "
+            raise DatasetError(f"stream specs are malformed: {where}.{name} is {value!r}, expected "
                                f"{getattr(hint, '__name__', str(hint))}")
         if hint in (int, float) and (not math.isfinite(value) or (name in _POSITIVE and value <= 0)
                                      or (name in _NON_NEGATIVE and value < 0)):
             sign = "positive " if name in _POSITIVE else "non-negative " if name in _NON_NEGATIVE else ""
-            raise DatasetError(f"rig description is malformed: {where}.{name} is {value!r}, expected a finite "
+            raise DatasetError(f"stream specs are malformed: {where}.{name} is {value!r}, expected a finite "
                                f"{sign}number")
     return values
 
@@ -214,10 +218,10 @@ class ArraySpec:
 TIMED_AXES = {"camera": "frames", "audio": "blocks", "state": "rows", "action": "rows", "teleop": "rows"}
 
 
-def episode_arrays(rig: RigSpec) -> list[ArraySpec]:
+def episode_arrays(streams: StreamSpecs) -> list[ArraySpec]:
     """Every array of an episode recorded with this rig, in writing order (data before time stamps). A rig
     without microphones (`rig.has_audio` False) has no audio stream at all: its episodes hold no audio arrays."""
-    cam, aud, st, tel = rig.camera, rig.audio, rig.state, rig.teleop
+    cam, aud, st, tel = streams.camera, streams.audio, streams.state, streams.teleop
     ns = "ns, host CLOCK_MONOTONIC"
     specs = [
         ArraySpec("camera", "rgb", "uint8", (cam.height, cam.width, 3), 1, "image", "frames", "",
@@ -259,7 +263,7 @@ def episode_arrays(rig: RigSpec) -> list[ArraySpec]:
                   "JSON object with the event's details"),
         ArraySpec("events", "timestamp_ns", "int64", (), 256, "lossless", "rows", ns, "time of the event"),
     ]
-    return specs if rig.has_audio else [s for s in specs if s.stream != "audio"]
+    return specs if streams.has_audio else [s for s in specs if s.stream != "audio"]
 
 
 # Known event kinds. Others are allowed (forward compatible) but the validator warns about them.

@@ -43,7 +43,7 @@ from htouch.dataset import audio, rowcache
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode
 from htouch.dataset.files import contained, write_json_atomic
-from htouch.dataset.location import location, zarr_source
+from htouch.dataset.location import location, zarr_store_or_path
 from htouch.dataset.schema import DERIVED
 from htouch.dataset.store import Dataset
 from htouch.dataset.structure import unsafe_files
@@ -61,7 +61,7 @@ def resolve_params(kind: str | SpectrogramParams) -> SpectrogramParams:
 
 
 @lru_cache(maxsize=16)
-def spec_shape(params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> tuple[int, ...]:
+def spectrogram_shape(params: SpectrogramParams, clip: ClipParams = DEFAULT_CLIP) -> tuple[int, ...]:
     """Shape of one spectrogram, taken from audio.spectrogram itself (logmel (64, 201), avid (1, 200, 257))."""
     return audio.spectrogram(np.zeros(clip.n_samples, dtype=np.float32), clip.rate_hz, params).shape
 
@@ -89,7 +89,7 @@ def fingerprint(episode: Episode) -> str:
         h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
         h.update(b"|")
     h.update(json.dumps({"pcm_shape": list(episode._pcm.shape),
-                         "audio": dataclasses.asdict(episode.rig.audio)}, sort_keys=True).encode())
+                         "audio": dataclasses.asdict(episode.streams.audio)}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -106,14 +106,14 @@ def cache_status(episode: Episode, params: SpectrogramParams, clip: ClipParams =
     if unsafe_files(path):  # rebuilt (the links themselves are removed), never read through
         return "stale: holds a symbolic link or special file"
     try:
-        attrs = zarr.open_group(zarr_source(path), mode="r", zarr_format=2).attrs.asdict().get(ATTR, {})
+        attrs = zarr.open_group(zarr_store_or_path(path), mode="r", zarr_format=2).attrs.asdict().get(ATTR, {})
     except Exception as e:  # an unreadable cache (or one of the older layout, an array) is stale: it is rebuilt
         return f"stale: unreadable ({type(e).__name__})"
     expected = _expected_attrs(episode, params, clip)
     for name in ("params", "clip", "fingerprint"):
         if attrs.get(name) != expected[name]:
             return f"stale: {name} differ"
-    why = rowcache.status(path, len(episode.camera_times), spec_shape(params, clip), np.float32)
+    why = rowcache.status(path, len(episode.camera_times), spectrogram_shape(params, clip), np.float32)
     return "fresh" if why is None else f"stale: {why}"
 
 
@@ -121,7 +121,7 @@ def open_cache(episode: Episode, params: SpectrogramParams, clip: ClipParams = D
     """The episode's cached rows when they are up to date, else None."""
     if episode.dataset is None or cache_status(episode, params, clip) != "fresh":
         return None
-    return rowcache.Rows(cache_path(episode, params, clip), len(episode.camera_times), spec_shape(params, clip),
+    return rowcache.Rows(cache_path(episode, params, clip), len(episode.camera_times), spectrogram_shape(params, clip),
                          np.float32, f"{episode.name}: its {params.kind} spectrogram cache",
                          f"htouch spectrogram --kind {params.kind} --force")
 
@@ -131,7 +131,7 @@ def compute(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFA
     """Spectrograms at the given camera frames (all by default), computed from the audio: (n, *shape)."""
     times = episode.camera_times
     idx = np.arange(len(times)) if frames is None else np.asarray(list(frames), dtype=np.int64)
-    out = np.empty((len(idx), *spec_shape(params, clip)), dtype=np.float32)
+    out = np.empty((len(idx), *spectrogram_shape(params, clip)), dtype=np.float32)
     if len(idx) > 1:
         episode.preload_audio()
     with one_torch_thread() if len(idx) > 1 else contextlib.nullcontext():
@@ -167,7 +167,7 @@ class EpisodeSpectrograms:
         self.cache = open_cache(episode, self.params, clip)
 
     @property
-    def source(self) -> str:
+    def provenance(self) -> str:
         return "cache" if self.cache is not None else "computed"
 
     def __len__(self) -> int:
@@ -253,7 +253,7 @@ def build(episode: Episode, params: SpectrogramParams, clip: ClipParams = DEFAUL
     if not params_file.exists():
         write_json_atomic(params_file, {"key": final.parent.name, "params": dataclasses.asdict(params),
                                         "clip": dataclasses.asdict(clip)})
-    shape = spec_shape(params, clip)
+    shape = spectrogram_shape(params, clip)
     n = len(episode.camera_times)
     block = rowcache.rows_per_chunk(shape, np.float32, n)
     blocks = (compute(episode, params, clip, range(start, min(start + block, n)), progress)

@@ -115,7 +115,7 @@ class EpisodeSelection:
     """The episodes a computation uses (the train split when there is one), and what to tell the user."""
 
     indices: list[int]
-    source: str  # "train split" or "all episodes"
+    episode_set: str  # "train split" or "all episodes"
     notes: list[str] = field(default_factory=list)
 
 

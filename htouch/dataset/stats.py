@@ -45,7 +45,7 @@ ProgressBar = Callable[[str, int], AbstractContextManager[Progress]]
 
 def stream_arrays(ds: Dataset, stream: str) -> list[str]:
     """The data arrays of a stream (time stamps excluded), as the schema defines them."""
-    return [a.path for a in episode_arrays(ds.rig) if a.stream == stream and a.name != "timestamp_ns"]
+    return [a.path for a in episode_arrays(ds.streams) if a.stream == stream and a.name != "timestamp_ns"]
 
 
 def check_finite(x: np.ndarray, episode: Episode, what: str) -> None:
@@ -89,10 +89,10 @@ def array_stats(ds: Dataset, episodes: list[Episode], paths: list[str]) -> dict[
 # ------------------------------------------------------------------------------------------ spectrograms
 
 
-def bins_last(specs: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+def bins_last(values: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     """(n, *spectrogram shape) -> (values, bins): every time column of every window, one column per bin."""
     axis = audio.freq_axis(params) + 1
-    moved = np.moveaxis(specs, axis, -1)
+    moved = np.moveaxis(values, axis, -1)
     return moved.reshape(-1, moved.shape[-1])
 
 
@@ -143,7 +143,7 @@ class SpectrogramStats:
 
         self.params = spectrograms.resolve_params(kind)
         self.clip = clip
-        self.sources = [spectrograms.EpisodeSpectrograms(ep, self.params, clip) for ep in episodes]
+        self.readers = [spectrograms.EpisodeSpectrograms(ep, self.params, clip) for ep in episodes]
         self.frames = [sample_frames(ep, clip) for ep in episodes]
         pairs = [(e, int(f)) for e, fr in enumerate(self.frames) for f in fr]
         self.pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
@@ -155,37 +155,38 @@ class SpectrogramStats:
             self.chosen = self.pairs[np.sort(rng.choice(len(self.pairs), max_windows, replace=False))]
         else:
             self.chosen = self.pairs
-        self.all_cached = all(s.source == "cache" for s in self.sources)
+        self.all_cached = all(s.provenance == "cache" for s in self.readers)
 
     @property
     def total(self) -> int:
         return len(self.chosen) + (len(self.pairs) if self.all_cached else 0)
 
-    def _read(self, src: EpisodeSpectrograms, idx: np.ndarray, progress: Progress | None) -> np.ndarray:
-        specs = src.frames(idx, progress)
-        check_finite(specs.reshape(len(specs), -1), src.episode, f"the {self.params.kind} spectrogram ({src.source})")
-        return bins_last(specs, self.params)
+    def _read(self, reader: EpisodeSpectrograms, idx: np.ndarray, progress: Progress | None) -> np.ndarray:
+        values = reader.frames(idx, progress)
+        check_finite(values.reshape(len(values), -1), reader.episode,
+                     f"the {self.params.kind} spectrogram ({reader.provenance})")
+        return bins_last(values, self.params)
 
     def run(self, progress: Progress | None = None) -> dict[str, Any]:
         p, clip = self.params, self.clip
-        values = np.concatenate([self._read(src, self.chosen[self.chosen[:, 0] == e, 1], progress)
-                                 for e, src in enumerate(self.sources) if (self.chosen[:, 0] == e).any()])
+        values = np.concatenate([self._read(reader, self.chosen[self.chosen[:, 0] == e, 1], progress)
+                                 for e, reader in enumerate(self.readers) if (self.chosen[:, 0] == e).any()])
         out: dict[str, Any] = {"kind": p.kind, "params_key": audio.params_key(clip, p),
                                "params": dataclasses.asdict(p), "clip": dataclasses.asdict(clip),
                                "windows_total": int(len(self.pairs)), "quantile_windows": int(len(self.chosen))}
         stats = describe(values)
         if self.all_cached:
             run = _Running()
-            for src, fr in zip(self.sources, self.frames, strict=True):
-                block = max(1, src.cache.chunk_rows)
+            for reader, fr in zip(self.readers, self.frames, strict=True):
+                block = max(1, reader.cache.chunk_rows)
                 for start in range(0, len(fr), block):
-                    run.add(self._read(src, fr[start:start + block], progress))
+                    run.add(self._read(reader, fr[start:start + block], progress))
             stats.update(count=int(run.n), mean=run.mean.tolist(), std=np.sqrt(run.m2 / run.n).tolist(),
                          min=run.lo.tolist(), max=run.hi.tolist())
             out.update(source="cache", windows=int(len(self.pairs)))
         else:
-            cached = sum(s.source == "cache" for s in self.sources)
-            out.update(source="subsample" if cached == 0 else f"subsample ({cached} of {len(self.sources)} "
+            cached = sum(s.provenance == "cache" for s in self.readers)
+            out.update(source="subsample" if cached == 0 else f"subsample ({cached} of {len(self.readers)} "
                        "episodes cached)", windows=int(len(self.chosen)))
         out.update(stats)
         out["bins"] = len(out["mean"])
@@ -207,7 +208,7 @@ def compute_stats(ds: Dataset, kinds: list[str] | tuple[str, ...] = tuple(audio.
     episodes = [ds.episode(i) for i in selection.indices]
     stats: dict[str, Any] = {
         "computed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "episode_set": selection.source,
+        "episode_set": selection.episode_set,
         "episodes": selection.indices,
         "quantiles": list(QUANTILES),
         "state": array_stats(ds, episodes, stream_arrays(ds, "state")),

@@ -46,7 +46,7 @@ from htouch.dataset.schema import (
     METADATA_FILE,
     QUARANTINE,
     SCHEMA_VERSION,
-    RigSpec,
+    StreamSpecs,
     check_strict_json,
     episode_name,
     parse_episode_name,
@@ -101,7 +101,7 @@ def next_index(meta: dict[str, Any], path: Path) -> int:
 
 
 def _check_metadata(meta: dict[str, Any]) -> None:
-    """The JSON types of the htouch.json keys that commands read (rig: RigSpec.from_dict; next_episode_index:
+    """The JSON types of the htouch.json keys that commands read (rig: StreamSpecs.from_dict; next_episode_index:
     next_index); DatasetError naming the key otherwise."""
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -167,7 +167,7 @@ class Dataset:
                                f"(this htouch reads up to {SCHEMA_VERSION}); upgrade htouch")
         try:
             _check_metadata(self.metadata)
-            self.rig = RigSpec.from_dict(self.metadata.get("rig", {}))
+            self.streams = StreamSpecs.from_dict(self.metadata.get("rig", {}))
         except DatasetError as e:
             raise DatasetError(f"{meta_path}: {e}") from None
         next_index(self.metadata, meta_path)
@@ -181,12 +181,12 @@ class Dataset:
     def require_audio(self, what: str) -> None:
         """DatasetError (one line) when the dataset's rig has no microphones (`audio.channels` 0, such as a
         dataset imported from LeRobot without audio) and `what` (a method, a command) needs the contact audio."""
-        if not self.rig.has_audio:
+        if not self.streams.has_audio:
             raise DatasetError(f"{what} needs contact audio, but {self.root} has no audio streams (its rig has no "
                                "microphones); of the training methods only vision-only works without it")
 
     @classmethod
-    def create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> Dataset:
+    def create(cls, root: str | os.PathLike[str], task: str, streams: StreamSpecs | None = None) -> Dataset:
         """Create a new empty dataset; refuses to touch an existing one (and a URL: htouch writes only locally)."""
         if isinstance(location(root), UrlPath):
             raise DatasetError(f"{root} is a URL; htouch creates datasets only in local directories")
@@ -196,20 +196,20 @@ class Dataset:
         if root.exists() and any(root.iterdir()):
             raise DatasetError(f"{root} exists and is not empty; choose a new directory")
         root.mkdir(parents=True, exist_ok=True)
-        rig = rig or RigSpec()
-        check_strict_json(rig.to_dict(), f"{root / METADATA_FILE} (not created)")
+        streams = streams or StreamSpecs()
+        check_strict_json(streams.to_dict(), f"{root / METADATA_FILE} (not created)")
         write_json_atomic(root / METADATA_FILE, {
             "format": DATASET_FORMAT,
             "schema_version": SCHEMA_VERSION,
             "task": task,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "rig": rig.to_dict(),
+            "rig": streams.to_dict(),
             "next_episode_index": 0,
         }, strict=True)
         return cls(root)
 
     @classmethod
-    def open_or_create(cls, root: str | os.PathLike[str], task: str, rig: RigSpec | None = None) -> Dataset:
+    def open_or_create(cls, root: str | os.PathLike[str], task: str, streams: StreamSpecs | None = None) -> Dataset:
         """Resume an existing dataset (same task and rig) or start a new one."""
         if isinstance(location(root), UrlPath):
             raise DatasetError(f"{root} is a URL; htouch records only into local directories")
@@ -217,11 +217,11 @@ class Dataset:
             ds = cls(root)
             if ds.task != task:
                 raise DatasetError(f"{root} holds task {ds.task!r}, not {task!r}; choose another directory")
-            if rig is not None and rig.to_dict() != ds.rig.to_dict():
-                raise DatasetError(f"{root} was recorded with a different rig ({_rig_difference(ds.rig, rig)}); "
-                                   "choose another directory")
+            if streams is not None and streams.to_dict() != ds.streams.to_dict():
+                diff = _streams_difference(ds.streams, streams)
+                raise DatasetError(f"{root} was recorded with a different rig ({diff}); choose another directory")
             return ds
-        return cls.create(root, task, rig)
+        return cls.create(root, task, streams)
 
     @property
     def task(self) -> str:
@@ -382,7 +382,7 @@ class Dataset:
 # -------------------------------------------------------------------- resolving command-line names
 
 
-def _rig_difference(stored: RigSpec, new: RigSpec) -> str:
+def _streams_difference(stored: StreamSpecs, new: StreamSpecs) -> str:
     """The first few settings that differ, as `camera.width 64 -> 640`."""
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -168,7 +168,7 @@ class StructureCheck:
 
     def __init__(self, ep: Episode):
         self.ep = ep
-        self.specs = episode_arrays(ep.rig)
+        self.specs = episode_arrays(ep.streams)
         self.by_path = {s.path: s for s in self.specs}
         self.findings: list[Finding] = []
         self.arrays: dict[str, Any] = {}  # zarr arrays that exist with the right dtype, shape and chunks
@@ -328,7 +328,7 @@ class StructureCheck:
         if path != "audio/pcm" or offsets is None or times is None or len(offsets) != len(times) or not len(times):
             return None
         block = max(int(np.searchsorted(offsets, row, side="right")) - 1, 0)
-        return int(times[block] + (row - int(offsets[block])) * NS / self.ep.rig.audio.rate_hz)
+        return int(times[block] + (row - int(offsets[block])) * NS / self.ep.streams.audio.rate_hz)
 
     def check_time_order(self) -> None:
         for stream in TIMED_AXES:

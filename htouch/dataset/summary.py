@@ -89,7 +89,7 @@ def episode_row(ep: Episode) -> EpisodeRow:
     if ep.attrs.get("salvaged"):
         flags.append("salvaged")
     return EpisodeRow(index=ep.index, duration_s=ep.duration_s, frames=len(cam), fps=measured_rate_hz(cam),
-                      audio_s=ep.audio_samples / ep.rig.audio.rate_hz, variation=ep.variation, success=ep.success,
+                      audio_s=ep.audio_samples / ep.streams.audio.rate_hz, variation=ep.variation, success=ep.success,
                       flags=flags)
 
 
@@ -103,7 +103,7 @@ class StreamSummary:
     rows_name: str  # what a row is: frames, blocks, rows
     rate_of: str  # what the rate counts: the rows, or (audio) the samples
     rate_hz: float  # measured from the time stamps (0 with fewer than two rows)
-    nominal_hz: float  # from the rig description
+    nominal_hz: float  # from the stream specs
     deviation_pct: float | None  # (measured - nominal) / nominal; None if either is unknown
     first_s: float | None  # relative to the episode start
     last_s: float | None
@@ -189,7 +189,7 @@ def _stream_summary(stream: str, times: np.ndarray, rate_hz: float, nominal: flo
 
 def channel_levels(ep: Episode) -> list[ChannelSummary]:
     """Level, peak, clipping and DC offset of each microphone, read in bounded slices of the PCM."""
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     if not ep.has_audio:
         return []
     pcm = ep.array("audio/pcm")
@@ -220,7 +220,7 @@ def channel_levels(ep: Episode) -> list[ChannelSummary]:
 
 def summarize(ep: Episode) -> EpisodeSummary:
     """Everything `htouch inspect` reports about one episode (no camera frames are decoded)."""
-    rig = ep.rig
+    rig = ep.streams
     start_ns, _ = ep.time_range_ns()
     streams = []
     for stream in TIMED_AXES:

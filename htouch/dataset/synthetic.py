@@ -14,7 +14,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from htouch.dataset.schema import NS, RigSpec
+from htouch.dataset.schema import NS, StreamSpecs
 from htouch.dataset.store import Dataset
 
 AUDIO_BLOCK = 320  # samples per delivered block (10 ms at 32 kHz)
@@ -116,12 +116,12 @@ def _audio_chunk(t0: float, n: int, rate: float, contacts, speed_fn, rng: np.ran
 
 def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[int, GroundTruth]:
     """Write one synthetic episode into the dataset; returns its index and the ground truth."""
-    rig: RigSpec = dataset.rig
+    streams: StreamSpecs = dataset.streams
     rng = np.random.default_rng(cfg.seed)
     dur = cfg.duration_s
     contacts = list(cfg.contacts) if cfg.contacts is not None else default_contacts(dur, rng)
     truth = GroundTruth(contacts=contacts, audio_gaps=list(cfg.audio_gaps))
-    scene = SyntheticScene(rig.camera.width, rig.camera.height, rng, cfg.variation)
+    scene = SyntheticScene(streams.camera.width, streams.camera.height, rng, cfg.variation)
 
     def at(ts: np.ndarray):
         return trajectory(ts, dur, contacts)
@@ -135,7 +135,7 @@ def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[in
         return cfg.start_ns + int(round(seconds * NS))
 
     # Camera: jittered capture times, some frame numbers never delivered.
-    period = 1 / rig.camera.rate_hz
+    period = 1 / streams.camera.rate_hz
     n_frames = int(dur / period)
     cam_t = np.arange(n_frames) * period + rng.normal(0, 0.0004, n_frames)
     dropped: set[int] = set()
@@ -145,17 +145,17 @@ def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[in
     truth.dropped_frame_numbers = sorted(dropped)
 
     # Audio: blocks of AUDIO_BLOCK samples whose device clock runs drift_ppm fast against the host.
-    rate = rig.audio.rate_hz
+    rate = streams.audio.rate_hz
     n_blocks = int(dur * rate / AUDIO_BLOCK)
     block_t = np.arange(n_blocks) * AUDIO_BLOCK / rate * (1 + cfg.audio_drift_ppm * 1e-6)
     lost = np.zeros(n_blocks, bool)
     for g0, glen in cfg.audio_gaps:
         lost |= (block_t >= g0) & (block_t < g0 + glen)
 
-    state_t = np.arange(int(dur * rig.state.rate_hz)) / rig.state.rate_hz
-    act_period = 1 / rig.action.rate_hz
+    state_t = np.arange(int(dur * streams.state.rate_hz)) / streams.state.rate_hz
+    act_period = 1 / streams.action.rate_hz
     act_t = np.arange(int(dur / act_period)) * act_period + 0.004  # sent just after the frame
-    tel_t = np.arange(int(dur * rig.teleop.rate_hz)) / rig.teleop.rate_hz
+    tel_t = np.arange(int(dur * streams.teleop.rate_hz)) / streams.teleop.rate_hz
 
     def pose(ts: np.ndarray) -> np.ndarray:
         x, z, _, _ = at(ts)
@@ -205,7 +205,7 @@ def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[in
                 ts = state_t[cursors["st"]]
                 cursors["st"] += 1
                 _, _, opening, _ = at(np.array([ts]))
-                joints = 0.3 * np.sin(ts * 0.5 + np.arange(rig.state.n_joints))
+                joints = 0.3 * np.sin(ts * 0.5 + np.arange(streams.state.n_joints))
                 writer.state(ns(ts), pose(np.array([ts]))[0], joints, 0.08 * float(opening[0]))
             while cursors["tel"] < len(tel_t) and tel_t[cursors["tel"]] <= ta:
                 ts = tel_t[cursors["tel"]]
@@ -215,10 +215,10 @@ def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[in
                 m[:3, :3] = Rotation.from_quat(p[3:]).as_matrix()
                 m[:3, 3] = p[:3] + (0.0, 0.2, 0.9)
                 _, _, opening, _ = at(np.array([ts]))
-                buttons = np.zeros(len(rig.teleop.button_names), bool)
-                if "RG" in rig.teleop.button_names:
-                    buttons[rig.teleop.button_names.index("RG")] = True
-                analog = np.zeros(len(rig.teleop.analog_names), np.float32)
+                buttons = np.zeros(len(streams.teleop.button_names), bool)
+                if "RG" in streams.teleop.button_names:
+                    buttons[streams.teleop.button_names.index("RG")] = True
+                analog = np.zeros(len(streams.teleop.analog_names), np.float32)
                 analog[: min(2, len(analog))] = (1 - float(opening[0]), 1.0)[: min(2, len(analog))]
                 writer.teleop(ns(ts), m, buttons, analog)
             p0, p1 = pose(np.array([ta, ta + act_period]))
@@ -233,9 +233,9 @@ def write_synthetic_episode(dataset: Dataset, cfg: SyntheticEpisode) -> tuple[in
 
 
 def write_synthetic_dataset(root, n_episodes: int, *, task: str = "zip", seconds: float = 8.0, seed: int = 0,
-                            rig: RigSpec | None = None, progress=None) -> Dataset:
+                            streams: StreamSpecs | None = None, progress=None) -> Dataset:
     """A dataset of n synthetic episodes: every fourth a failure, every third a `test` variation."""
-    ds = Dataset.open_or_create(root, task, rig)
+    ds = Dataset.open_or_create(root, task, streams)
     for i in range(n_episodes):
         cfg = SyntheticEpisode(duration_s=seconds, seed=seed + i, success=(i % 4 != 3),
                                variation="test" if i % 3 == 2 else "train")

@@ -31,7 +31,7 @@ from htouch.dataset.schema import (
     NS,
     TIMED_AXES,
     ArraySpec,
-    RigSpec,
+    StreamSpecs,
 )
 from htouch.dataset.store import Dataset, dataset_links, find_dataset, resolve_episode_path
 from htouch.dataset.structure import (  # noqa: F401 - stored_chunks: kept importable from here
@@ -197,10 +197,10 @@ def _segment_slope(x: np.ndarray, y: np.ndarray, segment: np.ndarray) -> float |
 class _EpisodeCheck(StructureCheck):
     """The structural checks readers run too (structure.py), on every array read fully, then the rest."""
 
-    def __init__(self, ep: Episode, dataset_rig: RigSpec | None, limits: ValidationLimits,
+    def __init__(self, ep: Episode, dataset_streams: StreamSpecs | None, limits: ValidationLimits,
                  checksums: ChecksumOptions):
         super().__init__(ep)
-        self.dataset_rig = dataset_rig
+        self.dataset_streams = dataset_streams
         self.limits = limits
         self.checksums = checksums
 
@@ -249,7 +249,7 @@ class _EpisodeCheck(StructureCheck):
             self.add("episode.status", WARNING, "", f"status is {status!r}, not 'committed'")
         if a.get("success") is None:
             self.add("label.missing", WARNING, "", "no success label (record one with the operator's keys)")
-        mine, theirs = self.ep.rig.to_dict(), self.dataset_rig.to_dict() if self.dataset_rig else None
+        mine, theirs = self.ep.streams.to_dict(), self.dataset_streams.to_dict() if self.dataset_streams else None
         if theirs is not None and mine != theirs:
             diff = sorted(k for k, v in mine.items() if theirs.get(k) != v)
             self.add("episode.rig", WARNING, "",
@@ -281,7 +281,7 @@ class _EpisodeCheck(StructureCheck):
                 continue
             d = np.diff(t)
             if stream != "audio":
-                nominal = self.ep.rig.nominal_rate(stream)
+                nominal = self.ep.streams.nominal_rate(stream)
                 rate = measured_rate_hz(t)
                 if len(t) > 2 and nominal > 0 and abs(rate / nominal - 1) > lim.rate_tolerance:
                     self.add("rate.off", WARNING, stream, f"measured {rate:.2f} Hz, nominal {nominal:g} Hz "
@@ -292,7 +292,7 @@ class _EpisodeCheck(StructureCheck):
 
     def check_frame_gaps(self, t: np.ndarray, d: np.ndarray) -> None:
         lim = self.limits
-        period_ns = NS / self.ep.rig.camera.rate_hz
+        period_ns = NS / self.ep.streams.camera.rate_hz
         numbers = self.data.get("camera/frame_number")
         jumps = np.diff(numbers) if numbers is not None and len(numbers) == len(t) else None
         if jumps is not None and (jumps <= 0).any():
@@ -361,7 +361,7 @@ class _EpisodeCheck(StructureCheck):
         if bad:
             self.add("array.chunk", ERROR, "camera/rgb", f"{len(bad)} frame(s) do not decode, first row {bad[0]}",
                      self.time_of("camera", bad[0]))
-        period_ns = NS / self.ep.rig.camera.rate_hz
+        period_ns = NS / self.ep.streams.camera.rate_hz
         for a, b in _runs(same):  # frames a..b (inclusive) are all identical
             if t is not None and len(t) == n:
                 span, at = int(t[b]) - int(t[a]), int(t[a])
@@ -375,7 +375,7 @@ class _EpisodeCheck(StructureCheck):
 
     def check_audio(self) -> None:
         lim = self.limits
-        spec = self.ep.rig.audio
+        spec = self.ep.streams.audio
         pcm = self.data.get("audio/pcm")
         offsets = self.data.get("audio/block_offset")
         times = self.data.get("audio/block_timestamp_ns")
@@ -419,7 +419,7 @@ class _EpisodeCheck(StructureCheck):
 
     def check_channels(self, pcm: np.ndarray) -> None:
         lim = self.limits
-        spec = self.ep.rig.audio
+        spec = self.ep.streams.audio
         names = spec.channel_names if len(spec.channel_names) == pcm.shape[1] else [
             f"channel {c}" for c in range(pcm.shape[1])]
         clipped = ((pcm == INT16_EXTREMES[0]) | (pcm == INT16_EXTREMES[1])).sum(axis=0) / len(pcm)
@@ -516,7 +516,7 @@ def checksum_findings(path: Path, expected: bool, options: ChecksumOptions = Che
     return out
 
 
-def validate_episode(path: str | os.PathLike[str], dataset_rig: RigSpec | None = None,
+def validate_episode(path: str | os.PathLike[str], dataset_streams: StreamSpecs | None = None,
                      limits: ValidationLimits = DEFAULT_LIMITS,
                      checksums: ChecksumOptions = ChecksumOptions()) -> list[Finding]:
     """All findings for one episode directory (committed or not); never raises for bad data."""
@@ -532,7 +532,7 @@ def validate_episode(path: str | os.PathLike[str], dataset_rig: RigSpec | None =
         return [*checksum_findings(path, False, checksums),
                 Finding("episode.unreadable", ERROR, path.name, "", None, message)]
     try:
-        return _EpisodeCheck(ep, dataset_rig, limits, checksums).run()
+        return _EpisodeCheck(ep, dataset_streams, limits, checksums).run()
     except Exception as e:  # noqa: BLE001 - corruption no check foresaw: still a finding
         return [Finding("episode.unreadable", ERROR, path.name, "", None,
                         f"validation stopped: {type(e).__name__}: {e}")]
@@ -580,7 +580,7 @@ def validate_dataset(ds: Dataset, episodes: list[Path] | None = None, limits: Va
     paths = episodes if episodes is not None else [ds.episode_path(i) for i in ds.episode_indices()]
     for path in paths:
         report.episodes.append(path.name)
-        report.findings.extend(validate_episode(path, ds.rig, limits, checksums))
+        report.findings.extend(validate_episode(path, ds.streams, limits, checksums))
         if progress is not None:
             progress()
     if episodes is None:

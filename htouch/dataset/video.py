@@ -54,7 +54,7 @@ def audio_track(ep: Episode, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, int]:
     """The episode's audio between t0 and t1 on one time line at the native rate (silence where no block), every
     channel, normalised with the AudioSpec: (samples (n, channels) float32, rate). Each block is placed by its
     first sample's time stamp, so gaps stay silent and nothing is shifted."""
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     rate = int(round(spec.rate_hz))
     n = max(int(round((t1_ns - t0_ns) * rate / NS)), 0)
     out = np.zeros((n, spec.channels), dtype=np.float32)
@@ -95,7 +95,7 @@ def export_video(ep: Episode, out: str | Path, *, normalize: bool = True, crf: i
         raise DatasetError(f"{ep.name}: frames of {width}x{height} are too small for a video")
     t0 = int(times[0])
     span = int(times[-1]) - t0
-    fps = (len(times) - 1) * NS / span if len(times) > 1 and span > 0 else float(ep.rig.camera.rate_hz)
+    fps = (len(times) - 1) * NS / span if len(times) > 1 and span > 0 else float(ep.streams.camera.rate_hz)
     end_ns = int(times[-1]) + int(NS / fps)  # the last frame is shown for one period
 
     track, rate = mono_track(ep, t0, end_ns)

@@ -103,7 +103,7 @@ class EpisodeWriter:
         self.final_path = dataset.path(self.name)
         self.flush_interval_s = flush_interval_s
         self.blocking = blocking
-        self.specs = {s.path: s for s in episode_arrays(dataset.rig)}
+        self.specs = {s.path: s for s in episode_arrays(dataset.streams)}
         check_strict_json(info or {}, f"episode {self.name}: info")  # before anything is created
         self.path.parent.mkdir(exist_ok=True)
 
@@ -114,7 +114,7 @@ class EpisodeWriter:
         for spec in self.specs.values():
             self._arrays[spec.path] = self._group.create_array(
                 spec.path, shape=(0, *spec.shape), chunks=(spec.chunk_len, *spec.shape), dtype=spec.dtype,
-                compressors=compressor_for(spec, dataset.rig.camera), fill_value=None,
+                compressors=compressor_for(spec, dataset.streams.camera), fill_value=None,
                 attributes={"unit": spec.unit, "doc": spec.doc},
                 # Store every chunk, even all-zero ones, so that a missing chunk file always means data loss.
                 config={"write_empty_chunks": True})
@@ -126,7 +126,7 @@ class EpisodeWriter:
             "status": "recording",
             "success": None,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "rig": dataset.rig.to_dict(),
+            "rig": dataset.streams.to_dict(),
             "info": info or {},
         }
         self._save_attrs()
@@ -153,7 +153,7 @@ class EpisodeWriter:
     def audio(self, timestamp_ns: int, pcm: np.ndarray, overflow: bool = False) -> bool:
         """A block of samples (n, channels) whose first sample was captured at timestamp_ns. A rig without
         microphones has no audio stream: ValueError."""
-        if not self.dataset.rig.has_audio:
+        if not self.dataset.streams.has_audio:
             raise ValueError(f"{self.name}: the rig has no microphones (audio.channels 0); there is no audio to write")
         return self._put("audio", pcm=np.array(pcm, dtype=np.int16), block_overflow=overflow,
                          block_timestamp_ns=timestamp_ns)

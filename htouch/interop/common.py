@@ -80,7 +80,7 @@ def _remove(path: Path) -> None:
 def check_uniform(ep: Episode, ds: Dataset) -> None:
     """The formats hold one shape per array across episodes: an episode recorded with another camera size, audio
     rate or channel count, or joint count than the dataset's rig is refused (DatasetError naming it)."""
-    a, b = ep.rig, ds.rig
+    a, b = ep.streams, ds.streams
     rgb = ep.array("camera/rgb").shape
     mine = (rgb[2], rgb[1], a.audio.rate_hz, a.audio.channels, a.state.n_joints)
     want = (b.camera.width, b.camera.height, b.audio.rate_hz, b.audio.channels, b.state.n_joints)
@@ -95,7 +95,7 @@ def export_fps(ds: Dataset) -> int:
     """The grid rate: the camera's nominal rate as a whole number of frames per second (the formats store an
     integer fps); the measured time stamps decide which frame each row shows, so a camera slightly off its
     nominal rate shows up as repeated or skipped frames in the report, not as a shifted time line."""
-    rate = ds.rig.camera.rate_hz
+    rate = ds.streams.camera.rate_hz
     fps = int(round(rate))
     if fps < 1:
         raise DatasetError(f"{ds.root}: camera rate {rate} Hz cannot be exported on a whole-frame grid")
@@ -199,8 +199,8 @@ def episode_rows(ep: Episode, fps: int, audio_rate: int) -> EpisodeRows:
     period = int(round(NS / fps))
     # (t_k - 1/fps, t_k] for every row: one track from t_0 - 1/fps to t_{n-1}, cut into n windows.
     track, native = audio_track(ep, grid.t0_ns - period, int(grid.times_ns[-1]))
-    track = resample(track.T, native, audio_rate).T if len(track) else np.zeros((0, ep.rig.audio.channels))
-    windows = np.zeros((n * m, ep.rig.audio.channels), dtype=np.float32)
+    track = resample(track.T, native, audio_rate).T if len(track) else np.zeros((0, ep.streams.audio.channels))
+    windows = np.zeros((n * m, ep.streams.audio.channels), dtype=np.float32)
     windows[:min(len(track), n * m)] = track[:n * m]
     audio = windows.reshape(n, m, -1)
     # What plays while frame k is on screen ([k, k+1) / fps) was recorded in (t_k, t_k+1]: row k+1's window.

@@ -99,7 +99,7 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
     if MANIWAV_AUDIO_RATE % fps == 0:
         audio_rate = MANIWAV_AUDIO_RATE
     else:
-        audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps)
+        audio_rate = audio_rate_for(ds.streams.audio.rate_hz, fps)
     split = ds.metadata.get("split") if isinstance(ds.metadata.get("split"), dict) else {}
     split_of = {i: name for name in ("train", "val") for i in split.get(name, [])}
     episodes = [ds.episode(i) for i in ds.episode_indices()]
@@ -107,7 +107,7 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
         check_uniform(ep, ds)
     total = sum(len(frame_grid(ep, fps)) for ep in episodes)  # time stamps only: cheap
     _, height, width, _ = episodes[0].array("camera/rgb").shape
-    channels = ds.rig.audio.channels
+    channels = ds.streams.audio.channels
     m = audio_rate // fps
     report = ExportReport(format="dp", out=str(out), fps=fps, video_codec=f"jpeg q{quality}",
                           audio_rate_hz=audio_rate, audio_samples_per_frame=m)
@@ -123,7 +123,7 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
                                    chunks=(1, height, width, 3), compressors=DPJpeg(level=quality),
                                    config={"write_empty_chunks": True})
         shapes = {"robot0_eef_pos": (3,), "robot0_eef_rot_axis_angle": (3,), "robot0_gripper_width": (1,),
-                  "robot0_joint_pos": (ds.rig.state.n_joints,), "action": (7,)}
+                  "robot0_joint_pos": (ds.streams.state.n_joints,), "action": (7,)}
         arrays = {k: _array(data, k, (total, *shape), "float32") for k, shape in shapes.items()}
         arrays["timestamp"] = _array(data, "timestamp", (total,), "float64")
         arrays["frame_repeated"] = _array(data, "frame_repeated", (total,), "bool")
@@ -152,9 +152,10 @@ def export_dp(ds: Dataset, out: str | os.PathLike[str], *, quality: int = 90,
         episode_ends[:] = np.array(ends, dtype=np.int64)
         root.attrs["htouch"] = {
             "format": "htouch-dp-export", "version": 1, "source": str(ds.root.resolve()), "task": ds.task,
-            "fps": fps, "rig": ds.rig.to_dict(), "episodes": report.episode_map,
+            "fps": fps, "rig": ds.streams.to_dict(), "episodes": report.episode_map,
             "audio": {"rate_hz": audio_rate, "samples_per_frame": m, "window": "(t_k - 1/fps, t_k]",
-                      "normalised": "(x - center) / scale of rig.audio", "channels": list(ds.rig.audio.channel_names)},
+                      "normalised": "(x - center) / scale of rig.audio",
+                      "channels": list(ds.streams.audio.channel_names)},
             "action": "htouch's action/delta_ee (dx dy dz in m, rotation vector rx ry rz in rad, per control step, "
                       "base frame) and action/gripper (opening 0..1)",
         }

@@ -327,16 +327,16 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
     codec = pick_video_codec(vcodec)
     check_exportable(ds)
     fps = export_fps(ds)
-    has_audio = ds.rig.has_audio  # without microphones: no observation.audio, sidecar or listening track
-    audio_rate = audio_rate_for(ds.rig.audio.rate_hz, fps) if has_audio else 0
+    has_audio = ds.streams.has_audio  # without microphones: no observation.audio, sidecar or listening track
+    audio_rate = audio_rate_for(ds.streams.audio.rate_hz, fps) if has_audio else 0
     order, splits, split_of = _order(ds, ds.episode_indices())
     episodes = [ds.episode(i) for i in order]
     for ep in episodes:
         check_uniform(ep, ds)
     report = ExportReport(format="lerobot", out=str(out), fps=fps, video_codec=codec, audio_rate_hz=audio_rate,
                           audio_samples_per_frame=audio_rate // fps)
-    if abs(ds.rig.camera.rate_hz - fps) > 1e-9:
-        report.notes.append(f"camera rate {ds.rig.camera.rate_hz} Hz exported on a {fps} fps grid")
+    if abs(ds.streams.camera.rate_hz - fps) > 1e-9:
+        report.notes.append(f"camera rate {ds.streams.camera.rate_hz} Hz exported on a {fps} fps grid")
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at info level
 
     rgb_shape = episodes[0].array("camera/rgb").shape
@@ -344,8 +344,8 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
     if (height, width) != tuple(rgb_shape[1:3]):
         report.notes.append(f"frames cropped from {rgb_shape[2]}x{rgb_shape[1]} to {width}x{height} (yuv420p needs "
                             "even sizes)")
-    n_state = 7 + ds.rig.state.n_joints + 1
-    channels = ds.rig.audio.channels
+    n_state = 7 + ds.streams.state.n_joints + 1
+    channels = ds.streams.audio.channels
     task = ds.task or "task"
 
     with staged_output(out) as tmp:
@@ -431,7 +431,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
         features = _features(height, width, n_state, audio_rate // fps, channels, ds,
                              video_info(tmp / VIDEO_PATH.format(video_key=CAMERA_KEY, chunk_index=0, file_index=0)))
         _write_json(tmp / INFO_PATH, {
-            "codebase_version": CODEBASE_VERSION, "robot_type": ds.rig.name, "total_episodes": report.episodes,
+            "codebase_version": CODEBASE_VERSION, "robot_type": ds.streams.name, "total_episodes": report.episodes,
             "total_frames": report.rows, "total_tasks": 1, "chunks_size": CHUNKS_SIZE,
             "data_files_size_in_mb": data_file_mb, "video_files_size_in_mb": video_file_mb, "fps": fps,
             "splits": splits, "data_path": DATA_PATH, "video_path": VIDEO_PATH, "features": features,
@@ -441,7 +441,7 @@ def export_lerobot(ds: Dataset, out: str | os.PathLike[str], *, vcodec: str | No
         _write_json(tmp / EXPORT_REPORT, {
             "format": "htouch-lerobot-export", "version": 1,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "source": str(ds.root.resolve()), "task": ds.task, "rig": ds.rig.to_dict(),
+            "source": str(ds.root.resolve()), "task": ds.task, "rig": ds.streams.to_dict(),
             "time": "row k of an episode is at t0_ns + round(k * 1e9 / fps) on the recording's clock "
                     "(column htouch.time_ns); its frame is the latest captured by then plus half a period, its "
                     "state the latest at or before, its action the first commanded at or after",
@@ -474,8 +474,8 @@ def _write_sidecar(path: Path, ep: Episode, t0_ns: int) -> None:
     np.savez_compressed(
         path, pcm=ep.read("audio/pcm"), block_offset=ep.audio_block_offsets,
         block_timestamp_ns=ep.audio_block_times, block_overflow=ep.read("audio/block_overflow"),
-        t0_ns=np.int64(t0_ns), rate_hz=np.float64(ep.rig.audio.rate_hz),
-        channel_names=np.array(ep.rig.audio.channel_names, dtype=str),
+        t0_ns=np.int64(t0_ns), rate_hz=np.float64(ep.streams.audio.rate_hz),
+        channel_names=np.array(ep.streams.audio.channel_names, dtype=str),
         event_timestamp_ns=np.array([ev["t_ns"] for ev in events], dtype=np.int64),
         event_kind=np.array([ev["kind"] for ev in events], dtype=str),
         event_detail=np.array([json.dumps(ev.get("detail", {})) for ev in events], dtype=str))
@@ -512,7 +512,7 @@ def _write_episodes(root: Path, rows: list[dict[str, Any]], stats: list[dict[str
 def _features(height: int, width: int, n_state: int, samples: int, channels: int, ds: Dataset,
               info: dict[str, Any]) -> dict[str, Any]:
     """meta/info.json's features: dtype, shape and names of every column (and the video's info)."""
-    joints = [f"joint{i}" for i in range(ds.rig.state.n_joints)]
+    joints = [f"joint{i}" for i in range(ds.streams.state.n_joints)]
     scalar = {"shape": [1], "names": None}
     return {
         CAMERA_KEY: {"dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
@@ -520,7 +520,7 @@ def _features(height: int, width: int, n_state: int, samples: int, channels: int
         STATE_KEY: {"dtype": "float32", "shape": [n_state],
                     "names": ["x", "y", "z", "qx", "qy", "qz", "qw", *joints, "gripper_width"]},
         **({AUDIO_KEY: {"dtype": "float32", "shape": [samples, channels], "names": ["samples", "channels"],
-                        "channel_names": list(ds.rig.audio.channel_names)}} if channels else {}),
+                        "channel_names": list(ds.streams.audio.channel_names)}} if channels else {}),
         ACTION_KEY: {"dtype": "float32", "shape": [7],
                      "names": ["dx", "dy", "dz", "rx", "ry", "rz", "gripper"]},
         "timestamp": {"dtype": "float32", **scalar},

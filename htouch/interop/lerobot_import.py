@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from htouch.dataset.schema import NS, AudioSpec, CameraSpec, RigSpec, StateSpec, parse_episode_name
+from htouch.dataset.schema import NS, AudioSpec, CameraSpec, StateSpec, StreamSpecs, parse_episode_name
 from htouch.dataset.split import SPLIT_KEY
 from htouch.dataset.store import Dataset
 from htouch.errors import DatasetError, HtouchError
@@ -262,24 +262,24 @@ class _Frames:
 # ------------------------------------------------------------------------------------------------ the import
 
 
-def _rig(info: dict[str, Any], export: dict[str, Any] | None, camera_key: str, state_dim: int, htouch_state: bool,
-         audio: bool, fps: float) -> RigSpec:
+def _streams(info: dict[str, Any], export: dict[str, Any] | None, camera_key: str, state_dim: int, htouch_state: bool,
+         audio: bool, fps: float) -> StreamSpecs:
     """The htouch rig that describes what the import holds: an htouch export's own rig when there is one (its
     camera size, audio and joint count), with the state and action rates the rows have (one per frame)."""
     shape = info["features"][camera_key]["shape"]
     height, width = int(shape[0]), int(shape[1])
     if export is not None:
-        rig = RigSpec.from_dict(export["rig"])
+        streams = StreamSpecs.from_dict(export["rig"])
     else:
-        rig = RigSpec(name=str(info.get("robot_type") or "lerobot"), description="imported from a LeRobot dataset",
-                      camera=CameraSpec(quality=95))
-        rig.state = StateSpec(joint_unit="as in the LeRobot dataset")
-    rig.camera.width, rig.camera.height, rig.camera.rate_hz = width, height, float(fps)
-    rig.state.rate_hz = rig.action.rate_hz = float(fps)
-    rig.state.n_joints = state_dim - 8 if htouch_state else state_dim
+        streams = StreamSpecs(name=str(info.get("robot_type") or "lerobot"),
+                              description="imported from a LeRobot dataset", camera=CameraSpec(quality=95))
+        streams.state = StateSpec(joint_unit="as in the LeRobot dataset")
+    streams.camera.width, streams.camera.height, streams.camera.rate_hz = width, height, float(fps)
+    streams.state.rate_hz = streams.action.rate_hz = float(fps)
+    streams.state.n_joints = state_dim - 8 if htouch_state else state_dim
     if not audio:
-        rig.audio = AudioSpec(channels=0, channel_names=[], device="")
-    return rig
+        streams.audio = AudioSpec(channels=0, channel_names=[], device="")
+    return streams
 
 
 def _state_layout(info: dict[str, Any]) -> tuple[int, bool]:
@@ -351,7 +351,7 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
     if (src / EXPORT_REPORT).is_file():
         try:
             export = json.loads((src / EXPORT_REPORT).read_text())
-            RigSpec.from_dict(export["rig"])
+            StreamSpecs.from_dict(export["rig"])
         except (OSError, ValueError, KeyError, TypeError, DatasetError) as e:
             raise _bad(src, f"{EXPORT_REPORT} is unreadable ({e})") from None
     sidecars = [str(r.get("htouch/audio_sidecar") or "") for r in episodes]
@@ -371,10 +371,10 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
     if not htouch_state:
         report.notes.append(f"{STATE_KEY} ({state_dim} values) imported as state/joints; ee_pose and gripper_width "
                             "were not measured (identity pose, 0)")
-    rig = _rig(info, export, key, state_dim, htouch_state, audio, fps)
+    streams = _streams(info, export, key, state_dim, htouch_state, audio, fps)
     task = str(export.get("task") or "") if export else ""
     task = task or _first_task(src) or "task"
-    # htouch indices: the source episode's own (an htouch export) when every one is known and unique.
+    # htouch indices: the exported episode's own (an htouch export) when every one is known and unique.
     names = [parse_episode_name(str(r.get("htouch/episode") or "")) for r in episodes]
     if all(n is not None for n in names) and len(set(names)) == len(names):
         index_of = {r["episode_index"]: int(n) for r, n in zip(episodes, names, strict=True)}
@@ -383,7 +383,7 @@ def import_lerobot(src: str | Path, out: str | Path, *, camera: str | None = Non
     data_pattern, video_pattern = str(info["data_path"]), str(info["video_path"])
 
     with staged_output(out) as tmp:
-        ds = Dataset.create(tmp, task, rig)
+        ds = Dataset.create(tmp, task, streams)
         frames = _Frames(src, video_pattern, key)
         table_path: Path | None = None
         table = None
@@ -469,7 +469,7 @@ def _import_episode(ds: Dataset, src: Path, info: dict[str, Any], r: dict[str, A
     ds.update_metadata(next_episode_index=index)  # indices ascend, so the writer reserves exactly this one
     writer = ds.new_episode(variation=str(r.get("htouch/variation") or "default"), info=ep_info, blocking=True)
     with writer:
-        h, w = ds.rig.camera.height, ds.rig.camera.width
+        h, w = ds.streams.camera.height, ds.streams.camera.width
         for row, image in frames.episode(video, from_ts, n, fps):
             if repeated[row]:
                 continue

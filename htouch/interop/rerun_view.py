@@ -55,7 +55,7 @@ def waveform(ep: Episode, max_hz: int = WAVEFORM_MAX_HZ) -> tuple[np.ndarray, np
     """Each channel's waveform placed by its block time stamps: (times ns (P,), first sample index (P,), values
     (P, C) normalised). Every sample when the rate allows, else two points (min, then max) per run of `step`
     samples, runs never crossing a block boundary (so a gap between blocks stays a gap)."""
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     pcm = ep.read("audio/pcm")
     offsets, times = ep.audio_block_offsets, ep.audio_block_times
     n = len(pcm)
@@ -101,7 +101,7 @@ def expected_rows(ep: Episode, max_hz: int = WAVEFORM_MAX_HZ) -> dict[str, int]:
 
 def channel_names(ep: Episode) -> list[str]:
     """Entity names of the microphones: the rig's channel names (made path-safe), else ch0, ch1, ..."""
-    spec = ep.rig.audio
+    spec = ep.streams.audio
     names = list(spec.channel_names) if len(spec.channel_names) == spec.channels else []
     names = [("".join(c if c.isalnum() or c in "-_" else "_" for c in n) or f"ch{i}") for i, n in enumerate(names)]
     if len(set(names)) != spec.channels:
@@ -132,15 +132,16 @@ def log_episode(ep: Episode, rec: Any, *, max_hz: int = WAVEFORM_MAX_HZ,
 
     start_ns, _ = ep.time_range_ns()
     rows: dict[str, int] = {}
-    rig = ep.rig
+    streams = ep.streams
     label = {True: "success", False: "failure"}.get(ep.success, "unlabelled")
     task = ep.dataset.task if ep.dataset else ep.attrs.get("task", "")
     rec.log("episode", rr.TextDocument(
         f"# {ep.name}\n\n{label} · variation {ep.variation} · task {task} · {ep.duration_s:.2f} s\n\n"
-        f"rig {rig.name}: camera {rig.camera.width}x{rig.camera.height} at {rig.camera.rate_hz:g} Hz, "
-        + (f"{rig.audio.channels} microphones at {rig.audio.rate_hz:g} Hz" if ep.has_audio else "no microphones")
-        + f", {rig.state.n_joints} joints\n\nTimeline `time`: seconds since the episode start; every stream is placed "
-        "by its own time stamps.", media_type=rr.MediaType.MARKDOWN), static=True)
+        f"rig {streams.name}: camera {streams.camera.width}x{streams.camera.height} at {streams.camera.rate_hz:g} "
+        "Hz, " + (f"{streams.audio.channels} microphones at {streams.audio.rate_hz:g} Hz" if ep.has_audio
+                  else "no microphones")
+        + f", {streams.state.n_joints} joints\n\nTimeline `time`: seconds since the episode start; every stream is "
+        "placed by its own time stamps.", media_type=rr.MediaType.MARKDOWN), static=True)
 
     # camera
     cam = ep.camera_times
@@ -166,13 +167,13 @@ def log_episode(ep: Episode, rec: Any, *, max_hz: int = WAVEFORM_MAX_HZ,
             entity = f"audio/waveform/{name}"
             _scalars(rec, rr, entity, values[:, c:c + 1], [name], index)
             rows[entity] = len(t)
-        spec = audio_spectrogram(ep)
-        for k, (ts, column) in enumerate(zip(spec.times_s, spec.logmel.T, strict=True)):
+        mel = audio_spectrogram(ep)
+        for k, (ts, column) in enumerate(zip(mel.times_s, mel.logmel.T, strict=True)):
             rec.set_time(TIME, duration=np.timedelta64(int(round(ts * NS)), "ns"))
             rec.set_time("spectrogram_hop", sequence=k)
             rec.log("audio/spectrogram", rr.BarChart(column.astype(np.float32)))
         rec.reset_time()
-        rows["audio/spectrogram"] = spec.logmel.shape[1]
+        rows["audio/spectrogram"] = mel.logmel.shape[1]
 
     # state and actions
     st = ep.state_times
@@ -202,8 +203,8 @@ def log_episode(ep: Episode, rec: Any, *, max_hz: int = WAVEFORM_MAX_HZ,
         index = _columns(rr, tt, start_ns, "teleop_row")
         pose = ep.read("teleop/controller_pose")
         for entity, values, names in (
-                ("teleop/buttons", ep.read("teleop/buttons").astype(np.float64), list(rig.teleop.button_names)),
-                ("teleop/analog", ep.read("teleop/analog"), list(rig.teleop.analog_names)),
+                ("teleop/buttons", ep.read("teleop/buttons").astype(np.float64), list(streams.teleop.button_names)),
+                ("teleop/analog", ep.read("teleop/analog"), list(streams.teleop.analog_names)),
                 ("teleop/controller_position", pose[:, :3, 3], ["x", "y", "z"])):
             if values.shape[1]:
                 _scalars(rec, rr, entity, values, names, index)

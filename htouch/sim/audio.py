@@ -227,7 +227,7 @@ class ContactAudioSynth:
         self._voices = [_MaterialVoice(MATERIALS[name], config.rate_hz, c, self._tail) for name in self._materials]
         self._banks = [bank for v in self._voices for bank in (v.impact, v.friction)]
         friction_seq, ambient_seq = np.random.SeedSequence(config.seed).spawn(2)
-        self._friction_rng = np.random.default_rng(friction_seq)  # one source per material, fixed draws per sample
+        self._friction_rng = np.random.default_rng(friction_seq)  # a noise column per material, fixed draws per sample
         self._ambient_rng = np.random.default_rng(ambient_seq)
         self._hum_phase = 0.0
         self._hum_amp = 0.0
@@ -310,9 +310,9 @@ class ContactAudioSynth:
         n, mics, speed, arrays = self._check_inputs(n_samples, contacts, mic_positions, motor_speed)
         cfg = self.config
         out = np.zeros((n, cfg.channels))
-        sources = self._friction_rng.standard_normal((n, len(self._materials)))  # drawn every block: determinism
+        noise = self._friction_rng.standard_normal((n, len(self._materials)))  # drawn every block: determinism
         if arrays is not None:
-            self._excite(n, arrays, mics, sources)
+            self._excite(n, arrays, mics, noise)
         for bank in self._banks:
             if bank.active:
                 bank.run(n, out)
@@ -324,7 +324,7 @@ class ContactAudioSynth:
         np.clip(out, -FULL_SCALE, FULL_SCALE - 1, out=out)
         return out.astype(np.int16)
 
-    def _excite(self, n: int, arrays, mics: np.ndarray, sources: np.ndarray) -> None:
+    def _excite(self, n: int, arrays, mics: np.ndarray, noise: np.ndarray) -> None:
         """Adds this block's impact pulses and friction noise to each touched material's banks."""
         start, length, pos, power, impulse, material = arrays
         cfg = self.config
@@ -349,14 +349,14 @@ class ContactAudioSynth:
                 voice.impact.block, voice.impact.active = ext, True
             rubs = np.flatnonzero(sel & (power > 0) & (length > 0))
             if rubs.size:
-                # Each rub's noise, from this material's source, reaches each microphone with its own delay;
+                # Each rub's noise, from this material's noise column, reaches each microphone with its own delay;
                 # its RMS grows with the friction power (normal force x slip speed).
                 amp = cfg.friction_gain * mat.friction_level * np.sqrt(power[rubs])[:, None] * gain[rubs]  # (R, C)
                 lens = length[rubs]
                 which = np.repeat(np.arange(rubs.size), lens)  # the rub of every excitation sample
-                t = np.repeat(start[rubs] - (np.cumsum(lens) - lens), lens) + np.arange(which.size)  # source time
+                t = np.repeat(start[rubs] - (np.cumsum(lens) - lens), lens) + np.arange(which.size)  # time in the noise
                 target = (t[:, None] + delay[rubs][which]) * c + cols[None, :]  # flat (sample, channel) index
-                values = amp[which] * sources[t, m][:, None]
+                values = amp[which] * noise[t, m][:, None]
                 ext = np.bincount(target.ravel(), weights=values.ravel(), minlength=size * c).reshape(size, c)
                 voice.friction.block, voice.friction.active = ext, True
 

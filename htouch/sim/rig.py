@@ -31,7 +31,7 @@ from scipy.spatial.transform import Rotation
 
 from htouch.collector.config import RigConfig
 from htouch.collector.devices import Action, AudioBlock, DeviceError, Frame, RobotState
-from htouch.dataset.schema import NS, RigSpec
+from htouch.dataset.schema import NS, StreamSpecs
 from htouch.sim.audio import ContactAudioConfig, ContactAudioSynth, ContactSample
 from htouch.sim.scene import FINGER_MAX, PAD_DEPTH, VARIATIONS, OffscreenCamera, randomize_looks
 from htouch.sim.tasks import TASKS, Task, build
@@ -205,7 +205,7 @@ class SimRig:
             stiffness=(robot.translational_stiffness, robot.rotational_stiffness),
             gripper_force=robot.gripper_force, gripper_speed=robot.gripper_speed)
         self.style = VARIATIONS[variation]
-        self._spec = self.config.rig_spec(n_joints=2, joint_unit="m")  # the finger joints slide
+        self._streams = self.config.stream_specs(n_joints=2, joint_unit="m")  # the finger joints slide
         self.dt_ns = int(round(self.world.model.opt.timestep * NS))
         self.period_ns = NS / self.config.control.rate_hz
         self.frame_period_ns = NS / cam.fps
@@ -215,8 +215,8 @@ class SimRig:
         self.gripper_max_width = robot.gripper_max_width
 
         self.clock = SimClock(self, realtime)
-        self.camera = SimCamera(self, self._spec.camera)
-        self.microphones = SimMicrophones(self, self._spec.audio)
+        self.camera = SimCamera(self, self._streams.camera)
+        self.microphones = SimMicrophones(self, self._streams.audio)
         self.robot = SimRobot(self)
         self.error: str | None = None
         self.last_force = 0.0  # mean contact force on the gripper over the last control period, N
@@ -240,8 +240,8 @@ class SimRig:
 
     # -------------------------------------------------------------- facts
 
-    def rig_spec(self) -> RigSpec:
-        return self._spec
+    def stream_specs(self) -> StreamSpecs:
+        return self._streams
 
     def time_ns(self) -> int:
         return BASE_NS + self.world.step_index * self.dt_ns

@@ -1,1 +1,1 @@
-"""Models, data pipeline, training loop and policy runner (see the training issue)."""
+"""Models, data pipeline, training loop and policy runner (docs/experiment.md, docs/eval.md)."""

@@ -148,12 +148,12 @@ class CrossModal(nn.Module):
         parts = (p.image_encoder, p.image_proj, p.audio_encoder, p.audio_proj, self.video_head, self.audio_head)
         return [q for m in parts for q in m.parameters()]
 
-    def forward(self, frames: torch.Tensor, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, frames: torch.Tensor, spectrogram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, k, 3, S, S) in [0, 1] and raw avid spectrograms (B, 1, T, 257) -> unit-length video
         and audio embeddings, (B, projection) each."""
         b = frames.shape[0]
         video = self.policy.encode_frames(frames.flatten(0, 1)).reshape(b, -1)
-        audio = self.policy.encode_audio(spec)
+        audio = self.policy.encode_audio(spectrogram)
         return F.normalize(self.video_head(video), dim=-1), F.normalize(self.audio_head(audio), dim=-1)
 
 
@@ -183,7 +183,7 @@ def plain_batch(samples: PolicySamples, indices: list[int]) -> dict[str, torch.T
         items = []
         for i in indices:
             e, row = samples.locate(i)
-            items.append({"frames": samples.episode_frames(e, e.frame_idx[row]), "spec": samples.spectrogram(i)})
+            items.append({"frames": samples.episode_frames(e, e.frame_idx[row]), "spectrogram": samples.spectrogram(i)})
     return collate(items)
 
 
@@ -203,7 +203,7 @@ def retrieval(model: CrossModal, samples: PolicySamples, batch: int, max_batches
     a2v = v2a = loss = 0.0
     for idx in chunks:
         b = plain_batch(samples, idx)
-        v, a = model(to_float(b["frames"].to(device)), b["spec"].to(device))
+        v, a = model(to_float(b["frames"].to(device)), b["spectrogram"].to(device))
         l_, x, y = info_nce(v, a, temperature)
         loss, a2v, v2a = loss + float(l_), a2v + x, v2a + y
     model.train(was_training)
@@ -242,8 +242,8 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
     train_eps = audio_episodes(ds, selection.indices)
     if not train_eps:
         raise DatasetError(f"{ds.root} has no audio: none of the {len(selection.indices)} episode(s) of its "
-                           f"{selection.source} recorded a contact-microphone sample, and audio-visual pretraining "
-                           "needs sound")
+                           f"{selection.episode_set} recorded a contact-microphone sample, and audio-visual "
+                           "pretraining needs sound")
     left = len(selection.indices) - len(train_eps)
     notes = selection.notes + ([f"{left} episode(s) without audio left out"] if left else [])
     split = ds.metadata.get(SPLIT_KEY)
@@ -287,7 +287,7 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
         loader = DataLoader(train_set, batch_size=c.batch_size, sampler=order, collate_fn=collate, num_workers=0)
         total = acc = 0.0
         for step, b in enumerate(loader):
-            video, audio = model(to_float(b["frames"].to(device)), b["spec"].to(device))
+            video, audio = model(to_float(b["frames"].to(device)), b["spectrogram"].to(device))
             loss, a2v, _ = info_nce(video, audio, c.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -309,11 +309,11 @@ def _pretrain(c: AvConfig, progress_bar: Any, on_step: Callable[[int, int, float
     short = {"made_by": MADE_BY, "label": LABEL, "dataset": str(ds.root.resolve()), "task": ds.task,
              "episodes": train_eps, "preset": c.preset, "image_base_width": pc.image_base_width,
              "audio_base_width": pc.audio_base_width, "image_size": pc.image_size, "n_frames": pc.n_frames,
-             "spectrogram": spec.audio_kind, "spectrogram_key": params_key(spec.clip, spec.spec_params),
+             "spectrogram": spec.audio_kind, "spectrogram_key": params_key(spec.clip, spec.spectrogram_params),
              "epochs": c.epochs, "seed": c.seed, "final_loss": losses[-1],
              "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     record = {**short, "objective": "cross-modal instance discrimination: symmetric InfoNCE, in-batch negatives",
-              "episode_set": selection.source, "labels": "ignored (play data)", "moments": n,
+              "episode_set": selection.episode_set, "labels": "ignored (play data)", "moments": n,
               "settings": _settings(c), "chance_loss": math.log(c.batch_size), "losses": losses,
               "train_audio_to_video_top1": top1, "retrieval": {"on": eval_on, "before": before, "after": after},
               "samples_per_s": steps * c.batch_size * c.epochs / max(train_seconds, 1e-9),

@@ -222,13 +222,13 @@ def _pretrain(config: ByolaConfig, progress_bar: Any, on_epoch: Callable[[int, f
     pc = policy_config(config.preset, "byol-a")
     selection = training_episodes(ds)
     stats, _, _ = ensure_stats(ds, [KIND], DEFAULT_CLIP, selection.indices, progress_bar)
-    spec_stats = stats["spectrogram"][KIND]
+    spectrogram_stats = stats["spectrogram"][KIND]
     bar = progress_bar or (lambda d, t: _null_bar())
     n_total = sum(len(sample_frames(ds.episode(i), DEFAULT_CLIP)[::config.stride]) for i in selection.indices)
     with bar(f"{KIND} spectrograms of {len(selection.indices)} episode(s)", n_total) as advance:
         windows = load_windows(ds, selection.indices, config.stride, advance)
-    mean = np.asarray(spec_stats["mean"], np.float32)[:, None]
-    std = np.asarray(spec_stats["std"], np.float32)[:, None]
+    mean = np.asarray(spectrogram_stats["mean"], np.float32)[:, None]
+    std = np.asarray(spectrogram_stats["std"], np.float32)[:, None]
     std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
     data = torch.from_numpy((windows - mean) / std).unsqueeze(1)  # (n, 1, n_mels, T), as encode_audio feeds
 

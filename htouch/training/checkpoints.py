@@ -21,7 +21,7 @@ strings, containers only), run checkpoints are safetensors + JSON.
 
 A run checkpoint (`save_run_checkpoint` / `load_run_checkpoint`) is a directory with `<name>.safetensors`
 (the policy's state dict, spectrogram statistics included) and `config.json`: the PolicyConfig plus the
-caller's `extra` (action normalization, the rig spec and sample parameters the policy expects, ...).
+caller's `extra` (action normalization, the stream specs and sample parameters the policy expects, ...).
 """
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def describe_initialisation(encoders: dict[str, str], pretraining: dict[str, dic
 def save_run_checkpoint(run_dir: str | Path, model: AudioVisualPolicy, config: PolicyConfig,
                         extra: dict[str, Any] | None = None, name: str = WEIGHTS_NAME) -> Path:
     """Write `<name>.safetensors` and config.json into run_dir (atomically: a crash leaves the old files).
-    `extra` must be JSON (normalization statistics, the rig spec and sample parameters it expects, ...)."""
+    `extra` must be JSON (normalization statistics, the stream specs and sample parameters it expects, ...)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, "policy": config.to_dict(), **(extra or {})}

@@ -42,7 +42,7 @@ from htouch.dataset import frames as frame_cache
 from htouch.dataset.audio import DEFAULT_CLIP, ClipParams, SpectrogramParams
 from htouch.dataset.episode import Episode, SampleParams
 from htouch.dataset.frames import read_frames, resize_frames
-from htouch.dataset.spectrograms import EpisodeSpectrograms, one_torch_thread, spec_shape
+from htouch.dataset.spectrograms import EpisodeSpectrograms, one_torch_thread, spectrogram_shape
 from htouch.dataset.split import SPLIT_KEY, training_episodes
 from htouch.dataset.stats import STATS_KEY, compute_stats, store_stats
 from htouch.dataset.store import Dataset
@@ -98,21 +98,21 @@ class DataSpec:
         return int(round(self.image_size * LOAD_RATIO))
 
     @property
-    def spec_params(self) -> SpectrogramParams | None:
+    def spectrogram_params(self) -> SpectrogramParams | None:
         return None if self.audio_kind is None else audio.spectrogram_params(self.audio_kind)
 
     @property
-    def spec_shape(self) -> tuple[int, ...] | None:
+    def spectrogram_shape(self) -> tuple[int, ...] | None:
         """Shape of one spectrogram as audio.spectrogram makes it (the model's input), None without audio."""
-        return None if self.spec_params is None else spec_shape(self.spec_params, self.clip)
+        return None if self.spectrogram_params is None else spectrogram_shape(self.spectrogram_params, self.clip)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON for a run's config: with the spectrogram parameters and their cache key spelled out."""
         d = dataclasses.asdict(self)
-        if self.spec_params is not None:
-            d["spectrogram"] = dataclasses.asdict(self.spec_params)
-            d["spectrogram_key"] = audio.params_key(self.clip, self.spec_params)
-            d["spectrogram_shape"] = list(self.spec_shape)
+        if self.spectrogram_params is not None:
+            d["spectrogram"] = dataclasses.asdict(self.spectrogram_params)
+            d["spectrogram_key"] = audio.params_key(self.clip, self.spectrogram_params)
+            d["spectrogram_shape"] = list(self.spectrogram_shape)
         d["load_size"] = self.load_size
         return d
 
@@ -135,7 +135,7 @@ class DatasetPlan:
     train: list[int]
     val: list[int]
     stats: dict[str, Any]
-    stats_source: str  # "stored" or "computed"
+    stats_provenance: str  # "stored" or "computed"
     notes: list[str] = field(default_factory=list)
 
     def action_normalization(self, action_dim: int = 7) -> ActionNormalization:
@@ -210,7 +210,7 @@ def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: b
     normalisation statistics stay the whole split's, so runs on different counts are compared alike."""
     train, val, notes = dataset_split(ds)
     kinds = [spec.audio_kind] if spec.audio_kind else []
-    stats, source, stat_notes = ensure_stats(ds, kinds, spec.clip, train, progress_bar, write)
+    stats, provenance, stat_notes = ensure_stats(ds, kinds, spec.clip, train, progress_bar, write)
     notes = stat_notes[:1] + notes + [n for n in stat_notes[1:] if n not in notes]
     if episodes is not None:
         if episodes > len(train):
@@ -218,7 +218,7 @@ def plan_dataset(ds: Dataset, spec: DataSpec, progress_bar: Any = None, write: b
         notes.append(f"training on the first {episodes} of the split's {len(train)} train episodes (--episodes); "
                      "validation and normalisation statistics from the whole split")
         train = sorted(train)[:episodes]
-    return DatasetPlan(train, val, stats, source, notes)
+    return DatasetPlan(train, val, stats, provenance, notes)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -262,7 +262,7 @@ class EpisodeSamples:
         self.ep = ep
         params = spec.sample_params
         self.times = ep.sample_times(params, stride=spec.stride)
-        self.spec_frame = np.searchsorted(ep.camera_times, self.times).astype(np.int64)  # times are frame times
+        self.spectrogram_frame = np.searchsorted(ep.camera_times, self.times).astype(np.int64)  # times are frame times
         self.frame_idx = (np.stack([ep.frame_indices(int(t), params) for t in self.times])
                           if len(self.times) else np.zeros((0, spec.n_frames), np.int64))
         chunks = [ep.action_chunk(int(t), spec.horizon) for t in self.times]
@@ -275,7 +275,7 @@ class EpisodeSamples:
         # filled by preloading (None: read per sample)
         self.frames: torch.Tensor | None = None  # (used, 3, S, S) uint8
         self.loaded: torch.Tensor | None = None  # (used, 3, L, L) uint8, augmented samples crop from these
-        self.specs: torch.Tensor | None = None  # (samples, *spec shape) float32
+        self.spectrogram_rows: torch.Tensor | None = None  # (samples, *spectrogram shape) float32
         self.spectrograms: EpisodeSpectrograms | None = None
         self.caches: dict[int, frame_cache.FrameCache] = {}  # size -> the episode's fresh frame cache
 
@@ -284,7 +284,7 @@ class EpisodeSamples:
 
 
 class PolicySamples(torch.utils.data.Dataset):
-    """Samples of some episodes of a dataset, as dicts of tensors: frames (k, 3, S, S) uint8; spec (the
+    """Samples of some episodes of a dataset, as dicts of tensors: frames (k, 3, S, S) uint8; spectrogram (the
     raw spectrogram of audio.spectrogram, absent without audio); actions (H, action_dim) float32
     normalised, zero past the episode end; mask (H,) bool."""
 
@@ -304,18 +304,18 @@ class PolicySamples(torch.utils.data.Dataset):
                                "after their first camera frame: no training sample")
         self.sample_episode = np.repeat(np.arange(len(lengths)), lengths)
         self.sample_row = np.concatenate([np.arange(n) for n in lengths])
-        self.spec_sources = {"cache": 0, "computed": 0}
-        if spec.spec_params is not None:
+        self.spectrogram_provenance = {"cache": 0, "computed": 0}
+        if spec.spectrogram_params is not None:
             for e in self.episodes:
-                e.spectrograms = EpisodeSpectrograms(e.ep, spec.spec_params, spec.clip)
-                self.spec_sources[e.spectrograms.source] += 1
-        self.frame_sources = {"cache": 0, "decoded": 0}
+                e.spectrograms = EpisodeSpectrograms(e.ep, spec.spectrogram_params, spec.clip)
+                self.spectrogram_provenance[e.spectrograms.provenance] += 1
+        self.frame_provenance = {"cache": 0, "decoded": 0}
         for e in self.episodes:
             for size in self.frame_sizes():
                 cache = frame_cache.open_cache(e.ep, size)
                 if cache is not None:
                     e.caches[size] = cache
-            self.frame_sources["cache" if len(e.caches) == len(self.frame_sizes()) else "decoded"] += 1
+            self.frame_provenance["cache" if len(e.caches) == len(self.frame_sizes()) else "decoded"] += 1
         self.preloaded = {"frames": False, "spectrograms": False}
         if preload_mb > 0:
             self.preload(preload_mb, progress)
@@ -333,8 +333,8 @@ class PolicySamples(torch.utils.data.Dataset):
         sizes = self.frame_sizes()
         return self.n_frames_used() * sum(3 * s * s for s in sizes)
 
-    def spec_bytes(self) -> int:
-        shape = self.spec.spec_shape
+    def spectrogram_bytes(self) -> int:
+        shape = self.spec.spectrogram_shape
         return 0 if shape is None else len(self) * int(np.prod(shape)) * 4
 
     def preload_work(self, preload_mb: float = DEFAULT_PRELOAD_MB) -> int:
@@ -342,7 +342,7 @@ class PolicySamples(torch.utils.data.Dataset):
         budget = preload_mb * 1e6
         frames = self.n_frames_used() if self.frame_bytes() <= budget else 0
         left = budget - (self.frame_bytes() if frames else 0)
-        return frames + (len(self) if self.spec.spec_shape and self.spec_bytes() <= left else 0)
+        return frames + (len(self) if self.spec.spectrogram_shape and self.spectrogram_bytes() <= left else 0)
 
     def preload(self, budget_mb: float = DEFAULT_PRELOAD_MB, progress: Progress | None = None) -> dict[str, bool]:
         """Keep the frames, then the spectrograms, in memory if they fit the budget (what was kept)."""
@@ -368,9 +368,9 @@ class PolicySamples(torch.utils.data.Dataset):
                 e.loaded = banks[1] if self.augment else None
             out["frames"] = True
             budget -= self.frame_bytes()
-        if self.spec.spec_params is not None and self.spec_bytes() <= budget:
+        if self.spec.spectrogram_params is not None and self.spectrogram_bytes() <= budget:
             for e in self.episodes:
-                e.specs = torch.from_numpy(self._read_spectrograms(e, np.arange(len(e))))
+                e.spectrogram_rows = torch.from_numpy(self._read_spectrograms(e, np.arange(len(e))))
                 if progress:
                     progress(len(e))
             out["spectrograms"] = True
@@ -391,7 +391,7 @@ class PolicySamples(torch.utils.data.Dataset):
         return self.episodes[int(self.sample_episode[index])], int(self.sample_row[index])
 
     def _read_spectrograms(self, e: EpisodeSamples, rows: np.ndarray) -> np.ndarray:
-        return e.spectrograms.frames(e.spec_frame[rows])
+        return e.spectrograms.frames(e.spectrogram_frame[rows])
 
     def _frames_at(self, e: EpisodeSamples, frame_indices: np.ndarray, size: int) -> torch.Tensor:
         """uint8 frames (n, 3, size, size) from the episode's frame cache, else decoded and resized."""
@@ -410,8 +410,8 @@ class PolicySamples(torch.utils.data.Dataset):
 
     def spectrogram(self, index: int) -> torch.Tensor:
         e, row = self.locate(index)
-        if e.specs is not None:
-            return e.specs[row]
+        if e.spectrogram_rows is not None:
+            return e.spectrogram_rows[row]
         return torch.from_numpy(self._read_spectrograms(e, np.array([row]))[0])
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
@@ -436,8 +436,8 @@ class PolicySamples(torch.utils.data.Dataset):
         if frames is None:
             frames = self.episode_frames(e, e.frame_idx[row])
         item = {"frames": frames, "actions": torch.from_numpy(e.actions[row]), "mask": torch.from_numpy(e.mask[row])}
-        if self.spec.spec_params is not None:
-            item["spec"] = self.spectrogram(index)
+        if self.spec.spectrogram_params is not None:
+            item["spectrogram"] = self.spectrogram(index)
         return item
 
     def _items(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
@@ -468,46 +468,47 @@ class PolicySamples(torch.utils.data.Dataset):
             inverse = torch.from_numpy(inverse.reshape(idx.shape))
             for k, j in enumerate(js):
                 frames[j] = self.augmenter(got[inverse[k]], seeds[j]) if at_load else got[inverse[k]]
-        specs: list[torch.Tensor | None] = [None] * len(indices)
-        if self.spec.spec_params is not None:
+        spectrograms: list[torch.Tensor | None] = [None] * len(indices)
+        if self.spec.spectrogram_params is not None:
             by_episode: dict[int, list[int]] = {}
             for j, (e, _) in enumerate(rows):
                 by_episode.setdefault(id(e), []).append(j)
             for js in by_episode.values():
                 e = rows[js[0]][0]
-                if e.specs is not None:
+                if e.spectrogram_rows is not None:
                     for j in js:
-                        specs[j] = e.specs[rows[j][1]]
+                        spectrograms[j] = e.spectrogram_rows[rows[j][1]]
                     continue
                 want = np.array([rows[j][1] for j in js])
                 uniq, inverse = np.unique(want, return_inverse=True)
                 got = torch.from_numpy(self._read_spectrograms(e, uniq))
                 for k, j in enumerate(js):
-                    specs[j] = got[int(inverse[k])]
+                    spectrograms[j] = got[int(inverse[k])]
         items = []
         for j, (e, row) in enumerate(rows):
             item = {"frames": frames[j], "actions": torch.from_numpy(e.actions[row]),
                     "mask": torch.from_numpy(e.mask[row])}
-            if specs[j] is not None:
-                item["spec"] = specs[j]
+            if spectrograms[j] is not None:
+                item["spectrogram"] = spectrograms[j]
             items.append(item)
         return items
 
     def frame_cache_hint(self) -> str | None:
         """A note for the user when frames are decoded for every sample (not in memory, not all cached)."""
-        if self.preloaded["frames"] or not self.frame_sources["decoded"]:
+        if self.preloaded["frames"] or not self.frame_provenance["decoded"]:
             return None
         sizes = " ".join(f"--size {s}" for s in self.frame_sizes())
-        return (f"frames are decoded from JPEG for every sample ({self.frame_sources['decoded']} episode(s) have "
+        return (f"frames are decoded from JPEG for every sample ({self.frame_provenance['decoded']} episode(s) have "
                 f"no frame cache); `htouch frames DATASET {sizes}` makes training read them without decoding")
 
     def describe(self) -> str:
         parts = [f"{len(self)} samples from {len(self.episodes)} episode(s)",
-                 f"frames at {'/'.join(map(str, self.frame_sizes()))} px: {self.frame_sources['cache']} episode(s) "
-                 f"cached, {self.frame_sources['decoded']} decoded"]
-        if self.spec.spec_params is not None:
-            parts.append(f"{self.spec.audio_kind} spectrograms: {self.spec_sources['cache']} episode(s) cached, "
-                         f"{self.spec_sources['computed']} computed")
+                 f"frames at {'/'.join(map(str, self.frame_sizes()))} px: {self.frame_provenance['cache']} episode(s) "
+                 f"cached, {self.frame_provenance['decoded']} decoded"]
+        if self.spec.spectrogram_params is not None:
+            counts = self.spectrogram_provenance
+            parts.append(f"{self.spec.audio_kind} spectrograms: {counts['cache']} episode(s) cached, "
+                         f"{counts['computed']} computed")
         kept = [k for k, v in self.preloaded.items() if v]
         parts.append(f"in memory: {', '.join(kept) if kept else 'nothing (read per sample)'}")
         return "; ".join(parts)

@@ -7,10 +7,10 @@ the recorded episode keeps the real audio.
   rig's centre value (AudioSpec.center: 0 for a sound card's int16, so PCM zeros). It is not the recorded
   noise floor: it is the silence that training pads a window with before an episode's first audio, so the
   policy has heard it.
-- shuffled: real audio from another time of another episode. For each evaluation episode k a source
+- shuffled: real audio from another time of another episode. For each evaluation episode k a donor
   episode of the run's training dataset (or `--audio-from DATASET`) and a shift of 25-75 % of its audio's
-  length are drawn from the generator seeded with (seed, k); the policy hears the source's audio at
-  (shift + time since its first re-plan), wrapping around the source's end: a coherent stream out of place.
+  length are drawn from the generator seeded with (seed, k); the policy hears the donor's audio at
+  (shift + time since its first re-plan), wrapping around the donor's end: a coherent stream out of place.
 
 Contact probe (`htouch probe RUN [DATASET]`): the policy's embeddings of dataset samples (every `stride`-th
 training sample time, un-augmented, through the run's weights in eval mode): the audio token, the newest
@@ -55,7 +55,7 @@ from htouch.training.policy_source import RunInfo
 from htouch.training.runner import Hearing
 
 AUDIO_CONDITIONS = ("real", "silent", "shuffled")
-SHIFT_RANGE = (0.25, 0.75)  # shuffled audio: the shift as a fraction of the source's audio length
+SHIFT_RANGE = (0.25, 0.75)  # shuffled audio: the shift as a fraction of the donor's audio length
 PROBE_C = 0.1  # inverse L2 strength of the probe (standardised features; wide fused embeddings overfit)
 CONFIDENCE = 0.95
 TSNE_MAX_POINTS = 1500
@@ -83,7 +83,7 @@ class SilentAudio:
 
 class ShuffledAudio:
     """The policy hears another episode's audio at another time (see the module docstring). `draws` holds,
-    per episode started, the source episode and the shift in seconds."""
+    per episode started, the donor episode and the shift in seconds."""
 
     condition = "shuffled"
 
@@ -92,11 +92,11 @@ class ShuffledAudio:
         self.seed = int(seed)
         self.clip_params = clip
         self._episodes: dict[int, Episode] = {}
-        self.sources = [i for i in episodes if len(self._episode(i).audio_block_times) >= 2]
-        if not self.sources:
+        self.donors = [i for i in episodes if len(self._episode(i).audio_block_times) >= 2]
+        if not self.donors:
             raise HtouchError(f"{dataset.root}: no episode with audio to take shuffled audio from")
         self.draws: list[dict[str, Any]] = []
-        self._source: Episode | None = None
+        self._donor: Episode | None = None
         self._start_ns = self._length_ns = self._shift_ns = 0
         self._t0: int | None = None
 
@@ -106,43 +106,43 @@ class ShuffledAudio:
         return self._episodes[index]
 
     def reset(self) -> None:
-        """Draw the next episode's source and shift from (seed, episode number)."""
+        """Draw the next episode's donor and shift from (seed, episode number)."""
         rng = np.random.default_rng([self.seed, len(self.draws)])
-        index = int(self.sources[int(rng.integers(len(self.sources)))])
+        index = int(self.donors[int(rng.integers(len(self.donors)))])
         ep = self._episode(index)
         ep.preload_audio()
         times = ep.audio_block_times
-        self._source, self._start_ns = ep, int(times[0])
+        self._donor, self._start_ns = ep, int(times[0])
         self._length_ns = int(times[-1]) - int(times[0])
         self._shift_ns = int(rng.uniform(*SHIFT_RANGE) * self._length_ns)
         self._t0 = None
         self.draws.append({"episode": index, "shift_s": round(self._shift_ns / NS, 4)})
 
-    def source_time(self, t_ns: int) -> int:
-        """The source's time whose clip is heard at time t of the current episode."""
-        if self._source is None:
+    def donor_time(self, t_ns: int) -> int:
+        """The donor's time whose clip is heard at time t of the current episode."""
+        if self._donor is None:
             self.reset()
         if self._t0 is None:
             self._t0 = int(t_ns)
         return self._start_ns + (self._shift_ns + int(t_ns) - self._t0) % self._length_ns
 
     def clip(self, real: np.ndarray, t_ns: int) -> np.ndarray:
-        t = self.source_time(t_ns)
-        return self._source.audio_clip(t, self.clip_params)
+        t = self.donor_time(t_ns)
+        return self._donor.audio_clip(t, self.clip_params)
 
     def describe(self) -> dict[str, Any]:
         return {"condition": self.condition, "source": str(self.dataset.root.resolve()),
-                "heard": f"the audio of a source episode shifted by {SHIFT_RANGE[0]:.0%}-{SHIFT_RANGE[1]:.0%} of "
+                "heard": f"the audio of a donor episode shifted by {SHIFT_RANGE[0]:.0%}-{SHIFT_RANGE[1]:.0%} of "
                          "its length, drawn per episode from (seed, episode number)",
                 "per_episode": list(self.draws)}
 
 
-def audio_condition(condition: str, run: RunInfo, seed: int, source: Path | None = None) -> Hearing | None:
+def audio_condition(condition: str, run: RunInfo, seed: int, audio_from: Path | None = None) -> Hearing | None:
     """What the policy of `run` hears under an --audio condition (None: the real audio). Shuffled audio comes
-    from `source` (all its episodes) or the run's training dataset (its training episodes)."""
+    from `audio_from` (all its episodes) or the run's training dataset (its training episodes)."""
     if condition not in AUDIO_CONDITIONS:
         raise HtouchError(f"--audio must be one of {', '.join(AUDIO_CONDITIONS)}, not {condition!r}")
-    if source is not None and condition != "shuffled":
+    if audio_from is not None and condition != "shuffled":
         raise HtouchError("--audio-from goes with --audio shuffled")
     if condition == "real":
         return None
@@ -153,8 +153,8 @@ def audio_condition(condition: str, run: RunInfo, seed: int, source: Path | None
         return SilentAudio()
     _, extra = read_run_config(run.run_dir)
     clip = DataSpec.from_dict(extra["data"]).clip if isinstance(extra.get("data"), dict) else DEFAULT_CLIP
-    if source is not None:
-        ds = Dataset(source)
+    if audio_from is not None:
+        ds = Dataset(audio_from)
         return ShuffledAudio(ds, ds.episode_indices(), seed, clip)
     try:
         if not run.dataset_root:
@@ -254,7 +254,7 @@ def policy_embeddings(run_dir: str | Path, dataset: str | Path | None = None, *,
             frames = to_float(batch["frames"])
             b, n = frames.shape[:2]
             frame_emb = model.encode_frames(frames.flatten(0, 1)).view(b, n, -1)
-            audio_emb = model.encode_audio(batch.get("spec"))
+            audio_emb = model.encode_audio(batch.get("spectrogram"))
             image.append(frame_emb[:, -1].numpy())
             if audio_emb is not None:
                 audio.append(audio_emb.numpy())

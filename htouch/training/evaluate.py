@@ -39,7 +39,7 @@ from htouch.training.constants import DEFAULT_SEED, TIME_LIMIT_FACTOR
 from htouch.training.policy_source import (
     PolicySource,
     RunInfo,
-    check_rig_matches,
+    check_streams_match,
     planning_options,
     require_task,
 )
@@ -209,13 +209,13 @@ def sim_rig_config(run: RunInfo, max_seconds: float, base: RigConfig | None = No
     """The simulated rig's configuration with the streams the policy was trained on."""
     cfg = base or RigConfig()
     try:
-        if run.rig is not None:
-            cam, audio = run.rig.camera, run.rig.audio
+        if run.streams is not None:
+            cam, audio = run.streams.camera, run.streams.audio
             cfg.camera = dataclasses.replace(cfg.camera, width=cam.width, height=cam.height,
                                              fps=int(round(cam.rate_hz)))
             cfg.microphones = dataclasses.replace(cfg.microphones, rate_hz=int(round(audio.rate_hz)),
                                                   channels=audio.channels)
-            rate = run.rig.action.rate_hz
+            rate = run.streams.action.rate_hz
         else:
             rate = cfg.control.rate_hz
         cfg.control = dataclasses.replace(cfg.control, rate_hz=rate, max_episode_s=max_seconds)
@@ -250,14 +250,14 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
             raise HtouchError(f"cannot build the simulated rig: {e}") from None
         try:
             notes = [f"time limit {limit:g} s: {limit_note}"] + [f"rig differs: {n}" for n in
-                                                                  check_rig_matches(run, rig.spec)]
-            source = PolicySource.from_run(config.run_dir, rig_config.safety, rig.spec.audio, config.execute,
+                                                                  check_streams_match(run, rig.streams)]
+            source = PolicySource.from_run(config.run_dir, rig_config.safety, rig.streams.audio, config.execute,
                                            hearing=hearing, operator=False, task_success=rig.task_success,
                                            task_progress=rig.task_progress, task_failed=rig.task_failed,
                                            **planning_options(config.planner, False, config.plan_latency))
             rig.closers.append(source.close)
             with _dataset_dir(config.record) as root:
-                ds = Dataset.open_or_create(root, task, rig.spec)
+                ds = Dataset.open_or_create(root, task, rig.streams)
                 recorder = Recorder(rig, ds, rig_config.control, rig_config.mapping, rig_config.safety,
                                     variation=config.variation, source=source, on_message=on_message)
 
@@ -281,8 +281,8 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
         raise HtouchError(f"evaluation stopped after {len(episodes)} episode(s): {result.error}")
     settings = {**dataclasses.asdict(config), "task": task, "run_dir": str(Path(config.run_dir).resolve()),
                 "record": str(config.record.resolve()) if config.record else None,
-                "camera": f"{rig.spec.camera.width}x{rig.spec.camera.height}@{rig.spec.camera.rate_hz:g}",
-                "audio": f"{rig.spec.audio.channels}x{rig.spec.audio.rate_hz:g}",
+                "camera": f"{rig.streams.camera.width}x{rig.streams.camera.height}@{rig.streams.camera.rate_hz:g}",
+                "audio": f"{rig.streams.audio.channels}x{rig.streams.audio.rate_hz:g}",
                 "control_rate_hz": rig_config.control.rate_hz,
                 "audio_from": str(config.audio_from.resolve()) if config.audio_from else None}
     return EvalResult(settings, run.summary(), task, config.variation, limit, episodes,

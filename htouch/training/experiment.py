@@ -289,7 +289,7 @@ class Experiment:
         if not (demos / METADATA_FILE).is_file():
             return False
         ds = Dataset(demos)
-        cam = ds.rig.camera
+        cam = ds.streams.camera
         if (cam.width, cam.height) != (self.c.width, self.c.height):
             raise HtouchError(f"{demos} holds {cam.width}x{cam.height} demonstrations, not {self.c.width}x"
                               f"{self.c.height}: use another --work directory")
@@ -313,7 +313,7 @@ class Experiment:
         except DeviceError as e:
             raise HtouchError(f"cannot build the simulated rig: {e}") from None
         try:
-            ds = Dataset.open_or_create(root, task, rig.spec)
+            ds = Dataset.open_or_create(root, task, rig.streams)
             have = len(ds.episode_indices()) if keep_all else sum(bool(ep.success) for ep in ds.episodes())
             if ds.episode_indices() and rig.resume is not None:
                 rig.resume(ds)

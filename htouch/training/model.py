@@ -15,7 +15,7 @@ What goes in (the data pipeline and the policy runner both feed exactly this):
 - frames: float in [0, 1], (B, n_frames, 3, S, S) with S = config.image_size, RGB, oldest first;
   `preprocess_frames` turns camera uint8 (..., H, W, 3) into that (a resize of the whole frame). The ImageNet
   normalisation R3M applies (x/255, mean/std) happens inside the model.
-- spec: the spectrograms of `htouch.dataset.audio.spectrogram` for `config.audio_kind`, stacked raw (in dB /
+- spectrogram: the spectrograms of `htouch.dataset.audio.spectrogram` for `config.audio_kind`, stacked raw (in dB /
   log units, NOT normalised): avid (B, 1, T, 257), byol-a (B, n_mels, T) or (B, 1, n_mels, T). The per-bin
   normalisation with the dataset's statistics (`htouch stats`) happens inside the model: call
   `policy.set_spectrogram_stats(stats["spectrogram"][config.audio_kind])` once before training; the values
@@ -145,6 +145,7 @@ class AudioVisualPolicy(nn.Module):
                 n_bins = 257  # (B, 1, T, 257), AVID's pooled STFT bins
             assert isinstance(params, LogMelParams) == (self._freq_dim == 2)
             self.audio_proj = _projection(self.audio_encoder.out_dim, c.width)
+            # "spec_mean" / "spec_std": the names the saved weights of every run carry, kept as they are
             self.register_buffer("spec_mean", torch.zeros(n_bins))
             self.register_buffer("spec_std", torch.ones(n_bins))
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -178,16 +179,16 @@ class AudioVisualPolicy(nn.Module):
         x = (frames - self.image_mean) / self.image_std
         return self.image_proj(self.image_encoder(x))
 
-    def encode_audio(self, spec: torch.Tensor | None) -> torch.Tensor | None:
+    def encode_audio(self, spectrogram: torch.Tensor | None) -> torch.Tensor | None:
         """Raw spectrograms (see the module docstring) -> (B, width); None for vision-only."""
         if self.audio_encoder is None:
             return None
-        if spec is None:
+        if spectrogram is None:
             raise ValueError(f"method {self.config.method!r} needs the {self.config.audio_kind} spectrogram")
-        x = spec.unsqueeze(1) if spec.ndim == 3 else spec
+        x = spectrogram.unsqueeze(1) if spectrogram.ndim == 3 else spectrogram
         if x.ndim != 4 or x.shape[1] != 1 or x.shape[self._freq_dim] != self.spec_mean.numel():
             raise ValueError(f"expected {self.config.audio_kind} spectrograms with {self.spec_mean.numel()} bins "
-                             f"on axis {self._freq_dim} of (B, 1, ., .), got {tuple(spec.shape)}")
+                             f"on axis {self._freq_dim} of (B, 1, ., .), got {tuple(spectrogram.shape)}")
         shape = [1, 1, 1, 1]
         shape[self._freq_dim] = -1
         x = (x - self.spec_mean.view(shape)) / self.spec_std.view(shape)
@@ -207,26 +208,26 @@ class AudioVisualPolicy(nn.Module):
         c = self.config
         return self.mlp(self.fuse(frame_emb, audio_emb).flatten(1)).view(-1, c.horizon, c.action_dim)
 
-    def forward(self, frames: torch.Tensor, spec: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, spectrogram: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_frames, 3, S, S) frames and (B, ...) spectrograms -> (B, horizon, action_dim)."""
         b, n = frames.shape[:2]
         frame_emb = self.encode_frames(frames.flatten(0, 1)).view(b, n, -1)
-        return self.head(frame_emb, self.encode_audio(spec))
+        return self.head(frame_emb, self.encode_audio(spectrogram))
 
     # ------------------------------------------------------------------------------------ statistics
 
-    def set_spectrogram_stats(self, spec_stats: dict[str, Any]) -> None:
+    def set_spectrogram_stats(self, stats: dict[str, Any]) -> None:
         """Per-bin normalisation from `stats["spectrogram"][config.audio_kind]` (htouch.dataset.stats)."""
         if self.audio_encoder is None:
             return
         kind = self.config.audio_kind
         try:
-            mean, std = (torch.as_tensor(spec_stats[k], dtype=torch.float32).reshape(-1) for k in ("mean", "std"))
+            mean, std = (torch.as_tensor(stats[k], dtype=torch.float32).reshape(-1) for k in ("mean", "std"))
         except (KeyError, TypeError, ValueError):
             raise HtouchError(f"no usable {kind} spectrogram statistics (run `htouch stats DATASET`)") from None
         n_bins = self.spec_mean.numel()
-        if spec_stats.get("kind", kind) != kind or mean.numel() != n_bins or std.numel() != n_bins:
-            raise HtouchError(f"spectrogram statistics are for {spec_stats.get('kind')!r} with {mean.numel()} bins; "
+        if stats.get("kind", kind) != kind or mean.numel() != n_bins or std.numel() != n_bins:
+            raise HtouchError(f"spectrogram statistics are for {stats.get('kind')!r} with {mean.numel()} bins; "
                               f"method {self.config.method} needs {kind} with {self.spec_mean.numel()} bins")
         self.spec_mean.copy_(mean)
         self.spec_std.copy_(torch.where(torch.isfinite(std) & (std > 1e-6), std, torch.ones_like(std)))

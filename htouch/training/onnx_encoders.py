@@ -46,16 +46,16 @@ class _Frames(nn.Module):
 
 
 class _Audio(_Frames):
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        return self.policy.encode_audio(spec)
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        return self.policy.encode_audio(spectrogram)
 
 
 class OnnxEncoders:
     """encode_frames / encode_audio of `policy` (taking and returning torch tensors, as the policy's do), run
-    by ONNX Runtime with `threads` intra-op threads. `spec_shape` is the shape of the spectrogram batch the
+    by ONNX Runtime with `threads` intra-op threads. `spectrogram_shape` is the shape of the spectrogram batch the
     runner passes (fixed: one clip per re-plan); frames may come 1 to n at a time."""
 
-    def __init__(self, policy: AudioVisualPolicy, image_size: int, spec_shape: tuple[int, ...] | None,
+    def __init__(self, policy: AudioVisualPolicy, image_size: int, spectrogram_shape: tuple[int, ...] | None,
                  threads: int = 1):
         if not available():
             raise HtouchError("ONNX Runtime encoders need the onnx extra: pip install 'htouch[onnx]' "
@@ -79,9 +79,9 @@ class OnnxEncoders:
         self._frames = session(_Frames(policy).eval(), torch.zeros(2, 3, image_size, image_size), True)
         self._audio = None
         if policy.audio_encoder is not None:
-            if spec_shape is None:
+            if spectrogram_shape is None:
                 raise HtouchError("a policy that hears needs the spectrogram shape for its ONNX encoder")
-            self._audio = session(_Audio(policy).eval(), torch.zeros(spec_shape), False)
+            self._audio = session(_Audio(policy).eval(), torch.zeros(spectrogram_shape), False)
 
     @staticmethod
     def _run(sess, x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +92,8 @@ class OnnxEncoders:
         """(N, 3, S, S) in [0, 1] -> (N, width)."""
         return self._run(self._frames, frames)
 
-    def encode_audio(self, spec: torch.Tensor | None) -> torch.Tensor | None:
+    def encode_audio(self, spectrogram: torch.Tensor | None) -> torch.Tensor | None:
         """The runner's spectrogram batch -> (1, width); None for a policy that does not hear."""
         if self._audio is None:
             return None
-        return self._run(self._audio, spec)
+        return self._run(self._audio, spectrogram)

@@ -30,7 +30,7 @@ from htouch.collector.mapping import ClutchMapping, MappingConfig
 from htouch.collector.safety import SafetyFilter, SafetyLimits
 from htouch.collector.sources import Outcome, SourceCommand, end_label
 from htouch.dataset.location import is_url
-from htouch.dataset.schema import AudioSpec, RigSpec
+from htouch.dataset.schema import AudioSpec, StreamSpecs
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import model_digest, read_run_config
 from htouch.training.methods import PolicyConfig
@@ -72,7 +72,7 @@ class RunInfo:
     run_dir: Path
     config: PolicyConfig
     task: str | None  # the training dataset's task
-    rig: RigSpec | None  # the training dataset's rig (camera size, audio)
+    streams: StreamSpecs | None  # the training dataset's streams (camera size, audio)
     random_init: list[str]  # encoders that started from random weights
     training: dict[str, Any]
     dataset_root: str | None = None  # the training dataset
@@ -82,8 +82,8 @@ class RunInfo:
     def read(cls, run_dir: str | Path) -> RunInfo:
         config, extra = read_run_config(run_dir)
         dataset = extra.get("dataset") if isinstance(extra.get("dataset"), dict) else {}
-        rig = RigSpec.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
-        return cls(Path(run_dir), config, dataset.get("task"), rig, list(extra.get("random_init") or []),
+        streams = StreamSpecs.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
+        return cls(Path(run_dir), config, dataset.get("task"), streams, list(extra.get("random_init") or []),
                    dict(extra.get("training") or {}), _training_dataset(Path(run_dir), dataset.get("root")),
                    list(dataset.get("train_episodes") or []))
 
@@ -253,11 +253,11 @@ class PolicySource:
                                                       "planning": planning}}
 
 
-def check_rig_matches(run: RunInfo, rig: RigSpec) -> list[str]:
+def check_streams_match(run: RunInfo, streams: StreamSpecs) -> list[str]:
     """How a rig's streams differ from those the policy was trained on (empty: they match)."""
-    if run.rig is None:
+    if run.streams is None:
         return []
-    want, have = run.rig, rig
+    want, have = run.streams, streams
     notes = []
     if (want.camera.width, want.camera.height) != (have.camera.width, have.camera.height):
         notes.append(f"camera {have.camera.width}x{have.camera.height} (trained on "

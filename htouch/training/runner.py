@@ -53,7 +53,7 @@ from htouch.collector.devices import Action, AudioBlock, Frame
 from htouch.collector.safety import FilteredAction, SafetyFilter
 from htouch.dataset import audio as audio_params
 from htouch.dataset.episode import SampleParams, frame_indices, gather_audio_clip
-from htouch.dataset.schema import NS, AudioSpec, RigSpec
+from htouch.dataset.schema import NS, AudioSpec, StreamSpecs
 from htouch.errors import HtouchError
 from htouch.training.checkpoints import load_run_checkpoint
 from htouch.training.data import DataSpec
@@ -286,7 +286,7 @@ class PolicyRunner:
         self.execute = execute
         self.use_cache = cache
         self.hearing = hearing
-        self.spec_params = audio_params.spectrogram_params(config.audio_kind) if config.uses_audio else None
+        self.spectrogram_params = audio_params.spectrogram_params(config.audio_kind) if config.uses_audio else None
         self.buffer = ObservationBuffer(audio or AudioSpec(), self.sample)
         self.counters = RunnerCounters()
         self.last: FilteredAction | None = None  # the last command and what the safety filter changed
@@ -295,11 +295,11 @@ class PolicyRunner:
         self.encoders = encoders
         self._encoders: AudioVisualPolicy | OnnxEncoders = self.policy
         if encoders == "onnxruntime":
-            spec_shape = None
+            shape = None
             if config.uses_audio:
                 silence = np.zeros(self.sample.clip.n_samples, np.float32)
-                spec_shape = (1, *audio_params.spectrogram(silence, self.sample.clip.rate_hz, self.spec_params).shape)
-            self._encoders = OnnxEncoders(self.policy, config.image_size, spec_shape, torch.get_num_threads())
+                shape = (1, *audio_params.spectrogram(silence, self.sample.clip.rate_hz, self.spectrogram_params).shape)
+            self._encoders = OnnxEncoders(self.policy, config.image_size, shape, torch.get_num_threads())
         if channels_last:
             self.policy.to(memory_format=torch.channels_last)
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -329,11 +329,11 @@ class PolicyRunner:
             raise HtouchError(f"{run_dir}: config.json has no action_normalization")
         norm = ActionNormalization.from_dict(extra["action_normalization"])
         sample = DataSpec.from_dict(extra["data"]).sample_params if isinstance(extra.get("data"), dict) else None
-        rig = RigSpec.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
-        if audio is None and rig is not None:
-            audio = rig.audio
-        if rig is not None and "period_ns" not in options:
-            options["period_ns"] = int(round(NS / rig.action.rate_hz))
+        streams = StreamSpecs.from_dict(extra["rig"]) if isinstance(extra.get("rig"), dict) else None
+        if audio is None and streams is not None:
+            audio = streams.audio
+        if streams is not None and "period_ns" not in options:
+            options["period_ns"] = int(round(NS / streams.action.rate_hz))
         return cls(model, config, norm, safety, execute=execute, sample=sample, audio=audio, hearing=hearing,
                    **options)
 
@@ -489,9 +489,9 @@ class PolicyRunner:
         frame_emb = torch.stack([cache[k] for k in keys]).unsqueeze(0)
         audio_emb = None
         if c.uses_audio:
-            spec = audio_params.spectrogram(audio, self.sample.clip.rate_hz, self.spec_params) if audio.ndim == 1 \
-                else audio
-            audio_emb = self._encoders.encode_audio(torch.as_tensor(spec, dtype=torch.float32,
+            spectrogram = (audio_params.spectrogram(audio, self.sample.clip.rate_hz, self.spectrogram_params)
+                           if audio.ndim == 1 else audio)
+            audio_emb = self._encoders.encode_audio(torch.as_tensor(spectrogram, dtype=torch.float32,
                                                                  device=frame_emb.device).unsqueeze(0))
             self.counters.audio_encoded += 1
         chunk = self.policy.head(frame_emb, audio_emb)[0].double().cpu().numpy()

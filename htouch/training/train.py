@@ -233,8 +233,8 @@ class EndToEnd:
 
     def predict(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         frames = to_float(batch["frames"].to(self.device, non_blocking=True))
-        spec = batch["spec"].to(self.device, non_blocking=True) if "spec" in batch else None
-        return module(frames, spec)
+        spectrogram = batch["spectrogram"].to(self.device, non_blocking=True) if "spectrogram" in batch else None
+        return module(frames, spectrogram)
 
 
 class EmbeddingTable:
@@ -261,8 +261,8 @@ class EmbeddingTable:
             if policy.audio_encoder is not None:
                 for start in range(0, len(samples), batch):
                     idx = range(start, min(start + batch, len(samples)))
-                    spec = torch.stack([samples.spectrogram(i) for i in idx]).to(device)
-                    audio.append(policy.encode_audio(spec))
+                    spectrogram = torch.stack([samples.spectrogram(i) for i in idx]).to(device)
+                    audio.append(policy.encode_audio(spectrogram))
                     if progress:
                         progress(len(idx))
         self.frames = torch.cat(tables)  # (frames, D)
@@ -367,7 +367,7 @@ def _check_run_dir(config: TrainConfig) -> dict[str, Any] | None:
 
 
 class Session:
-    """Everything one training needs, set up from a TrainConfig: data, model, optimizer, the batch source.
+    """Everything one training needs, set up from a TrainConfig: data, model, optimizer, the feed of batches.
     `train` runs it to the end; the benchmark times `train_epoch` on a few batches."""
 
     def __init__(self, config: TrainConfig, reporter: Reporter | None = None, env: ddp.DistEnv | None = None):
@@ -449,11 +449,11 @@ class Session:
             with self.reporter.phase("encoding frames and audio once (frozen encoders)", work) as advance:
                 tables = [EmbeddingTable(s, self.model, self.device, progress=advance)
                           for s in (self.train_set, self.val_set)]
-            self.source: EndToEnd | FrozenEncoders = FrozenEncoders(*tables, per_rank, c.seed, env)
+            self.feed: EndToEnd | FrozenEncoders = FrozenEncoders(*tables, per_rank, c.seed, env)
             self.module = ddp.wrap(HeadOnly(self.model), env, self.device)
         else:
             workers = c.num_workers if c.num_workers is not None else _default_workers(self.device, env)
-            self.source = EndToEnd(self.train_set, self.val_set, per_rank, workers, c.seed, env, self.device)
+            self.feed = EndToEnd(self.train_set, self.val_set, per_rank, workers, c.seed, env, self.device)
             self.module = ddp.wrap(self.model, env, self.device)
 
     def _samples(self, ds: Dataset, episodes: list[int], augment: bool, what: str) -> PolicySamples:
@@ -513,7 +513,7 @@ class Session:
     def train_epoch(self, epoch: int, max_batches: int | None = None) -> tuple[float, int, float]:
         """One pass over this rank's shard; returns (mean loss over all ranks, samples over all ranks, seconds)."""
         self.module.train()
-        n_batches, batches = self.source.train_batches(epoch)
+        n_batches, batches = self.feed.train_batches(epoch)
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
         self.reporter.epoch_start(epoch + 1, self.config.epochs, n_batches)
@@ -524,7 +524,7 @@ class Session:
                 break
             actions = batch["actions"].to(self.device, non_blocking=True)
             mask = batch["mask"].to(self.device, non_blocking=True)
-            pred = self.source.predict(self.module, batch)
+            pred = self.feed.predict(self.module, batch)
             loss, n = masked_mse(pred, actions, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -547,10 +547,10 @@ class Session:
         total, count = 0.0, 0
         start = time.perf_counter()
         with torch.no_grad():
-            for batch in self.source.val_batches():
+            for batch in self.feed.val_batches():
                 actions = batch["actions"].to(self.device)
                 mask = batch["mask"].to(self.device)
-                loss, n = masked_mse(self.source.predict(self.module, batch), actions, mask)
+                loss, n = masked_mse(self.feed.predict(self.module, batch), actions, mask)
                 total += float(loss) * n
                 count += n
         total, count = ddp.all_sum([total, count], self.env, self.device)
@@ -586,7 +586,7 @@ class Session:
         return {
             "action_normalization": self.normalization.to_dict(),
             "data": self.spec.to_dict(),
-            "rig": ds.rig.to_dict(),
+            "rig": ds.streams.to_dict(),
             "dataset": {"root": str(ds.root.resolve()), "task": ds.task, "train_episodes": self.plan.train,
                         "val_episodes": self.plan.val, "stats_computed": self.plan.stats.get("computed")},
             "encoders": self.encoder_origin, "encoder_pretraining": self.encoder_pretraining,

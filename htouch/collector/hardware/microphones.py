@@ -98,7 +98,7 @@ class SoundDeviceMicrophones:
     def __init__(self, config: MicrophoneConfig, clock: Clock | None = None):
         self.config = config
         self.clock = clock or MonotonicClock()
-        self.spec = RigConfig(microphones=config).rig_spec().audio
+        self.spec = RigConfig(microphones=config).stream_specs().audio
         self._sd = import_sounddevice()
         self.overflows = 0  # callbacks PortAudio flagged with input_overflow
         self.dropped_blocks = 0  # blocks discarded because read() fell behind

@@ -57,7 +57,7 @@ class RealSenseCamera:
     def __init__(self, config: CameraConfig, clock: Clock | None = None):
         self.config = config
         self.clock = clock or MonotonicClock()
-        self.spec = RigConfig(camera=config).rig_spec().camera
+        self.spec = RigConfig(camera=config).stream_specs().camera
         self._rs = import_pyrealsense2()
         self.dropped = 0  # frames discarded because read() fell behind (live camera only)
         self.timestamp_domain = ""  # of the last frame: "hardware_clock" on a D435 with metadata
