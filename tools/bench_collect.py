@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,33 @@ def all_threads_cpu() -> dict[int, float]:
         if cpu is not None:
             out[int(task.name)] = cpu
     return out
+
+
+@dataclass
+class ThreadCpu:
+    """CPU seconds of every thread of this process between the first and the last `sample()`, summed by the
+    group `group_of(tid, python_names)` names (a thread's group is decided when it is first seen)."""
+
+    group_of: Callable[[int, dict[int, str]], str]
+    first: dict[int, float] = field(default_factory=dict)
+    last: dict[int, float] = field(default_factory=dict)
+    groups: dict[int, str] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        for tid, cpu in all_threads_cpu().items():
+            self.first.setdefault(tid, cpu)
+            self.last[tid] = cpu
+            if tid not in self.groups:
+                self.groups[tid] = self.group_of(tid, names)
+
+    def shares(self, wall_s: float) -> dict[str, float]:
+        """Cores used per group over wall_s seconds."""
+        out: dict[str, float] = {}
+        for tid, last in self.last.items():
+            g = self.groups[tid]
+            out[g] = out.get(g, 0.0) + (last - self.first[tid]) / wall_s
+        return out
 
 
 def thread_group(tid: int, python_names: dict[int, str], main_id: int) -> str:
@@ -115,25 +143,16 @@ class Observer:
     main_id: int
     flushes: list[tuple[int, int]] = field(default_factory=list)  # (wall ns, camera frames on disk)
     committed_wall: int | None = None
-    cpu_first: dict[int, float] = field(default_factory=dict)  # thread -> CPU seconds when first seen
-    cpu_last: dict[int, float] = field(default_factory=dict)
-    groups: dict[int, str] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def __post_init__(self) -> None:
+        self.cpu = ThreadCpu(lambda tid, names: thread_group(tid, names, self.main_id))
+
     def sample_cpu(self) -> None:
-        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
-        for tid, cpu in all_threads_cpu().items():
-            self.cpu_first.setdefault(tid, cpu)
-            self.cpu_last[tid] = cpu
-            if tid not in self.groups:
-                self.groups[tid] = thread_group(tid, names, self.main_id)
+        self.cpu.sample()
 
     def cpu_by_group(self, wall_s: float) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for tid, last in self.cpu_last.items():
-            g = self.groups[tid]
-            out[g] = out.get(g, 0.0) + (last - self.cpu_first[tid]) / wall_s
-        return out
+        return self.cpu.shares(wall_s)
 
     def run(self) -> None:
         last = -1

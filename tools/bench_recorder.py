@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_collect import all_threads_cpu  # noqa: E402  (the same per-thread CPU accounting)
+from bench_collect import ThreadCpu  # noqa: E402  (the same per-thread CPU accounting)
 from standin_rig import stand_in_rig  # noqa: E402
 
 from htouch.collector.config import ControlConfig, RigConfig  # noqa: E402
@@ -92,23 +92,16 @@ class Probe:
     writer: list = field(default_factory=list)  # the episode's writer, once it exists
     depths: list[int] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
-    cpu_first: dict[int, float] = field(default_factory=dict)
-    cpu_last: dict[int, float] = field(default_factory=dict)
-    parts: dict[int, str] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def __post_init__(self) -> None:
+        self.cpu = ThreadCpu(lambda tid, names: thread_part(names.get(tid), self.main_id, tid))
+
     def sample_cpu(self) -> None:
-        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
-        for tid, cpu in all_threads_cpu().items():
-            self.cpu_first.setdefault(tid, cpu)
-            self.cpu_last[tid] = cpu
-            self.parts.setdefault(tid, thread_part(names.get(tid), self.main_id, tid))
+        self.cpu.sample()
 
     def cpu_by_part(self, wall_s: float) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for tid, last in self.cpu_last.items():
-            out[self.parts[tid]] = out.get(self.parts[tid], 0.0) + (last - self.cpu_first[tid]) / wall_s
-        return out
+        return self.cpu.shares(wall_s)
 
     def run(self) -> None:
         k = 0

@@ -43,18 +43,11 @@ QUEST_RATE_HZ = 72.0
 POOL_FRAMES = 30  # distinct images, one second of video at 30 Hz
 
 
-class _Producer:
-    """A thread that makes item n at t0 + n * period on the monotonic clock into a bounded queue. A full queue
-    drops the oldest item (`drop_oldest`, a camera driver) or the new one (an audio callback), counting it
-    in `dropped`; `make(n, t_ns, dropped_before)` builds an item."""
+class _Worker:
+    """A named daemon thread running `_run` until stopped (start and stop are idempotent)."""
 
-    def __init__(self, name: str, period_ns: int, capacity: int, drop_oldest: bool,
-                 make: Callable[[int, int, int], Any]):
-        self.name, self.period_ns, self.make = name, period_ns, make
-        self.capacity, self.drop_oldest = capacity, drop_oldest
-        self.dropped = 0
-        self._queue: collections.deque = collections.deque()
-        self._cond = threading.Condition()
+    def __init__(self, name: str):
+        self.name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,6 +63,24 @@ class _Producer:
         if self._thread is not None:
             self._thread.join(2.0)
             self._thread = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class _Producer(_Worker):
+    """A thread that makes item n at t0 + n * period on the monotonic clock into a bounded queue. A full queue
+    drops the oldest item (`drop_oldest`, a camera driver) or the new one (an audio callback), counting it
+    in `dropped`; `make(n, t_ns, dropped_before)` builds an item."""
+
+    def __init__(self, name: str, period_ns: int, capacity: int, drop_oldest: bool,
+                 make: Callable[[int, int, int], Any]):
+        super().__init__(name)
+        self.period_ns, self.make = period_ns, make
+        self.capacity, self.drop_oldest = capacity, drop_oldest
+        self.dropped = 0
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition()
 
     def read(self, timeout_s: float) -> Any:
         """The oldest queued item, or None if none came within timeout_s."""
@@ -146,28 +157,14 @@ class StandInMicrophones(_Producer):
         super().__init__("microphones", period_ns, capacity, False, make)
 
 
-class StandInTeleop:
+class StandInTeleop(_Worker):
     """The Quest's newest reading, made about QUEST_RATE_HZ times a second by its own thread."""
 
     def __init__(self, rate_hz: float = QUEST_RATE_HZ):
+        super().__init__("teleop")
         self.period_s = 1.0 / rate_hz
         self.readings = 0
         self._reading: TeleopReading | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="standin-teleop")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-            self._thread = None
 
     def read(self) -> TeleopReading | None:
         return self._reading
