@@ -24,7 +24,7 @@ from htouch.training.evaluate import wilson_interval
 from htouch.training.methods import policy_config
 from htouch.training.model import ActionNormalization, build_policy
 from htouch.training.policy_source import PolicySource, RunInfo
-from htouch.training.runner import ObservationBuffer, PolicyRunner
+from htouch.training.runner import ObservationBuffer, PolicyRunner, native_bfloat16
 from tests.loop_devices import TEST_STREAMS, Plan, PlannedWorld
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 from tests.training_helpers import train_tiny_run
@@ -282,11 +282,21 @@ def test_eval_with_the_planner_beside_the_loop_is_deterministic(cli, tiny_run, t
         actions.append(ep.read("action/delta_ee"))
     np.testing.assert_array_equal(actions[0], actions[1])
     assert np.all(actions[0][:3] == 0) and np.any(actions[0][3:] != 0)  # held until the first plan arrived
+    if native_bfloat16():
+        out, record = tmp_path / "eval-bf16.json", tmp_path / "rollouts-bf16"
+        r = cli("eval", tiny_run, "--episodes", "1", "--max-seconds", "1.5", "--threads", "1", "--planner", "async",
+                "--plan-latency", "3", "--precision", "bfloat16", "--record", record, "--out", out)
+        assert r.code == 0, r.err
+        assert Dataset(record).episode(0).attrs["info"]["policy"]["planning"].endswith(", bfloat16")
+        assert json.loads(out.read_text())["settings"]["precision"] == "bfloat16"
     for flags, message in [(["--planner", "fast"], "--planner must be sync or async, not 'fast'"),
+                           (["--precision", "half"], "--precision must be float32 or bfloat16, not 'half'"),
                            (["--plan-latency", "1"], "--plan-latency is for --planner async"),
                            (["--planner", "async", "--plan-latency", "7"], "latency_ticks must be between 0 and")]:
         r = cli("eval", tiny_run, "--episodes", "1", *flags)
         assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    r = cli("rollout", tiny_run, "--rig", "sim", "--precision", "half")
+    assert r.code == 2 and "--precision must be float32 or bfloat16" in r.err
     r = cli("rollout", tiny_run, "--rig", "sim", "--realtime", "--plan-latency", "2")
     assert r.code == 2 and "--plan-latency is for --planner async on a simulated clock" in r.err
 

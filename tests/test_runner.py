@@ -18,7 +18,8 @@ from htouch.dataset.schema import NS, AudioSpec
 from htouch.errors import HtouchError
 from htouch.training.methods import policy_config
 from htouch.training.model import ActionNormalization, AudioVisualPolicy, build_policy
-from htouch.training.runner import ObservationBuffer, PolicyRunner
+from htouch.training.policy_source import planning_options
+from htouch.training.runner import ObservationBuffer, PolicyRunner, native_bfloat16
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
 
 FRAME_NS = NS // 30
@@ -433,6 +434,49 @@ def test_onnxruntime_encoders_give_the_torch_actions():
         assert runners[1].counters.frames_encoded == runners[0].counters.frames_encoded
     with pytest.raises(HtouchError, match="encoders must be torch or onnxruntime, not 'tvm'"):
         PolicyRunner(model, config, norm, SafetyFilter(), encoders="tvm")
+
+
+@pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_replans_stay_near_the_float32_actions():
+    """precision="bfloat16" (autocast in the re-plan, also in the planner's thread) moves each action by a
+    small fraction of the normalization's spread, and encodes the same frames."""
+    norm = ActionNormalization([0.001] * 6 + [0.5], [0.01] * 6 + [0.2])
+    model, config = _policy("ours")
+    runners = [PolicyRunner(model, config, norm, SafetyFilter(LOOSE), precision=p) for p in ("float32", "bfloat16")]
+    worst = 0.0
+    for k in range(12):
+        for r in runners:
+            _feed(r, k)
+        a, b = (r.step(BASE + k * FRAME_NS, HOME) for r in runners)
+        worst = max(worst, float(np.abs(b.delta_ee - a.delta_ee).max()) / 0.01)
+    assert 0 < worst < 0.05  # bfloat16 really ran, and stayed within 5 % of a standard deviation
+    assert runners[1].counters.frames_encoded == runners[0].counters.frames_encoded
+    threaded = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), asynchronous=True, latency_ticks=0,
+                            period_ns=FRAME_NS, precision="bfloat16")
+    try:
+        plain = PolicyRunner(model, config, norm, SafetyFilter(LOOSE), precision="bfloat16")
+        for k in range(6):
+            for r in (plain, threaded):
+                _feed(r, k)
+            a, b = (r.step(BASE + k * FRAME_NS, HOME) for r in (plain, threaded))
+            np.testing.assert_array_equal(b.delta_ee, a.delta_ee)  # the worker thread computes in bfloat16 too
+    finally:
+        threaded.close()
+
+
+def test_precision_is_checked():
+    model, config = _policy("ours")
+    norm = ActionNormalization.identity()
+    with pytest.raises(HtouchError, match="precision must be float32 or bfloat16, not 'float16'"):
+        PolicyRunner(model, config, norm, SafetyFilter(), precision="float16")
+    with pytest.raises(HtouchError, match="bfloat16 re-plans need the torch encoders"):
+        PolicyRunner(model, config, norm, SafetyFilter(), precision="bfloat16", encoders="onnxruntime")
+    with pytest.raises(HtouchError, match="--precision must be float32 or bfloat16, not 'half'"):
+        planning_options("async", True, precision="half")
+    if native_bfloat16():  # async bfloat16 plans with torch's channels-last encoders, even with the onnx extra
+        assert planning_options("async", True, precision="bfloat16") == {
+            "asynchronous": True, "channels_last": True, "precision": "bfloat16"}
+        assert planning_options("sync", False, precision="bfloat16") == {"precision": "bfloat16"}
 
 
 def test_onnxruntime_encoders_write_and_send_nothing(tmp_path):

@@ -18,8 +18,9 @@ weights: latency does not depend on them), one torch thread. Per mode:
 - the process's CPU share and the load average (the machine may be shared: an experiment may be running).
 
 A second section times one re-plan's encoders (1 new frame + the audio clip) in the layouts considered,
-interleaved: eager (contiguous), channels-last, TorchScript (traced, frozen) in channels-last, and ONNX Runtime
-(htouch.training.onnx_encoders, with the onnx extra installed).
+interleaved: eager (contiguous), channels-last, TorchScript (traced, frozen) in channels-last, channels-last under
+bfloat16 autocast (on a CPU with native bfloat16), and ONNX Runtime (htouch.training.onnx_encoders, with the onnx
+extra installed).
 
     .venv/bin/python tools/bench_async_policy.py          # 2-minute rollouts, writes docs/bench-async-policy.md
     .venv/bin/python tools/bench_async_policy.py --seconds 5 --preset tiny --repeats 3 --out /tmp/b.md  # smoke run
@@ -59,6 +60,7 @@ from htouch.training.data import DataSpec  # noqa: E402
 from htouch.training.methods import policy_config  # noqa: E402
 from htouch.training.model import ActionNormalization, build_policy, preprocess_frames  # noqa: E402
 from htouch.training.policy_source import PolicySource  # noqa: E402
+from htouch.training.runner import native_bfloat16  # noqa: E402
 
 MODES = {  # name: PolicySource options
     "sync": dict(asynchronous=False, channels_last=False),
@@ -66,8 +68,10 @@ MODES = {  # name: PolicySource options
     "async-channels-last": dict(asynchronous=True, channels_last=True),
     "sync-onnxruntime": dict(asynchronous=False, encoders="onnxruntime"),
     "async-onnxruntime": dict(asynchronous=True, encoders="onnxruntime"),
+    "async-bfloat16": dict(asynchronous=True, channels_last=True, precision="bfloat16"),
 }
-DEFAULT_MODES = ("sync", "async-channels-last", "sync-onnxruntime", "async-onnxruntime")
+BFLOAT16_DIFFERENCE: tuple[float, float] | None = None  # (frame, audio) embeddings, set by encoder_layouts
+DEFAULT_MODES = ("sync", "async-channels-last", "async-onnxruntime", "async-bfloat16")
 
 
 # ------------------------------------------------------------------------------------ one rollout
@@ -175,8 +179,16 @@ def encoder_layouts(preset: str, repeats: int) -> dict[str, tuple[float, float, 
         return (last.image_proj(traced_image((xl - last.image_mean) / last.image_std)),
                 last.audio_proj(traced_audio(audio_in)))
 
+    def in_bfloat16(fn):
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn()
+        return run
+
     layouts = {"eager (contiguous)": run_model(eager, x), "channels-last": run_model(last, xl),
                "TorchScript frozen, channels-last": run_traced}
+    if native_bfloat16():
+        layouts["channels-last, bfloat16 autocast"] = in_bfloat16(run_model(last, xl))
     if onnx_encoders.available():
         ort = onnx_encoders.OnnxEncoders(eager, config.image_size, tuple(spectrogram.shape), torch.get_num_threads())
         layouts["ONNX Runtime"] = lambda: (ort.encode_frames(x), ort.encode_audio(spectrogram))
@@ -189,6 +201,12 @@ def encoder_layouts(preset: str, repeats: int) -> dict[str, tuple[float, float, 
                 start, cpu = time.perf_counter(), time.thread_time()
                 fn()
                 times[name].append(((time.perf_counter() - start) * 1e3, (time.thread_time() - cpu) * 1e3))
+    if native_bfloat16():  # how far bfloat16 moves the embeddings (relative L2 distance)
+        with torch.inference_mode():
+            exact = run_model(last, xl)()
+            rough = in_bfloat16(run_model(last, xl))()
+        global BFLOAT16_DIFFERENCE
+        BFLOAT16_DIFFERENCE = tuple(float((a - b.float()).norm() / a.norm()) for a, b in zip(exact, rough, strict=True))
     out = {}
     for name, ts in times.items():
         arr = np.array(ts)
@@ -214,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench-async-policy.md", help="markdown report")
     args = ap.parse_args(argv)
     modes = ([m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else
-             [m for m in DEFAULT_MODES if "onnxruntime" not in m or onnx_encoders.available()])
+             [m for m in DEFAULT_MODES if ("onnxruntime" not in m or onnx_encoders.available())
+              and ("bfloat16" not in m or native_bfloat16())])
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise SystemExit(f"--modes: unknown {unknown}; choose from {list(MODES)}")
@@ -257,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['frames_per_plan']:.2f} | {r['skipped']} | "
                      f"{r['held']} | {r['frames']} ({r['frames_dropped']}) | {r['cpu_share']:.0%} | "
                      f"{lb[0]:.2f} -> {la[0]:.2f} |")
-    for after in ("async-channels-last", "async-onnxruntime"):
+    for after in ("async-channels-last", "async-onnxruntime", "async-bfloat16"):
         if "sync" not in rows or after not in rows:
             continue
         b, a = rows["sync"], rows[after]
@@ -300,7 +319,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name}: wall p50 {p50:.1f} p99 {p99:.1f} CPU p50 {cpu:.1f} ms", flush=True)
     base = layouts["eager (contiguous)"][2]
     lines += ["", "CPU-time ratio to eager: " + ", ".join(f"{n} {base / v[2]:.2f}x" for n, v in layouts.items()) +
-              ".", "", f"Load average after: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}.", ""]
+              ".", ""]
+    if BFLOAT16_DIFFERENCE is not None:
+        lines += [f"bfloat16 autocast moves the embeddings by {BFLOAT16_DIFFERENCE[0]:.2%} (frame) and "
+                  f"{BFLOAT16_DIFFERENCE[1]:.2%} (audio) of their length (relative L2 distance to float32, random "
+                  "weights); tests/test_runner.py checks that a policy's actions move by less than 5 % of the "
+                  "action normalization's spread.", ""]
+    lines += [f"Load average after: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_name(args.out.name + ".tmp")
     tmp_out.write_text("\n".join(lines) + "\n")

@@ -23,6 +23,8 @@ RunArgument = typer.Argument(..., help="Run directory of a trained policy (`htou
 EXECUTE_HELP = "h: actions executed per model call without re-planning (the paper: 2)."
 PLANNER_HELP = ("sync: the policy plans in the control loop (the re-plan tick waits for it); async: beside it, "
                 "re-planning every h ticks and skipping the actions whose tick passed while planning (docs/eval.md)")
+PRECISION_HELP = ("The re-plans' arithmetic: float32 (as trained) or bfloat16 (about 2x faster on a CPU with AMX or "
+                  "AVX512-BF16; docs/eval.md).")
 PLAN_LATENCY_HELP = ("--planner async on the fast simulated clock: each plan is used this many ticks after it was "
                      "asked (default 2), deterministically.")
 
@@ -81,6 +83,7 @@ def eval_(
                                     "(default: the run's training dataset).", show_default=False),
     planner: str = typer.Option("sync", "--planner", help=PLANNER_HELP + "."),
     plan_latency: int = typer.Option(None, "--plan-latency", help=PLAN_LATENCY_HELP, show_default=False),
+    precision: str = typer.Option("float32", "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results (as written to the results file) as "
                                  "JSON on stdout instead of the tables."),
 ) -> None:
@@ -97,7 +100,8 @@ def eval_(
 
     config = EvalConfig(run_dir=run, task=task, episodes=episodes, variation=variation, seed=seed, execute=execute,
                         max_seconds=max_seconds, record=record, force=force, threads=threads, audio=audio,
-                        audio_from=audio_from, planner=planner, plan_latency=plan_latency)
+                        audio_from=audio_from, planner=planner, plan_latency=plan_latency,
+                        precision=precision)
     with _episode_bar(episodes, f"eval {variation}") as advance:
         try:
             result = evaluate(config, on_episode=lambda e: advance(e.success))
@@ -145,6 +149,7 @@ def rollout(
     planner: str = typer.Option(None, "--planner", help=PLANNER_HELP + " (default: async when the rig runs in real "
                                 "time, sync on the fast simulated clock).", show_default=False),
     plan_latency: int = typer.Option(None, "--plan-latency", help=PLAN_LATENCY_HELP, show_default=False),
+    precision: str = typer.Option("float32", "--precision", help=PRECISION_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before the real robot moves."),
     force: bool = typer.Option(False, "--force", help="Run the policy on a task it was not trained on."),
     no_panel: bool = typer.Option(False, "--no-panel", help="Plain progress lines instead of the live panel."),
@@ -183,9 +188,9 @@ def rollout(
         if who == NO_OPERATOR:
             raise HtouchError("the real robot needs an operator who can stop it (--operator quest or keyboard)")
     root = record if record is not None else run.parent / f"{run.name}-rollouts"
-    if planner is not None or plan_latency is not None:  # bad flags fail before a rig opens (checked again after)
-        paced = bool(realtime) or cfg.kind != "sim"
-        planning_options(planner or ("async" if paced else "sync"), paced, plan_latency)
+    # bad flags fail before a rig opens (checked again after)
+    paced = bool(realtime) or cfg.kind != "sim"
+    planning_options(planner or ("async" if paced else "sync"), paced, plan_latency, precision)
     try:
         the_rig = build_rig(cfg, task, who, seed=seed, variation=variation, realtime=realtime)
     except DeviceError as e:
@@ -198,7 +203,7 @@ def rollout(
                                        mapping=cfg.mapping, task_success=the_rig.task_success,
                                        task_progress=the_rig.task_progress, task_failed=the_rig.task_failed,
                                        **planning_options(planner or ("async" if the_rig.realtime else "sync"),
-                                                          the_rig.realtime, plan_latency))
+                                                          the_rig.realtime, plan_latency, precision))
         the_rig.closers.append(source.close)
         ds = Dataset.open_or_create(root, task, the_rig.streams)
         if the_rig.kind == "real" and not yes:

@@ -74,6 +74,7 @@ class EvalConfig:
     audio_from: Path | None = None  # shuffled audio's dataset (None: the run's training dataset)
     planner: str = "sync"  # "async": planned beside the loop, each plan used plan_latency ticks after asking
     plan_latency: int | None = None  # async: ticks (None: policy_source.DEFAULT_PLAN_LATENCY)
+    precision: str = "float32"  # the re-plans' arithmetic: float32 or bfloat16 (runner.PRECISIONS)
 
     def check(self) -> None:
         if self.episodes < 1:
@@ -84,7 +85,7 @@ class EvalConfig:
             raise HtouchError(f"--seed must be 0 or more, got {self.seed}")
         if self.threads is not None and self.threads < 1:
             raise HtouchError(f"--threads must be at least 1, got {self.threads}")
-        planning_options(self.planner, False, self.plan_latency)
+        planning_options(self.planner, False, self.plan_latency, self.precision)
 
 
 @dataclass
@@ -254,7 +255,8 @@ def evaluate(config: EvalConfig, on_episode: Callable[[EpisodeResult], None] | N
             source = PolicySource.from_run(config.run_dir, rig_config.safety, rig.streams.audio, config.execute,
                                            hearing=hearing, operator=False, task_success=rig.task_success,
                                            task_progress=rig.task_progress, task_failed=rig.task_failed,
-                                           **planning_options(config.planner, False, config.plan_latency))
+                                           **planning_options(config.planner, False, config.plan_latency,
+                                                              config.precision))
             rig.closers.append(source.close)
             with _dataset_dir(config.record) as root:
                 ds = Dataset.open_or_create(root, task, rig.streams)

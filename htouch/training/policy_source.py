@@ -35,34 +35,46 @@ from htouch.errors import HtouchError
 from htouch.training.checkpoints import model_digest, read_run_config
 from htouch.training.methods import PolicyConfig
 from htouch.training.run_dir import RunDir
-from htouch.training.runner import Hearing, PolicyRunner, RunnerCounters
+from htouch.training.runner import PRECISIONS, Hearing, PolicyRunner, RunnerCounters, native_bfloat16
 
 PLANNERS = ("sync", "async")
 DEFAULT_PLAN_LATENCY = 2  # ticks: a paper-preset re-plan on an idle core (about 56 ms) lands within two 30 Hz ticks
 
 
-def planning_options(planner: str, realtime: bool, latency_ticks: int | None = None) -> dict[str, Any]:
-    """PolicyRunner options for a planner name. "sync": plans in the control thread, exactly as before (the
-    re-plan tick waits for the model). "async": plans beside the loop with the fastest encoders installed
-    (ONNX Runtime with the onnx extra, else PyTorch with channels-last weights); on a
-    real-time clock each plan is used from the tick it arrives at, on a simulated clock exactly
-    `latency_ticks` ticks (default DEFAULT_PLAN_LATENCY) after it was asked, so results are deterministic."""
+def planning_options(planner: str, realtime: bool, latency_ticks: int | None = None,
+                     precision: str = "float32") -> dict[str, Any]:
+    """PolicyRunner options for a planner name and a precision. "sync": plans in the control thread, exactly as
+    before (the re-plan tick waits for the model). "async": plans beside the loop with the fastest encoders
+    for the precision (float32: ONNX Runtime with the onnx extra, else PyTorch with channels-last weights;
+    bfloat16: PyTorch with channels-last weights); on a real-time clock each plan is used from the tick it
+    arrives at, on a simulated clock exactly `latency_ticks` ticks (default DEFAULT_PLAN_LATENCY) after it was
+    asked, so results are deterministic."""
     if planner not in PLANNERS:
         raise HtouchError(f"--planner must be {' or '.join(PLANNERS)}, not {planner!r}")
+    if precision not in PRECISIONS:
+        raise HtouchError(f"--precision must be {' or '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "bfloat16" and not native_bfloat16():
+        raise HtouchError("--precision bfloat16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); use float32")
     if planner == "sync" or realtime:
         if latency_ticks is not None:
             raise HtouchError("--plan-latency is for --planner async on a simulated clock (in real time a plan is "
                               "used when it arrives)")
-        return {} if planner == "sync" else {"asynchronous": True, **_fastest_encoders()}
-    return {"asynchronous": True, **_fastest_encoders(),
-            "latency_ticks": DEFAULT_PLAN_LATENCY if latency_ticks is None else latency_ticks}
+    arithmetic = {} if precision == "float32" else {"precision": precision}
+    if planner == "sync":
+        return arithmetic
+    options = {"asynchronous": True, **_fastest_encoders(precision), **arithmetic}
+    if not realtime:
+        options["latency_ticks"] = DEFAULT_PLAN_LATENCY if latency_ticks is None else latency_ticks
+    return options
 
 
-def _fastest_encoders() -> dict[str, Any]:
-    """ONNX Runtime encoders where installed (the onnx extra), else PyTorch's in channels-last."""
+def _fastest_encoders(precision: str) -> dict[str, Any]:
+    """ONNX Runtime encoders where installed (the onnx extra) for float32, else PyTorch's in channels-last."""
     from htouch.training import onnx_encoders
 
-    return {"encoders": "onnxruntime"} if onnx_encoders.available() else {"channels_last": True}
+    if precision == "float32" and onnx_encoders.available():
+        return {"encoders": "onnxruntime"}
+    return {"channels_last": True}
 
 
 @dataclass
@@ -144,7 +156,8 @@ class PolicySource:
         """The policy of a run directory, for a rig with these safety limits and this audio spec (`hearing`:
         what the policy hears instead of the rig's audio, see PolicyRunner)."""
         run = RunInfo.read(run_dir)
-        runner_options = {k: kwargs.pop(k) for k in ("asynchronous", "latency_ticks", "channels_last", "encoders")
+        runner_options = {k: kwargs.pop(k) for k in ("asynchronous", "latency_ticks", "channels_last", "encoders",
+                                                     "precision")
                           if k in kwargs}
         runner = PolicyRunner.from_run(run_dir, SafetyFilter(safety), execute=execute, audio=audio, hearing=hearing,
                                        **runner_options)
@@ -249,6 +262,8 @@ class PolicySource:
                     else f"asynchronous, {r.latency_ticks} tick(s) latency")
         if r.encoders != "torch":
             planning += f", {r.encoders} encoders"
+        if r.precision != "float32":
+            planning += f", {r.precision}"
         return {"action_source": self.kind, "policy": {**self.run.summary(), "execute": r.execute,
                                                       "planning": planning}}
 

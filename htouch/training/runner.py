@@ -152,6 +152,12 @@ class RunnerCounters:
 
 
 ENCODER_BACKENDS = ("torch", "onnxruntime")
+PRECISIONS = ("float32", "bfloat16")  # the arithmetic of a re-plan (training is always float32)
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it slowly."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 PLAN_TIMEOUT_S = 30.0  # a plan asked for this long ago and still not made: the planner is stuck
 
 
@@ -254,7 +260,7 @@ class PolicyRunner:
                  safety: SafetyFilter, execute: int = 2, sample: SampleParams | None = None,
                  audio: AudioSpec | None = None, cache: bool = True, hearing: Hearing | None = None,
                  asynchronous: bool = False, latency_ticks: int | None = None, period_ns: int | None = None,
-                 channels_last: bool = False, encoders: str = "torch"):
+                 channels_last: bool = False, encoders: str = "torch", precision: str = "float32"):
         """`execute` = h, the actions run per model call (1 <= h <= H). `sample` fixes the observation window
         (default: the config's n_frames over 2 s, a 2 s clip); `audio` is the rig's audio spec, used to
         normalise live PCM in `buffer`. `cache=False` encodes every frame at every re-plan (for comparison).
@@ -264,10 +270,19 @@ class PolicyRunner:
         asking, 0 <= L <= H - h; None: as soon as it is there. `channels_last`: the model's weights in the
         channels-last layout (faster convolutions on a CPU; changes `policy` in place). `encoders`: "torch", or
         "onnxruntime" to run the encoders with ONNX Runtime (htouch.training.onnx_encoders; the onnx extra).
+        `precision`: "bfloat16" computes re-plans under torch's bfloat16 autocast (about 2x faster on a CPU with
+        AMX or AVX512-BF16; embeddings within about 1 % of float32's, docs/bench-async-policy.md); torch
+        encoders only, and only on such a CPU.
         Call `close` when done with an asynchronous runner (its worker thread is a daemon, so forgetting it
         does not block exit)."""
         if encoders not in ENCODER_BACKENDS:
             raise HtouchError(f"encoders must be {' or '.join(ENCODER_BACKENDS)}, not {encoders!r}")
+        if precision not in PRECISIONS:
+            raise HtouchError(f"precision must be {' or '.join(PRECISIONS)}, not {precision!r}")
+        if precision == "bfloat16" and encoders != "torch":
+            raise HtouchError(f"bfloat16 re-plans need the torch encoders ({encoders} computes in float32)")
+        if precision == "bfloat16" and not native_bfloat16():
+            raise HtouchError("this CPU has no native bfloat16 (AVX512-BF16 or AMX): use float32")
         if not 1 <= execute <= config.horizon:
             raise HtouchError(f"execute must be between 1 and the horizon {config.horizon}, got {execute}")
         if latency_ticks is not None and not (asynchronous and 0 <= latency_ticks <= config.horizon - execute):
@@ -293,6 +308,7 @@ class PolicyRunner:
         self._plan: deque[np.ndarray] = deque()
         self._cache: dict[int, torch.Tensor] = {}  # asynchronous: used by the worker thread only
         self.encoders = encoders
+        self.precision = precision
         self._encoders: AudioVisualPolicy | OnnxEncoders = self.policy
         if encoders == "onnxruntime":
             shape = None
@@ -322,8 +338,8 @@ class PolicyRunner:
                  name: str = WEIGHTS_NAME, hearing: Hearing | None = None, **options) -> PolicyRunner:
         """A runner for a trained policy: the weights, config, action normalization and observation window of a
         run directory (as `htouch train` writes it). `audio` is the live rig's audio spec, which normalises its
-        PCM; by default the training rig's. `options`: asynchronous, latency_ticks, channels_last (the control
-        period is the training rig's action rate)."""
+        PCM; by default the training rig's. `options`: the constructor's asynchronous, latency_ticks,
+        channels_last, encoders, precision (the control period is the training rig's action rate)."""
         model, config, extra = load_run_checkpoint(run_dir, name)
         if "action_normalization" not in extra:
             raise HtouchError(f"{run_dir}: config.json has no action_normalization")
@@ -462,6 +478,11 @@ class PolicyRunner:
     def _replan(self, frames: Sequence[Frame] | None, audio: np.ndarray | None) -> None:
         self._plan.extend(self._chunk_for(frames, audio)[:self.execute])
 
+    def _networks(self) -> torch.autocast:
+        """The arithmetic of the networks (not of the spectrogram): bfloat16 autocast when asked. Autocast is per
+        thread, so it is entered where the networks run, in the planner's thread as in the control thread."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
+
     @torch.inference_mode()
     def _chunk_for(self, frames: Sequence[Frame] | None, audio: np.ndarray | None) -> np.ndarray:
         """The de-normalised (H, action_dim) chunk for this observation (see `act`)."""
@@ -481,7 +502,8 @@ class PolicyRunner:
             device = self.policy.pos_embedding.device
             x = preprocess_frames(np.stack([f.rgb for f in new.values()]), c.image_size).to(device)
             x = x.contiguous(memory_format=self._memory_format)
-            embeddings = dict(zip(new, self._encoders.encode_frames(x), strict=True))
+            with self._networks():
+                embeddings = dict(zip(new, self._encoders.encode_frames(x), strict=True))
             self.counters.frames_encoded += len(new)
         cache = {**self._cache, **embeddings} if new else self._cache
         if self.use_cache:
@@ -491,10 +513,12 @@ class PolicyRunner:
         if c.uses_audio:
             spectrogram = (audio_params.spectrogram(audio, self.sample.clip.rate_hz, self.spectrogram_params)
                            if audio.ndim == 1 else audio)
-            audio_emb = self._encoders.encode_audio(torch.as_tensor(spectrogram, dtype=torch.float32,
-                                                                 device=frame_emb.device).unsqueeze(0))
+            with self._networks():
+                audio_emb = self._encoders.encode_audio(torch.as_tensor(spectrogram, dtype=torch.float32,
+                                                                     device=frame_emb.device).unsqueeze(0))
             self.counters.audio_encoded += 1
-        chunk = self.policy.head(frame_emb, audio_emb)[0].double().cpu().numpy()
+        with self._networks():
+            chunk = self.policy.head(frame_emb, audio_emb)[0].double().cpu().numpy()
         self.counters.model_calls += 1
         actions = self.normalization.denormalize(chunk)
         if self.use_cache:  # later re-plans look at later times: frames older than this plan's oldest are done
