@@ -38,6 +38,7 @@ A failure in the worker is raised by the next control step as one HtouchError.
 from __future__ import annotations
 
 import bisect
+import copy
 import threading
 import time
 from collections import deque
@@ -270,9 +271,9 @@ class PolicyRunner:
         asking, 0 <= L <= H - h; None: as soon as it is there. `channels_last`: the model's weights in the
         channels-last layout (faster convolutions on a CPU; changes `policy` in place). `encoders`: "torch", or
         "onnxruntime" to run the encoders with ONNX Runtime (htouch.training.onnx_encoders; the onnx extra).
-        `precision`: "bfloat16" computes re-plans under torch's bfloat16 autocast (about 2x faster on a CPU with
-        AMX or AVX512-BF16; embeddings within about 1 % of float32's, docs/bench-async-policy.md); torch
-        encoders only, and only on such a CPU.
+        `precision`: "bfloat16" computes re-plans with a bfloat16 copy of the weights under torch's autocast
+        (2-3x faster on a CPU with AMX or AVX512-BF16; embeddings within about 1 % of float32's,
+        docs/bench-async-policy.md); torch encoders only, and only on such a CPU.
         Call `close` when done with an asynchronous runner (its worker thread is a daemon, so forgetting it
         does not block exit)."""
         if encoders not in ENCODER_BACKENDS:
@@ -294,7 +295,8 @@ class PolicyRunner:
         self.sample = sample or SampleParams(n_frames=config.n_frames, horizon=config.horizon)
         if self.sample.n_frames != config.n_frames:
             raise HtouchError(f"the observation has {self.sample.n_frames} frames; the policy takes {config.n_frames}")
-        self.policy = policy.eval()
+        # bfloat16: a copy with bfloat16 weights (autocast would cast every weight at every call, half its gain)
+        self.policy = (copy.deepcopy(policy).to(torch.bfloat16) if precision == "bfloat16" else policy).eval()
         self.config = config
         self.normalization = normalization
         self.safety = safety
