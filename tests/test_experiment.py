@@ -22,7 +22,8 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     stages = ("scripted operator, hearing and deaf (1 scenes each)", "2 play episodes",
               "audio-visual pretraining on play", "2 demonstrations", "split and statistics",
               "train ours", "evaluate ours on train", "evaluate ours on test",
-              "evaluate ours on train, silent audio", "evaluate ours on train, shuffled audio", "contact probe of ours",
+              "evaluate ours on train, silent audio", "evaluate ours on train, shuffled audio",
+              "evaluate ours on test, silent audio", "evaluate ours on test, shuffled audio", "contact probe of ours",
               "train vision-only", "evaluate vision-only on train", "evaluate vision-only on test",
               "contact probe of vision-only")
     for stage in stages:
@@ -117,8 +118,9 @@ def test_goal_section_applies_the_yardstick_to_what_was_measured(tmp_path):
         for variation in ("train", "test"):
             exp.results[(task, "ours", variation)] = result(ours)
             exp.results[(task, "vision-only", variation)] = result(vision if variation == "train" else ours)
-    exp.ablations[("zip", "ours", "silent")] = result(15)
-    exp.ablations[("zip", "ours", "shuffled")] = result(35)
+    exp.ablations[("zip", "ours", "train", "silent")] = result(15)
+    exp.ablations[("zip", "ours", "train", "shuffled")] = result(35)
+    exp.ablations[("flip", "ours", "test", "silent")] = result(2)
     text = "\n".join(exp._goal_lines())
     assert "| zip | train | 80% | 20% | +60 points | apart, ours ahead |" in text
     assert "| flip | train | 60% | 50% | +10 points | overlap |" in text
@@ -127,6 +129,10 @@ def test_goal_section_applies_the_yardstick_to_what_was_measured(tmp_path):
     assert "- test looks: the goal holds on 0 task(s): not met." in text
     assert "- zip, train looks: silent audio costs `ours` +50 points (40/50 -> 15/50): at least 20." in text
     assert "- zip, train looks: shuffled audio costs `ours` +10 points (40/50 -> 35/50): less than 20." in text
+    assert "- flip, test looks: silent audio costs `ours` +56 points (30/50 -> 2/50): at least 20." in text
+    table = "\n".join(exp._ablation_lines())
+    assert "| zip | ours | train | 40/50 = 80% " in table and "| flip | ours | test | 30/50 = 60% " in table
+    assert table.split("| flip | ours | test | ")[1].split("\n")[0].endswith("| - |")  # shuffled not measured
     assert Experiment(ExperimentConfig(out=tmp_path / "r.md", work=tmp_path / "w",
                                        methods=["ours", "byol-a"]))._goal_lines() == []
     exp.results = {k: v for k, v in exp.results.items() if k[1] == "ours"}  # vision-only not evaluated yet

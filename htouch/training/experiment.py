@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import platform
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from htouch.training.run_dir import FINISHED, RunDir
 EXPERIMENT_FILE = "experiment.json"  # the work directory's record of finished stages and their times
 OPERATORS_FILE = "operators.json"  # per task: the hearing and the deaf scripted operator
 PLAY_SEED_OFFSET = 500  # play data's scenes: seed + 500 (neither the demonstrations' nor the evaluation's)
-ABLATIONS = ("silent", "shuffled")  # what a policy that hears is also evaluated with (on the train looks)
+ABLATIONS = ("silent", "shuffled")  # what a policy that hears is also evaluated with (on every look evaluated)
 READING_HEADING = "## Reading (hand-written"  # a results file's part that is kept when it is written again
 GOAL_POINTS = 20  # the success-rate difference (points) the report counts as hearing helping
 MAX_ATTEMPTS_FACTOR = 3  # give up on a task's demonstrations after this many attempts per demonstration
@@ -160,7 +161,8 @@ class Experiment:
         self.demo_notes: dict[str, str] = {}
         self.encoders: dict[str, dict[str, str]] = {}  # method -> encoder -> where its initial weights came from
         self.operators: dict[str, dict[str, Any]] = {}  # task -> operators.json
-        self.ablations: dict[tuple[str, str, str], dict[str, Any]] = {}  # (task, method, audio) -> eval on train
+        # (task, method, variation, audio) -> the evaluation with that audio condition on those looks
+        self.ablations: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.probes: dict[tuple[str, str], dict[str, Any]] = {}  # (task, method) -> probe report
         self.state_path = config.work / EXPERIMENT_FILE
         self.state = read_json(self.state_path, "experiment state") if self.state_path.is_file() else {}
@@ -260,8 +262,9 @@ class Experiment:
                 self._evaluation(task, method, run_dir, variation, "real")
         for method, run_dir in trained:
             if c.policy(method).uses_audio and c.ablations:
-                for audio in ABLATIONS:
-                    self._evaluation(task, method, run_dir, "train", audio)
+                for variation in c.variations:
+                    for audio in ABLATIONS:
+                        self._evaluation(task, method, run_dir, variation, audio)
             if c.probe:
                 path = RunDir(run_dir).probe(demos)
                 if self._stage(f"{task}: contact probe of {method}", self._probed(path, run_dir),
@@ -281,7 +284,7 @@ class Experiment:
         if audio == "real":
             self.results[(task, method, variation)] = result
         else:
-            self.ablations[(task, method, audio)] = result
+            self.ablations[(task, method, variation, audio)] = result
 
     # ---------------------------------------------------------------- demonstrations
 
@@ -584,17 +587,17 @@ class Experiment:
     def _ablation_lines(self) -> list[str]:
         if not self.ablations:
             return []
-        lines = ["", "## Audio ablation (train looks)", "",
+        lines = ["", "## Audio ablation", "",
                  "The same policy and scenes, hearing its real audio, silence, or audio shuffled from another time "
                  "of another demonstration (`htouch eval --audio`); the recorded episodes keep the real audio.", "",
-                 "| task | method | real | silent | shuffled |", "|---|---|---:|---:|---:|"]
-        for (task, method) in dict.fromkeys((t, m) for t, m, _ in self.ablations):
+                 "| task | method | looks | real | silent | shuffled |", "|---|---|---|---:|---:|---:|"]
+        for (task, method, variation) in dict.fromkeys((t, m, v) for t, m, v, _ in self.ablations):
             cells = []
             for audio in ("real", *ABLATIONS):
-                r = (self.results if audio == "real" else self.ablations).get(
-                    (task, method, "train") if audio == "real" else (task, method, audio))
+                r = (self.results.get((task, method, variation)) if audio == "real"
+                     else self.ablations.get((task, method, variation, audio)))
                 cells.append("-" if r is None else _rate(r["successes"], r["episodes"], (r["ci_low"], r["ci_high"])))
-            lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} | {method} | {variation} | " + " | ".join(cells) + " |")
         return lines
 
     def _probe_lines(self) -> list[str]:
@@ -654,13 +657,13 @@ class Experiment:
                          f"{' (' + ', '.join(tasks) + ')' if tasks else ''}: "
                          f"{'met' if len(tasks) >= 2 else 'not met'}.")
         for task in c.tasks:
-            real = self.results.get((task, "ours", "train"))
-            for audio in ABLATIONS:
-                other = self.ablations.get((task, "ours", audio))
+            for variation, audio in itertools.product(VARIATIONS, ABLATIONS):
+                real = self.results.get((task, "ours", variation))
+                other = self.ablations.get((task, "ours", variation, audio))
                 if real is None or other is None:
                     continue
                 cost = (real["success_rate"] - other["success_rate"]) * 100
-                lines.append(f"- {task}, train looks: {audio} audio costs `ours` {cost:+.0f} points "
+                lines.append(f"- {task}, {variation} looks: {audio} audio costs `ours` {cost:+.0f} points "
                              f"({real['successes']}/{real['episodes']} -> {other['successes']}/{other['episodes']}): "
                              f"{'at least' if cost >= GOAL_POINTS else 'less than'} {GOAL_POINTS}.")
         return lines
