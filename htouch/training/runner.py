@@ -154,12 +154,16 @@ class RunnerCounters:
 
 ENCODER_BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("float32", "bfloat16")  # the arithmetic of a re-plan (training is always float32)
+PLAN_TIMEOUT_S = 30.0  # a plan asked for this long ago and still not made: the planner is stuck
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it slowly."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-PLAN_TIMEOUT_S = 30.0  # a plan asked for this long ago and still not made: the planner is stuck
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it slowly.
+    (oneDNN's own test, as torch's tests use it; False if a torch build lacks it.)"""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass
