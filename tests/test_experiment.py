@@ -76,9 +76,15 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     assert "[run]" not in r.out and r.out.count("[skip]") == len(stages)
     assert out.read_text().split("## Success rate")[1].split("## Stages")[0] == \
         text.split("## Success rate")[1].split("## Stages")[0]
-    # --report-only on a finished experiment writes the same table and runs nothing.
+    # --report-only on a finished experiment writes the same table and runs nothing. A stage whose output was made
+    # outside the experiment (here: its time forgotten) is reported as done, untimed.
+    state = json.loads((work / "experiment.json").read_text())
+    del state["stage_seconds"]["zip: evaluate ours on test (1 episodes)"]
+    (work / "experiment.json").write_text(json.dumps(state))
     r = cli(*args, "--report-only")
     assert r.code == 0 and "[run]" not in r.out and "[pending]" not in r.out
+    assert "| zip: evaluate ours on test (1 episodes) | - | made outside the experiment, not timed |" in \
+        out.read_text()
     assert out.read_text().split("## Success rate")[1].split("## Stages")[0] == \
         text.split("## Success rate")[1].split("## Stages")[0]
     # Other training settings in the same work directory are refused, not mixed into one table.

@@ -142,7 +142,7 @@ class SuccessfulDemos(TeleopSource):
 @dataclass
 class Stage:
     name: str
-    seconds: float
+    seconds: float | None  # None: its output was made outside the experiment (say `htouch eval` by hand)
     skipped: bool = False  # its output was there already
     pending: bool = False  # not run: --report-only
 
@@ -173,11 +173,11 @@ class Experiment:
         """Run a stage unless its output is there. Returns whether its output is there now (False only for a
         stage that --report-only leaves for later)."""
         if done:
-            self.stages.append(Stage(name, float(self.state.get("stage_seconds", {}).get(name, 0.0)), True))
+            self.stages.append(Stage(name, self.state.get("stage_seconds", {}).get(name), True))
             self.say(f"[skip] {name}: already done")
             return True
         if self.c.report_only:
-            self.stages.append(Stage(name, 0.0, pending=True))
+            self.stages.append(Stage(name, None, pending=True))
             self.say(f"[pending] {name}")
             return False
         self.say(f"[run] {name}")
@@ -498,7 +498,7 @@ class Experiment:
         c = self.c
         pc = c.policy(c.methods[0])
         rig = RigConfig()  # the demonstrations' rig, as _collect builds it
-        total = sum(s.seconds for s in self.stages)
+        total = sum(s.seconds or 0.0 for s in self.stages)
         lines = ["# Experiment: methods x tasks x variations on the simulated rig", ""]
         if c.command:
             lines += ["Command:", "", f"    {c.command}", ""]
@@ -550,8 +550,9 @@ class Experiment:
         lines += self._ablation_lines() + self._probe_lines() + self._goal_lines()
         lines += ["", "## Stages", "", "| stage | minutes | |", "|---|---:|---|"]
         for s in self.stages:
-            note = "earlier invocation" if s.skipped else "not run yet" if s.pending else ""
-            lines.append(f"| {s.name} | {'-' if s.pending else f'{s.seconds / 60:.2f}'} | {note} |")
+            note = ("not run yet" if s.pending else "" if not s.skipped
+                    else "earlier invocation" if s.seconds is not None else "made outside the experiment, not timed")
+            lines.append(f"| {s.name} | {'-' if s.seconds is None else f'{s.seconds / 60:.2f}'} | {note} |")
         lines += ["", f"Work directory: `{c.work}` (demonstrations, runs with their `eval-*.json`)."]
         return "\n".join(lines) + "\n"
 
