@@ -1,6 +1,7 @@
 """The dataset directory, the writer's lifecycle and its guarantees."""
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -169,6 +170,19 @@ def test_memory_is_bounded_by_flushing(tmp_path):
         time.sleep(0.01)
     assert sum(len(v) for v in w._buffers.values()) == 0
     w.commit(success=True)
+
+
+def test_a_live_writer_encodes_on_one_thread(tmp_path):
+    """A live recording's chunks are encoded on one zarr thread: the other cores stay with the control loop and the
+    policy planner (zarr's default pool encodes a flush on every core at once)."""
+    before = set(threading.enumerate())  # pools of earlier zarr calls in this process stay; none get new threads
+    ds = Dataset.create(tmp_path / "d", "zip", TINY_RIG)
+    w = ds.new_episode(flush_interval_s=0.01)
+    write_rows(w, 30)
+    w.commit(success=True)
+    started = [t.name for t in set(threading.enumerate()) - before if t.name.startswith(("zarr_pool", "asyncio_"))]
+    assert started in ([], ["zarr_pool_0"])
+    assert [t.name for t in threading.enumerate() if t.name.startswith("zarr_pool")] == ["zarr_pool_0"]
 
 
 def test_find_and_resolve(tiny_ds, tmp_path, monkeypatch):

@@ -88,6 +88,9 @@ def encode_event(kind: str, detail: dict[str, Any]) -> tuple[str, str]:
     return kind, text
 
 
+LIVE_ENCODING_THREADS = 1  # zarr's worker threads in a process once a live (non-blocking) writer was made
+
+
 class EpisodeWriter:
     def __init__(self, dataset: Dataset, index: int, *, variation: str = "default",
                  info: dict[str, Any] | None = None, queue_size: int = 256, flush_interval_s: float = 1.0,
@@ -103,6 +106,13 @@ class EpisodeWriter:
         self.final_path = dataset.path(self.name)
         self.flush_interval_s = flush_interval_s
         self.blocking = blocking
+        if not blocking:
+            # A live recording shares the cores with a control loop (and perhaps a policy planner). zarr's default
+            # pool (cores + 4 threads) encodes a flush's frames on every core at once, stalling them for tens of ms
+            # (tools/bench_async_policy.py, bfloat16 planner, 2 cores: re-plan p99 82 ms with that pool, 55 ms with
+            # one thread); one encoding thread keeps up with the rig's rates (tools/bench_recorder.py). Process-wide: zarr
+            # makes its pool of this size at its next call.
+            zarr.config.set({"threading.max_workers": LIVE_ENCODING_THREADS})
         self.specs = {s.path: s for s in episode_arrays(dataset.streams)}
         check_strict_json(info or {}, f"episode {self.name}: info")  # before anything is created
         self.path.parent.mkdir(exist_ok=True)
