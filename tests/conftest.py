@@ -56,6 +56,27 @@ def tiny_ds(_tiny_dataset_template, tmp_path) -> Dataset:
     return Dataset(root)
 
 
+@pytest.fixture(scope="session")
+def training_template(tmp_path_factory) -> Path:
+    """The training tests' dataset, built once: 4 synthetic 4-second episodes, split, AVID statistics
+    (tests/training_helpers.make_training_dataset). Never modified: copy it (training_helpers.copy_dataset)."""
+    from tests.training_helpers import make_training_dataset
+
+    root = tmp_path_factory.mktemp("training-template") / "ds"
+    make_training_dataset(root, n=4, seconds=4.0, kinds=("avid",))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(training_template, tmp_path_factory) -> Path:
+    """RUN/run: a tiny `ours` policy trained for one epoch on RUN/demos (tests/training_helpers.train_tiny_run),
+    trained once and shared by the tests that roll it out or evaluate it. They read it and must not write into
+    RUN (a test that moves RUN/demos away puts it back)."""
+    from tests.training_helpers import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("tiny-run"), training_template)
+
+
 @dataclass
 class CliResult:
     code: int

@@ -28,7 +28,7 @@ def main(dataset: str, runs: str, out: str) -> None:
 def run(dataset: Path, run_dir: Path, out: Path, mode: str) -> None:
     result = train(TrainConfig(dataset=dataset, run_dir=run_dir, method="ours", preset="tiny", epochs=1,
                                batch_size=16, allow_random_init=True, seed=0, frozen_encoders=mode == "frozen",
-                               stride=2))
+                               stride=4))
     h = hashlib.sha256()
     for name, tensor in sorted(result.model.state_dict().items()):
         h.update(name.encode())

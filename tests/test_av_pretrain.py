@@ -37,15 +37,16 @@ from htouch.training.model import build_policy
 from htouch.training.train import Session, TrainConfig
 from htouch.training.weights import WEIGHTS_ENV, file_sha256
 from tests.conftest import tiny_dataset
-from tests.training_helpers import copy_dataset, make_training_dataset
+from tests.training_helpers import copy_dataset
 
 BATCH = 16
 
 
 @pytest.fixture(scope="module")
-def _template(tmp_path_factory) -> Path:
+def _template(training_template, tmp_path_factory) -> Path:
+    """This module's copy of the training dataset (tests/conftest.py): pretraining may write caches into it."""
     root = tmp_path_factory.mktemp("avpre") / "ds"
-    make_training_dataset(root, n=4, seconds=4.0, kinds=("avid",))
+    copy_dataset(training_template, root)
     return root
 
 

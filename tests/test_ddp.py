@@ -15,17 +15,17 @@ import pytest
 from htouch.training.checkpoints import load_run_checkpoint
 from htouch.training.data import DataSpec, PolicySamples
 from htouch.training.model import ActionNormalization
-from tests.training_helpers import make_training_dataset
+from tests.training_helpers import copy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("end-to-end", "frozen")
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def ranks(training_template, tmp_path_factory):
     """Start the two ranks once (each trains in both modes): {mode: [rank 0 report, rank 1 report]}."""
     base = tmp_path_factory.mktemp("ddp")
-    ds = make_training_dataset(base / "ds", n=4, seconds=4.0, kinds=("avid",))
+    ds = copy_dataset(training_template, base / "ds")
     out = base / "out"
     out.mkdir()
     # Prepend, not replace: $PYTHONPATH carries the network guard (tests/netguard.py) to the ranks.
@@ -55,7 +55,7 @@ def test_two_cpu_processes_end_with_the_same_parameters(ranks, mode):
     # losses are reduced over the ranks, so both report the same numbers
     assert (r0["train_loss"], r0["val_loss"]) == (r1["train_loss"], r1["val_loss"])
     # each rank trained on its half of the epoch: together every training sample (padded to an even count)
-    spec = DataSpec(image_size=64, horizon=8, audio_kind="avid", stride=2)  # as ddp_worker trains
+    spec = DataSpec(image_size=64, horizon=8, audio_kind="avid", stride=4)  # as ddp_worker trains
     n = len(PolicySamples(ds, ds.metadata["split"]["train"], spec, ActionNormalization.identity(), preload_mb=0))
     assert r0["samples"] == n + n % 2
     # rank 0 wrote the run, and the model it saved is the one both ranks hold

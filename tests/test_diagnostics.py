@@ -32,16 +32,17 @@ from htouch.training.runner import PolicyRunner
 from tests.conftest import TINY_RIG
 from tests.test_eval import NORM, tiny_policy
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
-from tests.training_helpers import make_training_dataset
+from tests.training_helpers import copy_dataset
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Tiny `ours` and `vision-only` policies trained for one epoch on a 4-episode synthetic zip dataset."""
+def runs(training_template, tmp_path_factory) -> dict[str, Path]:
+    """Tiny `ours` and `vision-only` policies trained for one epoch on a copy of the 4-episode synthetic zip
+    dataset (tests/conftest.py)."""
     from htouch.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("diag")
-    make_training_dataset(root / "demos", n=4)
+    copy_dataset(training_template, root / "demos")
     out = {"demos": root / "demos"}
     for method in ("ours", "vision-only"):
         out[method] = root / method

@@ -27,7 +27,6 @@ from htouch.training.policy_source import PolicySource, RunInfo
 from htouch.training.runner import ObservationBuffer, PolicyRunner, native_bfloat16
 from tests.loop_devices import TEST_STREAMS, Plan, PlannedWorld
 from tests.test_model import one_torch_thread  # noqa: F401 - autouse fixture
-from tests.training_helpers import train_tiny_run
 
 NORM = ActionNormalization([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5], [0.004, 0.004, 0.004, 0.02, 0.02, 0.02, 0.3])
 
@@ -219,11 +218,6 @@ def test_wilson_interval_hand_computed(k, n, low, high):
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("eval"))
 
 
 def test_eval_writes_rate_ci_and_reward(cli, tiny_run, tmp_path):

@@ -1,6 +1,7 @@
-"""`htouch experiment` end to end at a minuscule scale (one task, two methods, one operator scene, two play episodes,
-two demonstrations, one epoch, one evaluation episode per variation and audio condition, a 64x48 camera): every
-stage runs, the results table holds what the stages measured, and running it again skips every finished stage."""
+"""`htouch experiment` end to end at a minuscule scale (one task, two methods, one operator scene, one play episode,
+two demonstrations, a sample at every 8th frame, one epoch, one evaluation episode per variation and audio
+condition, a 64x48 camera): every stage runs, the results table holds what the stages measured, and running it again
+skips every finished stage."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     out, work = tmp_path / "results.md", tmp_path / "work"
     args = ("experiment", "--tasks", "zip", "--methods", "ours,vision-only", "--episodes-per-task", "2",
             "--eval-episodes", "1", "--epochs", "1", "--max-seconds", "2",
-            "--operator-episodes", "1", "--play-episodes", "2", "--av-epochs", "1", "--stride", "4", "--out", out,
+            "--operator-episodes", "1", "--play-episodes", "1", "--av-epochs", "1", "--stride", "8", "--out", out,
             "--work", work)
     r = cli(*args)
     assert r.code == 0, r.err
-    stages = ("scripted operator, hearing and deaf (1 scenes each)", "2 play episodes",
+    stages = ("scripted operator, hearing and deaf (1 scenes each)", "1 play episodes",
               "audio-visual pretraining on play", "2 demonstrations", "split and statistics",
               "train ours", "evaluate ours on train", "evaluate ours on test",
               "evaluate ours on train, silent audio", "evaluate ours on train, shuffled audio",
@@ -36,7 +37,7 @@ def test_experiment_end_to_end_and_resumed(cli, tmp_path):
     assert set(demos.metadata["stats"]["spectrogram"]) == {"avid"}
 
     play = Dataset(work / "zip" / "play")
-    assert len(play.episode_indices()) == 2  # kept whatever their outcome
+    assert len(play.episode_indices()) == 1  # kept whatever its outcome
     assert (work / "zip" / "av" / "r3m.pt").is_file() and (work / "zip" / "av" / "avid.pt").is_file()
     operators = json.loads((work / "zip" / "operators.json").read_text())
     assert operators["seed"] == 1000 and [len(operators[k]["scenes"]) for k in ("hearing", "deaf")] == [1, 1]

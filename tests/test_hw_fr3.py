@@ -26,7 +26,6 @@ from htouch.dataset.writer import FLUSHED_FILE  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 from tests.hw.fr3_sim import HOST, FrankySim, port_in_use  # noqa: E402
 from tests.loop_devices import Plan, PlannedWorld  # noqa: E402
-from tests.training_helpers import train_tiny_run  # noqa: E402
 
 HOME_POS = np.array([0.307, 0.0, 0.487])  # forward kinematics of RobotConfig().home_joints (Panda and FR3)
 REFLEX_FORCE_N = 30.0  # the simulator's contact reflex (tests/hw/fr3_reflex_server.py): ground contact above this
@@ -203,12 +202,6 @@ def test_collect_an_episode_on_the_fr3_and_it_validates(sim, cli, tmp_path, stan
     assert "actions sent" in r.out and "tracking error" in r.out and "robot errors" in r.out, r.out
     errors = re.search(r"robot errors\W+(\d+)", r.out)
     assert errors is not None and errors.group(1) == "0", r.out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny policy trained for one epoch on synthetic demonstrations (tests/training_helpers.py)."""
-    return train_tiny_run(tmp_path_factory.mktemp("fr3-run"))
 
 
 def test_rollout_of_a_policy_on_the_fr3_goes_through_the_safety_filter_and_records(sim, cli, tmp_path, stand_ins,

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from htouch.dataset.episode import SampleParams
+from htouch.dataset.stats import compute_stats, store_stats
 from htouch.errors import HtouchError
 from htouch.training.byol_a import (
     Byol,
@@ -25,13 +26,16 @@ from htouch.training.checkpoints import load_byol_a, read_run_config
 from htouch.training.encoders import AudioNTT2020
 from htouch.training.methods import policy_config
 from htouch.training.model import build_policy
-from tests.training_helpers import copy_dataset, make_training_dataset
+from tests.training_helpers import copy_dataset
 
 
 @pytest.fixture(scope="module")
-def _template(tmp_path_factory) -> Path:
+def _template(training_template, tmp_path_factory) -> Path:
+    """The training dataset (tests/conftest.py) with BYOL-A's statistics in place of AVID's."""
     root = tmp_path_factory.mktemp("pretrain") / "ds"
-    make_training_dataset(root, n=4, seconds=4.0, kinds=("byol-a",))
+    ds = copy_dataset(training_template, root)
+    stats, _ = compute_stats(ds, ["byol-a"])
+    store_stats(ds, stats)
     return root
 
 

@@ -25,19 +25,13 @@ from htouch.training.train import (
     masked_mse,
     train,
 )
-from tests.training_helpers import copy_dataset, make_training_dataset
-
-
-@pytest.fixture(scope="module")
-def _template(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train") / "ds"
-    make_training_dataset(root, n=4, seconds=4.0, kinds=("avid",))
-    return root
+from tests.training_helpers import copy_dataset
 
 
 @pytest.fixture
-def ds(_template, tmp_path):
-    return copy_dataset(_template, tmp_path / "ds")
+def ds(training_template, tmp_path):
+    """A copy of the 4-episode training dataset (tests/conftest.py), split, with AVID statistics."""
+    return copy_dataset(training_template, tmp_path / "ds")
 
 
 def _config(ds, run: Path, **kw) -> TrainConfig:
@@ -63,7 +57,7 @@ class _StopAfter(Reporter):
 
 def test_tiny_training_lowers_validation_loss_and_writes_the_run(ds, tmp_path):
     run = tmp_path / "run"
-    result = train(_config(ds, run, epochs=5))
+    result = train(_config(ds, run, epochs=5, stride=2))  # every 2nd frame: half the samples, same code paths
     losses = [m.val_loss for m in result.history]
     assert len(losses) == 5 and result.stopped == "max epochs"
     assert min(losses[1:]) < losses[0] and result.best_val_loss == min(losses)
@@ -132,7 +126,7 @@ def test_frozen_encoders_train_only_the_head_from_the_supplied_weights(ds, tmp_p
 
 def test_frozen_mode_gives_the_same_predictions_as_the_full_model(ds, tmp_path):
     """The cached embeddings feed the head exactly what the full forward pass computes."""
-    result = train(_config(ds, tmp_path / "run", epochs=1, frozen_encoders=True))
+    result = train(_config(ds, tmp_path / "run", epochs=1, frozen_encoders=True, stride=2))
     model, _, extra = load_run_checkpoint(tmp_path / "run")
     assert result.best_val_loss == pytest.approx(_val_loss(ds, model, extra), rel=1e-4)
 
@@ -160,12 +154,13 @@ def test_refusals(ds, tmp_path):
     (tmp_path / "r" / "notes.txt").write_text("mine")
     with pytest.raises(HtouchError, match="already holds files"):
         train(_config(ds, tmp_path / "r"))
-    train(_config(ds, tmp_path / "ok", method="vision-only", epochs=1, frozen_encoders=True))
+    train(_config(ds, tmp_path / "ok", method="vision-only", epochs=1, frozen_encoders=True, stride=4))
     with pytest.raises(HtouchError, match="method differs"):
-        train(_config(ds, tmp_path / "ok", method="ours", epochs=2, frozen_encoders=True, resume=True))
+        train(_config(ds, tmp_path / "ok", method="ours", epochs=2, frozen_encoders=True, resume=True, stride=4))
     split_dataset(Dataset(ds.root), 0.5, seed=7)  # a new split: other validation episodes, other stats
     with pytest.raises(HtouchError, match="the train split of .* changed since the run"):
-        train(_config(ds, tmp_path / "ok", method="vision-only", epochs=2, frozen_encoders=True, resume=True))
+        train(_config(ds, tmp_path / "ok", method="vision-only", epochs=2, frozen_encoders=True, resume=True,
+                      stride=4))
     with pytest.raises(HtouchError, match="--epochs must be at least 1"):
         train(_config(ds, tmp_path / "r2", epochs=0))
 
@@ -173,16 +168,18 @@ def test_refusals(ds, tmp_path):
 def test_cli_train_prints_parameters_and_progress(ds, tmp_path, cli):
     run = tmp_path / "cli_run"
     r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "2",
-            "--batch-size", "16", "--frozen-encoders", "--allow-random-init", "--threads", "1", "--dropout", "0.1")
+            "--batch-size", "16", "--frozen-encoders", "--allow-random-init", "--threads", "1", "--dropout", "0.1",
+            "--stride", "4")
     assert r.code == 0, r.err
     assert "parameters" in r.out and "best validation loss" in r.out and "samples/s" in r.out
     assert (run / "model.safetensors").is_file()
     assert read_run_config(run)[0].dropout == 0.1 != policy_config("tiny").dropout
     r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "3",
-            "--batch-size", "16", "--frozen-encoders", "--resume", "--threads", "1")
+            "--batch-size", "16", "--frozen-encoders", "--resume", "--threads", "1", "--stride", "4")
     assert r.code == 2 and "dropout" in r.err  # a resumed run keeps its dropout
     r = cli("train", ds.root, "--method", "vision-only", "--preset", "tiny", "--run", run, "--epochs", "3",
-            "--batch-size", "16", "--frozen-encoders", "--resume", "--threads", "1", "--dropout", "0.1")
+            "--batch-size", "16", "--frozen-encoders", "--resume", "--threads", "1", "--dropout", "0.1",
+            "--stride", "4")
     assert r.code == 0, r.err
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 3
 
@@ -205,7 +202,7 @@ def test_cli_train_without_run_or_split_makes_both_and_says_so(ds, tmp_path, cli
     Dataset(ds.root).update_metadata(split=None)
     monkeypatch.chdir(tmp_path)
     args = ("--method", "vision-only", "--preset", "tiny", "--epochs", "1", "--batch-size", "16",
-            "--frozen-encoders", "--allow-random-init", "--threads", "1")
+            "--frozen-encoders", "--allow-random-init", "--threads", "1", "--stride", "4")
     r = cli("train", ds.root, *args)
     assert r.code == 0, r.err
     assert "no train/validation split: made one as `htouch split` does by default (val 0.2, seed 0)" in r.out
@@ -216,7 +213,7 @@ def test_cli_train_without_run_or_split_makes_both_and_says_so(ds, tmp_path, cli
     r = cli("train", ds.root, *args)
     assert r.code == 0 and "run directory: runs/ds-vision-only-2" in r.out and "no train/validation" not in r.out
     r = cli("train", ds.root, *args[:2], "--preset", "tiny", "--epochs", "2", "--batch-size", "16",
-            "--frozen-encoders", "--threads", "1", "--resume")
+            "--frozen-encoders", "--threads", "1", "--stride", "4", "--resume")
     assert r.code == 0, r.err
     assert "run directory: runs/ds-vision-only-2" in r.out
     assert len(list(csv.DictReader(open(tmp_path / "runs" / "ds-vision-only-2" / "metrics.csv")))) == 2

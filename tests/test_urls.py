@@ -54,7 +54,7 @@ def s3(tmp_path_factory):
         mp.delenv("AWS_PROFILE", raising=False)
         _fresh_clients()
         local = tmp_path_factory.mktemp("urls") / "ds"
-        make_training_dataset(local, n=4, seconds=3.0, kinds=("avid",))
+        make_training_dataset(local, n=3, seconds=2.0, kinds=("avid",))  # few objects: each is a request
         import fsspec
 
         fs = fsspec.filesystem("s3")

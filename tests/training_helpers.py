@@ -21,12 +21,12 @@ def make_training_dataset(root: Path, n: int = 4, seconds: float = 4.0, kinds=("
     return Dataset(root)
 
 
-def train_tiny_run(root: Path) -> Path:
-    """root/run: a tiny `ours` policy trained for one epoch on a synthetic 64x48 zip dataset (root/demos, random
-    initial encoders), for the tests that roll a policy out."""
+def train_tiny_run(root: Path, template: Path) -> Path:
+    """root/run: a tiny `ours` policy trained for one epoch on a synthetic 64x48 zip dataset (root/demos, a copy of
+    template, the `training_template` fixture; random initial encoders), for the tests that roll a policy out."""
     from htouch.training.train import TrainConfig, train
 
-    make_training_dataset(root / "demos", n=4)
+    copy_dataset(template, root / "demos")
     run = root / "run"
     train(TrainConfig(dataset=root / "demos", run_dir=run, method="ours", preset="tiny", epochs=1, batch_size=16,
                       allow_random_init=True, threads=1))

@@ -411,6 +411,7 @@ def embedding_plot(embeddings: Embeddings, out: str | Path, seed: int = 0,
     SVG by its suffix). At most `max_points` samples (a random subset drawn with `seed`)."""
     from matplotlib.figure import Figure
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     from htouch.dataset.files import replacing
 
@@ -424,7 +425,10 @@ def embedding_plot(embeddings: Embeddings, out: str | Path, seed: int = 0,
     keep = np.sort(rng.choice(len(e), max_points, replace=False)) if len(e) > max_points else np.arange(len(e))
     x = e.fused[keep]
     perplexity = float(min(30.0, (len(keep) - 1) / 3))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    # Its OpenMP threads: torch's count (the caller's --threads). More threads than free cores make the spin-waiting
+    # gradient steps 10-40x slower (150 points on a busy 2-core machine: 2 s on one thread, 23-100 s on two).
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="openmp"):
+        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
     contact, phase = e.contact[keep], e.phase[keep]
     left, right = fig.subplots(1, 2)
     for mask, colour, label in ((~contact, "#9aa5b1", "no contact"), (contact, "#d62728", "contact")):
