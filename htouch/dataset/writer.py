@@ -110,8 +110,8 @@ class EpisodeWriter:
             # A live recording shares the cores with a control loop (and perhaps a policy planner). zarr's default
             # pool (cores + 4 threads) encodes a flush's frames on every core at once, stalling them for tens of ms
             # (tools/bench_async_policy.py, bfloat16 planner, 2 cores: re-plan p99 82 ms with that pool, 55 ms with
-            # one thread); one encoding thread keeps up with the rig's rates (tools/bench_recorder.py). Process-wide: zarr
-            # makes its pool of this size at its next call.
+            # one thread); one encoding thread keeps up with the rig's rates (tools/bench_recorder.py).
+            # Process-wide: zarr makes its pool of this size at its next call.
             zarr.config.set({"threading.max_workers": LIVE_ENCODING_THREADS})
         self.specs = {s.path: s for s in episode_arrays(dataset.streams)}
         check_strict_json(info or {}, f"episode {self.name}: info")  # before anything is created
