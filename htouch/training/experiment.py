@@ -142,7 +142,7 @@ class SuccessfulDemos(TeleopSource):
 @dataclass
 class Stage:
     name: str
-    seconds: float | None  # None: its output was made outside the experiment (say `htouch eval` by hand)
+    seconds: float | None  # None: not timed (not run yet, or made outside the experiment: `htouch eval` by hand)
     skipped: bool = False  # its output was there already
     pending: bool = False  # not run: --report-only
 
@@ -550,8 +550,12 @@ class Experiment:
         lines += self._ablation_lines() + self._probe_lines() + self._goal_lines()
         lines += ["", "## Stages", "", "| stage | minutes | |", "|---|---:|---|"]
         for s in self.stages:
-            note = ("not run yet" if s.pending else "" if not s.skipped
-                    else "earlier invocation" if s.seconds is not None else "made outside the experiment, not timed")
+            if s.pending:
+                note = "not run yet"
+            elif s.skipped:
+                note = "earlier invocation" if s.seconds is not None else "made outside the experiment, not timed"
+            else:
+                note = ""
             lines.append(f"| {s.name} | {'-' if s.seconds is None else f'{s.seconds / 60:.2f}'} | {note} |")
         lines += ["", f"Work directory: `{c.work}` (demonstrations, runs with their `eval-*.json`)."]
         return "\n".join(lines) + "\n"
